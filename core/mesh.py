@@ -1,0 +1,197 @@
+"""The pack's head mesh type and its file formats (GLB, OBJ+MTL+PNG) through trimesh.
+
+Positions live in the world frame of ``core.camera`` (+y up, face toward +z). UVs are per corner:
+``uv_faces[f, k]`` indexes ``uvs`` for corner k of face f, so seams need no duplicated positions.
+UV convention: u to the right, v up (v = 0 is the *bottom* row of ``texture``), as in OpenGL and
+OBJ; glTF's top-down v is handled by trimesh on export/import. ``texture`` is [H,W,3] float in 0..1,
+row 0 at the top.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import numpy as np
+import torch
+
+
+@dataclass
+class HeadMesh:
+    vertices: torch.Tensor  # [N,3] float32
+    faces: torch.Tensor  # [M,3] int64, counter-clockwise seen from outside
+    uvs: Optional[torch.Tensor] = None  # [K,2] float32
+    uv_faces: Optional[torch.Tensor] = None  # [M,3] int64 into uvs
+    texture: Optional[torch.Tensor] = None  # [H,W,3] float32 0..1
+    vertex_colors: Optional[torch.Tensor] = None  # [N,3] float32 0..1
+
+    def __post_init__(self) -> None:
+        self.vertices = torch.as_tensor(self.vertices, dtype=torch.float32)
+        self.faces = torch.as_tensor(self.faces, dtype=torch.int64)
+        if self.vertices.dim() != 2 or self.vertices.shape[-1] != 3:
+            raise ValueError(f"HeadMesh vertices must be [N,3], got {tuple(self.vertices.shape)}")
+        if self.faces.dim() != 2 or self.faces.shape[-1] != 3:
+            raise ValueError(f"HeadMesh faces must be [M,3], got {tuple(self.faces.shape)}")
+        if (self.uvs is None) != (self.uv_faces is None):
+            raise ValueError("HeadMesh needs both uvs and uv_faces, or neither")
+        if self.uvs is not None:
+            self.uvs = torch.as_tensor(self.uvs, dtype=torch.float32)
+            self.uv_faces = torch.as_tensor(self.uv_faces, dtype=torch.int64)
+            if self.uv_faces.shape != self.faces.shape:
+                raise ValueError("HeadMesh uv_faces must have the shape of faces")
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def device(self) -> torch.device:
+        return self.vertices.device
+
+    @property
+    def has_uv(self) -> bool:
+        return self.uvs is not None
+
+    def to(self, device: torch.device | str) -> "HeadMesh":
+        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return HeadMesh(mv(self.vertices), mv(self.faces), mv(self.uvs), mv(self.uv_faces), mv(self.texture), mv(self.vertex_colors))
+
+    def detach(self) -> "HeadMesh":
+        dt = lambda t: None if t is None else t.detach()  # noqa: E731
+        return HeadMesh(dt(self.vertices), self.faces, dt(self.uvs), self.uv_faces, dt(self.texture), dt(self.vertex_colors))
+
+    def with_(self, **changes) -> "HeadMesh":
+        return replace(self, **changes)
+
+    def face_normals(self, unit: bool = True) -> torch.Tensor:
+        v = self.vertices[self.faces]
+        n = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)
+        return torch.nn.functional.normalize(n, dim=-1) if unit else n
+
+    def vertex_normals(self) -> torch.Tensor:
+        """Area-weighted unit vertex normals [N,3] (differentiable in the positions)."""
+        fn = self.face_normals(unit=False)  # length = 2 * area: area weighting for free
+        vn = torch.zeros_like(self.vertices)
+        for k in range(3):
+            vn = vn.index_add(0, self.faces[:, k], fn)
+        return torch.nn.functional.normalize(vn, dim=-1, eps=1e-12)
+
+    def area(self) -> float:
+        return float(self.face_normals(unit=False).norm(dim=-1).sum() / 2)
+
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vertices.min(0).values, self.vertices.max(0).values
+
+    # ------------------------------------------------------------------ trimesh bridge
+    def to_trimesh(self):
+        """A trimesh.Trimesh; with UVs the vertices are split at UV seams (glTF needs per-vertex UVs)."""
+        import trimesh
+        from PIL import Image
+
+        v = self.vertices.detach().cpu().numpy()
+        f = self.faces.detach().cpu().numpy()
+        if not self.has_uv:
+            vc = None
+            if self.vertex_colors is not None:
+                vc = (self.vertex_colors.detach().cpu().clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+            return trimesh.Trimesh(v, f, vertex_colors=vc, process=False)
+        uv = self.uvs.detach().cpu().numpy()
+        ft = self.uv_faces.detach().cpu().numpy()
+        pairs = np.stack([f.reshape(-1), ft.reshape(-1)], axis=1)
+        uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        tex = self.texture
+        if tex is None:
+            tex = torch.full((4, 4, 3), 0.5)
+        img = Image.fromarray((tex.detach().cpu().clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+        material = trimesh.visual.material.PBRMaterial(baseColorTexture=img, metallicFactor=0.0, roughnessFactor=1.0)
+        visual = trimesh.visual.TextureVisuals(uv=uv[uniq[:, 1]], material=material)
+        return trimesh.Trimesh(v[uniq[:, 0]], inverse.reshape(-1, 3), visual=visual, process=False)
+
+    @staticmethod
+    def from_trimesh(tm) -> "HeadMesh":
+        """From a trimesh.Trimesh (or a Scene, whose geometry is concatenated in world space)."""
+        import trimesh
+
+        if isinstance(tm, trimesh.Scene):
+            geoms = tm.dump(concatenate=False) if hasattr(tm, "dump") else list(tm.geometry.values())
+            if not geoms:
+                raise ValueError("the file holds no mesh")
+            tm = geoms[0] if len(geoms) == 1 else trimesh.util.concatenate(geoms)
+        v = np.asarray(tm.vertices, dtype=np.float32)
+        f = np.asarray(tm.faces, dtype=np.int64)
+        uv = getattr(tm.visual, "uv", None)
+        if uv is None or len(uv) != len(v):
+            vc = None
+            if getattr(tm.visual, "kind", None) == "vertex":
+                vc = torch.from_numpy(np.asarray(tm.visual.vertex_colors)[:, :3].astype(np.float32) / 255)
+            # weld duplicated positions so the surface is one connected, closed sheet again
+            pos, inv = np.unique(v, axis=0, return_inverse=True)
+            if vc is not None:
+                vc = vc[torch.from_numpy(np.unique(inv.reshape(-1), return_index=True)[1])]
+            return HeadMesh(torch.from_numpy(pos), torch.from_numpy(inv.reshape(-1)[f]), vertex_colors=vc)
+        # split vertices carry the UVs: weld positions, keep the split vertices' UVs per corner
+        pos, inv = np.unique(v, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        texture = None
+        mat = getattr(tm.visual, "material", None)
+        img = None
+        if mat is not None:
+            img = getattr(mat, "baseColorTexture", None) or getattr(mat, "image", None)
+        if img is not None:
+            arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+            texture = torch.from_numpy(arr)
+        return HeadMesh(
+            torch.from_numpy(pos), torch.from_numpy(inv[f]), torch.from_numpy(np.asarray(uv, dtype=np.float32)), torch.from_numpy(f), texture
+        )
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str) -> str:
+        """Write ``.glb`` or ``.obj`` (with ``.mtl`` and ``.png`` beside it when textured); returns path."""
+        ext = os.path.splitext(path)[1].lower()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tm = self.to_trimesh()
+        if ext == ".glb":
+            with open(path, "wb") as fh:
+                fh.write(tm.export(file_type="glb"))
+        elif ext == ".obj":
+            self._save_obj(path)
+        else:
+            raise ValueError(f"unsupported mesh format {ext!r}: use .glb or .obj")
+        return path
+
+    def _save_obj(self, path: str) -> None:
+        """OBJ with per-corner UVs kept as they are (no seam splitting), plus MTL + PNG texture."""
+        from PIL import Image
+
+        base = os.path.splitext(os.path.basename(path))[0]
+        v = self.vertices.detach().cpu().numpy()
+        f = self.faces.detach().cpu().numpy() + 1
+        lines = []
+        if self.has_uv:
+            lines.append(f"mtllib {base}.mtl\nusemtl head\n")
+        lines.append("".join(f"v {x:.7g} {y:.7g} {z:.7g}\n" for x, y, z in v))
+        if self.has_uv:
+            uv = self.uvs.detach().cpu().numpy()
+            ft = self.uv_faces.detach().cpu().numpy() + 1
+            lines.append("".join(f"vt {a:.7g} {b:.7g}\n" for a, b in uv))
+            lines.append("".join(f"f {a}/{ta} {b}/{tb} {c}/{tc}\n" for (a, b, c), (ta, tb, tc) in zip(f, ft)))
+            tex = self.texture if self.texture is not None else torch.full((4, 4, 3), 0.5)
+            Image.fromarray((tex.detach().cpu().clamp(0, 1).numpy() * 255).round().astype(np.uint8)).save(
+                os.path.join(os.path.dirname(os.path.abspath(path)), f"{base}.png")
+            )
+            with open(os.path.join(os.path.dirname(os.path.abspath(path)), f"{base}.mtl"), "w") as fh:
+                fh.write(f"newmtl head\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {base}.png\n")
+        else:
+            lines.append("".join(f"f {a} {b} {c}\n" for a, b, c in f))
+        with open(path, "w") as fh:
+            fh.write("".join(lines))
+
+    @staticmethod
+    def load(path: str) -> "HeadMesh":
+        import trimesh
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"mesh file not found: {path}")
+        try:
+            tm = trimesh.load(path, process=False)  # (maintain_order would drop per-corner OBJ UVs)
+        except Exception as exc:  # trimesh raises many types for broken files
+            raise ValueError(f"could not read mesh file {path}: {exc}") from exc
+        return HeadMesh.from_trimesh(tm)

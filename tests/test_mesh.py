@@ -1,0 +1,73 @@
+import numpy as np
+import torch
+
+from idsculpt.core.mesh import HeadMesh
+
+
+def _textured_cube() -> HeadMesh:
+    import trimesh
+
+    box = trimesh.creation.box()
+    v = torch.tensor(box.vertices, dtype=torch.float32)
+    f = torch.tensor(box.faces)
+    # per-corner UVs that differ between faces sharing a vertex: seams everywhere
+    uvs = torch.rand(f.numel(), 2, generator=torch.Generator().manual_seed(0))
+    ft = torch.arange(f.numel()).reshape(-1, 3)
+    tex = torch.rand(16, 24, 3, generator=torch.Generator().manual_seed(1))
+    tex = (tex * 255).round() / 255  # 8-bit exact
+    return HeadMesh(v, f, uvs, ft, tex)
+
+
+def _corner_uvs(m: HeadMesh) -> dict:
+    out = {}
+    for fi in range(m.faces.shape[0]):
+        key = tuple(sorted(tuple(np.round(m.vertices[m.faces[fi, k]].numpy(), 6)) for k in range(3)))
+        out[key] = {tuple(np.round(m.vertices[m.faces[fi, k]].numpy(), 6)): m.uvs[m.uv_faces[fi, k]].numpy() for k in range(3)}
+    return out
+
+
+def test_glb_round_trip_keeps_uvs_and_texture(tmp_path):
+    m = _textured_cube()
+    path = m.save(str(tmp_path / "cube.glb"))
+    back = HeadMesh.load(path)
+    assert back.vertices.shape == m.vertices.shape and back.faces.shape == m.faces.shape
+    assert torch.equal(back.texture, m.texture)
+    a, b = _corner_uvs(m), _corner_uvs(back)
+    assert a.keys() == b.keys()
+    for key in a:
+        for vk in a[key]:
+            np.testing.assert_allclose(a[key][vk], b[key][vk], atol=1e-6)
+
+
+def test_obj_round_trip(tmp_path):
+    m = _textured_cube()
+    m.save(str(tmp_path / "cube.obj"))
+    assert (tmp_path / "cube.mtl").exists() and (tmp_path / "cube.png").exists()
+    back = HeadMesh.load(str(tmp_path / "cube.obj"))
+    assert back.faces.shape == m.faces.shape
+    assert torch.equal(back.texture, m.texture)
+    a, b = _corner_uvs(m), _corner_uvs(back)
+    for key in a:
+        for vk in a[key]:
+            np.testing.assert_allclose(a[key][vk], b[key][vk], atol=1e-6)
+
+
+def test_vertex_normals_of_sphere_point_outward():
+    import trimesh
+
+    s = trimesh.creation.icosphere(subdivisions=3)
+    m = HeadMesh(torch.tensor(s.vertices), torch.tensor(s.faces))
+    n = m.vertex_normals()
+    cos = (n * torch.nn.functional.normalize(m.vertices, dim=-1)).sum(-1)
+    assert cos.min() > 0.99
+    assert abs(m.area() - 4 * np.pi) / (4 * np.pi) < 0.02
+
+
+def test_untextured_glb_round_trip(tmp_path):
+    import trimesh
+
+    s = trimesh.creation.icosphere(subdivisions=2)
+    m = HeadMesh(torch.tensor(s.vertices), torch.tensor(s.faces))
+    back = HeadMesh.load(m.save(str(tmp_path / "s.glb")))
+    assert back.vertices.shape == m.vertices.shape
+    assert back.faces.shape == m.faces.shape
