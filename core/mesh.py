@@ -91,7 +91,8 @@ class HeadMesh:
             vc = None
             if self.vertex_colors is not None:
                 vc = (self.vertex_colors.detach().cpu().clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-            return trimesh.Trimesh(v, f, vertex_colors=vc, process=False)
+            vn = self.vertex_normals().detach().cpu().numpy()
+            return trimesh.Trimesh(v, f, vertex_normals=vn, vertex_colors=vc, process=False)
         uv = self.uvs.detach().cpu().numpy()
         ft = self.uv_faces.detach().cpu().numpy()
         pairs = np.stack([f.reshape(-1), ft.reshape(-1)], axis=1)
@@ -103,7 +104,8 @@ class HeadMesh:
         img = Image.fromarray((tex.detach().cpu().clamp(0, 1).numpy() * 255).round().astype(np.uint8))
         material = trimesh.visual.material.PBRMaterial(baseColorTexture=img, metallicFactor=0.0, roughnessFactor=1.0)
         visual = trimesh.visual.TextureVisuals(uv=uv[uniq[:, 1]], material=material)
-        return trimesh.Trimesh(v[uniq[:, 0]], inverse.reshape(-1, 3), visual=visual, process=False)
+        vn = self.vertex_normals().detach().cpu().numpy()[uniq[:, 0]]  # smooth shading across UV seams
+        return trimesh.Trimesh(v[uniq[:, 0]], inverse.reshape(-1, 3), vertex_normals=vn, visual=visual, process=False)
 
     @staticmethod
     def from_trimesh(tm) -> "HeadMesh":
@@ -150,7 +152,8 @@ class HeadMesh:
         tm = self.to_trimesh()
         if ext == ".glb":
             with open(path, "wb") as fh:
-                fh.write(tm.export(file_type="glb"))
+                # normals included: three.js viewers (ComfyUI's Preview3D) otherwise shade flat
+                fh.write(tm.export(file_type="glb", include_normals=True))
         elif ext == ".obj":
             self._save_obj(path)
         else:

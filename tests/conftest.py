@@ -7,6 +7,9 @@ import sys
 
 import pytest
 
+# Real-ComfyUI fixtures (comfy_server, comfy_inprocess, ...): see tests/conftest_comfy.py.
+pytest_plugins = ["conftest_comfy"]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 PORTRAITS = os.path.join(SHARED, "data", "portraits")

@@ -71,3 +71,14 @@ def test_untextured_glb_round_trip(tmp_path):
     back = HeadMesh.load(m.save(str(tmp_path / "s.glb")))
     assert back.vertices.shape == m.vertices.shape
     assert back.faces.shape == m.faces.shape
+
+
+def test_glb_carries_smooth_vertex_normals(tmp_path):
+    import pygltflib
+    import trimesh
+
+    s = trimesh.creation.icosphere(subdivisions=2)
+    m = HeadMesh(torch.tensor(s.vertices), torch.tensor(s.faces))
+    path = m.save(str(tmp_path / "s.glb"))
+    gltf = pygltflib.GLTF2().load(path)
+    assert gltf.meshes[0].primitives[0].attributes.NORMAL is not None

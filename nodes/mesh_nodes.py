@@ -1,0 +1,230 @@
+"""Foundation nodes: save/load the pack's head mesh, and convert it to/from core ComfyUI ``MESH``.
+
+The head mesh (``IDSCULPT_HEAD_MESH``, a core.mesh.HeadMesh) carries UVs and a texture; core
+``MESH`` (comfy_extras/nodes_hunyuan3d.py) is only batched positions [B,N,3] + faces [B,M,3]. Both
+use the glTF frame (+y up, the face looking along +z), so no axis change happens in between.
+
+Display in the UI: ``IDSculpt Save Head`` writes a textured GLB into ComfyUI's output folder and
+returns its path relative to output/ — the STRING core ``Preview3D`` takes — and reports the file
+the way core ``SaveGLB`` does (``ui["3d"]``), plus ``ui["result"]`` as ``Preview3D`` does.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import torch
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..core.mesh import HeadMesh
+from .types import HEAD_MESH
+
+MESH_EXTENSIONS = (".glb", ".gltf", ".obj")
+
+
+# --------------------------------------------------------------------------- core MESH bridge
+class _FallbackMesh:
+    """Same shape as core's MESH class, used only if comfy_extras cannot be found."""
+
+    def __init__(self, vertices: torch.Tensor, faces: torch.Tensor) -> None:
+        self.vertices = vertices
+        self.faces = faces
+
+
+def core_mesh_class() -> type:
+    """The class core nodes use for ``MESH``.
+
+    ComfyUI loads comfy_extras/nodes_hunyuan3d.py by file path (sys.modules key = the path without
+    ``.py``), so ``import comfy_extras.nodes_hunyuan3d`` would create a second copy of the class.
+    Take the already loaded one; import it only when ComfyUI has not (e.g. in-process tests).
+    """
+    for name, module in list(sys.modules.items()):
+        if name.replace("\\", "/").endswith("comfy_extras/nodes_hunyuan3d") and hasattr(module, "MESH"):
+            return module.MESH
+    try:
+        return importlib.import_module("comfy_extras.nodes_hunyuan3d").MESH
+    except Exception:  # a ComfyUI without the 3D nodes: keep working with the same attributes
+        return _FallbackMesh
+
+
+def head_to_core_mesh(head: HeadMesh) -> Any:
+    """HeadMesh → core MESH with a batch of one (float32 positions, int64 faces, CPU)."""
+    verts = torch.nan_to_num(head.vertices.detach().to("cpu", torch.float32)).unsqueeze(0).contiguous()
+    faces = head.faces.detach().to("cpu", torch.int64).unsqueeze(0).contiguous()
+    return core_mesh_class()(verts, faces)
+
+
+def core_mesh_to_head(mesh: Any, index: int = 0) -> HeadMesh:
+    """Entry ``index`` of a batched core MESH → HeadMesh (no UVs/texture: core MESH has none)."""
+    vertices = getattr(mesh, "vertices", None)
+    faces = getattr(mesh, "faces", None)
+    if not isinstance(vertices, torch.Tensor) or not isinstance(faces, torch.Tensor):
+        raise ValueError(f"expected a core MESH with .vertices and .faces tensors, got {type(mesh).__name__}")
+    if vertices.dim() == 2:
+        vertices, faces = vertices.unsqueeze(0), faces.unsqueeze(0)
+    if vertices.dim() != 3 or vertices.shape[-1] != 3 or faces.dim() != 3 or faces.shape[-1] != 3:
+        raise ValueError(f"core MESH must be vertices [B,N,3] and faces [B,M,3], got {tuple(vertices.shape)} and {tuple(faces.shape)}")
+    b = vertices.shape[0]
+    if not -b <= index < b:
+        raise ValueError(f"batch index {index} out of range: the MESH holds {b} mesh(es)")
+    v = vertices[index].detach().to("cpu", torch.float32).clone()
+    f = faces[index].detach().to("cpu", torch.int64).clone()
+    if f.numel() and (int(f.min()) < 0 or int(f.max()) >= v.shape[0]):
+        raise ValueError(f"core MESH faces index vertices outside 0..{v.shape[0] - 1}")
+    if not torch.isfinite(v).all():
+        raise ValueError("core MESH has non-finite vertex positions")
+    return HeadMesh(v, f)
+
+
+# --------------------------------------------------------------------------- files
+def _mesh_files() -> list[str]:
+    """.glb/.gltf/.obj files under input/ (plain names) and output/ (suffixed ' [output]')."""
+    files: list[str] = []
+    for base, suffix in ((folder_paths.get_input_directory(), ""), (folder_paths.get_output_directory(), " [output]")):
+        if not os.path.isdir(base):
+            continue
+        found = []
+        for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in filenames:
+                if name.lower().endswith(MESH_EXTENSIONS):
+                    found.append(os.path.relpath(os.path.join(dirpath, name), base).replace("\\", "/"))
+        files.extend(f + suffix for f in sorted(found))
+    return files
+
+
+def _resolve(file: str) -> str:
+    return folder_paths.get_annotated_filepath(file)
+
+
+# --------------------------------------------------------------------------- nodes
+class SaveHead(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IDSculptSaveHead",
+            display_name="IDSculpt Save Head",
+            category="IDSculpt/mesh",
+            description="Write the head as a textured GLB (and OBJ+MTL+PNG on request) into ComfyUI's output folder. "
+                        "Connect model_file to Preview3D to look at it in the 3D viewer.",
+            inputs=[
+                HEAD_MESH.Input("head", tooltip="The textured head mesh to save."),
+                io.String.Input("filename_prefix", default="IDSculpt/head",
+                                tooltip="File name prefix inside ComfyUI's output folder; may contain a subfolder (e.g. IDSculpt/head) "
+                                        "and %date:yyyy-MM-dd%-style formatting. A counter is appended."),
+                io.Boolean.Input("save_obj", default=False,
+                                 tooltip="Also write an OBJ with its MTL material and PNG texture beside the GLB (for Blender, ZBrush, ...)."),
+            ],
+            outputs=[
+                io.String.Output(display_name="model_file", tooltip="GLB path relative to the output folder: the input core Preview3D takes."),
+                io.Mesh.Output(display_name="mesh", tooltip="The same geometry as a core MESH (no texture), for core 3D nodes such as SaveGLB."),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, head: HeadMesh, filename_prefix: str, save_obj: bool = False) -> io.NodeOutput:
+        if not isinstance(head, HeadMesh):
+            raise ValueError(f"head must be an IDSCULPT_HEAD_MESH, got {type(head).__name__}")
+        if head.faces.numel() == 0:
+            raise ValueError("the head mesh has no faces: nothing to save")
+        if not torch.isfinite(head.vertices).all():
+            raise ValueError("the head mesh has non-finite vertex positions (NaN/inf): the stage that made it diverged")
+        output_dir = folder_paths.get_output_directory()
+        full_folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix or "IDSculpt/head", output_dir)
+        base = f"{filename}_{counter:05}_"
+        head = head.detach().to("cpu")
+        glb = head.save(os.path.join(full_folder, base + ".glb"))
+        results = [{"filename": os.path.basename(glb), "subfolder": subfolder, "type": "output"}]
+        if save_obj:
+            obj = head.save(os.path.join(full_folder, base + ".obj"))
+            results.append({"filename": os.path.basename(obj), "subfolder": subfolder, "type": "output"})
+        model_file = "/".join(p for p in (subfolder.replace("\\", "/"), os.path.basename(glb)) if p)
+        ui = {"3d": results, "result": [model_file, None]}
+        return io.NodeOutput(model_file, head_to_core_mesh(head), ui=ui)
+
+
+class LoadHead(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IDSculptLoadHead",
+            display_name="IDSculpt Load Head",
+            category="IDSculpt/mesh",
+            description="Load a .glb/.gltf/.obj head (with its UVs and texture) from ComfyUI's input or output folder.",
+            inputs=[
+                io.Combo.Input("file", options=_mesh_files(), upload=io.UploadType.model,
+                               tooltip="Mesh file in the input folder, or in the output folder (marked [output]), e.g. a head saved earlier."),
+            ],
+            outputs=[HEAD_MESH.Output(display_name="head", tooltip="The loaded head mesh.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, file: str) -> Any:
+        path = _resolve(file)
+        try:
+            st = os.stat(path)
+            return f"{path}:{st.st_mtime_ns}:{st.st_size}"  # reload when the file changes
+        except OSError:
+            return path
+
+    @classmethod
+    def execute(cls, file: str) -> io.NodeOutput:
+        path = _resolve(file)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"mesh file {file!r} not found (looked at {path}); put a .glb/.obj in ComfyUI's input folder")
+        if not path.lower().endswith(MESH_EXTENSIONS):
+            raise ValueError(f"{file!r} is not a mesh file: use .glb, .gltf or .obj")
+        try:
+            head = HeadMesh.load(path)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ValueError(f"could not load head mesh {file!r}: {exc}. Is the file complete and a valid GLB/OBJ?") from exc
+        except Exception as exc:  # trimesh/numpy errors on malformed data
+            raise ValueError(f"could not load head mesh {file!r}: the file is corrupt or not a triangle mesh ({type(exc).__name__}: {exc})") from exc
+        if head.faces.numel() == 0 or head.vertices.shape[0] < 3:
+            raise ValueError(f"head mesh {file!r} holds no triangles")
+        return io.NodeOutput(head)
+
+
+class HeadToMesh(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IDSculptHeadToMesh",
+            display_name="IDSculpt Head To MESH",
+            category="IDSculpt/mesh",
+            description="Convert the head mesh to core ComfyUI MESH (positions and faces; the texture is dropped).",
+            inputs=[HEAD_MESH.Input("head", tooltip="The head mesh to convert.")],
+            outputs=[io.Mesh.Output(display_name="mesh", tooltip="Core MESH with a batch of one.")],
+        )
+
+    @classmethod
+    def execute(cls, head: HeadMesh) -> io.NodeOutput:
+        return io.NodeOutput(head_to_core_mesh(head))
+
+
+class MeshToHead(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IDSculptMeshToHead",
+            display_name="IDSculpt MESH To Head",
+            category="IDSculpt/mesh",
+            description="Convert one mesh of a core ComfyUI MESH batch into the pack's head mesh (no UVs or texture yet).",
+            inputs=[
+                io.Mesh.Input("mesh", tooltip="A core MESH, e.g. from VoxelToMesh (Hunyuan3D)."),
+                io.Int.Input("index", default=0, min=0, max=4096, tooltip="Which mesh of the batch to take (0 = first)."),
+            ],
+            outputs=[HEAD_MESH.Output(display_name="head", tooltip="The head mesh, untextured.")],
+        )
+
+    @classmethod
+    def execute(cls, mesh: Any, index: int = 0) -> io.NodeOutput:
+        return io.NodeOutput(core_mesh_to_head(mesh, index))
+
+
+NODES = [SaveHead, LoadHead, HeadToMesh, MeshToHead]
