@@ -1,0 +1,486 @@
+"""Placing the portrait's 478 MediaPipe landmarks on the head mesh (ID-Sculpt preprocessing).
+
+The authors' recipe (``preprocess/PanoHead/pre_align_3Dlm.py``): take 7 keypoints of the portrait
+(eye corners, nose tip, mouth corners), cast rays through them from the reference camera onto the
+head mesh to get their 3D positions, fit a similarity transform (scale, rotation, translation;
+RANSAC over SVD fits) that maps MediaPipe's own 3D landmark coordinates onto those points, and
+apply it to all 478 landmarks.
+
+One refinement of ours (``refine="ray"``, default): MediaPipe's (x, y) are image positions under a
+weak-perspective model, while the reference camera is a true perspective camera, so a pure
+similarity leaves off-centre landmarks several pixels away from where the portrait shows them
+(~10 px at 512 px for a face filling the frame), and off the surface. So every landmark is put on
+its reference-camera ray: landmarks the portrait shows are snapped to the first mesh surface along
+that ray (where the portrait saw them); landmarks the face hides in the portrait (the far cheek of a
+3/4 view: found by z-buffering MediaPipe's own face mesh, whose triangles are the 3-cliques of its
+tesselation edges, or by a similarity depth far behind the first surface) keep the similarity's
+depth, never in front of the visible surface. The landmarks then re-project exactly onto the portrait and lie on the surface,
+which makes the occlusion test of other views reliable. ``refine="none"`` gives the authors' pure
+similarity.
+
+Ray casting is a plain torch Moller-Trumbore test, chunked over triangles: it runs on CPU and GPU
+with no extra dependency (trimesh's ray module needs rtree/embree, which are not always there).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..camera import Cameras
+from ..mesh import HeadMesh
+from .landmark_image import camera_azimuth, draw_landmark_images
+from .landmarks import KEYPOINTS_7, FaceLandmarks2D, mesh_triangles, self_occluded
+
+_CHUNK_ELEMENTS = 4_000_000  # rays x triangles per chunk: bounds the temporary memory (~50 MB)
+
+
+# ---------------------------------------------------------------------------------------------
+# ray casting
+# ---------------------------------------------------------------------------------------------
+def raycast(
+    origins: torch.Tensor, directions: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """First intersections of rays with a triangle mesh (both faces of a triangle count).
+
+    origins, directions: [R,3] (directions need not be unit: t is in units of |direction|).
+    Returns t [R] (inf on a miss), triangle index [R] (-1 on a miss), barycentrics (b1, b2) [R,2].
+
+    Rays from one common origin within a forward cone (camera rays: every use in this pack) go
+    through a 2D grid: triangles are projected from the origin, binned by their screen bounding
+    boxes against the rays' cells, and only (ray, triangle) pairs sharing a cell get the exact
+    Moller-Trumbore test -- linear in mesh size (a 330k-face head costs about what a 5k-face one
+    costs with the brute-force path). Other rays use :func:`raycast_bruteforce`.
+    """
+    o = origins.reshape(-1, 3).float()
+    d = directions.reshape(-1, 3).to(o)
+    if o.shape[0] > 0 and faces.shape[0] > 0 and bool(((o - o[:1]).abs().max() < 1e-6)):
+        out = _raycast_from_point(o[0], d, vertices.to(o), faces.to(o.device).long())
+        if out is not None:
+            return out
+    return raycast_bruteforce(o, d, vertices, faces)
+
+
+def _mt_pairs(o, d, v0, v1, v2, ri, fi):
+    """Moller-Trumbore on (ray, triangle) index pairs; returns (hit mask, t, b1, b2) per pair."""
+    a0, e1, e2 = v0[fi], v1[fi] - v0[fi], v2[fi] - v0[fi]
+    dd, oo = d[ri], o[ri]
+    p = torch.cross(dd, e2, dim=-1)
+    det = (e1 * p).sum(-1)
+    ok = det.abs() > 1e-12
+    inv = 1.0 / torch.where(ok, det, torch.ones_like(det))
+    tvec = oo - a0
+    u = (tvec * p).sum(-1) * inv
+    q = torch.cross(tvec, e1, dim=-1)
+    w = (dd * q).sum(-1) * inv
+    t = (e2 * q).sum(-1) * inv
+    hit = ok & (u >= 0) & (w >= 0) & (u + w <= 1) & (t > 1e-6)
+    return hit, t, u, w
+
+
+def _reduce_first(r, ri, fi, hit, t, u, w, device):
+    best_t = torch.full((r,), math.inf, device=device)
+    best_f = torch.full((r,), -1, dtype=torch.long, device=device)
+    best_uv = torch.zeros(r, 2, device=device)
+    if hit.any():
+        ri, fi, t, u, w = ri[hit], fi[hit], t[hit], u[hit], w[hit]
+        best_t = best_t.scatter_reduce(0, ri, t, reduce="amin")
+        is_min = t == best_t[ri]
+        best_f[ri[is_min]] = fi[is_min]
+        best_uv[ri[is_min]] = torch.stack([u[is_min], w[is_min]], -1)
+    return best_t, best_f, best_uv
+
+
+def _raycast_from_point(origin, d_raw, v, f):
+    r = d_raw.shape[0]
+    dlen = d_raw.norm(dim=-1).clamp_min(1e-12)
+    d = d_raw / dlen[:, None]
+    axis = torch.nn.functional.normalize(d.mean(0), dim=0)
+    cos = d @ axis
+    if float(cos.min()) < 0.3:  # rays spread too wide for one projection plane
+        return None
+    helper = torch.tensor([0.0, 1.0, 0.0], device=d.device) if abs(float(axis[1])) < 0.9 else torch.tensor([1.0, 0.0, 0.0], device=d.device)
+    ax = torch.nn.functional.normalize(torch.cross(helper, axis, dim=0), dim=0)
+    ay = torch.cross(axis, ax, dim=0)
+    basis = torch.stack([ax, ay, axis], 1)  # [3,3]
+    pr = (d @ basis)
+    ray2 = pr[:, :2] / pr[:, 2:]
+    q = (v - origin) @ basis  # vertices in the ray frame
+    tri = q[f]  # [M,3,3]
+    depth = tri[..., 2]
+    front = (depth > 1e-6).all(-1)
+    mixed = ~front & (depth > 1e-6).any(-1)  # crosses the origin plane: test those by brute force
+    lo2 = ray2.min(0).values
+    hi2 = ray2.max(0).values
+    ext = float((hi2 - lo2).max()) + 1e-9
+    fidx = front.nonzero()[:, 0]
+    p2 = tri[fidx, :, :2] / tri[fidx, :, 2:]
+    blo, bhi = p2.min(1).values, p2.max(1).values
+    keep = (bhi >= lo2).all(-1) & (blo <= hi2).all(-1)
+    fidx, blo, bhi = fidx[keep], blo[keep], bhi[keep]
+    g = max(1, int(math.ceil(math.sqrt(r))) * 2)
+    cs = ext / g
+    rc = ((ray2 - lo2) / cs).floor().long().clamp(0, g - 1)
+    rcell = rc[:, 1] * g + rc[:, 0]
+    order = torch.argsort(rcell)
+    counts = torch.bincount(rcell, minlength=g * g)
+    starts = torch.cumsum(counts, 0) - counts
+    c0 = ((blo - lo2) / cs).floor().long().clamp(0, g - 1)
+    c1 = ((bhi - lo2) / cs).floor().long().clamp(0, g - 1)
+    nx, ny = c1[:, 0] - c0[:, 0] + 1, c1[:, 1] - c0[:, 1] + 1
+    ncell = nx * ny
+    if int(ncell.sum()) > 50_000_000:  # pathological (huge triangles): fall back
+        return None
+    tri_rep = torch.repeat_interleave(torch.arange(fidx.shape[0], device=d.device), ncell)
+    k = torch.arange(tri_rep.shape[0], device=d.device) - torch.repeat_interleave(torch.cumsum(ncell, 0) - ncell, ncell)
+    cx = c0[tri_rep, 0] + k % nx[tri_rep]
+    cy = c0[tri_rep, 1] + k // nx[tri_rep]
+    cell = cy * g + cx
+    nr = counts[cell]
+    pair_tri = torch.repeat_interleave(tri_rep, nr)
+    pair_cell = torch.repeat_interleave(cell, nr)
+    kk = torch.arange(pair_tri.shape[0], device=d.device) - torch.repeat_interleave(torch.cumsum(nr, 0) - nr, nr)
+    ri = order[starts[pair_cell] + kk]
+    fi = fidx[pair_tri]
+    if bool(mixed.any()):
+        midx = mixed.nonzero()[:, 0]
+        ri = torch.cat([ri, torch.arange(r, device=d.device).repeat_interleave(midx.shape[0])])
+        fi = torch.cat([fi, midx.repeat(r)])
+    vv = v.float()
+    o = origin.reshape(1, 3).expand(r, 3)
+    hit, t, u, w = _mt_pairs(o, d, vv[f[:, 0]], vv[f[:, 1]], vv[f[:, 2]], ri, fi)
+    best_t, best_f, best_uv = _reduce_first(r, ri, fi, hit, t, u, w, d.device)
+    return best_t / dlen, best_f, best_uv
+
+
+def raycast_bruteforce(
+    origins: torch.Tensor, directions: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`raycast` for arbitrary rays: a bounding-sphere test for every (ray, triangle) pair,
+    done with two matrix products (distance of the triangle's centroid from the ray line < its
+    bounding radius), then Moller-Trumbore on the surviving pairs. Chunked over triangles."""
+    o = origins.reshape(-1, 3).float()
+    d_raw = directions.reshape(-1, 3).to(o)
+    dlen = d_raw.norm(dim=-1).clamp_min(1e-12)
+    d = d_raw / dlen[:, None]
+    v = vertices.to(o)
+    f = faces.to(o.device).long()
+    r, m = o.shape[0], f.shape[0]
+    best_t = torch.full((r,), math.inf, device=o.device)
+    best_f = torch.full((r,), -1, dtype=torch.long, device=o.device)
+    best_uv = torch.zeros(r, 2, device=o.device)
+    if r == 0 or m == 0:
+        return best_t, best_f, best_uv
+    v0, v1, v2 = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    cen = (v0 + v1 + v2) / 3
+    rad = torch.stack([(v0 - cen).norm(dim=-1), (v1 - cen).norm(dim=-1), (v2 - cen).norm(dim=-1)], -1).amax(-1) * 1.001 + 1e-7
+    od = (o * d).sum(-1)  # [R]
+    oo = (o * o).sum(-1)
+    chunk = max(1, _CHUNK_ELEMENTS // r)
+    for s in range(0, m, chunk):
+        c = cen[s : s + chunk]
+        rc = rad[s : s + chunk]
+        along = d @ c.T - od[:, None]  # (c - o) . d, [R,C]
+        dist2 = (c * c).sum(-1)[None] - 2 * (o @ c.T) + oo[:, None] - along * along
+        cand = (dist2 <= (rc * rc)[None]) & (along > -rc[None])
+        ri, ci = cand.nonzero(as_tuple=True)
+        if ri.numel() == 0:
+            continue
+        fi = ci + s
+        a0, e1, e2 = v0[fi], v1[fi] - v0[fi], v2[fi] - v0[fi]
+        dd, oo_ = d[ri], o[ri]
+        p = torch.cross(dd, e2, dim=-1)
+        det = (e1 * p).sum(-1)
+        ok = det.abs() > 1e-12
+        inv = 1.0 / torch.where(ok, det, torch.ones_like(det))
+        tvec = oo_ - a0
+        u = (tvec * p).sum(-1) * inv
+        q = torch.cross(tvec, e1, dim=-1)
+        w = (dd * q).sum(-1) * inv
+        t = (e2 * q).sum(-1) * inv
+        hit = ok & (u >= 0) & (w >= 0) & (u + w <= 1) & (t > 1e-6)
+        if not hit.any():
+            continue
+        ri, fi, t, u, w = ri[hit], fi[hit], t[hit], u[hit], w[hit]
+        tmin = torch.full((r,), math.inf, device=o.device).scatter_reduce(0, ri, t, reduce="amin")
+        better = tmin < best_t
+        if better.any():
+            # the pair that realised each ray's minimum
+            is_min = better[ri] & (t == tmin[ri])
+            rsel = ri[is_min]
+            best_t[rsel] = t[is_min]
+            best_f[rsel] = fi[is_min]
+            best_uv[rsel] = torch.stack([u[is_min], w[is_min]], -1)
+    return best_t / dlen, best_f, best_uv
+
+
+def pixel_rays(cameras: Cameras, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """World rays through pixel positions [B,N,2] (x right, y down, centres at +0.5).
+
+    Returns origins [B,N,3] and directions [B,N,3] scaled so that t = camera-frame depth z.
+    """
+    f = cameras.focal_pixels()[:, None]
+    x = (pixels[..., 0] - cameras.width / 2) / f
+    y = (pixels[..., 1] - cameras.height / 2) / f
+    d_cam = torch.stack([x, y, torch.ones_like(x)], -1)
+    d = d_cam @ cameras.cam2world[:, :3, :3].transpose(1, 2)
+    o = cameras.position[:, None].expand_as(d)
+    return o, d
+
+
+# ---------------------------------------------------------------------------------------------
+# similarity fit
+# ---------------------------------------------------------------------------------------------
+def umeyama(src: torch.Tensor, dst: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Least-squares similarity dst ~ s * R @ src + t (Umeyama 1991). Returns (s, R [3,3], t [3])."""
+    src = src.double()
+    dst = dst.double()
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    xs, yd = src - mu_s, dst - mu_d
+    cov = yd.T @ xs / src.shape[0]
+    u, sv, vt = torch.linalg.svd(cov)
+    dfix = torch.ones(3, dtype=src.dtype)
+    if torch.det(u) * torch.det(vt) < 0:
+        dfix[2] = -1.0
+    rot = u @ torch.diag(dfix) @ vt
+    var_s = (xs**2).sum(1).mean()
+    s = float((sv * dfix).sum() / var_s) if var_s > 0 else 1.0
+    t = mu_d - s * rot @ mu_s
+    return s, rot.float(), t.float()
+
+
+def ransac_similarity(
+    src: torch.Tensor, dst: torch.Tensor, threshold: float
+) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Robust similarity: every 3-point subset is fitted (7 points -> 35 fits, deterministic), the
+    one with most inliers (residual < threshold; ties -> lower inlier residual) wins, and the final
+    transform is the least-squares fit on its inliers. Returns (s, R, t, inlier mask [N])."""
+    n = src.shape[0]
+    best: tuple[int, float, torch.Tensor] | None = None
+    for combo in itertools.combinations(range(n), 3):
+        idx = list(combo)
+        tri = dst[idx]
+        if torch.linalg.norm(torch.cross(tri[1] - tri[0], tri[2] - tri[0], dim=0)) < 1e-9:
+            continue  # collinear sample: rotation undetermined
+        s, rot, t = umeyama(src[idx], dst[idx])
+        res = (s * src @ rot.T + t - dst).norm(dim=1)
+        inl = res < threshold
+        score = (int(inl.sum()), -float(res[inl].mean()) if inl.any() else 0.0)
+        if best is None or score > (best[0], best[1]):
+            best = (score[0], score[1], inl)
+    if best is None or best[0] < 3:
+        s, rot, t = umeyama(src, dst)
+        return s, rot, t, torch.ones(n, dtype=torch.bool)
+    inl = best[2]
+    s, rot, t = umeyama(src[inl], dst[inl])
+    return s, rot, t, inl
+
+
+# ---------------------------------------------------------------------------------------------
+# 3D landmarks
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class FaceLandmarks3D:
+    """The 478 landmarks placed on the head, in the mesh (world) frame.
+
+    points: [478,3]; normals: [478,3] unit surface normals (interpolated at the reference-ray hit,
+    else of the nearest vertex) used to skip landmarks on surfaces turned away from a camera; mesh_vertices/mesh_faces: the mesh used
+    for the occlusion test (optional); reference_camera: the portrait's camera; fit: alignment
+    diagnostics; connections: MediaPipe connection lists (carried, so drawing needs no mediapipe);
+    portrait_landmarks: the 2D landmarks of the portrait they came from (face-mask fallback).
+    """
+
+    points: torch.Tensor
+    connections: dict[str, Any]
+    normals: torch.Tensor | None = None
+    mesh_vertices: torch.Tensor | None = None
+    mesh_faces: torch.Tensor | None = None
+    reference_camera: Cameras | None = None
+    fit: dict[str, Any] = field(default_factory=dict)
+    log: str = ""
+    portrait_landmarks: FaceLandmarks2D | None = None  # the 2D detection this came from
+
+    def to(self, device: torch.device | str) -> "FaceLandmarks3D":
+        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return FaceLandmarks3D(self.points.to(device), self.connections, mv(self.normals), mv(self.mesh_vertices),
+                               mv(self.mesh_faces), None if self.reference_camera is None else self.reference_camera.to(device),
+                               dict(self.fit), self.log, self.portrait_landmarks)
+
+    def project(self, cameras: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel positions [B,478,2] and camera-frame depths [B,478]."""
+        pts = self.points.to(cameras.device)
+        return cameras.project(pts), cameras.to_camera(pts)[..., 2]
+
+    def visibility(
+        self, cameras: Cameras, mesh: HeadMesh | None = None, occlusion: bool = True, tolerance: float | None = None
+    ) -> torch.Tensor:
+        """[B,478] bool: in front of the camera, on a surface facing it, and not hidden by the mesh.
+
+        The occlusion test casts a ray from the camera to each landmark; a hit nearer than the
+        landmark by more than ``tolerance`` (default 2% of the mesh's bounding-box diagonal) hides it.
+        """
+        dev = cameras.device
+        pts = self.points.to(dev)
+        depth = cameras.to_camera(pts)[..., 2]
+        vis = depth > 1e-4
+        to_cam = cameras.position[:, None] - pts[None]
+        if self.normals is not None:
+            vis &= (self.normals.to(dev)[None] * to_cam).sum(-1) > 0
+        verts = mesh.vertices if mesh is not None else self.mesh_vertices
+        faces = mesh.faces if mesh is not None else self.mesh_faces
+        if occlusion and verts is not None and faces is not None:
+            verts, faces = verts.to(dev), faces.to(dev)
+            tol = tolerance if tolerance is not None else 0.02 * float((verts.max(0).values - verts.min(0).values).norm())
+            for b in range(len(cameras)):
+                o = cameras.position[b][None].expand_as(pts)
+                d = pts - o  # t = 1 at the landmark
+                t, _, _ = raycast(o, d, verts, faces)
+                dist = d.norm(dim=-1)
+                vis[b] &= t * dist >= dist - tol
+        return vis
+
+    def draw(
+        self, cameras: Cameras, mesh: HeadMesh | None = None, occlusion: bool = True
+    ) -> torch.Tensor:
+        """Landmark images [B,H,W,3] (0..1) for the MediaPipe-face ControlNet, one per camera.
+
+        Views from behind (|azimuth| > 90 degrees) show only the face oval, drawn without the
+        visibility test, as ID-Sculpt does: the oval outline tells the ControlNet where the face
+        is turned. Other views draw only landmarks visible from the camera.
+        """
+        px, _ = self.project(cameras)
+        verts = mesh.vertices.detach() if mesh is not None else self.mesh_vertices
+        centre = None if verts is None else (verts.min(0).values + verts.max(0).values) / 2
+        az = camera_azimuth(cameras.cam2world, centre)
+        vis = self.visibility(cameras, mesh=mesh, occlusion=occlusion)
+        back = az.abs() > 90.0 + 1e-3
+        vis = torch.where(back[:, None], torch.ones_like(vis), vis)
+        return draw_landmark_images(px, vis, az, cameras.height, cameras.width, self.connections)
+
+
+def preview_cameras(mesh: HeadMesh, azimuths=(0.0, 45.0, -45.0, 90.0, -90.0, 180.0), resolution: int = 512,
+                    fov: float = 30.0, elevation: float = 0.0) -> Cameras:
+    """Orbit cameras around the mesh's bounding-box centre that frame the whole head."""
+    lo, hi = mesh.vertices.detach().min(0).values, mesh.vertices.detach().max(0).values
+    centre = (lo + hi) / 2
+    radius = float((mesh.vertices.detach() - centre).norm(dim=-1).max())
+    dist = 1.1 * radius / math.sin(math.radians(fov) / 2)
+    return Cameras.orbit(elevation, list(azimuths), dist, fov, resolution, target=centre.tolist())
+
+
+def _nearest_vertex_normals(points: torch.Tensor, mesh: HeadMesh) -> torch.Tensor:
+    vn = mesh.vertex_normals().detach().cpu()
+    v = mesh.vertices.detach().float().cpu()
+    best_d = torch.full((points.shape[0],), math.inf)
+    best_i = torch.zeros(points.shape[0], dtype=torch.long)
+    step = max(1, _CHUNK_ELEMENTS // max(1, points.shape[0]))
+    for s in range(0, v.shape[0], step):
+        dmin, imin = torch.cdist(points, v[s : s + step]).min(dim=1)
+        better = dmin < best_d
+        best_d = torch.where(better, dmin, best_d)
+        best_i = torch.where(better, imin + s, best_i)
+    return vn[best_i]
+
+
+def align_landmarks_to_mesh(
+    landmarks: FaceLandmarks2D,
+    mesh: HeadMesh,
+    reference_camera: Cameras,
+    refine: str = "ray",
+    keypoints: tuple[int, ...] = KEYPOINTS_7,
+    hidden_depth_tolerance: float = 0.1,
+) -> FaceLandmarks3D:
+    """Place the portrait's landmarks on the head mesh (see module docstring).
+
+    The portrait must be the reference view: its normalised landmark positions are read as
+    positions in the reference camera's image (any resolution). hidden_depth_tolerance: a landmark whose similarity depth lies more than this fraction
+    of the face width behind the first surface on its ray counts as hidden in the portrait.
+    """
+    if len(reference_camera) != 1:
+        raise ValueError(f"align_landmarks_to_mesh needs one reference camera, got {len(reference_camera)}")
+    if refine not in ("ray", "none"):
+        raise ValueError(f"refine must be 'ray' or 'none', got {refine!r}")
+    cam = reference_camera.to("cpu")
+    verts = mesh.vertices.detach().float().cpu()
+    faces = mesh.faces.cpu()
+    norm = landmarks.normalized.float()
+    w, h = cam.width, cam.height
+    # MediaPipe's 3D points in a pixel frame of the camera's image: x right, y down, z away.
+    src_all = norm * torch.tensor([w, h, w], dtype=torch.float32)
+    px_all = src_all[:, :2]
+    kp = list(keypoints)
+    o, d = pixel_rays(cam, px_all[kp][None])
+    t, tri, _ = raycast(o[0], d[0], verts, faces)
+    hit = torch.isfinite(t)
+    names = ["right eye outer", "right eye inner", "left eye inner", "left eye outer", "nose tip", "mouth right", "mouth left"]
+    if int(hit.sum()) < 3:
+        missed = [names[i] if i < len(names) else str(kp[i]) for i in range(len(kp)) if not hit[i]]
+        raise RuntimeError(
+            f"Only {int(hit.sum())} of {len(kp)} face keypoints hit the head mesh from the reference camera "
+            f"(missed: {', '.join(missed)}). The portrait, the mesh and the reference camera must belong together: "
+            f"use the aligned portrait and the camera/mesh from the same PanoHead inversion."
+        )
+    dst = o[0][hit] + d[0][hit] * t[hit][:, None]
+    src = src_all[kp][hit]
+    spread = float((dst - dst.mean(0)).norm(dim=1).mean())
+    s, rot, tr, inl_sub = ransac_similarity(src, dst, threshold=max(0.15 * spread, 1e-4))
+    pts = s * src_all @ rot.T + tr  # similarity-aligned, [478,3] world
+    inliers = torch.zeros(len(kp), dtype=torch.bool)
+    inliers[hit.nonzero()[:, 0][inl_sub]] = True
+    kp_res = (s * src @ rot.T + tr - dst).norm(dim=1)
+    snapped = torch.zeros(pts.shape[0], dtype=torch.bool)
+    hidden = torch.zeros(pts.shape[0], dtype=torch.bool)
+    if refine == "ray":
+        # Which landmarks does the face itself hide in the portrait (e.g. the far cheek of a 3/4
+        # view)? Those keep the similarity depth; every landmark the portrait shows lies on the
+        # first surface along its reference ray, so it is snapped there.
+        if "tesselation" in landmarks.connections:
+            face_w = float(src_all[:, 0].max() - src_all[:, 0].min())
+            hidden = self_occluded(src_all, mesh_triangles(landmarks.connections), eps=0.03 * face_w)
+        z = cam.to_camera(pts)[0, :, 2]
+        ro, rd = pixel_rays(cam, px_all[None])
+        ts, tri_s, bary_s = raycast(ro[0], rd[0], verts, faces)
+        hit_all = torch.isfinite(ts)
+        # The landmark mesh is coarse (a cheek point just behind the nose slips through its
+        # z-buffer): a landmark whose similarity depth lies far behind the first surface on its ray
+        # is hidden too. "Far" is relative to the face: on the synthetic head visible landmarks stay
+        # within 2.5% of the face width, hidden ones mostly lie 5-40% behind.
+        face_w3d = s * float(src_all[:, 0].max() - src_all[:, 0].min())
+        hidden = hidden | (hit_all & (z - ts > hidden_depth_tolerance * face_w3d))
+        snapped = hit_all & ~hidden
+        # hidden landmarks stay behind (never in front of) the visible surface
+        z = torch.where(hidden & hit_all, torch.maximum(z, ts), z)
+        pts = torch.where(snapped[:, None], ro[0] + rd[0] * ts.nan_to_num(posinf=0.0)[:, None], ro[0] + rd[0] * z[:, None])
+    if not torch.isfinite(pts).all():
+        raise RuntimeError("landmark alignment produced non-finite points; check the mesh and the reference camera")
+    normals = torch.zeros_like(pts)
+    if bool(snapped.any()):  # on the surface: the interpolated vertex normal at the hit
+        vn = mesh.vertex_normals().detach().cpu()[faces[tri_s[snapped]]]  # [S,3,3]
+        b = bary_s[snapped]
+        normals[snapped] = torch.nn.functional.normalize(
+            (1 - b.sum(-1, keepdim=True)) * vn[:, 0] + b[:, :1] * vn[:, 1] + b[:, 1:] * vn[:, 2], dim=-1)
+    if bool((~snapped).any()):
+        normals[~snapped] = _nearest_vertex_normals(pts[~snapped], mesh)
+    rms = float(kp_res[inl_sub].pow(2).mean().sqrt())
+    fit = {
+        "scale": s,
+        "rotation": rot,
+        "translation": tr,
+        "keypoints_hit": int(hit.sum()),
+        "keypoint_inliers": inliers,
+        "keypoint_rms": rms,
+        "keypoint_rms_relative": rms / max(spread, 1e-12),
+        "snapped": int(snapped.sum()),
+        "hidden_in_portrait": int(hidden.sum()),
+        "refine": refine,
+    }
+    msg = (
+        f"landmarks aligned to the mesh: {int(hit.sum())}/{len(kp)} keypoints hit, {int(inl_sub.sum())} inliers, "
+        f"keypoint RMS {rms:.4f} ({100 * fit['keypoint_rms_relative']:.1f}% of the keypoint spread); "
+        f"{int(snapped.sum())}/{pts.shape[0]} landmarks snapped to the surface, {int(hidden.sum())} hidden in the portrait"
+    )
+    return FaceLandmarks3D(points=pts, connections=landmarks.connections, normals=normals, mesh_vertices=verts,
+                           mesh_faces=faces, reference_camera=cam, fit=fit, log=msg, portrait_landmarks=landmarks)

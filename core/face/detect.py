@@ -1,0 +1,310 @@
+"""Face detection and the ArcFace identity embedding (the "ID Embed" stage), through insightface.
+
+ID-Sculpt conditions every diffusion call on the identity of the portrait: insightface ``buffalo_l``
+(SCRFD detector + ArcFace R50) gives the ``normed_embedding`` of the largest face, which the
+IP-Adapter FaceID projection turns into ID tokens (``core.face.id_adapter``).
+
+Why a wrapper and not a bare ``FaceAnalysis.get``:
+  * a single detector input size misses faces that are very large or very small in the frame, so
+    detection is retried over several sizes (IPAdapter_plus does the same, from 640 down);
+  * ComfyUI images arrive as float RGB tensors, possibly grayscale, RGBA, tiny or huge, while
+    insightface wants a BGR uint8 array;
+  * several faces, or none, must produce a message that tells the user what to change.
+
+Works with insightface 0.7.x (what ComfyUI users have) and 2.x: only ``FaceAnalysis(name, root,
+providers, allowed_modules)``, ``prepare(ctx_id, det_size)`` and ``get(bgr)`` are used. Any object
+with those two methods is accepted, e.g. the ``INSIGHTFACE`` object of ComfyUI_IPAdapter_plus.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+log = logging.getLogger("IDSculpt")
+
+# Detector input sizes tried in order until a face is found. 640 is insightface's default and best
+# for small faces; the smaller sizes catch faces that fill the frame (their boxes exceed the
+# largest anchors at 640). ID-Sculpt's own preprocessing uses 224.
+DEFAULT_DET_SIZES: tuple[int, ...] = (640, 512, 384, 320, 256, 224, 160)
+# A face needs enough pixels for a meaningful 112-px ArcFace crop; below this the detector and the
+# recogniser only see blur, so we refuse with a message instead of returning a junk identity.
+MIN_IMAGE_SIDE = 128
+# Larger images are downscaled (area filter) before detection: the detector works at <= 640 px
+# anyway, and a 112-px ArcFace crop never needs more than this.
+MAX_IMAGE_SIDE = 2048
+INSIGHTFACE_MODEL_NAMES = ("buffalo_l", "antelopev2")
+
+
+# ---------------------------------------------------------------------------------------------
+# image conversion shared by the face modules
+# ---------------------------------------------------------------------------------------------
+def to_rgb_uint8(image: Any, what: str = "portrait", min_side: int = MIN_IMAGE_SIDE) -> tuple[np.ndarray, list[str]]:
+    """Any ComfyUI/numpy image -> contiguous RGB uint8 [H,W,3] plus notes on what was changed.
+
+    Accepts [H,W], [H,W,C] or [B,H,W,C] (first image used), float 0..1 or uint8, C in 1..4.
+    Grayscale is replicated to 3 channels; an alpha channel is composited onto white (a cut-out
+    portrait on transparent background then looks like a studio photo, which detectors like).
+    """
+    notes: list[str] = []
+    if isinstance(image, torch.Tensor):
+        arr = image.detach().float().cpu().numpy()
+    else:
+        arr = np.asarray(image)
+    if arr.ndim == 4:
+        if arr.shape[0] > 1:
+            notes.append(f"{what}: batch of {arr.shape[0]} images, using the first")
+        arr = arr[0]
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"{what}: expected an image [H,W,C] with 1-4 channels (ComfyUI IMAGE), got shape {tuple(np.shape(image))}"
+        )
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 255.0
+    else:
+        arr = arr.astype(np.float32)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{what}: the image contains NaN or infinite values; check the node that produced it")
+        if arr.max(initial=0.0) > 1.5:  # 0..255 floats
+            arr = arr / 255.0
+        arr = np.clip(arr, 0.0, 1.0)
+    c = arr.shape[-1]
+    if c in (2, 4):
+        alpha = arr[..., -1:]
+        color = arr[..., :-1]
+        if float(alpha.min()) < 1.0:
+            notes.append(f"{what}: alpha channel composited onto white")
+        arr = color * alpha + (1.0 - alpha)
+        c -= 1
+    if c == 1:
+        notes.append(f"{what}: grayscale image, replicated to RGB")
+        arr = np.repeat(arr, 3, axis=-1)
+    h, w = arr.shape[:2]
+    if min(h, w) < min_side:
+        raise ValueError(
+            f"{what} is too small: {w}x{h} px; face detection needs at least {min_side} px on the shorter side "
+            f"(and the face should be >= ~64 px across). Use a larger photo or upscale it first "
+            f"(e.g. an 'Upscale Image' node)."
+        )
+    return np.ascontiguousarray((arr * 255.0 + 0.5).astype(np.uint8)), notes
+
+
+def limit_size(rgb: np.ndarray, max_side: int = MAX_IMAGE_SIDE) -> tuple[np.ndarray, float]:
+    """Downscale so the longer side is <= max_side; returns (image, scale applied)."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    s = max_side / max(h, w)
+    if s >= 1.0:
+        return rgb, 1.0
+    out = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return out, s
+
+
+# ---------------------------------------------------------------------------------------------
+# model loading
+# ---------------------------------------------------------------------------------------------
+def insightface_model_dir(root: str, name: str) -> str:
+    """``<root>/models/<name>`` holding the ONNX files, or a FileNotFoundError saying what to do.
+
+    ``root`` is ComfyUI's ``models/insightface`` folder (the layout insightface and IPAdapter_plus use).
+    """
+    model_dir = os.path.join(root, "models", name)
+    if glob.glob(os.path.join(model_dir, "*.onnx")):
+        return model_dir
+    nested = os.path.join(model_dir, name)
+    if glob.glob(os.path.join(nested, "*.onnx")):
+        raise FileNotFoundError(
+            f"insightface '{name}': the ONNX files are in {nested}, one folder too deep (the zip was "
+            f"unpacked into a folder of its own name). Move them up into {model_dir}."
+        )
+    raise FileNotFoundError(
+        f"insightface model '{name}' not found: no .onnx files in {model_dir}. Download {name}.zip "
+        f"(https://github.com/deepinsight/insightface/releases, model-zoo) and unpack it so that "
+        f"{model_dir}/ holds the .onnx files (det_10g.onnx, w600k_r50.onnx, ... for buffalo_l). "
+        f"Nothing is downloaded automatically."
+    )
+
+
+def onnx_providers(provider: str) -> list[str]:
+    """onnxruntime providers for "CPU" / "CUDA" (CUDA falls back to CPU when it is not available)."""
+    import onnxruntime
+
+    provider = provider.upper()
+    if provider == "CPU":
+        return ["CPUExecutionProvider"]
+    want = f"{provider}ExecutionProvider"
+    if want not in onnxruntime.get_available_providers():
+        log.warning("IDSculpt: onnxruntime has no %s here (available: %s); insightface runs on CPU",
+                    want, onnxruntime.get_available_providers())
+        return ["CPUExecutionProvider"]
+    return [want, "CPUExecutionProvider"]
+
+
+def load_face_analysis(root: str, name: str = "buffalo_l", provider: str = "CPU") -> Any:
+    """An insightface ``FaceAnalysis`` with detection + recognition from ``<root>/models/<name>``.
+
+    Only those two tasks are loaded: the 3D/2D landmark and gender-age models of the pack are not
+    needed for the identity and would triple the load time.
+    """
+    model_dir = insightface_model_dir(root, name)
+    try:
+        from insightface.app import FaceAnalysis
+    except ImportError as e:  # pragma: no cover - depends on the user's install
+        raise RuntimeError(
+            "insightface is not installed. Install it with `pip install insightface` (it needs onnxruntime; "
+            "on systems with opencv-python-headless use `pip install --no-deps insightface`)."
+        ) from e
+    try:
+        app = FaceAnalysis(name=name, root=root, providers=onnx_providers(provider),
+                           allowed_modules=["detection", "recognition"])
+    except AssertionError as e:
+        raise RuntimeError(f"insightface found no face detector among the ONNX files in {model_dir}") from e
+    if "recognition" not in app.models:
+        raise RuntimeError(
+            f"insightface '{name}' in {model_dir} has no recognition model (ArcFace, e.g. w600k_r50.onnx or "
+            f"glintr100.onnx): the identity embedding needs it"
+        )
+    app.prepare(ctx_id=0, det_size=(DEFAULT_DET_SIZES[0],) * 2)
+    return app
+
+
+# ---------------------------------------------------------------------------------------------
+# the face-ID value
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class FaceID:
+    """The identity of the portrait's face, as ID-Sculpt uses it.
+
+    embedding: [512] L2-normalised ArcFace embedding (insightface ``normed_embedding``), float32.
+    box: [4] x1, y1, x2, y2 in pixels of the input image; keypoints: [5,2] (eyes, nose tip, mouth
+    corners, image-left first), same pixels. aligned_crop: [112,112,3] RGB 0..1, the ArcFace
+    input (the similarity-aligned face). index: position among the detected faces sorted by box
+    area, largest first; num_faces: how many were found. log: what was done, for the user.
+    """
+
+    embedding: torch.Tensor
+    box: torch.Tensor
+    keypoints: torch.Tensor
+    aligned_crop: torch.Tensor
+    det_score: float
+    index: int = 0
+    num_faces: int = 1
+    det_size: int = 640
+    image_size: tuple[int, int] = (0, 0)
+    log: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def cosine(self, other: "FaceID") -> float:
+        return float(torch.dot(self.embedding, other.embedding))
+
+
+def _face_area(face: Any) -> float:
+    b = np.asarray(face.bbox, dtype=np.float64)
+    return float(max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]))
+
+
+def detect_faces(app: Any, bgr: np.ndarray, det_sizes: Sequence[int] = DEFAULT_DET_SIZES) -> tuple[list[Any], int, list[int]]:
+    """Run ``app.get`` at each detector size until a face is found.
+
+    Returns (faces sorted by box area, largest first; the size that found them; the sizes tried).
+    """
+    tried: list[int] = []
+    found: list[Any] = []
+    size = -1
+    with warnings.catch_warnings():  # scikit-image deprecation inside insightface's norm_crop
+        warnings.simplefilter("ignore", FutureWarning)
+        for s in det_sizes:
+            s = int(s)
+            tried.append(s)
+            app.prepare(ctx_id=0, det_size=(s, s))
+            found = list(app.get(bgr))
+            if found:
+                size = s
+                break
+    if tried and tried[-1] != DEFAULT_DET_SIZES[0]:
+        # leave a shared FaceAnalysis (e.g. IPAdapter_plus's) at insightface's default size
+        app.prepare(ctx_id=0, det_size=(DEFAULT_DET_SIZES[0],) * 2)
+    found.sort(key=_face_area, reverse=True)
+    return found, size, tried
+
+
+def face_id_from_image(
+    app: Any,
+    image: Any,
+    face_index: int = 0,
+    det_sizes: Sequence[int] = DEFAULT_DET_SIZES,
+) -> FaceID:
+    """Detect the face(s) of a portrait and return the ArcFace identity of one (largest by default).
+
+    ``app``: a loaded insightface ``FaceAnalysis`` (ours or IPAdapter_plus's INSIGHTFACE object).
+    ``face_index``: which face when there are several, counted by box area, largest first.
+    """
+    import cv2
+    from insightface.utils import face_align
+
+    rgb, notes = to_rgb_uint8(image)
+    h0, w0 = rgb.shape[:2]
+    rgb, scale = limit_size(rgb)
+    if scale < 1.0:
+        notes.append(f"portrait: {w0}x{h0} px downscaled to {rgb.shape[1]}x{rgb.shape[0]} for detection")
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    faces, det_size, tried = detect_faces(app, bgr, det_sizes)
+    if not faces:
+        raise RuntimeError(
+            f"No face found in the portrait ({w0}x{h0} px; detector sizes tried: {tried}). Use a photo with one "
+            f"clearly visible, roughly frontal face, not too dark or blurred, at least ~64 px across; crop "
+            f"closer to the face if it is tiny in the frame."
+        )
+    n = len(faces)
+    if not 0 <= face_index < n:
+        raise ValueError(f"face_index {face_index} is out of range: {n} face(s) found (indices 0..{n - 1}, largest first)")
+    face = faces[face_index]
+    emb = getattr(face, "normed_embedding", None) if getattr(face, "embedding", None) is not None else None
+    if emb is None:
+        raise RuntimeError("insightface returned no embedding: the loaded model pack has no recognition (ArcFace) model")
+    emb_t = torch.as_tensor(np.asarray(emb, dtype=np.float32)).reshape(-1)
+    if not torch.isfinite(emb_t).all() or float(emb_t.norm()) < 1e-6:
+        raise RuntimeError("insightface returned an invalid (NaN or zero) embedding for this face")
+    emb_t = torch.nn.functional.normalize(emb_t, dim=0)
+    kps = np.asarray(face.kps, dtype=np.float32).reshape(5, 2)
+    with warnings.catch_warnings():  # scikit-image deprecation inside insightface's norm_crop
+        warnings.simplefilter("ignore", FutureWarning)
+        crop_bgr = face_align.norm_crop(bgr, landmark=kps, image_size=112)
+    crop = torch.from_numpy(np.ascontiguousarray(crop_bgr[..., ::-1]).astype(np.float32) / 255.0)
+    inv = 1.0 / scale
+    box = torch.as_tensor(np.asarray(face.bbox, dtype=np.float32)[:4] * inv)
+    kps_t = torch.as_tensor(kps * inv)
+    lines = [f"face found at detector size {det_size}" + (f" (after trying {tried[:-1]})" if len(tried) > 1 else "")]
+    if n > 1:
+        sizes = ", ".join(f"#{i}: {int(_face_area(f) * inv * inv) ** 0.5:.0f} px" for i, f in enumerate(faces))
+        lines.append(
+            f"{n} faces found ({sizes}; sqrt of box area, largest first); using face #{face_index}"
+            + (" (the largest)" if face_index == 0 else "")
+            + ". Set face_index to use another, or crop the portrait to one person."
+        )
+    lines.append(f"det score {float(face.det_score):.3f}, box {[round(float(v)) for v in box]}")
+    msg = "; ".join(notes + lines)
+    if n > 1:
+        log.warning("IDSculpt ID Embed: %s", msg)
+    return FaceID(
+        embedding=emb_t,
+        box=box,
+        keypoints=kps_t,
+        aligned_crop=crop,
+        det_score=float(face.det_score),
+        index=face_index,
+        num_faces=n,
+        det_size=det_size,
+        image_size=(h0, w0),
+        log=msg,
+        notes=notes,
+    )

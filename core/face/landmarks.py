@@ -1,0 +1,292 @@
+"""MediaPipe FaceMesh: the 478 face landmarks of the portrait (468 mesh points + 10 iris points).
+
+ID-Sculpt draws these landmarks, placed on the head mesh, as the control image of the
+MediaPipe-face ControlNet in every score-distillation view. Two MediaPipe routes:
+  * the legacy ``mediapipe.solutions.face_mesh`` (mediapipe <= 0.10.21; its models ship inside the
+    wheel, so nothing to download). Importing ``mediapipe`` runs ``mediapipe/python/solutions/
+    drawing_utils.py``, which imports **matplotlib**: a mediapipe installed with ``--no-deps`` needs
+    ``pip install matplotlib`` beside it;
+  * the Tasks API (``mediapipe.tasks.python.vision.FaceLandmarker``, any recent mediapipe) with a
+    ``face_landmarker.task`` model file the user puts in a model folder.
+
+The connection lists used to draw landmark images are read from mediapipe's own python module at
+run time (``face_mesh_connections.py`` is plain data: it is loaded by file path, so no matplotlib is
+needed for it; the Tasks ``FaceLandmarksConnections`` are the fallback) and carried with the
+landmarks, so drawing later needs no mediapipe at all. Nothing is copied into this pack.
+
+Coordinates: ``points`` are [478,3] = (x px, y px, z) in the input image, x right, y down, z into
+the image (MediaPipe's z: relative depth, smaller = nearer the camera, scaled like x, i.e. in
+units of the image width; we multiply it by the width so the three axes share a unit).
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .detect import to_rgb_uint8
+
+log = logging.getLogger("IDSculpt")
+
+NUM_LANDMARKS = 478
+# MediaPipe landmark indices of the 7 keypoints ID-Sculpt ray-casts onto the mesh: outer/inner
+# corners of the subject's right eye, inner/outer corners of the left eye, nose tip, mouth corners.
+# (The authors' script lists [33, 133, 362, 263, 4, 62, 29]; 62 and 29 are not the mouth corners
+# of the FaceMesh topology -- 29 lies under the right eye -- so we use 61 and 291, the lip corners.)
+KEYPOINTS_7 = (33, 133, 362, 263, 4, 61, 291)
+# Pupil centres (iris centre points of refine_landmarks=True): subject's right, subject's left.
+PUPILS = (468, 473)
+
+CONNECTION_GROUPS = ("face_oval", "left_eye", "left_eyebrow", "right_eye", "right_eyebrow", "lips", "left_iris", "right_iris",
+                     "tesselation")
+_LEGACY_NAMES = {g: f"FACEMESH_{g.upper()}" for g in CONNECTION_GROUPS}
+_TASKS_NAMES = {g: f"FACE_LANDMARKS_{g.upper()}" for g in CONNECTION_GROUPS}
+
+
+def _mediapipe_dir() -> str | None:
+    spec = importlib.util.find_spec("mediapipe")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
+def mediapipe_connections() -> dict[str, Any]:
+    """MediaPipe FaceMesh connection lists {group: [(a, b), ...]} plus "source", read from mediapipe.
+
+    Raises RuntimeError when mediapipe is not installed.
+    """
+    mp_dir = _mediapipe_dir()
+    if mp_dir is not None:
+        path = os.path.join(mp_dir, "python", "solutions", "face_mesh_connections.py")
+        if os.path.isfile(path):
+            spec = importlib.util.spec_from_file_location("_idsculpt_mp_face_mesh_connections", path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)  # plain frozensets of index pairs, no imports
+            out: dict[str, Any] = {g: sorted(tuple(e) for e in getattr(mod, n)) for g, n in _LEGACY_NAMES.items()}
+            out["source"] = path
+            return out
+        try:
+            from mediapipe.tasks.python.vision.face_landmarker import FaceLandmarksConnections as C
+
+            out = {g: sorted((c.start, c.end) for c in getattr(C, n)) for g, n in _TASKS_NAMES.items()}
+            out["source"] = "mediapipe.tasks.python.vision.face_landmarker.FaceLandmarksConnections"
+            return out
+        except Exception as e:  # pragma: no cover - depends on the mediapipe build
+            raise RuntimeError(f"mediapipe is installed but its face connection lists could not be read: {e}") from e
+    raise RuntimeError(
+        "mediapipe is not installed: it provides the 478 face landmarks and their connection lists. "
+        "Install `mediapipe==0.10.21` (models inside the wheel; with numpy 2 use `pip install --no-deps "
+        "mediapipe==0.10.21 matplotlib` and protobuf>=6.31,<7) or a newer mediapipe plus a face_landmarker.task file."
+    )
+
+
+def mesh_triangles(connections: dict[str, Any]) -> torch.Tensor:
+    """[T,3] triangles of MediaPipe's face mesh, recovered from its tesselation edges as 3-cliques.
+
+    MediaPipe publishes the tesselation as an edge list; every triangle of the canonical face mesh is
+    a triple of mutually connected landmarks. Used to tell which landmarks the face itself hides in
+    the portrait (z-buffer of the landmark mesh).
+    """
+    adj: dict[int, set[int]] = {}
+    for a, b in connections["tesselation"]:
+        adj.setdefault(a, set()).add(b)
+        adj.setdefault(b, set()).add(a)
+    tris = set()
+    for a, nb in adj.items():
+        for b in nb:
+            if b <= a:
+                continue
+            for c in nb & adj[b]:
+                if c > b:
+                    tris.add((a, b, c))
+    return torch.tensor(sorted(tris), dtype=torch.long).reshape(-1, 3)
+
+
+def self_occluded(points: torch.Tensor, triangles: torch.Tensor, eps: float) -> torch.Tensor:
+    """[N] bool: landmarks hidden behind the face's own surface in the image they came from.
+
+    points: [N,3] in the image frame (x, y px; z away from the camera). A landmark is hidden when
+    a triangle of the landmark mesh that does not contain it covers its pixel more than ``eps``
+    nearer the camera (orthographic test: MediaPipe's coordinates are weak-perspective).
+    """
+    p = points.float()
+    a, b, c = p[triangles[:, 0]], p[triangles[:, 1]], p[triangles[:, 2]]  # [T,3]
+    v0, v1 = (b - a)[:, :2], (c - a)[:, :2]
+    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+    ok = den.abs() > 1e-9
+    den = torch.where(ok, den, torch.ones_like(den))
+    q = p[:, None, :2] - a[None, :, :2]  # [N,T,2]
+    l1 = (q[..., 0] * v1[:, 1] - v1[:, 0] * q[..., 1]) / den
+    l2 = (v0[:, 0] * q[..., 1] - q[..., 0] * v0[:, 1]) / den
+    inside = ok & (l1 >= 0) & (l2 >= 0) & (l1 + l2 <= 1)
+    z = a[None, :, 2] + l1 * (b - a)[None, :, 2] + l2 * (c - a)[None, :, 2]
+    own = (triangles[None] == torch.arange(p.shape[0])[:, None, None]).any(-1)
+    return (inside & ~own & (z < p[:, None, 2] - eps)).any(dim=1)
+
+
+def face_oval_polygon(connections: dict[str, Any]) -> list[int]:
+    """The face-oval edges chained into one closed loop of landmark indices."""
+    edges = [tuple(e) for e in connections["face_oval"]]
+    nxt: dict[int, int] = {}
+    for a, b in edges:
+        nxt[a] = b
+    start = edges[0][0]
+    loop = [start]
+    while True:
+        b = nxt.get(loop[-1])
+        if b is None or b == start or len(loop) > len(edges):
+            break
+        loop.append(b)
+    return loop
+
+
+@dataclass
+class FaceLandmarks2D:
+    """MediaPipe landmarks of one face of an image.
+
+    points: [478,3] (x px, y px, z px-scaled), see module docstring. image_size: (H, W).
+    connections: the MediaPipe connection lists (``mediapipe_connections()``), carried along.
+    """
+
+    points: torch.Tensor
+    image_size: tuple[int, int]
+    connections: dict[str, Any]
+    index: int = 0
+    num_faces: int = 1
+    backend: str = "legacy"
+    log: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def normalized(self) -> torch.Tensor:
+        """[478,3] as MediaPipe returns them (x / W, y / H, z / W)."""
+        h, w = self.image_size
+        return self.points / torch.tensor([w, h, w], dtype=self.points.dtype)
+
+    def keypoints7(self) -> torch.Tensor:
+        return self.points[list(KEYPOINTS_7)]
+
+    def box(self) -> tuple[float, float, float, float]:
+        p = self.points
+        return float(p[:, 0].min()), float(p[:, 1].min()), float(p[:, 0].max()), float(p[:, 1].max())
+
+
+def _find_task_file(model_path: str | None) -> str | None:
+    if model_path and os.path.isfile(model_path):
+        return model_path
+    if model_path and os.path.isdir(model_path):
+        cand = os.path.join(model_path, "face_landmarker.task")
+        if os.path.isfile(cand):
+            return cand
+    return None
+
+
+def _run_legacy(rgb: np.ndarray, max_faces: int) -> list[np.ndarray]:
+    try:
+        import mediapipe as mp  # noqa: F401  (runs mediapipe/__init__, which needs matplotlib)
+        from mediapipe.python.solutions import face_mesh
+    except ModuleNotFoundError as e:
+        raise ImportError(f"mediapipe legacy solutions unavailable ({e}); `pip install {e.name}` if it is missing") from e
+    with warnings.catch_warnings():  # protobuf deprecation chatter inside mediapipe's graph setup
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with face_mesh.FaceMesh(static_image_mode=True, max_num_faces=max_faces, refine_landmarks=True,
+                                min_detection_confidence=0.5) as fm:
+            res = fm.process(rgb)
+    faces = res.multi_face_landmarks or []
+    return [np.array([[lm.x, lm.y, lm.z] for lm in f.landmark], dtype=np.float32) for f in faces]
+
+
+def _run_tasks(rgb: np.ndarray, max_faces: int, task_file: str) -> list[np.ndarray]:
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions
+    from mediapipe.tasks.python import vision
+
+    opts = vision.FaceLandmarkerOptions(base_options=BaseOptions(model_asset_path=task_file), num_faces=max_faces,
+                                        running_mode=vision.RunningMode.IMAGE)
+    with vision.FaceLandmarker.create_from_options(opts) as lm:
+        res = lm.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb)))
+    return [np.array([[p.x, p.y, p.z] for p in f], dtype=np.float32) for f in res.face_landmarks]
+
+
+def detect_landmarks(
+    image: Any,
+    face_index: int = 0,
+    max_faces: int = 8,
+    backend: str = "auto",
+    model_path: str | None = None,
+) -> FaceLandmarks2D:
+    """478 MediaPipe landmarks of one face of ``image`` (the largest by default).
+
+    backend: "auto" (legacy solutions if importable, else Tasks with ``model_path``), "legacy" or
+    "tasks". model_path: a ``face_landmarker.task`` file or a folder holding one (Tasks API only).
+    ``face_index`` counts faces by landmark-box area, largest first.
+    """
+    rgb, notes = to_rgb_uint8(image)
+    h, w = rgb.shape[:2]
+    task_file = _find_task_file(model_path)
+    faces: list[np.ndarray] | None = None
+    used = backend
+    errors: list[str] = []
+    if backend in ("auto", "legacy"):
+        try:
+            faces = _run_legacy(rgb, max_faces)
+            used = "legacy"
+        except ImportError as e:
+            errors.append(str(e))
+            if backend == "legacy":
+                raise RuntimeError(f"MediaPipe legacy face mesh is not available: {e}") from e
+    if faces is None and backend in ("auto", "tasks"):
+        if task_file is None:
+            errors.append(f"no face_landmarker.task file (looked at {model_path!r})")
+        else:
+            try:
+                faces = _run_tasks(rgb, max_faces, task_file)
+                used = "tasks"
+            except ImportError as e:
+                errors.append(f"mediapipe Tasks API unavailable: {e}")
+    if faces is None:
+        raise RuntimeError(
+            "No MediaPipe face landmarker available: " + "; ".join(errors) + ". Install mediapipe==0.10.21 (its "
+            "legacy face mesh ships the models; it also needs matplotlib), or a newer mediapipe and put "
+            "face_landmarker.task (https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/"
+            "float16/latest/face_landmarker.task) in the landmarks model folder."
+        )
+    if not faces:
+        raise RuntimeError(
+            f"MediaPipe found no face in the portrait ({w}x{h} px). Use a photo with one clearly visible, roughly "
+            f"frontal face (not in profile, not covered), and crop closer if the face is small in the frame."
+        )
+    scale = np.array([w, h, w], dtype=np.float32)
+    pts = [f[:NUM_LANDMARKS] * scale for f in faces]
+    areas = [float(np.ptp(p[:, 0]) * np.ptp(p[:, 1])) for p in pts]
+    order = sorted(range(len(pts)), key=lambda i: -areas[i])
+    n = len(pts)
+    if not 0 <= face_index < n:
+        raise ValueError(f"face_index {face_index} is out of range: {n} face(s) found (indices 0..{n - 1}, largest first)")
+    chosen = pts[order[face_index]]
+    if chosen.shape[0] != NUM_LANDMARKS:
+        raise RuntimeError(f"MediaPipe returned {chosen.shape[0]} landmarks, expected 478 (refine_landmarks=True)")
+    lines = [f"MediaPipe ({used}) found {n} face(s)"]
+    if n > 1:
+        lines.append(
+            f"using face #{face_index}" + (" (the largest)" if face_index == 0 else "")
+            + f" of {n} (largest first, box sizes {[round(a ** 0.5) for a in sorted(areas, reverse=True)]} px). "
+            "Set face_index to use another, or crop the portrait to one person."
+        )
+        log.warning("IDSculpt landmarks: %s", "; ".join(lines))
+    return FaceLandmarks2D(
+        points=torch.from_numpy(np.ascontiguousarray(chosen)),
+        image_size=(h, w),
+        connections=mediapipe_connections(),
+        index=face_index,
+        num_faces=n,
+        backend=used,
+        log="; ".join(notes + lines),
+        notes=notes,
+    )

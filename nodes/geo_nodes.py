@@ -1,0 +1,76 @@
+"""Geo Supervision node: the generated normal + depth maps of the portrait -> reference geometry.
+
+The normal and depth maps come from the user's own KSampler runs on HumanNorm's normal-adapted and
+depth-adapted SD1.5 (canny ControlNet + ID adapter), so this node only decodes and checks them;
+the conventions are documented in ``core.geo_supervision``.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from comfy_api.latest import io
+
+from ..core.geo_supervision import build_reference_geometry, preview_reference_geometry, summary
+from .common import core_to_image
+from .types import CAMERA, LANDMARKS, REFERENCE_GEOMETRY
+
+log = logging.getLogger("IDSculpt")
+
+
+class GeoSupervision(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IDSculptGeoSupervision",
+            display_name="IDSculpt Geo Supervision",
+            category="IDSculpt/geometry",
+            description="Decodes the reference normal map (HumanNorm convention: RGB = (n+1)/2, x right, y up, z toward "
+            "the camera) and depth map (disparity: brighter = nearer) of the aligned portrait into the targets of "
+            "geometry sculpting, with head and face masks.",
+            inputs=[
+                io.Image.Input("portrait", tooltip="The aligned portrait (reference view); sets the target resolution."),
+                CAMERA.Input("reference_camera", tooltip="The portrait's camera (first camera used)."),
+                io.Image.Input("normal_map", tooltip="Decoded output of the normal-adapted SD1.5 for this portrait "
+                               "(resized to the portrait if needed)."),
+                io.Image.Input("depth_map", tooltip="Decoded output of the depth-adapted SD1.5 for this portrait "
+                               "(resized to the portrait if needed)."),
+                io.Mask.Input("head_mask", optional=True, tooltip="Optional head mask (white = head). Without it: pixels "
+                              "with a valid normal and non-zero depth."),
+                io.Mask.Input("face_mask", optional=True, tooltip="Optional face-skin mask where normals are supervised. "
+                              "Without it: the MediaPipe face oval of the portrait."),
+                LANDMARKS.Input("landmarks", optional=True, tooltip="Optional landmarks from IDSculpt Landmark Render, used "
+                                "for the face mask when none is given (else MediaPipe runs on the portrait)."),
+                io.Combo.Input("depth_convention", options=["near_is_bright", "far_is_bright"], default="near_is_bright",
+                               tooltip="near_is_bright: HumanNorm/ID-Sculpt disparity maps (default). far_is_bright: a "
+                               "depth map where far is white (inverted inside the head)."),
+            ],
+            outputs=[
+                REFERENCE_GEOMETRY.Output(display_name="reference_geometry"),
+                io.Image.Output(display_name="preview"),
+                io.String.Output(display_name="info"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, portrait: torch.Tensor, reference_camera, normal_map: torch.Tensor, depth_map: torch.Tensor,
+                head_mask=None, face_mask=None, landmarks=None, depth_convention: str = "near_is_bright") -> io.NodeOutput:
+        cam = reference_camera[0] if len(reference_camera) > 1 else reference_camera
+        lm2d = None
+        extra = ""
+        if face_mask is None:
+            lm2d = getattr(landmarks, "portrait_landmarks", None) if landmarks is not None else None
+            if lm2d is None:
+                try:
+                    from ..core.face.landmarks import detect_landmarks
+
+                    lm2d = detect_landmarks(portrait)
+                except Exception as e:  # no mediapipe / no face: fall back to the head mask, and say so
+                    extra = f"; MediaPipe unavailable for the face mask ({e})"
+                    log.warning("IDSculpt Geo Supervision: %s", extra[2:])
+        ref = build_reference_geometry(portrait, cam, normal_map, depth_map, head_mask=head_mask, face_mask=face_mask,
+                                       landmarks=lm2d, depth_convention=depth_convention)
+        return io.NodeOutput(ref, core_to_image(preview_reference_geometry(ref)), summary(ref) + extra)
+
+
+NODES = [GeoSupervision]
