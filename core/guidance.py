@@ -1,0 +1,279 @@
+"""ID-aware Score Distillation (ISD) against an abstract noise predictor.
+
+Score distillation turns a 2D diffusion prior into a loss on a differentiable render. For a rendered
+image I (here the view-space normal map of the sculpted head) with latents z = E(I):
+
+    t ~ U[t_min, t_max]                    (default U[20, 500] of SD1.5's 1000 training steps)
+    eps ~ N(0, 1),  z_t = z + sigma_t * eps            (sigma space, as ComfyUI samples; see below)
+    eps_hat = eps_u + s * (eps_c - eps_u)              (CFG, s = 50 for ISD)
+    grad_z  = w(t) * (eps_hat - eps),   w(t) = 1 - alphabar_t
+    loss    = 0.5 * || z - stopgrad(z - grad_z) ||^2 / B      => d loss / d z = grad_z / B
+
+and the gradient reaches the render through the (differentiable) encoder E. "ID-aware": the
+positive branch carries the IP-Adapter FaceID tokens of the subject, but only for views whose
+|azimuth| < 70 degrees (a face seen from behind should not be pulled toward a frontal identity),
+and a landmark ControlNet conditions each view on the landmarks rendered from that camera. Both are
+the noise predictor's business: this module only decides *which* views get ID (``ViewBatch``).
+
+Sigma space (ComfyUI's EPS parameterisation) versus DDPM's:
+    alphabar_t = prod(1 - beta),  sigma_t = sqrt((1 - alphabar_t) / alphabar_t)
+    DDPM:  x_t = sqrt(alphabar_t) z + sqrt(1 - alphabar_t) eps  =  sqrt(alphabar_t) * (z + sigma_t eps)
+so the same eps is predicted in both; w(t) = 1 - alphabar_t = sigma_t^2 / (1 + sigma_t^2).
+A predictor working in DDPM space scales its input by sqrt(alphabar_t) = 1 / sqrt(1 + sigma_t^2).
+
+Nothing here imports ComfyUI: nodes/guidance_nodes.py implements ``NoisePredictor`` with a ComfyUI
+MODEL / CONDITIONING / VAE / CONTROL_NET, tests implement it with toy torch models.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from .camera import Cameras
+
+
+# ----------------------------------------------------------------------------- schedule
+def sd15_alphas_cumprod(num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """SD1.5's "scaled linear" training schedule alphabar_t, t = 0..num_steps-1 (float64)."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def sigma_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    return ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt()
+
+
+def alphas_cumprod_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
+    return 1.0 / (1.0 + sigma**2)
+
+
+def isd_weight(sigma: torch.Tensor) -> torch.Tensor:
+    """w(t) = 1 - alphabar_t written with sigma_t (the weighting ID-Sculpt's code uses)."""
+    return sigma**2 / (1.0 + sigma**2)
+
+
+def azimuth_of(cameras: Cameras) -> torch.Tensor:
+    """Orbit azimuth [B] in degrees of each camera position (0 = front +z, +90 = +x), see core.camera."""
+    p = cameras.position
+    return torch.rad2deg(torch.atan2(p[:, 0], p[:, 2]))
+
+
+def elevation_of(cameras: Cameras) -> torch.Tensor:
+    p = cameras.position
+    return torch.rad2deg(torch.atan2(p[:, 1], p[:, [0, 2]].norm(dim=-1)))
+
+
+def view_direction(azimuth: torch.Tensor, elevation: torch.Tensor, front: float = 45.0, back: float = 45.0,
+                   overhead: float = 60.0) -> list[str]:
+    """View-dependent prompt key per view: "front" | "side" | "back" | "overhead".
+
+    threestudio's rule (which ID-Sculpt's prompt processor inherits): overhead above ``overhead``
+    degrees elevation, front within ``front`` degrees of azimuth 0, back within ``back`` of 180.
+    """
+    az = (torch.as_tensor(azimuth, dtype=torch.float32).reshape(-1) + 180.0) % 360.0 - 180.0
+    el = torch.as_tensor(elevation, dtype=torch.float32).reshape(-1).expand_as(az)
+    out = []
+    for a, e in zip(az.tolist(), el.tolist()):
+        if e > overhead:
+            out.append("overhead")
+        elif abs(a) < front:
+            out.append("front")
+        elif abs(a) > 180.0 - back:
+            out.append("back")
+        else:
+            out.append("side")
+    return out
+
+
+# ----------------------------------------------------------------------------- predictor protocol
+@dataclass
+class ViewBatch:
+    """Per-view information handed to the noise predictor with each batch of noisy latents.
+
+    cameras: the B cameras of the renders (None when the caller has none, e.g. 2D tests).
+    azimuth / elevation: [B] degrees. id_enabled: [B] bool, ID tokens on for that view.
+    t: [B] integer training timestep, sigma: [B] the matching sigma (both given for convenience).
+    """
+
+    azimuth: torch.Tensor
+    elevation: torch.Tensor
+    id_enabled: torch.Tensor
+    t: torch.Tensor
+    sigma: torch.Tensor
+    cameras: Cameras | None = None
+
+
+@dataclass
+class NoisePrediction:
+    """eps predicted for the positive (cond) and negative (uncond) prompts, each [B,C,h,w]."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor
+
+
+@runtime_checkable
+class NoisePredictor(Protocol):
+    """What ISD needs from a diffusion model.
+
+    alphas_cumprod: [T] training schedule (defines t -> sigma).
+    encode(images [B,H,W,3] in 0..1) -> latents [B,C,h,w], differentiable w.r.t. the images, already
+        scaled as the model expects (SD1.5: VAE mean x 0.18215).
+    predict_noise(x [B,C,h,w] = latents + sigma*eps, sigma [B], views) -> NoisePrediction, no grad.
+    """
+
+    alphas_cumprod: torch.Tensor
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def predict_noise(self, x: torch.Tensor, sigma: torch.Tensor, views: ViewBatch) -> NoisePrediction: ...
+
+
+# ----------------------------------------------------------------------------- ISD
+@dataclass
+class ISDConfig:
+    """ISD settings; defaults are ID-Sculpt's geometry stage (see docs/GUIDANCE.md).
+
+    t_min, t_max: timestep range (of 1000). anneal: "none" | "linear" | "sqrt" -- lower t_max toward
+    t_max_final over the run (needs step/total_steps); "sqrt" follows HiFA's sqrt schedule.
+    cfg: classifier-free guidance scale. grad_clip: clamp |grad_z| (None = off).
+    id_azimuth_limit: ID tokens only for |azimuth| < this (degrees); None = ID on every view.
+    """
+
+    t_min: int = 20
+    t_max: int = 500
+    anneal: str = "none"
+    t_max_final: int = 200
+    cfg: float = 50.0
+    grad_clip: float | None = None
+    id_azimuth_limit: float | None = 70.0
+    loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.t_min <= self.t_max):
+            raise ValueError(f"ISD timestep range needs 0 <= t_min <= t_max, got [{self.t_min}, {self.t_max}]")
+        if self.anneal not in ("none", "linear", "sqrt"):
+            raise ValueError(f"ISD anneal must be 'none', 'linear' or 'sqrt', got {self.anneal!r}")
+
+
+@dataclass
+class ISDStats:
+    """What the last ISD call drew and produced (tensors: reading them syncs with the GPU)."""
+
+    t: torch.Tensor
+    sigma: torch.Tensor
+    id_enabled: torch.Tensor
+    grad_norm: torch.Tensor
+    nonfinite: torch.Tensor
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ISDGuidance:
+    """ID-aware score distillation: ``guidance(images, cameras) -> loss`` (the sculpt stage's Guidance).
+
+    images: [B,H,W,3] in 0..1 with grad (row 0 = top, ComfyUI IMAGE layout), e.g. the normal image
+        (normal_view + 1) / 2 with background (0.5, 0.5, 1). cameras: core.camera.Cameras of the B
+        views (azimuths are taken from them unless given). Several views per step = B > 1.
+    Returns a scalar loss whose gradient w.r.t. the images is the ISD gradient (see module doc);
+    ``last_stats`` holds the sampled timesteps, the ID mask and the gradient norm of the last call.
+    """
+
+    def __init__(self, predictor: NoisePredictor, config: ISDConfig | None = None, generator: torch.Generator | None = None):
+        self.predictor = predictor
+        self.config = config or ISDConfig()
+        self.generator = generator
+        ac = torch.as_tensor(predictor.alphas_cumprod, dtype=torch.float64).flatten()
+        if ac.numel() < 2 or not bool(((ac > 0) & (ac < 1)).all()):
+            raise ValueError("NoisePredictor.alphas_cumprod must be a [T] schedule with values in (0, 1)")
+        if self.config.t_max >= ac.numel():
+            raise ValueError(f"ISD t_max={self.config.t_max} is beyond the model's {ac.numel()} training steps")
+        self.alphas_cumprod = ac
+        self.sigmas = sigma_from_alphas_cumprod(ac)
+        self.last_stats: ISDStats | None = None
+
+    # -- session ----------------------------------------------------------------------------
+    def __enter__(self) -> "ISDGuidance":
+        """Hold the predictor's models loaded for a whole optimisation (``with guidance: ...``).
+
+        Predictors with an ``open()``/``close()`` pair (the ComfyUI one: model loading, patcher
+        pre_run/cleanup) use it; a predictor without one needs nothing. Calling the guidance outside a
+        ``with`` block still works: such predictors open themselves per call (slower).
+        """
+        if hasattr(self.predictor, "open"):
+            self.predictor.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if hasattr(self.predictor, "close"):
+            self.predictor.close()
+
+    # -- timesteps --------------------------------------------------------------------------
+    def t_range(self, step: int | None = None, total_steps: int | None = None) -> tuple[int, int]:
+        c = self.config
+        if c.anneal == "none" or step is None or not total_steps:
+            return c.t_min, c.t_max
+        r = min(max(step / max(total_steps, 1), 0.0), 1.0)
+        if c.anneal == "sqrt":
+            r = math.sqrt(r)
+        hi = round(c.t_max + (c.t_max_final - c.t_max) * r)
+        return c.t_min, max(c.t_min, hi)
+
+    def sample_t(self, batch: int, step: int | None = None, total_steps: int | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+        lo, hi = self.t_range(step, total_steps)
+        return torch.randint(lo, hi + 1, (batch,), generator=self.generator).to(device)
+
+    def id_mask(self, azimuth: torch.Tensor) -> torch.Tensor:
+        lim = self.config.id_azimuth_limit
+        if lim is None:
+            return torch.ones_like(azimuth, dtype=torch.bool)
+        az = (azimuth + 180.0) % 360.0 - 180.0  # wrap to [-180, 180)
+        return az.abs() < lim
+
+    # -- the step -----------------------------------------------------------------------------
+    def __call__(
+        self,
+        images: torch.Tensor,
+        cameras: Cameras | None = None,
+        azimuth: torch.Tensor | None = None,
+        elevation: torch.Tensor | None = None,
+        step: int | None = None,
+        total_steps: int | None = None,
+    ) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[-1] != 3:
+            raise ValueError(f"ISD expects images [B,H,W,3] in 0..1, got shape {tuple(images.shape)}")
+        b = images.shape[0]
+        if azimuth is None:
+            azimuth = azimuth_of(cameras) if cameras is not None else torch.zeros(b)
+        if elevation is None:
+            elevation = elevation_of(cameras) if cameras is not None else torch.zeros(b)
+        azimuth = torch.as_tensor(azimuth, dtype=torch.float32).reshape(-1).expand(b).cpu()
+        elevation = torch.as_tensor(elevation, dtype=torch.float32).reshape(-1).expand(b).cpu()
+
+        latents = self.predictor.encode(images)
+        dev = latents.device
+        t = self.sample_t(b, step, total_steps)
+        sigma64 = self.sigmas[t]
+        sigma = sigma64.to(device=dev, dtype=torch.float32)
+        views = ViewBatch(azimuth, elevation, self.id_mask(azimuth), t, sigma, cameras)
+
+        with torch.no_grad():
+            z = latents.detach().float()
+            noise = torch.randn(z.shape, generator=self.generator).to(dev)
+            x = z + sigma.view(-1, 1, 1, 1) * noise
+            pred = self.predictor.predict_noise(x, sigma, views)
+            eps_hat = pred.uncond.float() + self.config.cfg * (pred.cond.float() - pred.uncond.float())
+            w = isd_weight(sigma64).to(device=dev, dtype=torch.float32).view(-1, 1, 1, 1)
+            grad = w * (eps_hat - noise)
+            # a NaN/inf here would poison the whole mesh: drop those entries (no host sync: counts stay tensors)
+            bad = ~torch.isfinite(grad)
+            nonfinite = bad.sum()
+            grad = torch.where(bad, torch.zeros_like(grad), grad)
+            if self.config.grad_clip is not None:
+                grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
+            target = (z - grad).to(latents.dtype)
+        loss = 0.5 * ((latents - target) ** 2).sum() / b
+        self.last_stats = ISDStats(t, sigma64.float(), views.id_enabled, grad.norm(), nonfinite)
+        return self.config.loss_weight * loss
+

@@ -1,0 +1,374 @@
+"""ISD guidance node and the ComfyUI-backed noise predictor behind it.
+
+``IDSculpt ISD Guidance`` bundles the user's (already ID-adapted) MODEL, prompts, VAE and optional
+landmark ControlNet into an ISD_GUIDANCE value: a ``core.guidance.ISDGuidance`` whose predictor runs
+the model exactly as ComfyUI's samplers do (route B of docs COMFYUI.md):
+
+    convert_cond -> prepare_model_patcher -> prepare_sampling (load models) -> patcher.pre_run()
+    per step: copy conds (+ a fresh ControlNet copy with this step's landmark hints)
+              -> process_conds -> calc_cond_batch([positive, negative]) -> eps = (x - x0) / sigma
+    patcher.cleanup() -> cleanup_models
+
+so LoRAs (weight patches), other packs' attention patches, hooks and wrappers are all active. The
+render -> latent step runs a private copy of the VAE encoder with autograd on (ComfyUI's weights are
+inference tensors), scaled by the model's latent format.
+
+Use from a node that optimises (the sculpt stage)::
+
+    with torch.inference_mode(False), torch.enable_grad():
+        with guidance:                      # loads models once, pre_run/cleanup around the loop
+            for step in range(n):
+                loss = guidance(normal_images, cameras, step=step, total_steps=n)
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from comfy_api.latest import io
+
+import comfy.model_patcher
+import comfy.sampler_helpers
+import comfy.samplers
+
+from ..core.guidance import ISDConfig, ISDGuidance, NoisePrediction, ViewBatch, view_direction
+from .id_adapter_nodes import ID_ENABLED_KEY, ID_MASK_KEY, IDAttentionPatch
+
+log = logging.getLogger("IDSculpt")
+
+
+def has_id_adapter(model) -> bool:
+    """True when some attn2 replacement of ``model`` is (or wraps) our ID patch."""
+    patches = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    for p in patches.values():
+        while p is not None:
+            if isinstance(p, IDAttentionPatch):
+                return True
+            p = getattr(p, "previous", None)
+    return False
+from .types import ISD_GUIDANCE, LANDMARKS
+
+
+class DifferentiableVAEEncoder(torch.nn.Module):
+    """Image [B,H,W,3] 0..1 -> model-space latents, with autograd, from a ComfyUI VAE.
+
+    Copies ``first_stage_model.encoder`` (+ ``quant_conv``) outside inference mode so the copy's
+    weights are ordinary tensors (backprop through inference tensors is refused), takes the
+    posterior mean (what ComfyUI's VAE encode returns) and applies the latent format's scale/shift.
+    """
+
+    def __init__(self, vae, latent_format, device: torch.device, dtype: torch.dtype | None = None):
+        super().__init__()
+        fsm = vae.first_stage_model
+        if not hasattr(fsm, "encoder"):
+            raise ValueError(f"VAE of type {type(fsm).__name__} has no 'encoder' module: an SD1.5 (AutoencoderKL) VAE is needed for ISD")
+        dtype = dtype or getattr(vae, "vae_dtype", torch.float32)
+        with torch.inference_mode(False):
+            self.encoder = copy.deepcopy(fsm.encoder).to(device=device, dtype=dtype)
+            qc = getattr(fsm, "quant_conv", None)
+            self.quant_conv = copy.deepcopy(qc).to(device=device, dtype=dtype) if isinstance(qc, torch.nn.Module) else None
+        self.requires_grad_(False).eval()
+        self.process_input = getattr(vae, "process_input", lambda im: im * 2.0 - 1.0)
+        self.latent_format = latent_format
+        self.dtype, self.device = dtype, device
+        self.latent_channels = int(getattr(vae, "latent_channels", 4))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.process_input(images.movedim(-1, 1)).to(device=self.device, dtype=self.dtype)
+        z = self.encoder(x)
+        if self.quant_conv is not None:
+            z = self.quant_conv(z)
+        if z.shape[1] == 2 * self.latent_channels:  # diagonal Gaussian moments: take the mean
+            z = z[:, : self.latent_channels]
+        return self.latent_format.process_in(z.float())
+
+
+def _attach_control(cond_list: list[dict], control, chained: dict | None = None) -> list[dict]:
+    """Put ``control`` on every cond, chaining a ControlNet the user already applied there.
+
+    As ControlNetApplyAdvanced does, one control object per distinct previous ControlNet, shared by
+    positive and negative (``chained``), so ComfyUI can batch both branches in one UNet call.
+    """
+    chained = {} if chained is None else chained
+    out = []
+    for c in cond_list:
+        c = c.copy()
+        prev = c.get("control", None)
+        if prev is None:
+            ctl = control
+        else:
+            ctl = chained.get(id(prev))
+            if ctl is None:
+                ctl = chained[id(prev)] = control.copy().set_previous_controlnet(prev)
+        c["control"] = ctl
+        c["control_apply_to_uncond"] = False
+        out.append(c)
+    return out
+
+
+class ComfyNoisePredictor:
+    """``core.guidance.NoisePredictor`` backed by a ComfyUI MODEL (+ CONTROL_NET with landmark hints)."""
+
+    def __init__(self, model, positive, negative, vae, control_net=None, landmarks=None, control_strength: float = 1.0,
+                 control_start: float = 0.0, control_end: float = 1.0, resolution: int | None = 512, max_views: int = 4,
+                 view_positive: dict | None = None):
+        if (control_net is None) != (landmarks is None):
+            raise ValueError("connect both control_net (the MediaPipe-face ControlNet) and landmarks, or neither")
+        self.model = model
+        self.positive, self.negative = positive, negative
+        self.vae = vae
+        self.control_net, self.landmarks = control_net, landmarks
+        self.control_strength, self.control_range = float(control_strength), (float(control_start), float(control_end))
+        self.resolution = resolution
+        self.max_views = max_views
+        # view-dependent prompts: {"side": CONDITIONING, "back": ..., "overhead": ...}; "front" = positive
+        self.view_positive = {k: v for k, v in (view_positive or {}).items() if v is not None}
+        bad = set(self.view_positive) - {"front", "side", "back", "overhead"}
+        if bad:
+            raise ValueError(f"view-dependent prompt keys must be front/side/back/overhead, got {sorted(bad)}")
+        ms = model.get_model_object("model_sampling")
+        sig = getattr(ms, "sigmas", None)
+        if sig is None or sig.dim() != 1 or sig.numel() < 2:
+            raise ValueError("ISD needs a discrete-time (SD1.5-style EPS) model; this MODEL has no sigma table")
+        self.alphas_cumprod = 1.0 / (1.0 + sig.detach().double().cpu() ** 2)
+        self._encoder: DifferentiableVAEEncoder | None = None
+        self._state: dict | None = None
+        self.calls = 0
+
+    # -- model lifecycle ----------------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self._state is not None
+
+    def _template_control(self):
+        # a control object in the conds so prepare_sampling loads the ControlNet weights once
+        return self.control_net.copy().set_cond_hint(torch.zeros(1, 3, 64, 64), self.control_strength, self.control_range, vae=self.vae)
+
+    def open(self) -> None:
+        if self._state is not None:
+            return
+        model = self.model
+        conds = {"positive": comfy.sampler_helpers.convert_cond(self.positive),
+                 "negative": comfy.sampler_helpers.convert_cond(self.negative)}
+        for name, c in self.view_positive.items():
+            conds[f"positive_{name}"] = comfy.sampler_helpers.convert_cond(c)
+        model_options = comfy.model_patcher.create_model_options_clone(model.model_options)
+        model_options.setdefault("transformer_options", {})
+        comfy.sampler_helpers.prepare_model_patcher(model, conds, model_options)
+        comfy.samplers.filter_registered_hooks_on_conds(conds, model_options)
+        load_conds = conds
+        if self.control_net is not None:
+            tmpl = self._template_control()
+            chained: dict = {}
+            load_conds = {k: _attach_control(v, tmpl, chained) for k, v in conds.items()}
+        res = self.resolution or 512
+        noise_shape = [self.max_views, 4, res // 8, res // 8]
+        real_model, _, loaded = comfy.sampler_helpers.prepare_sampling(model, noise_shape, load_conds, model_options)
+        comfy.samplers.cast_to_load_options(model_options, device=model.load_device, dtype=model.model_dtype())
+        model.pre_run()
+        self._state = {"conds": conds, "load_conds": load_conds, "model_options": model_options,
+                       "real_model": real_model, "loaded": loaded, "device": model.load_device}
+
+    def close(self) -> None:
+        st, self._state = self._state, None
+        if st is None:
+            return
+        try:
+            self.model.cleanup()
+        finally:
+            comfy.sampler_helpers.cleanup_models(st["load_conds"], st["loaded"])
+            comfy.samplers.cast_to_load_options(st["model_options"], device=self.model.offload_device)
+            self.model.restore_hook_patches()
+
+    # -- NoisePredictor ------------------------------------------------------------------------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        if self._encoder is None:
+            dev = self.model.load_device
+            self._encoder = DifferentiableVAEEncoder(self.vae, self.model.get_model_object("latent_format"), dev)
+        h, w = images.shape[1:3]
+        if self.resolution and (h, w) != (self.resolution, self.resolution):
+            images = F.interpolate(images.movedim(-1, 1), (self.resolution, self.resolution), mode="bilinear",
+                                   align_corners=False).movedim(1, -1)
+        elif h % 8 or w % 8:
+            raise ValueError(f"render size {h}x{w} must be a multiple of 8 (the VAE downsamples by 8)")
+        return self._encoder(images)
+
+    def landmark_hints(self, views: ViewBatch) -> torch.Tensor:
+        """Landmark images [B,3,H,W] (0..1) of this step's cameras for the ControlNet."""
+        if views.cameras is None:
+            raise ValueError("the landmark ControlNet needs the cameras of the rendered views")
+        lm = self.landmarks
+        img = lm.draw(views.cameras) if hasattr(lm, "draw") else lm(views.cameras)
+        return torch.as_tensor(img).detach().float().movedim(-1, 1).clamp(0, 1)
+
+    @torch.no_grad()
+    def predict_noise(self, x: torch.Tensor, sigma: torch.Tensor, views: ViewBatch) -> NoisePrediction:
+        auto = self._state is None
+        if auto:
+            self.open()
+        try:
+            return self._predict(x, sigma, views)
+        finally:
+            if auto:
+                self.close()
+
+    def _positive_for(self, views: ViewBatch) -> list[list[dict]]:
+        """The positive cond list of each view (view-dependent prompts when given)."""
+        st = self._state
+        if not self.view_positive:
+            return [st["conds"]["positive"]] * len(views.azimuth)
+        names = view_direction(views.azimuth, views.elevation)
+        return [st["conds"].get(f"positive_{n}", st["conds"]["positive"]) for n in names]
+
+    @staticmethod
+    def _merge_rows(per_view: list[list[dict]]) -> list[dict] | None:
+        """One cond list whose cross_attn holds one row per view, or None when the prompts can't merge.
+
+        ComfyUI uses a cross_attn whose batch equals the latent batch row by row, so views with
+        different prompts still run in one UNet call. Needs single-entry conds of one token length.
+        """
+        if any(len(c) != 1 or "cross_attn" not in c[0] or c[0].get("area") is not None or c[0].get("mask") is not None for c in per_view):
+            return None
+        rows = [c[0]["cross_attn"][:1] for c in per_view]
+        if any(r.shape != rows[0].shape for r in rows):
+            return None
+        merged = per_view[0][0].copy()
+        merged["cross_attn"] = torch.cat(rows)
+        merged["model_conds"] = dict(merged.get("model_conds", {}))
+        return [merged]
+
+    def _predict(self, x: torch.Tensor, sigma: torch.Tensor, views: ViewBatch) -> NoisePrediction:
+        st = self._state
+        dev = st["device"]
+        x = x.to(dev, torch.float32)
+        sigma = sigma.to(dev, torch.float32).reshape(-1)
+        per_view = self._positive_for(views)
+        if all(p is per_view[0] for p in per_view):
+            return self._run(x, sigma, views, per_view[0])
+        merged = self._merge_rows(per_view)
+        if merged is not None:
+            return self._run(x, sigma, views, merged)
+        # prompts that cannot share a batch: one UNet call per group of views with the same prompt
+        cond = torch.empty_like(x)
+        uncond = torch.empty_like(x)
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(per_view):
+            groups.setdefault(id(p), []).append(i)
+        for idx in groups.values():
+            sub = _slice_views(views, idx)
+            ii = torch.tensor(idx, device=dev)
+            out = self._run(x[ii], sigma[ii], sub, per_view[idx[0]])
+            cond[ii], uncond[ii] = out.cond, out.uncond
+        return NoisePrediction(cond, uncond)
+
+    def _run(self, x: torch.Tensor, sigma: torch.Tensor, views: ViewBatch, positive: list[dict]) -> NoisePrediction:
+        st = self._state
+        dev = st["device"]
+        real_model = st["real_model"]
+        conds = {"positive": [c.copy() for c in positive], "negative": [c.copy() for c in st["conds"]["negative"]]}
+        control = None
+        if self.control_net is not None:
+            hint = self.landmark_hints(views)
+            control = self.control_net.copy().set_cond_hint(hint, self.control_strength, self.control_range, vae=self.vae)
+            chained: dict = {}
+            conds = {k: _attach_control(v, control, chained) for k, v in conds.items()}
+        conds = comfy.samplers.process_conds(real_model, x, conds, dev)
+        model_options = dict(st["model_options"])
+        to = dict(model_options.get("transformer_options", {}))
+        to[ID_MASK_KEY] = views.id_enabled.to(dev)
+        to[ID_ENABLED_KEY] = True
+        model_options["transformer_options"] = to
+        try:
+            x0_c, x0_u = comfy.samplers.calc_cond_batch(real_model, [conds["positive"], conds["negative"]], x, sigma, model_options)
+        finally:
+            if control is not None:
+                for k in conds:
+                    for c in conds[k]:
+                        if "control" in c:
+                            c["control"].cleanup()
+        s = sigma.view(-1, 1, 1, 1)
+        self.calls += 1
+        return NoisePrediction((x - x0_c) / s, (x - x0_u) / s)
+
+
+def _slice_views(v: ViewBatch, idx: list[int]) -> ViewBatch:
+    ii = torch.tensor(idx)
+    return ViewBatch(v.azimuth[ii], v.elevation[ii], v.id_enabled[ii], v.t[ii], v.sigma[ii.to(v.sigma.device)],
+                     None if v.cameras is None else v.cameras[idx])
+
+
+def build_isd_guidance(model, positive, negative, vae, control_net=None, landmarks=None, cfg: float = 50.0,
+                       t_min: int = 20, t_max: int = 500, anneal: str = "none", t_max_final: int = 200,
+                       id_azimuth_limit: float = 70.0, grad_clip: float = 0.0, control_strength: float = 1.0,
+                       control_start: float = 0.0, control_end: float = 1.0, resolution: int = 512,
+                       seed: int | None = None, view_positive: dict | None = None) -> ISDGuidance:
+    predictor = ComfyNoisePredictor(model, positive, negative, vae, control_net, landmarks, control_strength,
+                                    control_start, control_end, resolution, view_positive=view_positive)
+    config = ISDConfig(t_min=t_min, t_max=t_max, anneal=anneal, t_max_final=t_max_final, cfg=cfg,
+                       grad_clip=grad_clip if grad_clip and grad_clip > 0 else None,
+                       id_azimuth_limit=id_azimuth_limit if id_azimuth_limit < 180 else None)
+    gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+    return ISDGuidance(predictor, config, generator=gen)
+
+
+class ISDGuidanceNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IDSculptISDGuidance",
+            display_name="IDSculpt ISD Guidance",
+            category="IDSculpt/guidance",
+            description="ID-aware score distillation settings + models, for the DMTet Sculpt node.",
+            inputs=[
+                io.Model.Input("model", tooltip="Normal-adapted SD1.5 MODEL, already through IDSculpt Apply ID Adapter (and any LoRA)."),
+                io.Conditioning.Input("positive", tooltip="Prompt, e.g. 'a DSLR portrait of <caption>, black background, normal map'."),
+                io.Conditioning.Input("negative", tooltip="Negative prompt (CFG's unconditional branch)."),
+                io.Vae.Input("vae", tooltip="SD1.5 VAE (ID-Sculpt: sd-vae-ft-mse) used to encode the rendered normal maps, with gradient."),
+                io.Float.Input("cfg", default=50.0, min=1.0, max=200.0, step=0.5, tooltip="Classifier-free guidance scale (ID-Sculpt ISD: 50)."),
+                io.Int.Input("t_min", default=20, min=1, max=998, tooltip="Smallest diffusion timestep sampled (of 1000)."),
+                io.Int.Input("t_max", default=500, min=2, max=999, tooltip="Largest diffusion timestep sampled (of 1000)."),
+                io.Float.Input("id_azimuth_limit", default=70.0, min=0.0, max=180.0, step=1.0,
+                               tooltip="ID tokens only for views with |azimuth| below this (degrees); 180 = every view."),
+                io.ControlNet.Input("control_net", optional=True, tooltip="MediaPipe-face landmark ControlNet (CrucibleAI/ControlNetMediaPipeFace, SD1.5)."),
+                LANDMARKS.Input("landmarks", optional=True, tooltip="3D landmarks on the head (IDSculpt Landmark Render): drawn per view as the ControlNet hint."),
+                io.Float.Input("control_strength", default=1.0, min=0.0, max=3.0, step=0.05, optional=True, tooltip="Landmark ControlNet strength."),
+                io.Combo.Input("anneal", options=["none", "linear", "sqrt"], default="none", optional=True,
+                               tooltip="Lower t_max toward t_max_final over the optimisation ('none' = ID-Sculpt)."),
+                io.Int.Input("t_max_final", default=200, min=2, max=999, optional=True, tooltip="t_max at the end of the run when annealing."),
+                io.Float.Input("grad_clip", default=0.0, min=0.0, max=100.0, step=0.1, optional=True,
+                               tooltip="Clamp the latent gradient to ±this (0 = off, ID-Sculpt)."),
+                io.Int.Input("resolution", default=512, min=64, max=1024, step=64, optional=True,
+                             tooltip="Renders are resized to this square size before VAE encoding (SD1.5: 512)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, optional=True, tooltip="Seed of the timestep and noise draws."),
+                io.Conditioning.Input("positive_side", optional=True,
+                                      tooltip="View-dependent prompt for side views (45° < |azimuth| < 135°), e.g. the positive prompt + ', side view'. Unconnected: positive."),
+                io.Conditioning.Input("positive_back", optional=True,
+                                      tooltip="View-dependent prompt for back views (|azimuth| > 135°), e.g. + ', back view'. Unconnected: positive."),
+                io.Conditioning.Input("positive_overhead", optional=True,
+                                      tooltip="View-dependent prompt for views from above (elevation > 60°), e.g. + ', overhead view'. Unconnected: positive."),
+            ],
+            outputs=[ISD_GUIDANCE.Output(display_name="guidance")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, vae, cfg: float, t_min: int, t_max: int, id_azimuth_limit: float,
+                control_net=None, landmarks=None, control_strength: float = 1.0, anneal: str = "none",
+                t_max_final: int = 200, grad_clip: float = 0.0, resolution: int = 512, seed: int = 0,
+                positive_side=None, positive_back=None, positive_overhead=None) -> io.NodeOutput:
+        if t_min > t_max:
+            raise ValueError(f"t_min ({t_min}) must not exceed t_max ({t_max})")
+        if not math.isfinite(cfg):
+            raise ValueError("cfg must be a finite number")
+        if not has_id_adapter(model):
+            log.warning("IDSculpt ISD Guidance: the MODEL carries no ID adapter, so ISD runs without identity tokens; "
+                        "put IDSculpt Apply ID Adapter between the model loader and this node for ID-aware guidance")
+        g = build_isd_guidance(model, positive, negative, vae, control_net, landmarks, cfg, t_min, t_max, anneal,
+                               t_max_final, id_azimuth_limit, grad_clip, control_strength, resolution=resolution, seed=seed,
+                               view_positive={"side": positive_side, "back": positive_back, "overhead": positive_overhead})
+        return io.NodeOutput(g)
+
+
+NODES = [ISDGuidanceNode]

@@ -1,0 +1,293 @@
+"""ID adapter patch + ISD noise predictor inside a real ComfyUI, on tiny SD1.5-shaped models (CPU).
+
+Needs COMFYUI_PATH and a Python that imports ComfyUI (run with its venv); skipped otherwise.
+"""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from idsculpt.core.camera import Cameras
+from idsculpt.core.guidance import ViewBatch
+from tiny_models import tiny_conditioning, tiny_controlnet, tiny_sd15_model, tiny_vae, write_tiny_faceid_adapter
+
+pytestmark = pytest.mark.comfy
+
+RES = 64  # render size; latents 8x8
+
+
+@pytest.fixture(scope="module")
+def env(comfy_inprocess, tmp_path_factory):
+    from idsculpt.core.face.id_adapter import load_id_adapter
+
+    d = tmp_path_factory.mktemp("isd")
+    adapter = load_id_adapter(write_tiny_faceid_adapter(str(d / "faceid.bin"), scale=4.0))
+    g = torch.Generator().manual_seed(0)
+    return types.SimpleNamespace(
+        ci=comfy_inprocess, model=tiny_sd15_model(), vae=tiny_vae(), controlnet=tiny_controlnet(), adapter=adapter,
+        emb1=F.normalize(torch.randn(512, generator=g), dim=0), emb2=F.normalize(torch.randn(512, generator=g), dim=0),
+        pos=tiny_conditioning(3), neg=tiny_conditioning(4),
+    )
+
+
+@pytest.fixture(scope="module")
+def shared(env):
+    """Predictions several tests compare against (computed once: each UNet call costs ~1 s on CPU)."""
+    from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
+
+    m1 = apply_id_adapter(env.model, env.adapter, env.emb1)
+    return types.SimpleNamespace(m1=m1, base=_predict(env, env.model), on=_predict(env, m1))
+
+
+class RandomLandmarks:
+    """Stand-in for core.face.align.FaceLandmarks3D: ``draw(cameras) -> [B,H,W,3]`` (records calls)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed, self.calls = seed, []
+
+    def draw(self, cameras: Cameras) -> torch.Tensor:
+        self.calls.append(cameras)
+        g = torch.Generator().manual_seed(self.seed)
+        return (torch.rand(len(cameras), cameras.height, cameras.width, 3, generator=g) > 0.9).float()
+
+
+def _views(b: int = 2, id_enabled=None, sigma: float = 2.0) -> tuple[torch.Tensor, torch.Tensor, ViewBatch]:
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(b, 4, RES // 8, RES // 8, generator=g) * 2
+    s = torch.full((b,), sigma)
+    cams = Cameras.orbit(0.0, [0.0, 40.0, 100.0, -30.0][:b], 4.0, resolution=RES)
+    en = torch.ones(b, dtype=torch.bool) if id_enabled is None else torch.tensor(id_enabled)
+    return x, s, ViewBatch(torch.zeros(b), torch.zeros(b), en, torch.full((b,), 300), s, cams)
+
+
+def _predict(env, model, views=None, control=False, landmarks=None, model_options_extra=None):
+    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+
+    x, s, v = views or _views()
+    p = ComfyNoisePredictor(model, env.pos, env.neg, env.vae, env.controlnet if control else None,
+                            landmarks if control else None, resolution=RES)
+    if model_options_extra:
+        model = model.clone()
+        model.model_options["transformer_options"].update(model_options_extra)
+        p.model = model
+    with torch.inference_mode(False):
+        return p.predict_noise(x, s, v)
+
+
+def test_id_tokens_change_cond_not_uncond(env, shared) -> None:
+    from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
+
+    base, p1 = shared.base, shared.on
+    m2 = apply_id_adapter(env.model, env.adapter, env.emb2)
+    p2 = _predict(env, m2)
+    assert (p1.cond - base.cond).abs().max() > 1e-3  # ID tokens act on the positive branch
+    assert (p1.cond - p2.cond).abs().max() > 1e-3  # ... and depend on the identity
+    assert torch.allclose(p1.uncond, p2.uncond, atol=1e-5)  # negative branch never sees the identity
+    m_none = apply_id_adapter(env.model, env.adapter, env.emb1, uncond="none")
+    pn = _predict(env, m_none)
+    assert torch.allclose(pn.uncond, base.uncond, atol=1e-5)  # 'none': negative branch untouched
+    assert torch.allclose(pn.cond, p1.cond, atol=1e-5)
+    # the original model is not modified by applying the adapter (a clone is patched)
+    assert "patches_replace" not in env.model.model_options["transformer_options"]
+
+
+def test_id_switch_per_view_and_per_call(env, shared) -> None:
+    from idsculpt.nodes.id_adapter_nodes import ID_ENABLED_KEY, apply_id_adapter
+
+    m1, base, on = shared.m1, shared.base, shared.on
+    mixed = _predict(env, m1, views=_views(id_enabled=[True, False]))
+    assert torch.allclose(mixed.cond[0], on.cond[0], atol=1e-5)
+    assert torch.allclose(mixed.cond[1], base.cond[1], atol=1e-5)  # view 1: ID off -> plain model
+    assert torch.allclose(mixed.uncond[1], base.uncond[1], atol=1e-5)
+    # start/end window outside the sampled sigma -> no ID
+    late = apply_id_adapter(env.model, env.adapter, env.emb1, start_percent=0.9, end_percent=1.0)
+    assert torch.allclose(_predict(env, late).cond, base.cond, atol=1e-5)
+    # a KSampler-style global switch in transformer_options
+    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+
+    off = m1.clone()
+    off.model_options["transformer_options"][ID_ENABLED_KEY] = False
+    x, s, v = _views()
+    p = ComfyNoisePredictor(off, env.pos, env.neg, env.vae, resolution=RES)
+    with torch.inference_mode(False):
+        p.open()
+        try:
+            p._state["model_options"]["transformer_options"][ID_ENABLED_KEY] = False
+            # our predictor sets the switch True per call; emulate a KSampler call without it
+            import comfy.samplers
+
+            real = p._state["real_model"]
+            conds = comfy.samplers.process_conds(real, x, {k: [c.copy() for c in vv] for k, vv in p._state["conds"].items()}, p._state["device"])
+            out = comfy.samplers.calc_cond_batch(real, [conds["positive"]], x, s, p._state["model_options"])[0]
+        finally:
+            p.close()
+    assert torch.allclose((x - out) / s.view(-1, 1, 1, 1), base.cond, atol=1e-5)
+
+
+def test_upstream_patches_stay_active(env, shared) -> None:
+    """Another pack's attn2 replacement and a LoRA-style weight patch both act during ISD."""
+    import comfy.ldm.modules.attention as attn
+
+    from idsculpt.core.face.id_adapter import SD15_ATTN2_BLOCKS
+    from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
+
+    seen = []
+
+    def upstream(q, k, v, extra_options):
+        seen.append(extra_options["block"])
+        return attn.optimized_attention(q, k, v, extra_options["n_heads"]) * 0.0  # drops the text branch
+
+    m = env.model.clone()
+    for (name, number), _ in SD15_ATTN2_BLOCKS:
+        m.set_model_attn2_replace(upstream, name, number, 0 if name == "middle" else None)
+    mid = apply_id_adapter(m, env.adapter, env.emb1)
+    p_up = _predict(env, mid)
+    assert len(set(seen)) == 16  # every cross-attention block went through the chained patch
+    assert (p_up.cond - shared.on.cond).abs().max() > 1e-3
+    # LoRA-style weight patch: zero the UNet's output conv -> eps == 0 exactly for both branches
+    lora = mid.clone()
+    w = lora.model.diffusion_model.out[2].weight
+    b = lora.model.diffusion_model.out[2].bias
+    lora.add_patches({"diffusion_model.out.2.weight": (-w.detach().clone(),), "diffusion_model.out.2.bias": (-b.detach().clone(),)}, 1.0)
+    p_lora = _predict(env, lora)
+    assert p_lora.cond.abs().max() < 1e-5 and p_lora.uncond.abs().max() < 1e-5
+    # the LoRA lives on its clone only: the un-patched model predicts as before (ComfyUI re-patches on load)
+    assert torch.allclose(_predict(env, mid).cond, p_up.cond, atol=1e-5)
+
+
+def test_landmark_hint_reaches_controlnet(env, shared) -> None:
+    m1, none = shared.m1, shared.on
+    la, lb = RandomLandmarks(1), RandomLandmarks(2)
+    pa = _predict(env, m1, control=True, landmarks=la)
+    pa2 = _predict(env, m1, control=True, landmarks=RandomLandmarks(1))
+    pb = _predict(env, m1, control=True, landmarks=lb)
+    assert len(la.calls) == 1 and len(la.calls[0]) == 2 and la.calls[0].height == RES
+    assert (pa.cond - none.cond).abs().max() > 1e-3
+    same = (pa.cond - pa2.cond).abs().max()  # same hint -> same prediction (fresh copies, no stale hint)
+    diff = (pa.cond - pb.cond).abs().max()  # a different hint -> a different prediction
+    assert same < 1e-6 and diff > 1e-5 and diff > 100 * same
+
+
+def test_isd_gradient_through_vae(env) -> None:
+    from idsculpt.nodes.guidance_nodes import build_isd_guidance
+    from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
+
+    m1 = apply_id_adapter(env.model, env.adapter, env.emb1)
+    lm = RandomLandmarks(3)
+    g = build_isd_guidance(m1, env.pos, env.neg, env.vae, env.controlnet, lm, cfg=50.0, resolution=RES, seed=0)
+    cams = Cameras.orbit(0.0, [10.0, 150.0], 4.0, resolution=RES)
+    with torch.inference_mode(False), torch.enable_grad():
+        img = torch.rand(2, RES, RES, 3).requires_grad_(True)
+        with g:
+            loss = g(img, cams, step=0, total_steps=10)
+            loss.backward()
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert torch.isfinite(img.grad).all() and img.grad.abs().sum() > 0
+    assert g.last_stats.id_enabled.tolist() == [True, False]
+    assert 20 <= int(g.last_stats.t.min()) and int(g.last_stats.t.max()) <= 500
+    assert len(lm.calls) == 1 and not g.predictor.is_open
+    # the differentiable encoder is ComfyUI's VAE encode (posterior mean) in the model's latent scale
+    with torch.inference_mode(False):
+        ours = g.predictor.encode(img.detach()).detach()
+    ref = m1.get_model_object("latent_format").process_in(env.vae.encode(img.detach()))
+    assert ours.shape == (2, 4, RES // 8, RES // 8) and torch.allclose(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_patched_model_samples_in_ksampler(env) -> None:
+    import comfy.sample
+
+    from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
+
+    m1 = apply_id_adapter(env.model, env.adapter, env.emb1)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    lat = torch.zeros(1, 4, 8, 8)
+    with torch.inference_mode():
+        a = comfy.sample.sample(m1, noise, 2, 5.0, "euler", "normal", env.pos, env.neg, lat, seed=0, disable_pbar=True)
+        b = comfy.sample.sample(env.model, noise, 2, 5.0, "euler", "normal", env.pos, env.neg, lat, seed=0, disable_pbar=True)
+    assert torch.isfinite(a).all() and (a - b).abs().max() > 1e-3
+
+
+def test_nodes_load_apply_and_refuse(env) -> None:
+    from safetensors.torch import save_file
+
+    from idsculpt.core.face.detect import FaceID
+
+    ci = env.ci
+    nodes = ci.load_pack_nodes()
+    folder = ci.sandbox.model_dir("ipadapter")
+    write_tiny_faceid_adapter(f"{folder}/ip-adapter-faceid-portrait-v11_tiny.safetensors")
+    save_file({"image_proj.proj.weight": torch.zeros(256, 64), "image_proj.norm.weight": torch.zeros(64),
+               "ip_adapter.1.to_k_ip.weight": torch.zeros(32, 64)}, f"{folder}/ip-adapter_sd15.safetensors")
+    loader, apply = nodes["IDSculptIDAdapterLoader"], nodes["IDSculptApplyIDAdapter"]
+    ad = ci.run_node(loader, adapter_name="ip-adapter-faceid-portrait-v11_tiny.safetensors").result[0]
+    assert ad.variant == "faceid-portrait"
+    with pytest.raises(ValueError, match="plain IP-Adapter.*not a FaceID adapter"):
+        ci.run_node(loader, adapter_name="ip-adapter_sd15.safetensors")
+    face = FaceID(embedding=env.emb1, box=torch.zeros(4), keypoints=torch.zeros(5, 2), aligned_crop=torch.zeros(112, 112, 3), det_score=0.9)
+    m = ci.run_node(apply, model=env.model, id_adapter=ad, face_id=face, weight=1.0, start_percent=0.0, end_percent=1.0).result[0]
+    assert len(m.model_options["transformer_options"]["patches_replace"]["attn2"]) == 16
+    from idsculpt.nodes.guidance_nodes import has_id_adapter
+
+    assert has_id_adapter(m) and not has_id_adapter(env.model)
+    g = ci.run_node(nodes["IDSculptISDGuidance"], model=m, positive=env.pos, negative=env.neg, vae=env.vae, cfg=50.0,
+                    t_min=20, t_max=500, id_azimuth_limit=70.0, resolution=RES).result[0]
+    assert g.config.cfg == 50.0 and g.config.id_azimuth_limit == 70.0
+    with pytest.raises(ValueError, match="both control_net"):
+        ci.run_node(nodes["IDSculptISDGuidance"], model=m, positive=env.pos, negative=env.neg, vae=env.vae, cfg=50.0,
+                    t_min=20, t_max=500, id_azimuth_limit=70.0, control_net=env.controlnet)
+
+
+def test_view_dependent_prompts(env, shared) -> None:
+    """Views get their own prompt (front/side) in one batch; unequal token lengths fall back to groups."""
+    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+
+    side = tiny_conditioning(5)
+    side_long = [[torch.cat([side[0][0], side[0][0]], 1), {}]]  # 154 tokens: cannot share a batch row-wise
+    x, s, v = _views(2)  # azimuths 0 (front) and 40 (front) -> make view 1 a side view
+    v.azimuth = torch.tensor([0.0, 90.0])
+    with torch.inference_mode(False):
+        ref_side = ComfyNoisePredictor(shared.m1, side, env.neg, env.vae, resolution=RES).predict_noise(x, s, v)
+        mixed = ComfyNoisePredictor(shared.m1, env.pos, env.neg, env.vae, resolution=RES,
+                                    view_positive={"side": side}).predict_noise(x, s, v)
+        split = ComfyNoisePredictor(shared.m1, env.pos, env.neg, env.vae, resolution=RES,
+                                    view_positive={"side": side_long}).predict_noise(x, s, v)
+    assert torch.allclose(mixed.cond[0], shared.on.cond[0], atol=1e-4)
+    assert torch.allclose(mixed.cond[1], ref_side.cond[1], atol=1e-4)
+    assert torch.allclose(mixed.uncond, shared.on.uncond, atol=1e-4)
+    assert torch.allclose(split.cond[0], shared.on.cond[0], atol=1e-4)
+    assert (split.cond[1] - shared.on.cond[1]).abs().max() > 1e-4
+
+
+def test_layer_map_matches_full_size_sd15(comfy_inprocess) -> None:
+    """The 16 adapter layers fit ComfyUI's real SD1.5 UNet (built on the meta device: no weights)."""
+    import comfy.model_base
+    import comfy.supported_models
+
+    from idsculpt.core.face.id_adapter import SD15_ATTN2_BLOCKS, IDAdapter, IDAdapterInfo, sd15_layer_hidden
+    from idsculpt.nodes.id_adapter_nodes import _check_layer_width
+    from tiny_models import sd15_unet_config
+
+    unet = comfy.model_base.BaseModel(comfy.supported_models.SD15(sd15_unet_config(full=True)), device="meta").diffusion_model
+    assert sum(p.numel() for p in unet.parameters()) == 859_520_964
+    with torch.device("meta"):
+        full = IDAdapter(IDAdapterInfo("faceid-portrait", 16, 768, 512, sd15_layer_hidden(), False))
+    for (block, number), key in SD15_ATTN2_BLOCKS:
+        _check_layer_width(unet, block, number, full, key)
+    swapped = IDAdapter(IDAdapterInfo("faceid-portrait", 16, 768, 512, {**sd15_layer_hidden(), "13": 640, "19": 1280}, False)).to("meta")
+    with pytest.raises(ValueError, match="do not belong together"):
+        for (block, number), key in SD15_ATTN2_BLOCKS:
+            _check_layer_width(unet, block, number, swapped, key)
+
+
+def test_adapter_model_mismatch_is_refused(env, tmp_path) -> None:
+    from idsculpt.core.face.id_adapter import load_id_adapter
+    from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
+
+    wide = load_id_adapter(write_tiny_faceid_adapter(str(tmp_path / "wide.bin"), cross_attention_dim=96))
+    with pytest.raises(ValueError, match="context width 96"):
+        apply_id_adapter(env.model, wide, env.emb1)
+    with pytest.raises(ValueError, match="512"):
+        apply_id_adapter(env.model, env.adapter, torch.zeros(128))
