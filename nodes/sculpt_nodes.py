@@ -1,0 +1,110 @@
+"""DMTet Sculpt node: stage 2 of ID-Sculpt (GAN-view fit, then reference view + ISD guidance)."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from comfy_api.latest import io
+
+from ..core.sculpt import RandomViewRanges, SculptConfig, preview_cameras, render_previews, sculpt
+from .common import progress_callbacks
+from .types import GAN_VIEWS, HEAD_MESH, ISD_GUIDANCE, REFERENCE_GEOMETRY
+
+
+def _fresh(x):
+    """A deep copy of the tensors inside (nested) dataclasses, made outside inference mode: tensors
+    from other nodes are inference tensors and cannot take part in an optimisation."""
+    if isinstance(x, torch.Tensor):
+        return x.clone()
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.replace(x, **{f.name: _fresh(getattr(x, f.name)) for f in dataclasses.fields(x) if f.init})
+    if isinstance(x, dict):
+        return {k: _fresh(v) for k, v in x.items()}
+    return x
+
+
+class DMTetSculpt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        d = SculptConfig()
+        return io.Schema(
+            node_id="IDSculptDMTetSculpt",
+            display_name="IDSculpt DMTet Sculpt",
+            category="IDSculpt/geometry",
+            description="Sculpts the head geometry on a deformable tet grid (DMTet): first fits the PanoHead GAN views' "
+            "normals and masks, then alternates reference-view steps (mask, normals, depth) with ISD guidance steps at "
+            "random cameras. Without guidance it fits the reference view only.",
+            inputs=[
+                HEAD_MESH.Input("head_mesh", tooltip="Initial head mesh (the PanoHead mesh). Its SDF initialises the grid; "
+                                "it is normalised to a 0.9 radius for sculpting and the result is returned in its frame."),
+                REFERENCE_GEOMETRY.Input("reference_geometry", tooltip="Reference-view targets from IDSculpt Geo "
+                                         "Supervision (camera, normal map, depth, head and face masks)."),
+                GAN_VIEWS.Input("gan_views", optional=True, tooltip="Multi-view normals and masks rendered by PanoHead; "
+                                "fitted during the first gan_steps. Without them sculpting starts at stage B."),
+                ISD_GUIDANCE.Input("guidance", optional=True, tooltip="ISD guidance from IDSculpt ISD Guidance; used on "
+                                   "every other stage-B step. Without it: reference-view-only sculpting."),
+                io.Int.Input("steps", default=d.steps, min=1, max=100000, tooltip="Total optimisation steps (authors: 6000)."),
+                io.Int.Input("gan_steps", default=d.gan_steps, min=0, max=100000,
+                             tooltip="Steps of stage A (GAN-view normals and masks) at the start (authors: 1000)."),
+                io.Int.Input("grid_resolution", default=d.grid_resolution, min=32, max=512, step=32,
+                             tooltip="Tet grid resolution (Quartet-equivalent; n = res/2 cubes per side over [-1,1]^3). "
+                             "256 matches the authors' 512 over radius 2 in cell size. Memory and time grow with res^3."),
+                io.Float.Input("lr", default=d.lr, min=1e-5, max=0.1, step=1e-4, tooltip="Adam learning rate (authors: 0.005)."),
+                io.Int.Input("render_resolution", default=d.views.resolution, min=64, max=1024, step=64,
+                             tooltip="Resolution of the random guidance views (authors: 512)."),
+                io.Int.Input("guidance_views", default=d.guidance_batch, min=1, max=8,
+                             tooltip="Random views per guidance step (batching views is cheaper per view on a GPU)."),
+                io.Float.Input("guidance_weight", default=d.lambda_guidance, min=0.0, max=1000.0, step=0.01,
+                               tooltip="Multiplier of the guidance loss."),
+                io.Float.Input("ref_normal_weight", default=d.lambda_ref_normal, min=0.0, max=1e6, step=1.0,
+                               tooltip="Reference normal MSE inside the face mask (authors: 10000)."),
+                io.Float.Input("ref_depth_weight", default=d.lambda_ref_depth, min=0.0, max=1e6, step=1.0,
+                               tooltip="Reference depth MSE after least-squares scale/shift; the same weight is used for "
+                               "(1 - Pearson) (authors: 100 each)."),
+                io.Float.Input("ref_mask_weight", default=d.lambda_ref_mask, min=0.0, max=1e6, step=1.0,
+                               tooltip="Reference mask MSE (authors: 100)."),
+                io.Float.Input("normal_consistency_start", default=d.lambda_normal_consistency[0], min=0.0, max=1e7, step=1.0,
+                               tooltip="Normal-consistency weight at the start of stage B (authors: 500)."),
+                io.Float.Input("normal_consistency_end", default=d.lambda_normal_consistency[1], min=0.0, max=1e7, step=1.0,
+                               tooltip="Normal-consistency weight at the end, linear ramp (authors: 10000)."),
+                io.Float.Input("laplacian_start", default=d.lambda_laplacian[0], min=0.0, max=1e8, step=1.0,
+                               tooltip="Laplacian smoothing weight at the start of stage B (authors: 1e5)."),
+                io.Float.Input("laplacian_end", default=d.lambda_laplacian[1], min=0.0, max=1e8, step=1.0,
+                               tooltip="Laplacian smoothing weight at the end, linear ramp (authors: 1.5e5)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the view sampling (and of the guidance noise when it has no own seed)."),
+            ],
+            outputs=[
+                HEAD_MESH.Output(display_name="head_mesh"),
+                io.Image.Output(display_name="preview"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, head_mesh, reference_geometry, gan_views=None, guidance=None, steps: int = 6000, gan_steps: int = 1000,
+                grid_resolution: int = 256, lr: float = 0.005, render_resolution: int = 512, guidance_views: int = 1,
+                guidance_weight: float = 1.0, ref_normal_weight: float = 10000.0, ref_depth_weight: float = 100.0,
+                ref_mask_weight: float = 100.0, normal_consistency_start: float = 500.0, normal_consistency_end: float = 10000.0,
+                laplacian_start: float = 1e5, laplacian_end: float = 1.5e5, seed: int = 0) -> io.NodeOutput:
+        import comfy.model_management as mm
+
+        device = mm.get_torch_device()
+        cfg = SculptConfig(
+            steps=steps, gan_steps=gan_steps, grid_resolution=grid_resolution, lr=lr, guidance_batch=guidance_views,
+            lambda_guidance=guidance_weight, lambda_ref_normal=ref_normal_weight, lambda_ref_depth=ref_depth_weight,
+            lambda_ref_depth_pearson=ref_depth_weight, lambda_ref_mask=ref_mask_weight,
+            lambda_normal_consistency=(normal_consistency_start, normal_consistency_end),
+            lambda_laplacian=(laplacian_start, laplacian_end), seed=seed,
+            views=RandomViewRanges(resolution=render_resolution),
+        )
+        progress, interrupt = progress_callbacks(steps)
+        with torch.inference_mode(False), torch.enable_grad():
+            mesh = _fresh(head_mesh).to(device)
+            result = sculpt(mesh, _fresh(gan_views), _fresh(reference_geometry), guidance, cfg, progress=progress,
+                            interrupt=interrupt, device=device)
+            m = result.mesh_normalized.to(device)
+            previews = render_previews(m.vertices, m.faces, preview_cameras(8, 512).to(device))
+        return io.NodeOutput(result.mesh, previews)
+
+
+NODES = [DMTetSculpt]

@@ -1,0 +1,257 @@
+"""Stage-2 sculpting (core.sculpt) on CPU: known targets, no diffusion.
+
+The target is the procedural head of core.dmtet.procedural (skull + nose, brow, chin, cheeks, eye
+sockets): supervision images are rendered from it, the fit starts from a sphere, and the result is
+measured against the target (Chamfer distance, mask IoU).
+"""
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from idsculpt.core.camera import Cameras
+from idsculpt.core.dmtet import MeshNormalization, TetGrid, chamfer_distance, marching_tets, procedural_head_mesh, sphere_sdf
+from idsculpt.core.mesh import HeadMesh
+from idsculpt.core.render import render_mesh
+from idsculpt.core.sculpt import (
+    GanViews,
+    NonFiniteError,
+    ReferenceGeometry,
+    SculptConfig,
+    Sculptor,
+    depth_losses,
+    mask_iou,
+    sculpt,
+)
+
+SPHERE_R = 0.55
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # 2 shared cores: many small ops are far faster single-threaded under contention.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def target() -> HeadMesh:
+    return procedural_head_mesh(64)
+
+
+@pytest.fixture(scope="module")
+def sphere() -> HeadMesh:
+    g = TetGrid(32)
+    v, f = marching_tets(g, g.vertices(), sphere_sdf(g.vertices(), SPHERE_R))
+    return HeadMesh(v, f)
+
+
+def gan_views_of(mesh: HeadMesh, res: int = 64) -> GanViews:
+    az = torch.tensor([0, 45, 90, 135, 180, -135, -90, -45, 0, 90, -90, 180.0])
+    el = torch.tensor([0.0] * 8 + [30, 30, 30, -20])
+    cams = Cameras.orbit(el, az, 2.7, 30.0, res)
+    out = render_mesh(mesh.vertices, mesh.faces, cams)
+    return GanViews(cams, out.normal_world.detach(), (out.mask.detach() > 0.5).float())
+
+
+def reference_of(mesh: HeadMesh, res: int = 64, azimuth: float = 20.0) -> ReferenceGeometry:
+    cam = Cameras.orbit(5.0, azimuth, 2.7, 30.0, res)
+    out = render_mesh(mesh.vertices, mesh.faces, cam)
+    mask = (out.mask[0] > 0.5).float()
+    hard = out.coverage[0]
+    inv = torch.where(hard > 0, 1 / out.depth[0].clamp_min(1e-6), torch.zeros_like(hard))
+    disp = torch.where(hard > 0, (inv - inv[hard > 0].min()) / (inv[hard > 0].max() - inv[hard > 0].min()), inv)
+    nv = torch.nn.functional.normalize(out.normal_view[0], dim=-1) * hard
+    face = mask * (nv[..., 2:3] > 0.3).float()  # the camera-facing part stands in for the face mask
+    return ReferenceGeometry(image=out.normal_image()[0], camera=cam, normal_view=nv.detach(), disparity=disp.detach(),
+                             mask=mask, face_mask=face, depth_mask=mask * (disp > 0.2).float())
+
+
+def _cfg(**kw) -> SculptConfig:
+    base = dict(grid_resolution=64, lr=0.02, seed=0, gan_batch=2, preview_every=0, log_every=10,
+                views=None)
+    base.update(kw)
+    if base["views"] is None:
+        from idsculpt.core.sculpt import RandomViewRanges
+
+        base["views"] = RandomViewRanges(resolution=32)
+    return SculptConfig(**base)
+
+
+# ---------------------------------------------------------------------------- losses
+def test_depth_losses_are_scale_shift_invariant():
+    t = torch.rand(16, 16, 1, generator=torch.Generator().manual_seed(0))
+    m = torch.ones_like(t)
+    mse, pear = depth_losses(3.0 * t + 0.7, t, m)
+    assert float(mse) < 1e-8 and float(pear) < 1e-6
+    mse2, pear2 = depth_losses(torch.rand(16, 16, 1), t, m)
+    assert float(mse2) > 1e-3 and float(pear2) > 0.5
+
+
+# ---------------------------------------------------------------------------- stage A
+@pytest.mark.slow
+def test_stage_a_gan_views_fit_nonconvex_target(target, sphere):
+    views = gan_views_of(target)
+    cfg = _cfg(steps=80, gan_steps=80)
+    s = Sculptor(sphere, views, None, None, cfg, normalization=MeshNormalization.identity(),
+                 initial_sdf=lambda p: sphere_sdf(p, SPHERE_R))
+    res = s.run()
+    before = chamfer_distance(sphere.vertices, sphere.faces, target.vertices, target.faces, n=5000)
+    after = chamfer_distance(res.mesh.vertices, res.mesh.faces, target.vertices, target.faces, n=5000)
+    assert before / after >= 5.0, (before, after)
+    assert all(h["kind"] == "gan" for h in res.history)
+
+
+# ---------------------------------------------------------------------------- stage B, reference only
+def test_reference_only_fit_reaches_mask_iou(target, sphere):
+    ref = reference_of(target)
+    cfg = _cfg(steps=60, gan_steps=0, lambda_normal_consistency=(0.0, 0.0), lambda_laplacian=(0.0, 0.0))
+    s = Sculptor(sphere, None, ref, None, cfg, normalization=MeshNormalization.identity(),
+                 initial_sdf=lambda p: sphere_sdf(p, SPHERE_R))
+    iou0 = mask_iou(render_mesh(sphere.vertices, sphere.faces, ref.camera).mask[0], ref.mask)
+    res = s.run()
+    assert all(h["kind"] == "reference" for h in res.history)
+    iou = mask_iou(render_mesh(res.mesh.vertices, res.mesh.faces, ref.camera).mask[0], ref.mask)
+    assert iou >= 0.95 and iou > iou0, (iou0, iou)
+
+
+# ---------------------------------------------------------------------------- guidance interface
+class OracleGuidance:
+    """A stand-in for ISD with a known answer: pull the normal image toward the target's render at
+    the same camera (what a perfect denoiser of this shape would do)."""
+
+    def __init__(self, target: HeadMesh):
+        self.target = target
+        self.calls: list[dict] = []
+        self.entered = self.exited = 0
+
+    def __enter__(self):
+        self.entered += 1
+        return self
+
+    def __exit__(self, *a):
+        self.exited += 1
+
+    def __call__(self, images, cameras, azimuth=None, elevation=None, step=None, total_steps=None):
+        assert images.requires_grad and images.dim() == 4 and images.shape[-1] == 3
+        assert float(images.detach().min()) >= 0 and float(images.detach().max()) <= 1
+        self.calls.append(dict(step=step, total=total_steps, az=azimuth.clone(), el=elevation.clone(), shape=tuple(images.shape)))
+        with torch.no_grad():
+            want = render_mesh(self.target.vertices, self.target.faces, cameras).normal_image()
+        return ((images - want) ** 2).mean() * 100
+
+
+def test_stage_b_alternates_reference_and_guidance(target, sphere):
+    g = OracleGuidance(procedural_head_mesh(24))
+    cfg = _cfg(steps=10, gan_steps=4, guidance_batch=2, preview_every=4, preview_resolution=24)
+    s = Sculptor(sphere, gan_views_of(target, 32), reference_of(target, 32), g, cfg,
+                 normalization=MeshNormalization.identity(), initial_sdf=lambda p: sphere_sdf(p, SPHERE_R))
+    kinds = [s.kind(i) for i in range(10)]
+    assert kinds == ["gan"] * 4 + ["reference", "guidance"] * 3
+    seen = []
+    s.run(progress=lambda step, total, prev: seen.append((step, total, prev)))
+    assert g.entered == 1 and g.exited == 1
+    assert [c["step"] for c in g.calls] == [5, 7, 9] and all(c["total"] == 10 for c in g.calls)
+    assert all(c["shape"] == (2, 32, 32, 3) for c in g.calls)
+    az = torch.cat([c["az"] for c in g.calls])
+    el = torch.cat([c["el"] for c in g.calls])
+    assert bool((az.abs() <= 180).all()) and bool(((el >= -15) & (el <= 45)).all())
+    assert [x[0] for x in seen] == list(range(1, 11)) and seen[-1][1] == 10
+    previews = {x[0]: x[2] for x in seen if x[2] is not None}
+    assert sorted(previews) == [4, 8, 10]  # every preview_every steps, and the final state
+    assert previews[10].shape == (24, 4 * 24, 3) and 0 <= float(previews[10].min()) and float(previews[10].max()) <= 1
+
+
+def test_guidance_only_mode_improves_toward_oracle(target, sphere):
+    g = OracleGuidance(procedural_head_mesh(32))  # a coarse oracle: it renders at every step
+    cfg = _cfg(steps=30, gan_steps=0, guidance_batch=2, lambda_normal_consistency=(0.0, 0.0), lambda_laplacian=(0.0, 0.0))
+    s = Sculptor(sphere, None, None, g, cfg, normalization=MeshNormalization.identity(),
+                 initial_sdf=lambda p: sphere_sdf(p, SPHERE_R))
+    assert all(s.kind(i) == "guidance" for i in range(30))
+    res = s.run()
+    before = chamfer_distance(sphere.vertices, sphere.faces, target.vertices, target.faces, n=3000)
+    after = chamfer_distance(res.mesh.vertices, res.mesh.faces, target.vertices, target.faces, n=3000)
+    assert after < 0.7 * before
+
+
+# ---------------------------------------------------------------------------- safety
+def test_nan_guidance_stops_with_clear_message(target, sphere):
+    def bad(images, cameras, **kw):
+        return images.sum() * float("nan")
+
+    cfg = _cfg(steps=6, gan_steps=2, grid_resolution=32)
+    s = Sculptor(sphere, gan_views_of(target, 32), reference_of(target, 32), bad, cfg,
+                 initial_sdf=lambda p: sphere_sdf(p, SPHERE_R))
+    with pytest.raises(NonFiniteError, match="NaN/inf at step 3"):
+        s.run()
+    assert s.step_index == 3  # steps 0-2 done, nothing applied from the broken step
+
+
+def test_interrupt_stops_promptly(target, sphere):
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def interrupt():
+        calls.append(1)
+        if len(calls) > 3:
+            raise Stop()
+
+    s = Sculptor(sphere, gan_views_of(target, 32), None, None, _cfg(steps=100, gan_steps=100, grid_resolution=32),
+                 initial_sdf=lambda p: sphere_sdf(p, SPHERE_R))
+    with pytest.raises(Stop):
+        s.run(interrupt=interrupt)
+    assert len(calls) == 4 and s.step_index == 3
+
+
+def test_bad_inputs_are_reported(target, sphere):
+    with pytest.raises(ValueError, match="needs something to fit"):
+        Sculptor(sphere, None, None, None, _cfg(steps=2))
+    v = gan_views_of(target, 32)
+    broken = GanViews(v.cameras, v.normals[:, :16], v.masks)
+    with pytest.raises(ValueError, match="normals must be"):
+        Sculptor(sphere, broken, None, None, _cfg(steps=2))
+    with pytest.raises(ValueError, match="steps"):
+        Sculptor(sphere, v, None, None, _cfg(steps=0))
+
+
+def test_seeded_and_frame_preserving(target):
+    # A head stored at another scale/offset (as a GAN mesh would be): it is normalised to 0.9 for
+    # sculpting, the cameras follow, and the result comes back in the input frame.
+    offset, scale = torch.tensor([0.3, -0.2, 0.1]), 1.7
+    stored = HeadMesh(target.vertices * scale + offset, target.faces)
+    views = gan_views_of(target, 32)
+    cams = Cameras(views.cameras.cam2world.clone(), views.cameras.fov, 32, 32)
+    cams.cam2world[:, :3, 3] = cams.cam2world[:, :3, 3] * scale + offset
+    views = GanViews(cams, views.normals, views.masks)
+    cfg = _cfg(steps=5, gan_steps=5, grid_resolution=48)
+    a = sculpt(stored, views, None, None, cfg)
+    b = sculpt(stored, views, None, None, cfg)
+    assert torch.equal(a.mesh.vertices, b.mesh.vertices) and torch.equal(a.mesh.faces, b.mesh.faces)
+    assert abs(float(a.mesh_normalized.vertices.norm(dim=-1).max()) - 0.9) < 0.1
+    ch = chamfer_distance(a.mesh.vertices, a.mesh.faces, stored.vertices, stored.faces, n=3000)
+    assert ch < 0.05 * scale, ch
+
+
+# ---------------------------------------------------------------------------- the ComfyUI node
+@pytest.mark.comfy
+def test_dmtet_sculpt_node_in_comfyui(comfy_inprocess, target, sphere):
+    nodes = comfy_inprocess.load_pack_nodes()
+    node = nodes["IDSculptDMTetSculpt"]
+    schema = node.define_schema()
+    assert all(getattr(i, "tooltip", None) for i in schema.inputs)
+    with torch.inference_mode():  # as ComfyUI hands them over: inference tensors
+        views = gan_views_of(target, 32)
+        ref = reference_of(target, 32)
+        views = GanViews(views.cameras, views.normals.clone(), views.masks.clone())
+    out = comfy_inprocess.run_node(node, head_mesh=sphere, reference_geometry=ref, gan_views=views, steps=6, gan_steps=3,
+                                   grid_resolution=32, lr=0.01, render_resolution=64, seed=0)
+    mesh, preview = out.args
+    assert isinstance(mesh, HeadMesh) and mesh.faces.shape[0] > 100 and torch.isfinite(mesh.vertices).all()
+    assert preview.shape == (8, 512, 512, 3) and 0 <= float(preview.min()) and float(preview.max()) <= 1
+    # The result is in the input frame: about where the sphere was.
+    assert abs(float(mesh.vertices.norm(dim=-1).mean()) - SPHERE_R) < 0.15
