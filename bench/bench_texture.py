@@ -1,0 +1,228 @@
+"""Benchmark the texture stage through ComfyUI: progressive inpainting and refinement.
+
+Full-size random-weight SD1.5 UNet + SD1.5 ControlNet (normalbae-shaped) in fp16 and an SD VAE, built
+with ComfyUI's own model classes at the real config (speed depends on shapes, not weights). The head
+is an ~80k-face bumpy icosphere, UV-unwrapped with xatlas at 1024². Reports:
+  * unwrap_s (xatlas, CPU) and the UV-space rasterisation (texel geometry);
+  * seconds per inpainted view: one ``ComfyInpainter.inpaint`` call (VAE encode, 20 DDIM steps at CFG
+    10 with the ControlNet, blended latents via noise_mask, VAE decode) at 512², median;
+  * the whole 15-view progressive inpaint (renders, crops, back-projection, hole filling included);
+  * ms per refine step: SDEdit random-view steps (20 steps from t ~ U[50, 200)) and reference steps
+    (render + L1 + TV + AdamW), each median; and the mean over an alternating run;
+  * peak VRAM (torch.cuda.max_memory_allocated) per part.
+Timing: warm-up, CUDA events, median. JSON out.
+
+    python bench/bench_texture.py --out bench/results/texture.json [--comfy PATH]   # CUDA
+    python bench/bench_texture.py --smoke [--out x.json]                             # tiny models, CPU
+
+ComfyUI is found from --comfy, else $COMFYUI_PATH, else <repo>/.comfy/ComfyUI, else /work/ComfyUI.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+import _pack  # noqa: E402
+
+_pack.load()
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _timer(dev: torch.device, fn, warmup: int, iters: int) -> dict:
+    """Median / min milliseconds of ``fn()`` and peak memory (CUDA) over ``iters`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(dev)
+        for _ in range(iters):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b))
+        peak = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1000)
+        peak = None
+    return {"median_ms": round(statistics.median(times), 3), "min_ms": round(min(times), 3), "iters": iters,
+            "peak_mem_mib": None if peak is None else round(peak, 1)}
+
+
+def _wall(dev: torch.device, fn) -> tuple[float, float | None, object]:
+    _sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(dev)
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+    return time.perf_counter() - t0, peak, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=None, help="write the results JSON here")
+    ap.add_argument("--smoke", action="store_true", help="tiny models on CPU")
+    ap.add_argument("--comfy", default=None, help="ComfyUI checkout (default: $COMFYUI_PATH or .comfy/ComfyUI)")
+    ap.add_argument("--res", type=int, default=512)
+    ap.add_argument("--texture", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=20, help="sampling steps per view / per SDEdit")
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--skip-full-run", action="store_true", help="skip the whole 15-view inpaint")
+    args = ap.parse_args()
+
+    for cand in (args.comfy, os.environ.get("COMFYUI_PATH"), os.path.join(ROOT, ".comfy", "ComfyUI"), "/work/ComfyUI"):
+        if cand and os.path.isfile(os.path.join(cand, "comfy", "model_patcher.py")):
+            os.environ["COMFYUI_PATH"] = os.path.abspath(cand)
+            break
+    else:
+        sys.exit("bench_texture.py needs ComfyUI: pass --comfy PATH or set COMFYUI_PATH")
+
+    from tiny_models import import_comfy, tiny_conditioning, tiny_controlnet, tiny_sd15_model, tiny_vae
+
+    if args.smoke:
+        dev, full, dtype = torch.device("cpu"), False, torch.float32
+        res, tex, steps, iters, warmup, level, n_views = 64, 256, 2, 2, 1, 3, 3
+    else:
+        if not torch.cuda.is_available():
+            sys.exit("bench_texture.py needs CUDA (use --smoke for a CPU check)")
+        dev, full, dtype = torch.device("cuda"), True, torch.float16
+        res, tex, steps, iters, warmup, level, n_views = args.res, args.texture, args.steps, args.iters, args.warmup, 6, 15
+
+    import_comfy(skip=False)
+    import comfy.ldm.modules.attention
+
+    from bench_render import icosphere
+    from idsculpt.core.camera import Cameras
+    from idsculpt.core.mesh import HeadMesh
+    from idsculpt.core.texture import (InpaintConfig, ReferenceView, RefineConfig, default_view_plan, normalbae_control,
+                                       progressive_inpaint, rasterize_uv, refine_texture, render_textured, unwrap_uv)
+    from idsculpt.nodes.texture_nodes import ComfyDenoiser, ComfyInpainter, ComfySampling
+
+    t0 = time.time()
+    ctx = 768 if full else 64
+    model = tiny_sd15_model(full=full, dtype=dtype)
+    control = tiny_controlnet(full=full, dtype=dtype)
+    vae = tiny_vae(full=full)
+    pos, neg = tiny_conditioning(3, width=ctx), tiny_conditioning(4, width=ctx)
+    build_s = time.time() - t0
+
+    v, f = icosphere(level, torch.device("cpu"))
+    head = HeadMesh(v * torch.tensor([0.8, 1.0, 0.9]), f)
+    t1 = time.time()
+    mesh, info = unwrap_uv(head, tex, max_faces=100_000)
+    unwrap_s = time.time() - t1
+    mesh = mesh.to(dev)
+
+    result: dict = {
+        "stage": "texture",
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "comfyui": os.environ["COMFYUI_PATH"],
+        "attention": getattr(comfy.ldm.modules.attention.optimized_attention, "__name__", "?"),
+        "unet_dtype": str(dtype),
+        "vae_dtype": str(vae.vae_dtype),
+        "resolution": res,
+        "texture_size": tex,
+        "sampling_steps": steps,
+        "cfg": 10.0,
+        "full_size": full,
+        "smoke": bool(args.smoke),
+        "build_s": round(build_s, 1),
+        "mesh_faces": int(mesh.faces.shape[0]),
+        "unwrap": {"seconds": round(unwrap_s, 2), "charts": info.charts, "decimated": info.decimated},
+    }
+    print("built models in", result["build_s"], "s;", info.summary(), flush=True)
+
+    def record(key: str, fn) -> None:
+        try:
+            result[key] = fn()
+        except Exception as e:  # noqa: BLE001 - record and go on with the other parts
+            result[key] = {"error": f"{type(e).__name__}: {e}"}
+            traceback.print_exc()
+        print(key, result[key], flush=True)
+
+    record("rasterize_uv", lambda: _timer(dev, lambda: rasterize_uv(mesh, tex), 1, 3))
+
+    sampling = ComfySampling(model, pos, neg, vae, control, 1.0, steps=steps, cfg=10.0, sampler_name="ddim", scheduler="ddim_uniform")
+    cam = Cameras.orbit(-15.0, 45.0, 3.8, 30.0, res).to(dev)
+    out, _ = render_textured(mesh, torch.full((tex, tex, 3), 0.5, device=dev), cam)
+    image = out.color[0]
+    normal = normalbae_control(out.normal_view[0], out.mask[0])
+    gen_mask = (out.mask[0, ..., 0] > 0.5).float()
+    gen_mask[:, : res // 3] = 0  # a third kept: blended latents on
+
+    def one_view() -> dict:
+        with torch.inference_mode():
+            r = _timer(dev, lambda: ComfyInpainter(sampling, 0.95).inpaint(image, gen_mask, normal, None), warmup, iters)
+        r["seconds_per_view"] = round(r["median_ms"] / 1000, 3)
+        return r
+
+    record("inpaint_view", one_view)
+
+    ref_cam = Cameras.orbit(0.0, 0.0, 2.7, 13.37, res).to(dev)
+    ref_img = torch.rand(res, res, 3, device=dev)
+    reference = ReferenceView(ref_img, ref_cam)
+
+    if not args.skip_full_run:
+        def full_run() -> dict:
+            plan = default_view_plan()[:n_views]
+            with torch.inference_mode():
+                s, peak, res_ = _wall(dev, lambda: progressive_inpaint(mesh, ComfyInpainter(sampling, 0.95), plan, reference,
+                                                                      InpaintConfig(render_resolution=2 * res, crop_size=res), tex))
+            painted = float(res_.state.painted.float().sum() / res_.texels.covered.float().sum())
+            return {"views": len(plan), "seconds": round(s, 2), "seconds_per_view": round(s / len(plan), 3), "peak_mem_mib": None if peak is None else round(peak, 1),
+                    "painted_fraction": round(painted, 4)}
+
+        record("inpaint_full", full_run)
+
+    textured = mesh.with_(texture=torch.rand(tex, tex, 3, device=dev))
+    denoiser = ComfyDenoiser(sampling)
+
+    def refine_parts() -> dict:
+        cfg_r = dict(resolution=res, seed=0, preview_every=0)
+        with torch.inference_mode():
+            rnd = _timer(dev, lambda: refine_texture(textured, denoiser, None, RefineConfig(steps=1, **cfg_r)), warmup, iters)
+            ref = _timer(dev, lambda: refine_texture(textured, None, reference, RefineConfig(steps=1, **cfg_r)), warmup, iters)
+            n = 2 * max(2, iters)
+            s, peak, _ = _wall(dev, lambda: refine_texture(textured, denoiser, reference, RefineConfig(steps=n, **cfg_r)))
+        return {"random_step": rnd, "reference_step": ref,
+                "alternating_mean_ms": round(1000 * s / n, 2), "alternating_steps": n, "peak_mem_mib": None if peak is None else round(peak, 1),
+                "note": "random step = render + SDEdit (VAE enc, steps x UNet+ControlNet at CFG 10, VAE dec) + MSE backward; "
+                        "the step timings include the per-call optimizer setup of a 1-step run"}
+
+    record("refine", refine_parts)
+    print(json.dumps(result, indent=2))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""Texture stage nodes: Progressive Inpaint and Texture Refine, on ComfyUI's own sampling.
+
+Both nodes hand core/texture a small adapter that runs the user's MODEL the way KSampler does, so
+LoRAs, the ID adapter's attention patch (applied upstream by IDSculpt Apply ID Adapter: "ID always
+on"), other packs' patches and every sampler/scheduler work unchanged:
+
+* ``ComfyInpainter`` (core.texture.Inpainter): VAE-encode the view crop, attach the normalbae
+  ControlNet with this view's rendered-normal hint (``control_net.copy().set_cond_hint(...)``, as
+  ControlNetApplyAdvanced does), and ``comfy.sample.sample(..., noise_mask=generate_mask)``: ComfyUI's
+  inpainting path re-noises the kept region to the current sigma after every step (blended latents),
+  then VAE-decode. ``denoise`` 0.95 ≈ starting from t = 950 as the authors do.
+* ``ComfyDenoiser`` (core.texture.Denoiser): SDEdit for refinement — the same call without a mask and
+  with ``denoise = t / 1000`` (ComfyUI then runs the last ``steps`` steps of a ``steps / denoise`` step
+  schedule, i.e. starts at ≈ timestep t).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+
+from ..core.camera import Cameras
+from ..core.mesh import HeadMesh
+from ..core.texture import (
+    InpaintConfig,
+    ReferenceView,
+    RefineConfig,
+    check_texture_size,
+    parse_view_plan,
+    progressive_inpaint,
+    refine_texture,
+    unwrap_uv,
+)
+from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core, model_files, model_path
+from .types import CAMERA, HEAD_MESH
+
+
+def attach_control(conditioning: list, control, cache: dict) -> list:
+    """ControlNetApplyAdvanced's wiring: one ControlNet copy per previous ControlNet, chained to it."""
+    out = []
+    for t, d in conditioning:
+        d = d.copy()
+        prev = d.get("control", None)
+        key = id(prev)
+        if key not in cache:
+            c = control.copy()
+            c.set_previous_controlnet(prev)
+            cache[key] = c
+        d["control"] = cache[key]
+        d["control_apply_to_uncond"] = False
+        out.append([t, d])
+    return out
+
+
+class ComfySampling:
+    """Shared by the inpainter and the denoiser: conds with this view's normal hint, encode, sample, decode."""
+
+    def __init__(self, model, positive, negative, vae, control_net=None, control_strength: float = 1.0, steps: int = 20,
+                 cfg: float = 10.0, sampler_name: str = "ddim", scheduler: str = "ddim_uniform", seed: int = 0) -> None:
+        if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler_name!r}")
+        if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler!r}")
+        if steps < 1 or not math.isfinite(cfg):
+            raise ValueError("steps must be ≥ 1 and cfg a finite number")
+        self.model, self.positive, self.negative, self.vae = model, positive, negative, vae
+        self.control_net, self.control_strength = control_net, float(control_strength)
+        self.steps, self.cfg, self.sampler_name, self.scheduler = int(steps), float(cfg), sampler_name, scheduler
+        self.seed = int(seed)
+        self.calls = 0
+
+    def conds(self, normal_control: Optional[torch.Tensor]) -> tuple[list, list]:
+        if self.control_net is None or normal_control is None or self.control_strength == 0:
+            return self.positive, self.negative
+        hint = normal_control[None].permute(0, 3, 1, 2).float().cpu()  # [1,3,H,W] 0..1
+        control = self.control_net.copy().set_cond_hint(hint, self.control_strength, (0.0, 1.0), vae=self.vae)
+        cache: dict = {}
+        return attach_control(self.positive, control, cache), attach_control(self.negative, control, cache)
+
+    def run(self, image: torch.Tensor, normal_control: Optional[torch.Tensor], denoise: float, noise_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """image [H,W,3] 0..1 → sampled image [H,W,3] 0..1 (same size; H, W multiples of 8)."""
+        h, w = image.shape[:2]
+        if h % 8 or w % 8:
+            raise ValueError(f"views must be multiples of 8 pixels for the VAE, got {h}x{w}: change the resolution")
+        pos, neg = self.conds(normal_control)
+        latent = self.vae.encode(image[None].float().cpu())
+        latent = comfy.sample.fix_empty_latent_channels(self.model, latent)
+        noise = comfy.sample.prepare_noise(latent, self.seed + self.calls)
+        self.calls += 1
+        mask = None if noise_mask is None else noise_mask.reshape(1, 1, h, w).float().cpu()
+        samples = comfy.sample.sample(self.model, noise, self.steps, self.cfg, self.sampler_name, self.scheduler, pos, neg, latent,
+                                      denoise=float(denoise), noise_mask=mask, disable_pbar=True, seed=self.seed)
+        out = self.vae.decode(samples)
+        out = out.reshape(-1, *out.shape[-3:])[0][..., :3]
+        if out.shape[:2] != (h, w):
+            out = torch.nn.functional.interpolate(out.permute(2, 0, 1)[None], size=(h, w), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+        if not bool(torch.isfinite(out).all()):
+            raise RuntimeError("sampling produced NaN/inf pixels (an fp16 overflow in the UNet or VAE?): try a lower cfg, "
+                               "or start ComfyUI with --fp32-vae / --force-fp32")
+        return out.float().clamp(0, 1).to(image.device)
+
+
+class ComfyInpainter:
+    """core.texture.Inpainter on ComfyUI sampling (blended latents via noise_mask + normalbae ControlNet)."""
+
+    def __init__(self, sampling: ComfySampling, denoise: float = 0.95) -> None:
+        self.sampling, self.denoise = sampling, float(denoise)
+
+    def inpaint(self, image, generate_mask, normal_control, context):
+        return self.sampling.run(image, normal_control, self.denoise, generate_mask)
+
+
+class ComfyDenoiser:
+    """core.texture.Denoiser on ComfyUI sampling: SDEdit from timestep t (denoise = t / 1000)."""
+
+    def __init__(self, sampling: ComfySampling) -> None:
+        self.sampling = sampling
+
+    def denoise(self, image, normal_control, camera, t):
+        return self.sampling.run(image, normal_control, max(int(t), 1) / 1000.0, None)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _reference(image, camera, mask, face_mask=None) -> Optional[ReferenceView]:
+    if image is None and camera is None:
+        return None
+    if image is None or camera is None:
+        raise ValueError("connect both reference_image and reference_camera (the stage-1 reference camera), or neither")
+    if not isinstance(camera, Cameras):
+        raise ValueError(f"reference_camera must be an IDSCULPT_CAMERA (core Cameras), got {type(camera).__name__}")
+    img = image_to_core(image)[0]
+    cam = camera[0] if len(camera) > 1 else camera
+    m = None if mask is None else mask.reshape(-1, *mask.shape[-2:])[0].float().clone()
+    fm = None if face_mask is None else face_mask.reshape(-1, *face_mask.shape[-2:])[0].float().clone()
+    return ReferenceView(img, cam, m, fm)
+
+
+def _device_mesh(head: HeadMesh) -> HeadMesh:
+    if not isinstance(head, HeadMesh):
+        raise ValueError(f"head must be an IDSCULPT_HEAD_MESH, got {type(head).__name__}")
+    return head.detach().to(comfy.model_management.get_torch_device())
+
+
+def _sampler_inputs(steps: int, cfg: float) -> list:
+    return [
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Noise seed (view k uses seed + k)."),
+        io.Int.Input("steps", default=steps, min=1, max=200, tooltip="Sampling steps per view (ID-Sculpt: 20 DDIM steps)."),
+        io.Float.Input("cfg", default=cfg, min=0.0, max=50.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale (ID-Sculpt: 10)."),
+        io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="ddim", tooltip="Sampler (ID-Sculpt: DDIM)."),
+        io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="ddim_uniform", tooltip="Noise schedule (ddim_uniform = diffusers' DDIM timesteps)."),
+    ]
+
+
+def _model_inputs() -> list:
+    return [
+        HEAD_MESH.Input("head", tooltip="The sculpted head mesh (IDSculpt DMTet Sculpt)."),
+        io.Model.Input("model", tooltip="Texture SD1.5 MODEL (e.g. Realistic Vision; swap it to restyle), through IDSculpt Apply ID Adapter."),
+        io.Conditioning.Input("positive", tooltip="Prompt describing the person (caption)."),
+        io.Conditioning.Input("negative", tooltip="Negative prompt."),
+        io.Vae.Input("vae", tooltip="SD1.5 VAE used to encode the views and decode the results."),
+        io.ControlNet.Input("control_net", optional=True, tooltip="control_v11p_sd15_normalbae: each view's rendered normals are its hint. Unconnected: no geometry control."),
+    ]
+
+
+def _reference_inputs() -> list:
+    return [
+        io.Image.Input("reference_image", optional=True, tooltip="The aligned portrait (stage-1 crop) painted into the texture first."),
+        CAMERA.Input("reference_camera", optional=True, tooltip="The portrait's camera (stage 1)."),
+        io.Mask.Input("reference_mask", optional=True, tooltip="Head mask of the portrait (face parsing > 0): only these pixels are projected / fitted."),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- nodes
+class ProgressiveInpaint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IDSculptProgressiveInpaint",
+            display_name="IDSculpt Progressive Inpaint",
+            category="IDSculpt/texture",
+            description="UV-unwraps the head, projects the portrait, then inpaints the unpainted texels view by view (ID-Sculpt §3.3).",
+            inputs=_model_inputs() + _reference_inputs() + _sampler_inputs(20, 10.0) + [
+                io.Float.Input("denoise", default=0.95, min=0.05, max=1.0, step=0.01, tooltip="Start of the inpainting schedule (0.95 ≈ t = 950, as ID-Sculpt)."),
+                io.Float.Input("control_strength", default=1.0, min=0.0, max=3.0, step=0.05, tooltip="normalbae ControlNet strength."),
+                io.Combo.Input("texture_size", options=["512", "1024", "2048"], default="1024", tooltip="Texture resolution in texels."),
+                io.Int.Input("max_faces", default=100000, min=1000, max=2000000, tooltip="Meshes above this are decimated before UV unwrapping (xatlas time grows quickly with faces)."),
+                io.String.Input("view_plan", default="default", multiline=True,
+                                tooltip="'default' (ID-Sculpt's 15 views) or 'elevation, azimuth[, distance[, fov]]' per line or ';', in order."),
+                io.Int.Input("resolution", default=512, min=64, max=1024, step=64, tooltip="Size of each view crop fed to the model (SD1.5: 512); views are rendered at twice this size before cropping."),
+                io.Int.Input("erode_iterations", default=8, min=0, max=32, tooltip="Erosion of the back-projection mask (iterations of a 5×5 kernel at 512 px): drops grazing/silhouette pixels."),
+                io.Float.Input("cos_threshold", default=0.0, min=-1.0, max=0.99, step=0.01, tooltip="Back-project only texels whose normal faces the camera more than this cosine."),
+                io.Combo.Input("policy", options=["first", "best_cosine"], default="first",
+                               tooltip="first: a texel keeps its first colour (paper); best_cosine: later, more head-on views overwrite (never the portrait)."),
+            ],
+            outputs=[HEAD_MESH.Output(display_name="head"), io.Image.Output(display_name="texture"), io.Image.Output(display_name="views")],
+        )
+
+    @classmethod
+    def execute(cls, head, model, positive, negative, vae, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
+                denoise: float, control_strength: float, texture_size: str, max_faces: int, view_plan: str, resolution: int,
+                erode_iterations: int, cos_threshold: float, policy: str, control_net=None, reference_image=None,
+                reference_camera=None, reference_mask=None) -> io.NodeOutput:
+        size = check_texture_size(int(texture_size))
+        plan = parse_view_plan(view_plan)
+        mesh = head.detach()
+        note = ""
+        if not mesh.has_uv:
+            mesh, info = unwrap_uv(mesh.to("cpu"), size, max_faces)
+            note = info.summary()
+            print(f"[IDSculpt] {note}")
+        mesh = _device_mesh(mesh)
+        reference = _reference(reference_image, reference_camera, reference_mask)
+        sampling = ComfySampling(model, positive, negative, vae, control_net, control_strength, steps, cfg, sampler_name, scheduler, seed)
+        # views are rendered at twice the crop size: the head's alpha box covers only part of the frame, so the
+        # crop handed to the model (resolution²) is then a downscale of the render, not a blurry upscale
+        config = InpaintConfig(render_resolution=min(2 * resolution, 2048), crop_size=resolution, erode_iterations=erode_iterations,
+                               cos_threshold=cos_threshold, policy=policy)
+        views: list[torch.Tensor] = []
+        bar = ComfyProgress(len(plan) + (reference is not None), preview_size=resolution)
+
+        def progress(step, total, preview):
+            if preview is not None and preview.shape[0] == resolution:
+                views.append(preview.detach().float().cpu())
+            bar.progress(step, total, preview)
+
+        with torch.inference_mode(False):
+            result = progressive_inpaint(mesh, ComfyInpainter(sampling, denoise), plan, reference, config, size, progress, bar.interrupt)
+        out = result.mesh.to("cpu")
+        texture = core_to_image(out.texture)
+        view_batch = core_to_image(torch.stack(views)) if views else texture
+        return io.NodeOutput(out, texture, view_batch)
+
+
+class TextureRefine(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IDSculptTextureRefine",
+            display_name="IDSculpt Texture Refine",
+            category="IDSculpt/texture",
+            description="Optimises the texture against SDEdit-denoised random views and the portrait (ID-Sculpt §3.3, Eq. 8–9).",
+            inputs=_model_inputs() + [
+                io.Image.Input("reference_image", optional=True, tooltip="The aligned portrait: odd steps fit it (L1 inside the face mask)."),
+                CAMERA.Input("reference_camera", optional=True, tooltip="The portrait's camera (stage 1)."),
+                io.Mask.Input("face_mask", optional=True, tooltip="Face region of the portrait (no hair/ears/neck): where the L1 term applies."),
+            ] + _sampler_inputs(20, 10.0) + [
+                io.Int.Input("refine_steps", default=400, min=0, max=5000, tooltip="Optimisation steps (ID-Sculpt: 400; even = random view, odd = reference)."),
+                io.Int.Input("t_min", default=50, min=1, max=998, tooltip="Smallest SDEdit start timestep (of 1000)."),
+                io.Int.Input("t_max", default=200, min=2, max=999, tooltip="Largest SDEdit start timestep (exclusive)."),
+                io.Float.Input("learning_rate", default=0.02, min=1e-5, max=1.0, step=0.001, tooltip="AdamW learning rate on the texture logits."),
+                io.Float.Input("control_strength", default=1.0, min=0.0, max=3.0, step=0.05, tooltip="normalbae ControlNet strength."),
+                io.Int.Input("resolution", default=512, min=64, max=1024, step=64, tooltip="Random-view render size (SD1.5: 512)."),
+                io.Combo.Input("perceptual_model", options=["none"] + model_files(IDSCULPT_FOLDER), default="none",
+                               tooltip="VGG16 weights in models/idsculpt for the perceptual term (50·LPIPS); 'none' skips it."),
+            ],
+            outputs=[HEAD_MESH.Output(display_name="head"), io.Image.Output(display_name="texture")],
+        )
+
+    @classmethod
+    def execute(cls, head, model, positive, negative, vae, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
+                refine_steps: int, t_min: int, t_max: int, learning_rate: float, control_strength: float, resolution: int,
+                perceptual_model: str = "none", control_net=None, reference_image=None, reference_camera=None,
+                face_mask=None) -> io.NodeOutput:
+        if not isinstance(head, HeadMesh) or not head.has_uv or head.texture is None:
+            raise ValueError("Texture Refine needs a textured head with UVs: connect IDSculpt Progressive Inpaint's head output")
+        if t_min >= t_max:
+            raise ValueError(f"t_min ({t_min}) must be below t_max ({t_max})")
+        mesh = _device_mesh(head)
+        dev = mesh.vertices.device
+        reference = _reference(reference_image, reference_camera, face_mask, face_mask)
+        sampling = ComfySampling(model, positive, negative, vae, control_net, control_strength, steps, cfg, sampler_name, scheduler, seed)
+        perceptual = None
+        if perceptual_model and perceptual_model != "none":
+            from ..core.panohead.perceptual import load_vgg16
+
+            with torch.inference_mode(False):
+                net = load_vgg16(model_path(IDSCULPT_FOLDER, perceptual_model)).to(dev)
+
+            def perceptual(a, b):  # LPIPS works on [-1, 1] images
+                return net(a * 2 - 1, b * 2 - 1)
+
+        config = RefineConfig(steps=refine_steps, lr=learning_rate, t_range=(t_min, t_max), resolution=resolution, seed=seed)
+        bar = ComfyProgress(max(refine_steps, 1), preview_size=resolution)
+        with torch.inference_mode(False):
+            result = refine_texture(mesh, ComfyDenoiser(sampling), reference, config, perceptual, bar.progress, bar.interrupt)
+        out = result.mesh.to("cpu")
+        return io.NodeOutput(out, core_to_image(out.texture))
+
+
+NODES = [ProgressiveInpaint, TextureRefine]
