@@ -1,0 +1,77 @@
+"""PanoHead nodes inside ComfyUI (run with ComfyUI's Python): loader conversion, template and PanoHead inversion."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from panohead_fixtures import dump_release_pickle, tiny_generator  # noqa: E402
+
+pytestmark = pytest.mark.comfy
+
+
+@pytest.fixture(scope="module")
+def nodes(comfy_inprocess):
+    from idsculpt.nodes import panohead_nodes
+
+    return panohead_nodes
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _portrait(portraits_dir: str) -> torch.Tensor:
+    import cv2
+
+    img = cv2.cvtColor(cv2.imread(os.path.join(portraits_dir, "pichai_2.jpg")), cv2.COLOR_BGR2RGB)
+    return torch.from_numpy(img.astype(np.float32) / 255.0)[None]
+
+
+def test_template_init_without_checkpoint(comfy_inprocess, nodes, portraits_dir):
+    from idsculpt.core.camera import Cameras
+    from idsculpt.core.mesh import HeadMesh
+
+    model, info = comfy_inprocess.run_node(nodes.PanoHeadLoader, checkpoint=nodes.NONE, vgg16=nodes.NO_VGG).args
+    assert model.generator is None and "template" in info
+    mesh, cam, aligned, views, info = comfy_inprocess.run_node(
+        nodes.PanoHeadInvert, portrait=_portrait(portraits_dir), panohead=model, init="auto", w_steps=1, pti_steps=1,
+        mesh_resolution=64, mesh_level=20.0, view_resolution=32, seed=0).args
+    assert isinstance(mesh, HeadMesh) and isinstance(cam, Cameras) and len(cam) == 1
+    assert aligned.shape == (1, 512, 512, 3) and info.startswith("init=template")
+    assert views.normals.shape == (40, 32, 32, 3) and views.masks.shape == (40, 32, 32, 1)
+    with pytest.raises(ValueError, match="no PanoHead checkpoint"):
+        comfy_inprocess.run_node(nodes.PanoHeadInvert, portrait=_portrait(portraits_dir), panohead=model, init="panohead",
+                                 w_steps=1, pti_steps=1, mesh_resolution=64, mesh_level=20.0, view_resolution=32, seed=0)
+
+
+def test_loader_converts_release_pickle_and_invert_uses_it(comfy_inprocess, nodes, portraits_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    from idsculpt.core.panohead.perceptual import VGG16Perceptual
+    from idsculpt.core.panohead.triplane import tiny_config
+
+    folder = comfy_inprocess.folder_paths.get_folder_paths("idsculpt")[0]
+    os.makedirs(folder, exist_ok=True)
+    marker = str(tmp_path / "PWNED")
+    src = f"import pathlib\npathlib.Path({marker!r}).write_text('x')\nraise RuntimeError('pickled code ran')\n"
+    with open(os.path.join(folder, "tiny-panohead.pkl"), "wb") as f:
+        f.write(dump_release_pickle(tiny_generator(seed=4), tiny_config(), src))
+    vgg = VGG16Perceptual()
+    save_file({f"features.{k}": v.half() for k, v in vgg.features.state_dict().items()}, os.path.join(folder, "vgg16.safetensors"))
+    model, info = comfy_inprocess.run_node(nodes.PanoHeadLoader, checkpoint="tiny-panohead.pkl", vgg16="vgg16.safetensors").args
+    assert "pickle code not executed" in info and not os.path.exists(marker)
+    assert os.path.isfile(os.path.join(folder, "tiny-panohead.safetensors")) and os.path.isfile(os.path.join(folder, "tiny-panohead.json"))
+    mesh, cam, aligned, views, info = comfy_inprocess.run_node(
+        nodes.PanoHeadInvert, portrait=_portrait(portraits_dir), panohead=model, init="auto", w_steps=2, pti_steps=1,
+        mesh_resolution=64, mesh_level=0.0, view_resolution=16, seed=0).args
+    assert info.startswith("init=panohead") and mesh.faces.shape[0] > 0
+    assert torch.isfinite(mesh.vertices).all() and views.normals.shape == (40, 16, 16, 3)
