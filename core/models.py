@@ -1,0 +1,447 @@
+"""The model table: every weight file the pack's workflows load, where it goes and where it comes from.
+
+One source of truth for four consumers:
+  * ``check_models(folder_lookup)`` -> rows (present / missing, path found), used by the
+    ``IDSculpt Model Check`` node, ``scripts/check_models.py`` and ``scripts/run_pipeline.py``;
+  * ``format_table(rows)`` -> the plain-text table those print;
+  * ``missing_model_message(role_or_filename, folder)`` -> the text every loader's "file not found"
+    error should carry, so a user always lands on the same table;
+  * ``models_markdown()`` -> docs/MODELS.md (a test keeps the two in sync).
+
+Core stays ComfyUI-free: the caller passes ``folder_lookup(folder_key) -> list of directories``
+(inside ComfyUI that is ``folder_paths.get_folder_paths``; the scripts read it from a ComfyUI
+install in a subprocess). Nothing here downloads anything: the pack never fetches weights at run time.
+
+A model may be found under several names (``.safetensors`` / ``.pth`` / ``.bin`` variants, fp16
+re-uploads, the diffusers layout): each accepted location is a ``(folder_key, pattern)`` pair, the
+pattern a path relative to one of the folder's directories, with ``fnmatch`` wildcards, matched
+case-insensitively against every file below that directory (ComfyUI's file lists recurse too).
+The first location is the canonical one, shown in tables and messages.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional, Sequence
+
+#: Workflows the table knows. "geometry" = portrait -> sculpted untextured head (workflows/geometry.json);
+#: "full" = geometry + texture (workflows/full.json); "eval" = the evaluation node's metric models.
+WORKFLOWS = ("geometry", "full", "eval")
+REQUIRED, OPTIONAL = "required", "optional"
+
+FolderLookup = Callable[[str], Sequence[str]]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model file (or one file of a multi-file pack) a workflow loads."""
+
+    key: str  # short stable id (used by missing_model_message and tests)
+    role: str  # what the pipeline uses it for, in the paper's terms
+    locations: tuple[tuple[str, str], ...]  # accepted (ComfyUI folder key, relative name or glob); first = canonical
+    source: str  # where to download it
+    licence: str
+    need: str  # REQUIRED or OPTIONAL (within ``workflows``)
+    workflows: tuple[str, ...]  # which workflows load it
+    note: str = ""  # fallback / what happens without it / conversion hints
+    #: this optional model becomes required when the named model is present (VGG16 with PanoHead)
+    required_with: Optional[str] = None
+    #: file-name globs that never count for this row (a catch-all must not match another row's model)
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def folder(self) -> str:
+        return self.locations[0][0]
+
+    @property
+    def filename(self) -> str:
+        return self.locations[0][1]
+
+    def accepted_names(self) -> list[str]:
+        """Accepted names as ``folder/pattern`` strings (for messages)."""
+        return [f"{f}/{p}" for f, p in self.locations]
+
+
+def _sd15_ckpt(stem: str, *globs: str) -> tuple[tuple[str, str], ...]:
+    """A single-file SD1.5 checkpoint in checkpoints/ (any of the usual extensions), or the
+    diffusers folder layout ComfyUI's DiffusersLoader reads from models/diffusers/<name>/."""
+    locs: list[tuple[str, str]] = [("checkpoints", stem + ".safetensors")]
+    for g in (stem, *globs):
+        for ext in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
+            locs.append(("checkpoints", g + ext))
+    for g in (stem, *globs):
+        for ext in (".safetensors", ".bin"):
+            locs.append(("diffusers", f"{g}/unet/diffusion_pytorch_model{ext}"))
+    seen, out = set(), []
+    for loc in locs:
+        if loc not in seen:
+            seen.add(loc)
+            out.append(loc)
+    return tuple(out)
+
+
+def _controlnet(stem: str, *extra: str, first: str = ".safetensors") -> tuple[tuple[str, str], ...]:
+    """``first``: the extension of the official release (lllyasviel's v1.1: .pth; CrucibleAI: .safetensors)."""
+    names = [stem + first] + [n for n in (stem + ".safetensors", stem + ".pth", stem + "_fp16.safetensors", stem + ".bin")
+                              if n != stem + first] + list(extra)
+    return tuple(("controlnet", n) for n in names)
+
+
+LLLYASVIEL = "Hugging Face `lllyasviel/ControlNet-v1-1` (fp16 safetensors: `comfyanonymous/ControlNet-v1-1_fp16_safetensors`)"
+
+MODEL_TABLE: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        key="normal_sd15", role="geometry guidance UNet + reference normal (HumanNorm normal-adapted SD1.5)",
+        locations=_sd15_ckpt("normal-adapted-sd1.5", "*normal-adapted*", "*normal_adapted*"),
+        source="Hugging Face `xanderhuang/normal-adapted-sd1.5` (diffusers layout: put the folder in models/diffusers, "
+               "or save it as one .safetensors checkpoint in models/checkpoints)",
+        licence="see the model card (SD1.5 CreativeML OpenRAIL-M base)", need=REQUIRED, workflows=("geometry", "full"),
+    ),
+    ModelSpec(
+        key="depth_sd15", role="reference depth (HumanNorm depth-adapted SD1.5)",
+        locations=_sd15_ckpt("depth-adapted-sd1.5", "*depth-adapted*", "*depth_adapted*"),
+        source="Hugging Face `xanderhuang/depth-adapted-sd1.5` (diffusers layout, as above)",
+        licence="see the model card (SD1.5 CreativeML OpenRAIL-M base)", need=REQUIRED, workflows=("geometry", "full"),
+    ),
+    ModelSpec(
+        key="vae_ft_mse", role="VAE for ISD and decoding (sd-vae-ft-mse)",
+        locations=(("vae", "vae-ft-mse-840000-ema-pruned.safetensors"), ("vae", "vae-ft-mse-840000-ema-pruned.ckpt"),
+                   ("vae", "*sd-vae-ft-mse*"), ("vae", "*vae-ft-mse*")),
+        source="Hugging Face `stabilityai/sd-vae-ft-mse-original`", licence="MIT", need=OPTIONAL, workflows=("geometry", "full"),
+        note="what ID-Sculpt uses; the checkpoint's own VAE works too",
+    ),
+    ModelSpec(
+        key="controlnet_mediapipe_face", role="landmark ControlNet for ISD (MediaPipe face, SD1.5)",
+        locations=_controlnet("control_v2p_sd15_mediapipe_face", "*mediapipe_face*sd15*", "*sd15*mediapipe_face*"),
+        source="Hugging Face `CrucibleAI/ControlNetMediaPipeFace`", licence="CreativeML OpenRAIL-M", need=REQUIRED,
+        workflows=("geometry", "full"),
+    ),
+    ModelSpec(
+        key="controlnet_canny", role="canny ControlNet for the reference normal and depth",
+        locations=_controlnet("control_v11p_sd15_canny", first=".pth"), source=LLLYASVIEL, licence="CreativeML OpenRAIL-M",
+        need=REQUIRED, workflows=("geometry", "full"),
+    ),
+    ModelSpec(
+        key="controlnet_normalbae", role="texture ControlNet (normal map conditioning)",
+        locations=_controlnet("control_v11p_sd15_normalbae", first=".pth"), source=LLLYASVIEL, licence="CreativeML OpenRAIL-M",
+        need=REQUIRED, workflows=("full",),
+    ),
+    ModelSpec(
+        key="texture_sd15", role="texture base model (any SD1.5 checkpoint; the paper: Realistic Vision 4.0)",
+        locations=(("checkpoints", "Realistic_Vision_V4.0.safetensors"), ("checkpoints", "*realistic*vision*"),
+                   ("checkpoints", "*.safetensors"), ("checkpoints", "*.ckpt")),
+        exclude=("*normal-adapted*", "*normal_adapted*", "*depth-adapted*", "*depth_adapted*"),
+        source="Civitai / Hugging Face `SG161222/Realistic_Vision_V4.0` (swapping it is how stylisation works)",
+        licence="its own (CreativeML OpenRAIL-M for Realistic Vision)", need=REQUIRED, workflows=("full",),
+        note="any SD1.5 checkpoint in models/checkpoints works (pick it in the workflow): this row is satisfied by Realistic "
+             "Vision or, failing that, any other checkpoint file except the HumanNorm ones; it cannot tell SD1.5 from SDXL by name",
+    ),
+    ModelSpec(
+        key="id_adapter", role="ID adapter (IP-Adapter FaceID Portrait v11, 16 ID tokens)",
+        locations=(("ipadapter", "ip-adapter-faceid-portrait-v11_sd15.bin"), ("ipadapter", "ip-adapter-faceid-portrait-v11_sd15.safetensors"),
+                   ("ipadapter", "*faceid-portrait-v11*sd15*"), ("ipadapter", "*faceid-portrait*sd15*")),
+        source="Hugging Face `h94/IP-Adapter-FaceID`", licence="non-commercial research (insightface embeddings)",
+        need=REQUIRED, workflows=("geometry", "full"),
+    ),
+    ModelSpec(
+        key="insightface_det", role="face detector (insightface buffalo_l SCRFD)",
+        locations=(("insightface", "models/buffalo_l/det_10g.onnx"), ("insightface", "models/buffalo_l/buffalo_l/det_10g.onnx")),
+        source="insightface model zoo `buffalo_l.zip` (unzip into models/insightface/models/buffalo_l/)",
+        licence="non-commercial research", need=REQUIRED, workflows=("geometry", "full", "eval"),
+    ),
+    ModelSpec(
+        key="insightface_rec", role="face recogniser (insightface buffalo_l ArcFace R50)",
+        locations=(("insightface", "models/buffalo_l/w600k_r50.onnx"), ("insightface", "models/buffalo_l/buffalo_l/w600k_r50.onnx")),
+        source="insightface model zoo `buffalo_l.zip` (same folder as the detector)",
+        licence="non-commercial research", need=REQUIRED, workflows=("geometry", "full", "eval"),
+    ),
+    ModelSpec(
+        key="panohead", role="3D GAN for the ID-aware initialisation (PanoHead)",
+        locations=(("idsculpt", "easy-khair-180-gpc0.8-trans10-025000.pkl"), ("idsculpt", "easy-khair-180-gpc0.8-trans10-025000.safetensors"),
+                   ("idsculpt", "*panohead*.safetensors"), ("idsculpt", "*panohead*.pkl")),
+        source="PanoHead release (`SizheAn/PanoHead`, Google Drive link in its README)", licence="CC BY-NC 4.0",
+        need=OPTIONAL, workflows=("geometry", "full"),
+        note="without it the initialisation starts from the built-in head template (lower identity); "
+             "the .pkl is converted once to .safetensors + .json beside it, without running code from the pickle",
+    ),
+    ModelSpec(
+        key="vgg16", role="perceptual loss of the PanoHead inversion (VGG16 / LPIPS-VGG)",
+        locations=(("idsculpt", "vgg16-397923af.pth"), ("idsculpt", "vgg16.pth"), ("idsculpt", "vgg16.safetensors"), ("idsculpt", "*vgg16*")),
+        source="torchvision model zoo (`https://download.pytorch.org/models/vgg16-397923af.pth`)", licence="BSD-3-Clause",
+        need=OPTIONAL, workflows=("geometry", "full"), required_with="panohead",
+        note="needed when PanoHead is used",
+    ),
+    ModelSpec(
+        key="realesrgan_x2", role="texture deblur (RealESRGAN x2)",
+        locations=(("upscale_models", "RealESRGAN_x2plus.pth"), ("upscale_models", "RealESRGAN_x2.pth"),
+                   ("upscale_models", "*RealESRGAN*x2*")),
+        source="GitHub `xinntao/Real-ESRGAN` releases (v0.2.1 `RealESRGAN_x2plus.pth`)", licence="BSD-3-Clause",
+        need=OPTIONAL, workflows=("full",), note="the texture is kept as rendered without it",
+    ),
+    ModelSpec(
+        key="mediapipe_task", role="landmarks for mediapipe > 0.10.21 (MediaPipe Face Landmarker)",
+        locations=(("mediapipe", "face_landmarker.task"), ("mediapipe", "*face_landmarker*.task")),
+        source="Google MediaPipe model card `face_landmarker.task`", licence="Apache-2.0",
+        need=OPTIONAL, workflows=("geometry", "full"),
+        note="not needed with mediapipe==0.10.21, whose wheel carries FaceMesh (478 points)",
+    ),
+    ModelSpec(
+        key="lpips_alex", role="evaluation: LPIPS backbone (AlexNet)",
+        locations=(("idsculpt", "alexnet-owt-7be5be79.pth"), ("idsculpt", "lpips/alexnet-owt-7be5be79.pth"), ("idsculpt", "*alexnet*")),
+        source="torchvision model zoo (`https://download.pytorch.org/models/alexnet-owt-7be5be79.pth`)", licence="BSD-3-Clause",
+        need=OPTIONAL, workflows=("eval",), note="LPIPS is skipped (reported) without it",
+    ),
+    ModelSpec(
+        key="lpips_lin", role="evaluation: LPIPS v0.1 linear layers",
+        locations=(("idsculpt", "lpips/alex.pth"), ("idsculpt", "alex.pth")),
+        source="PyPI `lpips` package, file `lpips/weights/v0.1/alex.pth`", licence="BSD-2-Clause",
+        need=OPTIONAL, workflows=("eval",), required_with="lpips_alex",
+    ),
+    ModelSpec(
+        key="clip_vision", role="evaluation: CLIP-I image embedder (CLIP ViT-L/14)",
+        locations=(("clip_vision", "clip-vit-large-patch14.safetensors"), ("clip_vision", "*clip*vit*l*14*"),
+                   ("clip_vision", "*clip-vit-large*")),
+        source="Hugging Face `openai/clip-vit-large-patch14`", licence="MIT", need=OPTIONAL, workflows=("eval",),
+        note="CLIP-I is skipped (reported) without it",
+    ),
+)
+
+_BY_KEY = {m.key: m for m in MODEL_TABLE}
+
+
+def get_spec(key: str) -> ModelSpec:
+    try:
+        return _BY_KEY[key]
+    except KeyError:
+        raise KeyError(f"no model {key!r} in the table; known: {', '.join(_BY_KEY)}") from None
+
+
+# --------------------------------------------------------------------------- lookup
+@dataclass
+class ModelRow:
+    """Result of checking one table entry."""
+
+    spec: ModelSpec
+    required: bool  # required for the checked workflow(s), after ``required_with``
+    path: Optional[str]  # the file found, or None
+    searched: list[str] = field(default_factory=list)  # directories looked in
+
+    @property
+    def present(self) -> bool:
+        return self.path is not None
+
+    @property
+    def status(self) -> str:
+        if self.present:
+            return "ok"
+        return "MISSING" if self.required else "optional, absent"
+
+
+def _list_files(directory: str) -> list[str]:
+    """Every file below ``directory`` as a '/'-separated relative path (follows links, like ComfyUI)."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            out.append(os.path.relpath(os.path.join(dirpath, name), directory).replace(os.sep, "/"))
+    return sorted(out)
+
+
+def _has_magic(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def find_model(spec: ModelSpec, folder_lookup: FolderLookup, _cache: Optional[dict] = None) -> tuple[Optional[str], list[str]]:
+    """(first file that matches one of ``spec.locations``, directories searched).
+
+    Locations are tried in order (the canonical name first); within a location, directories in the
+    order ``folder_lookup`` gives them (ComfyUI's priority order). Globs match the relative path
+    case-insensitively; a glob without '/' may match the file at any depth.
+    """
+    cache = {} if _cache is None else _cache
+    searched: list[str] = []
+    for folder, pattern in spec.locations:
+        for d in _dirs(folder_lookup, folder):
+            if d not in searched:
+                searched.append(d)
+            if not os.path.isdir(d):
+                continue
+            if not _has_magic(pattern):
+                p = os.path.join(d, *pattern.split("/"))
+                if os.path.isfile(p):
+                    return p, searched
+                continue
+            files = cache.get(d)
+            if files is None:
+                files = cache[d] = _list_files(d)
+            pat = pattern.lower()
+            for rel in files:
+                low = rel.lower()
+                if any(fnmatch.fnmatchcase(low.rsplit("/", 1)[-1], x.lower()) for x in spec.exclude):
+                    continue
+                if fnmatch.fnmatchcase(low, pat) or ("/" not in pat and fnmatch.fnmatchcase(low.rsplit("/", 1)[-1], pat)):
+                    return os.path.join(d, *rel.split("/")), searched
+    return None, searched
+
+
+def _dirs(folder_lookup: FolderLookup, folder: str) -> list[str]:
+    try:
+        dirs = folder_lookup(folder)
+    except KeyError:  # ComfyUI raises for unregistered keys
+        dirs = []
+    return [os.path.abspath(d) for d in (dirs or [])]
+
+
+def _selected(workflow: str | Iterable[str]) -> set[str]:
+    wf = {workflow} if isinstance(workflow, str) else set(workflow)
+    if "all" in wf:
+        wf = set(WORKFLOWS)
+    bad = wf - set(WORKFLOWS)
+    if bad:
+        raise ValueError(f"unknown workflow {sorted(bad)}: use one of {', '.join(WORKFLOWS)} or 'all'")
+    return wf
+
+
+def check_models(folder_lookup: FolderLookup, workflow: str | Iterable[str] = "full",
+                 table: Sequence[ModelSpec] = MODEL_TABLE) -> list[ModelRow]:
+    """Look for every model the selected workflow(s) use. ``folder_lookup(folder_key)`` returns the
+    directories of one ComfyUI model folder (``folder_paths.get_folder_paths``); unknown keys may
+    raise KeyError or return []. ``workflow``: "geometry", "full", "eval", "all" or several."""
+    wf = _selected(workflow)
+    cache: dict = {}
+    rows = []
+    for spec in table:
+        if not wf & set(spec.workflows):
+            continue
+        path, searched = find_model(spec, folder_lookup, cache)
+        rows.append(ModelRow(spec, spec.need == REQUIRED, path, searched))
+    present = {r.spec.key for r in rows if r.present}
+    for r in rows:  # optional-with: VGG16 is required once PanoHead is there
+        if r.spec.required_with and r.spec.required_with in present:
+            r.required = True
+    return rows
+
+
+def missing_required(rows: Sequence[ModelRow]) -> list[ModelRow]:
+    return [r for r in rows if r.required and not r.present]
+
+
+def format_table(rows: Sequence[ModelRow], show_paths: bool = True) -> str:
+    """A plain-text table (fixed-width columns) plus a summary line and, for each missing model,
+    where to get it and where to put it."""
+    head = ("status", "role", "file", "folder")
+    body = [(r.status, r.spec.role, os.path.basename(r.path) if r.path else r.spec.filename, r.spec.folder) for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    widths[1] = min(widths[1], 60)
+
+    def line(cells) -> str:
+        cells = [c if len(c) <= w else c[: w - 1] + "…" for c, w in zip(cells, widths)]
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    out = [line(head), line(["-" * w for w in widths])]
+    out += [line(b) for b in body]
+    missing = missing_required(rows)
+    out.append("")
+    if missing:
+        out.append(f"{len(missing)} required model file(s) missing:")
+        for r in missing:
+            out.append(f"  - {r.spec.role}: put {r.spec.filename!r} into {_where(r)}; get it from {r.spec.source} "
+                       f"(licence: {r.spec.licence})")
+    else:
+        out.append("all required model files found")
+    if show_paths:
+        found = [r for r in rows if r.present]
+        if found:
+            out.append("")
+            out.append("found:")
+            out += [f"  {r.spec.key}: {r.path}" for r in found]
+    return "\n".join(out)
+
+
+def _where(row: ModelRow) -> str:
+    dirs = [d for d in row.searched if d.replace(os.sep, "/").rstrip("/").endswith("/" + row.spec.folder)] or row.searched
+    return dirs[0] if dirs else f"models/{row.spec.folder}"
+
+
+# --------------------------------------------------------------------------- loader messages
+def lookup_spec(role_or_filename: str) -> Optional[ModelSpec]:
+    """The table entry for a key, a role (or a word of it), or a file name / path (glob match)."""
+    q = role_or_filename.strip()
+    if q in _BY_KEY:
+        return _BY_KEY[q]
+    base = os.path.basename(q.replace("\\", "/")).lower()
+    for spec in MODEL_TABLE:
+        for _folder, pattern in spec.locations:
+            pat = pattern.lower()
+            if base and (fnmatch.fnmatchcase(base, pat.rsplit("/", 1)[-1]) or fnmatch.fnmatchcase(q.lower(), pat)):
+                return spec
+    low = q.lower()
+    for spec in MODEL_TABLE:
+        if low and low in spec.role.lower():
+            return spec
+    return None
+
+
+def missing_model_message(role_or_filename: str, folder: Optional[str] = None, searched: Sequence[str] = ()) -> str:
+    """The one message a loader raises when a model file is not there.
+
+    ``role_or_filename``: a table key ("controlnet_canny"), a role word ("PanoHead") or the file
+    name the user picked; ``folder``: the ComfyUI folder key looked in; ``searched``: its directories.
+    """
+    spec = lookup_spec(role_or_filename)
+    folder = folder or (spec.folder if spec else None)
+    where = ", ".join(searched) if searched else (f"models/{folder}" if folder else "the ComfyUI model folders")
+    if spec is None:
+        head = f"model file {role_or_filename!r} not found in {where}."
+        return (head + " See docs/MODELS.md (or run the 'IDSculpt Model Check' node / scripts/check_models.py) "
+                "for every model the pack uses and where each one goes.")
+    asked = role_or_filename if role_or_filename not in _BY_KEY else spec.filename
+    alts = ", ".join(p for f, p in spec.locations[:4] if f == (folder or spec.folder)) or spec.filename
+    return (f"{spec.role}: {asked!r} not found in {where}. Put {spec.filename!r} into models/{spec.folder} "
+            f"(accepted names include {alts}); get it from {spec.source} (licence: {spec.licence})."
+            + (f" Note: {spec.note}." if spec.note else "")
+            + " See docs/MODELS.md, or run the 'IDSculpt Model Check' node / scripts/check_models.py to check every model.")
+
+
+# --------------------------------------------------------------------------- docs
+MARKDOWN_HEADER = """# Models
+
+<!-- generated by core/models.py::models_markdown(); do not edit by hand:
+     /work/venv/bin/python scripts/check_models.py --write-docs docs/MODELS.md -->
+
+Nothing is downloaded at run time. Put each file in the ComfyUI model folder named here
+(`ComfyUI/models/<folder>`, or any path `extra_model_paths.yaml` adds for that folder key).
+Check an install with the **IDSculpt Model Check** node, or from a shell:
+`python scripts/check_models.py --comfyui /path/to/ComfyUI [--extra-model-paths-config extra_model_paths.yaml]`
+(exit code 1 when a required file is missing). `scripts/run_pipeline.py` runs the same check first.
+
+Workflows: **geometry** = portrait → sculpted head; **full** = geometry + texture; **eval** = the
+evaluation node's metric models. *required* means the workflow stops without the file; *optional*
+files have a fallback (in the notes).
+"""
+
+
+def models_markdown(table: Sequence[ModelSpec] = MODEL_TABLE) -> str:
+    """docs/MODELS.md from the table."""
+
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    lines = [MARKDOWN_HEADER.rstrip(), "",
+             "| role | file (common public name) | ComfyUI folder | where to get it | licence | needed | workflows |",
+             "|---|---|---|---|---|---|---|"]
+    for m in table:
+        need = m.need + (f" (required when `{m.required_with}` is present)" if m.required_with else "")
+        lines.append(f"| {esc(m.role)} | `{esc(m.filename)}` | `models/{m.folder}` | {esc(m.source)} | {esc(m.licence)} "
+                     f"| {need} | {', '.join(m.workflows)} |")
+    lines += ["", "## Accepted names", "",
+              "Each model is also found under these names (case-insensitive globs, relative to the folder; the first is canonical):", ""]
+    for m in table:
+        names = ", ".join(f"`{f}/{esc(p)}`" for f, p in m.locations)
+        lines.append(f"- **{m.key}** ({esc(m.role)}): {names}")
+    notes = [m for m in table if m.note]
+    if notes:
+        lines += ["", "## Notes", ""]
+        lines += [f"- **{m.key}**: {esc(m.note)}." for m in notes]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,104 @@
+// ComfyUI-IDSculpt front-end extension (loaded by ComfyUI from WEB_DIRECTORY = "./js").
+//
+// (a) Step counter: long IDSculpt nodes (PanoHead inversion, DMTet sculpting, texturing) report
+//     progress through comfy.utils.ProgressBar, which the server sends as websocket "progress"
+//     messages {value, max, prompt_id, node}. The standard UI draws only a bar; this extension also
+//     writes "step value/max" (and the elapsed time) in the title bar of IDSculpt nodes. Live
+//     previews need nothing here: ProgressBar previews are shown by ComfyUI itself.
+// (b) 3D preview hand-off: "IDSculpt Save Head" returns model_file, a STRING path relative to the
+//     output folder, exactly what core "Preview3D" takes as its model_file. Link it to Preview3D's
+//     model_file (drop the link on the widget; the frontend turns it into an input). After a run,
+//     this extension also shows the saved file name on the Save Head node.
+//
+// Only documented frontend APIs: app.registerExtension, beforeRegisterNodeDef, api.addEventListener.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+const PREFIX = "IDSculpt";
+const state = new Map(); // node id (string) -> {value, max, t0, done}
+
+function findNode(id) {
+  if (id === null || id === undefined || !app.graph) return null;
+  const key = String(id);
+  // subgraph execution ids look like "12:5"; the last part is the node inside the subgraph
+  return app.graph.getNodeById(key) ?? app.graph.getNodeById(Number(key.split(":").pop())) ?? null;
+}
+
+function isOurs(node) {
+  const t = node?.comfyClass ?? node?.type ?? "";
+  return typeof t === "string" && t.startsWith(PREFIX);
+}
+
+function redraw() {
+  app.graph?.setDirtyCanvas(true, false);
+}
+
+function fmtTime(s) {
+  if (s < 60) return `${s.toFixed(0)} s`;
+  const m = Math.floor(s / 60);
+  return `${m} min ${Math.floor(s - 60 * m)} s`;
+}
+
+app.registerExtension({
+  name: "IDSculpt.StepCounter",
+
+  async setup() {
+    api.addEventListener("execution_start", () => {
+      state.clear();
+      redraw();
+    });
+    api.addEventListener("progress", ({ detail }) => {
+      const node = findNode(detail?.node);
+      if (!isOurs(node)) return;
+      const id = String(node.id);
+      const prev = state.get(id);
+      const t0 = prev && !prev.done && detail.value >= prev.value ? prev.t0 : performance.now();
+      state.set(id, { value: detail.value, max: detail.max, t0, done: detail.value >= detail.max });
+      redraw();
+    });
+    api.addEventListener("executed", ({ detail }) => {
+      const node = findNode(detail?.display_node ?? detail?.node);
+      if (!isOurs(node)) return;
+      const files = detail?.output?.["3d"];
+      if (Array.isArray(files) && files.length) {
+        const f = files[0];
+        node.idsculptSaved = [f.subfolder, f.filename].filter(Boolean).join("/");
+      }
+      const s = state.get(String(node.id));
+      if (s) s.done = true;
+      redraw();
+    });
+    api.addEventListener("execution_interrupted", () => {
+      for (const s of state.values()) s.done = true;
+      redraw();
+    });
+  },
+
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!nodeData?.name?.startsWith(PREFIX)) return;
+    const onDrawForeground = nodeType.prototype.onDrawForeground;
+    nodeType.prototype.onDrawForeground = function (ctx) {
+      const r = onDrawForeground?.apply(this, arguments);
+      if (this.flags?.collapsed) return r;
+      const s = state.get(String(this.id));
+      const step = s && s.max > 1
+        ? `step ${s.value}/${s.max}` + (s.done ? "" : ` · ${fmtTime((performance.now() - s.t0) / 1000)}`)
+        : null;
+      if (!step && !this.idsculptSaved) return r;
+      ctx.save();
+      ctx.font = "12px sans-serif";
+      ctx.fillStyle = "#9fd";
+      if (step) { // in the title bar, right-aligned
+        const titleH = globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+        ctx.textAlign = "right";
+        ctx.fillText(step, this.size[0] - 8, -titleH / 2 + 4);
+      }
+      if (this.idsculptSaved) { // the saved file, just under the node
+        ctx.textAlign = "left";
+        ctx.fillText(this.idsculptSaved, 4, this.size[1] + 14);
+      }
+      ctx.restore();
+      return r;
+    };
+  },
+});
