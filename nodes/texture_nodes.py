@@ -83,6 +83,7 @@ class ComfySampling:
         cache: dict = {}
         return attach_control(self.positive, control, cache), attach_control(self.negative, control, cache)
 
+    @torch.no_grad()  # sampling targets are never differentiated; ComfyUI's weights are inference tensors
     def run(self, image: torch.Tensor, normal_control: Optional[torch.Tensor], denoise: float, noise_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """image [H,W,3] 0..1 → sampled image [H,W,3] 0..1 (same size; H, W multiples of 8)."""
         h, w = image.shape[:2]

@@ -89,7 +89,8 @@ def mesh_from_grid(grid: torch.Tensor | np.ndarray, box: float, level: float = 2
     g[:, :, :pad], g[:, :, -pad:] = -1000, -1000
     if not (g.max() > level):
         raise RuntimeError(f"the density never exceeds the marching-cubes level {level}: nothing to mesh "
-                           "(inversion failed, or the level is too high for this generator)")
+                           "(inversion failed, or the level is too high for this generator); lower the mesh level, or set the "
+                           "PanoHead Invert node's init to 'template' to start from the template head")
     step = box / (n - 1)
     verts, faces, _, _ = marching_cubes(g, level=level, spacing=(step, step, step), gradient_direction="descent")
     verts = verts - box / 2
