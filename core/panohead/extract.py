@@ -145,7 +145,7 @@ def gan_view_cameras(n_views: int = 40, pitch: float = -5.0, fov: float = 25.0, 
 
 
 @dataclass
-class GanViewRenders:
+class GanViews:
     """Volume-rendered supervision: what DMTet Sculpt fits in its first 1000 steps."""
 
     cameras: Cameras
@@ -168,7 +168,7 @@ def _largest_cc_mask(m: np.ndarray) -> np.ndarray:
 def render_gan_views(G: TriPlaneGenerator, ws: Optional[torch.Tensor] = None, planes: Optional[torch.Tensor] = None,
                      cameras: Optional[Cameras] = None, resolution: int = 256, ray_start: Optional[float] = 2.2,
                      batch: int = 1, seed: int = 0, progress: Optional[ProgressFn] = None,
-                     interrupt: Optional[InterruptFn] = None) -> GanViewRenders:
+                     interrupt: Optional[InterruptFn] = None) -> GanViews:
     """Normals + masks of the (inverted) generator from the GAN-view cameras at ``resolution``².
 
     ``ray_start`` 2.2 is ID-Sculpt's near plane for these renders (the release trains with 2.25)."""
@@ -204,5 +204,5 @@ def render_gan_views(G: TriPlaneGenerator, ws: Optional[torch.Tensor] = None, pl
             colors.append(rgb[k] * mt)
         if progress is not None:
             progress(min(i + batch, len(cams)), len(cams), None)
-    return GanViewRenders(cams.with_resolution(resolution), torch.stack(normals).cpu(), torch.stack(masks).cpu(),
+    return GanViews(cams.with_resolution(resolution), torch.stack(normals).cpu(), torch.stack(masks).cpu(),
                           torch.stack(colors).cpu())

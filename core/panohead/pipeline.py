@@ -14,7 +14,7 @@ import torch
 from ..camera import Cameras
 from ..mesh import HeadMesh
 from .align import AlignedPortrait, align_portrait
-from .extract import GanViewRenders, extract_mesh, gan_view_cameras, render_gan_views
+from .extract import GanViews, extract_mesh, gan_view_cameras, render_gan_views
 from .invert import InversionConfig, invert
 from .perceptual import VGG16Perceptual
 from .template import place_template, render_sdf_views, template_mesh
@@ -29,7 +29,7 @@ class Stage1Result:
     mesh: HeadMesh  # initial head mesh, world frame of core.camera
     reference_camera: Cameras  # the portrait's camera (1 camera, image size of the crop)
     aligned: torch.Tensor  # [1,H,W,3] 0..1 aligned portrait (PanoHead crop)
-    gan_views: GanViewRenders  # supervision views (cameras, world normals, masks)
+    gan_views: GanViews  # supervision views (cameras, world normals, masks)
     init: str  # "panohead" or "template"
     landmarks: Optional[np.ndarray] = None  # [478,3] in crop pixels
     ws: Optional[torch.Tensor] = None
@@ -65,7 +65,7 @@ def run_stage1(portrait: np.ndarray, generator: Optional[TriPlaneGenerator] = No
         if interrupt is not None and interrupt():
             raise InterruptedError("template initialisation interrupted")
         normals, masks = render_sdf_views(placement.sdf, cams.to(device))
-        views = GanViewRenders(cams, normals.cpu(), masks.cpu())
+        views = GanViews(cams, normals.cpu(), masks.cpu())
         info = (f"init=template (no PanoHead checkpoint): scale {placement.scale:.3f}, translation "
                 f"{tuple(round(v, 3) for v in placement.translation)}; pose yaw/pitch/roll {tuple(round(a, 1) for a in al.yaw_pitch_roll)}")
         if progress is not None:

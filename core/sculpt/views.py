@@ -2,7 +2,7 @@
 
 * ``GanViews`` — the multi-view supervision rendered by PanoHead (stage 1): cameras, world-frame
   normal maps [B,H,W,3] (zero outside the mask) and masks [B,H,W,1]. It is
-  ``core.panohead.GanViewRenders`` (one concept, one class); anything with ``cameras``, ``normals``
+  defined in ``core.panohead.extract`` (one concept, one class); anything with ``cameras``, ``normals``
   and ``masks`` of those shapes works.
 * ``ReferenceGeometry`` — the reference-view targets made by Geo Supervision
   (``core.geo_supervision``): camera, camera-frame normals in the HumanNorm/OpenGL view convention
@@ -16,7 +16,7 @@ import torch
 
 from ..camera import Cameras
 from ..geo_supervision import ReferenceGeometry
-from ..panohead.extract import GanViewRenders as GanViews
+from ..panohead.extract import GanViews
 
 __all__ = ["GanViews", "ReferenceGeometry", "RandomViewRanges", "random_views", "check_gan_views", "check_reference"]
 
