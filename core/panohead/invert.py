@@ -190,9 +190,18 @@ def pivotal_tuning(G: TriPlaneGenerator, target: torch.Tensor, ws: torch.Tensor,
 def invert(G: TriPlaneGenerator, image: torch.Tensor, label: torch.Tensor, perceptual: VGG16Perceptual,
            cfg: InversionConfig = InversionConfig(), progress: Optional[ProgressFn] = None,
            interrupt: Optional[InterruptFn] = None) -> InversionResult:
-    """Full stage-1 inversion of an aligned portrait ``image`` [1,H,W,3] (0..1) seen from ``label`` [1,25]."""
+    """Full stage-1 inversion of an aligned portrait ``image`` [1,H,W,3] (0..1) seen from ``label`` [1,25].
+
+    Seeded by ``cfg.seed``: the volume renderer's stratified samples draw from torch's global RNG, so
+    it is seeded inside a forked RNG state and the caller's global RNG is left as it was."""
     dev = next(G.parameters()).device
-    torch.manual_seed(cfg.seed)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        return _invert(G, dev, image, label, perceptual, cfg, progress, interrupt)
+
+
+def _invert(G: TriPlaneGenerator, dev: torch.device, image: torch.Tensor, label: torch.Tensor, perceptual: VGG16Perceptual,
+            cfg: InversionConfig, progress: Optional[ProgressFn], interrupt: Optional[InterruptFn]) -> InversionResult:
     perceptual = perceptual.to(dev)
     target = _prepare_target(image.to(dev), G)
     c = torch.as_tensor(label, dtype=torch.float32, device=dev).reshape(1, 25)
