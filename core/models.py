@@ -365,14 +365,21 @@ def _where(row: ModelRow) -> str:
 
 
 # --------------------------------------------------------------------------- loader messages
-def lookup_spec(role_or_filename: str) -> Optional[ModelSpec]:
-    """The table entry for a key, a role (or a word of it), or a file name / path (glob match)."""
+def lookup_spec(role_or_filename: str, folder: Optional[str] = None) -> Optional[ModelSpec]:
+    """The table entry for a key, a role (or a word of it), or a file name / path (glob match).
+
+    ``folder``: the ComfyUI folder key the file was looked for in; when given, file-name matches only
+    count for entries accepted in that folder (so "my_lora.safetensors" in loras/ is not taken for the
+    catch-all "*.safetensors" checkpoint row).
+    """
     q = role_or_filename.strip()
     if q in _BY_KEY:
         return _BY_KEY[q]
     base = os.path.basename(q.replace("\\", "/")).lower()
     for spec in MODEL_TABLE:
-        for _folder, pattern in spec.locations:
+        for loc_folder, pattern in spec.locations:
+            if folder and loc_folder != folder:
+                continue
             pat = pattern.lower()
             if base and (fnmatch.fnmatchcase(base, pat.rsplit("/", 1)[-1]) or fnmatch.fnmatchcase(q.lower(), pat)):
                 return spec
@@ -383,25 +390,28 @@ def lookup_spec(role_or_filename: str) -> Optional[ModelSpec]:
     return None
 
 
-def missing_model_message(role_or_filename: str, folder: Optional[str] = None, searched: Sequence[str] = ()) -> str:
+def missing_model_message(role_or_filename: str, folder: Optional[str] = None, searched: Sequence[str] = (),
+                          key: Optional[str] = None) -> str:
     """The one message a loader raises when a model file is not there.
 
     ``role_or_filename``: a table key ("controlnet_canny"), a role word ("PanoHead") or the file
     name the user picked; ``folder``: the ComfyUI folder key looked in; ``searched``: its directories.
+    ``key``: the table entry when the loader knows it (then ``role_or_filename`` is just the name
+    shown, e.g. whatever file or path the user gave).
     """
-    spec = lookup_spec(role_or_filename)
+    spec = get_spec(key) if key else lookup_spec(role_or_filename, folder)
     folder = folder or (spec.folder if spec else None)
     where = ", ".join(searched) if searched else (f"models/{folder}" if folder else "the ComfyUI model folders")
     if spec is None:
         head = f"model file {role_or_filename!r} not found in {where}."
-        return (head + " See docs/MODELS.md (or run the 'IDSculpt Model Check' node / scripts/check_models.py) "
+        return (head + " See docs/MODELS.md (or run the 'IDSculpt Model Check' node or `python scripts/check_models.py`) "
                 "for every model the pack uses and where each one goes.")
     asked = role_or_filename if role_or_filename not in _BY_KEY else spec.filename
     alts = ", ".join(p for f, p in spec.locations[:4] if f == (folder or spec.folder)) or spec.filename
     return (f"{spec.role}: {asked!r} not found in {where}. Put {spec.filename!r} into models/{spec.folder} "
             f"(accepted names include {alts}); get it from {spec.source} (licence: {spec.licence})."
             + (f" Note: {spec.note}." if spec.note else "")
-            + " See docs/MODELS.md, or run the 'IDSculpt Model Check' node / scripts/check_models.py to check every model.")
+            + " See docs/MODELS.md, or run the 'IDSculpt Model Check' node or `python scripts/check_models.py` to check every model.")
 
 
 # --------------------------------------------------------------------------- docs

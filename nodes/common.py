@@ -16,6 +16,8 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
+from ..core.models import missing_model_message
+
 #: Our own model folder, ``models/idsculpt`` (PanoHead, VGG16 and other weights no core folder fits).
 IDSCULPT_FOLDER = "idsculpt"
 #: Weight files we accept in our folders.
@@ -142,12 +144,14 @@ def model_files(name: str = IDSCULPT_FOLDER) -> list[str]:
     return folder_paths.get_filename_list(name)
 
 
-def model_path(name: str, filename: str) -> str:
-    """Full path of ``filename`` in model folder ``name``, with a message saying where to put it."""
+def model_path(name: str, filename: str, key: Optional[str] = None) -> str:
+    """Full path of ``filename`` in model folder ``name``; when it is not there, a FileNotFoundError
+    carrying the model table's message (core/models.py: which file, which folder, where to get it).
+    ``key``: the table entry this loader reads (else it is looked up from the file name)."""
     path = folder_paths.get_full_path(name, filename)
     if path is None:
-        dirs = ", ".join(folder_paths.get_folder_paths(name)) if name in folder_paths.folder_names_and_paths else f"models/{name}"
-        raise FileNotFoundError(f"model file {filename!r} not found in the {name!r} model folder; put it in one of: {dirs}")
+        dirs = list(folder_paths.get_folder_paths(name)) if name in folder_paths.folder_names_and_paths else []
+        raise FileNotFoundError(missing_model_message(filename, name, dirs, key=key))
     return path
 
 

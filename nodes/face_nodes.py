@@ -16,7 +16,7 @@ import folder_paths
 from ..core.face.align import align_landmarks_to_mesh, preview_cameras
 from ..core.face.detect import INSIGHTFACE_MODEL_NAMES, face_id_from_image, load_face_analysis
 from ..core.face.landmarks import detect_landmarks
-from .common import core_to_image, model_folder
+from .common import core_to_image, model_folder, model_path
 from .types import CAMERA, FACE_ID, HEAD_MESH, LANDMARKS
 
 #: IPAdapter_plus's socket type for an insightface FaceAnalysis: same name, so the packs interconnect.
@@ -145,7 +145,7 @@ class LandmarkRender(io.ComfyNode):
     @classmethod
     def execute(cls, image: torch.Tensor, head_mesh, reference_camera, face_index: int, preview_resolution: int,
                 landmarker_model: str = "(none)") -> io.NodeOutput:
-        task = None if landmarker_model in (None, "", "(none)") else folder_paths.get_full_path(MEDIAPIPE_FOLDER, landmarker_model)
+        task = None if landmarker_model in (None, "", "(none)") else model_path(MEDIAPIPE_FOLDER, landmarker_model, key="mediapipe_task")
         lm2d = detect_landmarks(image, face_index=face_index, model_path=task)
         cam = reference_camera[0] if len(reference_camera) > 1 else reference_camera
         lm3d = align_landmarks_to_mesh(lm2d, head_mesh, cam)

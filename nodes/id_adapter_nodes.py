@@ -20,6 +20,7 @@ import comfy.ldm.modules.attention
 import folder_paths
 
 from ..core.face.id_adapter import SD15_ATTN2_BLOCKS, IDAdapter, decoupled_cross_attention, load_id_adapter
+from .common import model_path
 from .types import FACE_ID, ID_ADAPTER
 
 ID_ENABLED_KEY = "idsculpt_id_enabled"
@@ -214,10 +215,7 @@ class IDAdapterLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, adapter_name: str) -> io.NodeOutput:
-        path = folder_paths.get_full_path(IPADAPTER_FOLDER, adapter_name)
-        if path is None:
-            raise FileNotFoundError(f"{adapter_name!r} not found in models/{IPADAPTER_FOLDER} "
-                                    f"({', '.join(folder_paths.get_folder_paths(IPADAPTER_FOLDER))})")
+        path = model_path(IPADAPTER_FOLDER, adapter_name, key="id_adapter")
         with torch.inference_mode(False):
             adapter = load_id_adapter(path)
         return io.NodeOutput(adapter)

@@ -72,7 +72,7 @@ class PanoHeadLoader(io.ComfyNode):
     def execute(cls, checkpoint: str, vgg16: str) -> io.NodeOutput:
         if checkpoint == NONE:
             return io.NodeOutput(PanoHeadModel(None, None, NONE), "no PanoHead checkpoint: Invert will use the template head")
-        path = model_path(IDSCULPT_FOLDER, checkpoint)
+        path = model_path(IDSCULPT_FOLDER, checkpoint, key="panohead")
         if vgg16 == NO_VGG:
             raise ValueError("PanoHead inversion needs VGG16 weights for its perceptual loss: put torchvision's "
                              "vgg16-397923af.pth into models/idsculpt and select it (or choose checkpoint 'none')")
@@ -83,7 +83,7 @@ class PanoHeadLoader(io.ComfyNode):
         else:
             info = f"loaded {checkpoint}"
         g = load_generator(path, "cpu")
-        vgg = load_vgg16(model_path(IDSCULPT_FOLDER, vgg16))
+        vgg = load_vgg16(model_path(IDSCULPT_FOLDER, vgg16, key="vgg16"))
         info += f"; VGG16 {'with LPIPS heads' if vgg.has_lpips_heads else 'features (unit channel weights)'}"
         return io.NodeOutput(PanoHeadModel(g, vgg, checkpoint), info)
 

@@ -281,7 +281,7 @@ class TextureRefine(io.ComfyNode):
             from ..core.panohead.perceptual import load_vgg16
 
             with torch.inference_mode(False):
-                net = load_vgg16(model_path(IDSCULPT_FOLDER, perceptual_model)).to(dev)
+                net = load_vgg16(model_path(IDSCULPT_FOLDER, perceptual_model, key="vgg16")).to(dev)
 
             def perceptual(a, b):  # LPIPS works on [-1, 1] images
                 return net(a * 2 - 1, b * 2 - 1)

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models import missing_model_message
+
 # Channel counts of the five AlexNet taps (after features.1, .4, .7, .9, .11).
 ALEX_CHANNELS = (64, 192, 384, 256, 256)
 _TAPS = (1, 4, 7, 9, 11)
@@ -207,18 +209,13 @@ def load_lpips_alex(folders: Iterable[str] | str, device: torch.device | str = "
     folders = [folders] if isinstance(folders, str) else list(folders)
     backbone, lin = find_lpips_files(folders)
     if backbone is None or lin is None:
+        # One table message per absent file (core/models.py), so this matches every other loader.
         need = []
         if backbone is None:
-            need.append(
-                "an AlexNet backbone (" + " or ".join(BACKBONE_CANDIDATES) + "; torchvision's file is "
-                "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth)"
-            )
+            need.append(missing_model_message(BACKBONE_CANDIDATES[0], "idsculpt", folders, key="lpips_alex"))
         if lin is None:
-            need.append(
-                f"the LPIPS linear layers '{LIN_FILE}' (lpips package: lpips/weights/v0.1/alex.pth, "
-                "https://github.com/richzhang/PerceptualSimilarity)"
-            )
-        raise FileNotFoundError(f"LPIPS(AlexNet) weights not found in {folders}: need " + " and ".join(need))
+            need.append(missing_model_message(LIN_FILE, "idsculpt", folders, key="lpips_lin"))
+        raise FileNotFoundError("LPIPS(AlexNet) weights missing. " + " ".join(need))
     model = LPIPSAlex()
     model.load_backbone_state_dict(_read_state_dict(backbone))
     lin_sd = _read_state_dict(lin)

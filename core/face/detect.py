@@ -27,6 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..models import missing_model_message
+
 log = logging.getLogger("IDSculpt")
 
 # Detector input sizes tried in order until a face is found. 640 is insightface's default and best
@@ -126,11 +128,12 @@ def insightface_model_dir(root: str, name: str) -> str:
             f"insightface '{name}': the ONNX files are in {nested}, one folder too deep (the zip was "
             f"unpacked into a folder of its own name). Move them up into {model_dir}."
         )
+    # The message is the model table's (core/models.py), so every loader points at the same place.
     raise FileNotFoundError(
-        f"insightface model '{name}' not found: no .onnx files in {model_dir}. Download {name}.zip "
-        f"(https://github.com/deepinsight/insightface/releases, model-zoo) and unpack it so that "
-        f"{model_dir}/ holds the .onnx files (det_10g.onnx, w600k_r50.onnx, ... for buffalo_l). "
-        f"Nothing is downloaded automatically."
+        f"insightface model '{name}' not found: no .onnx files in {model_dir}. "
+        + missing_model_message(f"models/{name}", "insightface", [root], key="insightface_det")
+        + f" Unpack {name}.zip so that {model_dir}/ holds the .onnx files (det_10g.onnx, w600k_r50.onnx, ... for "
+        "buffalo_l). Nothing is downloaded automatically."
     )
 
 

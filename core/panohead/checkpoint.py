@@ -26,6 +26,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ..models import missing_model_message
 from .triplane import TriPlaneGenerator
 
 RELEASE_FILENAME = "easy-khair-180-gpc0.8-trans10-025000.pkl"
@@ -208,10 +209,15 @@ def collect_state_dict(rec: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     return out
 
 
+def _missing(path: str) -> str:
+    """The model table's message for an absent PanoHead file (same text as every other loader)."""
+    return missing_model_message(os.path.basename(path), "idsculpt", [os.path.dirname(path) or "."], key="panohead")
+
+
 def read_release_pickle(path: str, network: str = "G_ema") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(config, state_dict) of one network of a PanoHead/EG3D training pickle, without running its code."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"PanoHead checkpoint not found: {path}")
+        raise FileNotFoundError(_missing(path))
     with open(path, "rb") as f:
         try:
             data = SafeUnpickler(f).load()
@@ -307,7 +313,7 @@ def load_generator(path: str, device: str | torch.device = "cpu", convert_dir: O
     else:
         raise ValueError(f"expected a PanoHead .pkl or converted .safetensors, got {os.path.basename(path)}")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"PanoHead weights not found: {path}")
+        raise FileNotFoundError(_missing(path))
     if not os.path.isfile(js):
         raise FileNotFoundError(f"{os.path.basename(path)} needs its config {os.path.basename(js)} beside it (written by the conversion)")
     with open(js) as f:

@@ -21,6 +21,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..models import missing_model_message
+
 _CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 _TAPS = (3, 8, 15, 22, 29)  # indices of the ReLUs after conv1_2, conv2_2, conv3_3, conv4_3, conv5_3
 _CHANNELS = (64, 128, 256, 512, 512)
@@ -92,8 +94,8 @@ def load_vgg16(path: str) -> VGG16Perceptual:
     """Build the perceptual net from a VGG16 weight file (see module docstring for layouts)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"VGG16 weights not found at {path}. Put torchvision's vgg16-397923af.pth (or an LPIPS vgg16 "
-            "file) into ComfyUI/models/idsculpt/ — the PanoHead inversion's perceptual loss needs it.")
+            missing_model_message(os.path.basename(path), "idsculpt", [os.path.dirname(path) or "."], key="vgg16")
+            + " (An LPIPS vgg16 file works too.)")
     sd = _read_state(path)
     net = VGG16Perceptual()
     feats: dict[str, torch.Tensor] = {}
