@@ -49,6 +49,9 @@ class GeoSupervision(io.ComfyNode):
                 REFERENCE_GEOMETRY.Output(display_name="reference_geometry"),
                 io.Image.Output(display_name="preview"),
                 io.String.Output(display_name="info"),
+                # the masks Geo Supervision settled on, for the texture stage's reference terms
+                io.Mask.Output(display_name="head_mask"),
+                io.Mask.Output(display_name="face_mask"),
             ],
         )
 
@@ -70,7 +73,8 @@ class GeoSupervision(io.ComfyNode):
                     log.warning("IDSculpt Geo Supervision: %s", extra[2:])
         ref = build_reference_geometry(portrait, cam, normal_map, depth_map, head_mask=head_mask, face_mask=face_mask,
                                        landmarks=lm2d, depth_convention=depth_convention)
-        return io.NodeOutput(ref, core_to_image(preview_reference_geometry(ref)), summary(ref) + extra)
+        masks = [m[..., 0][None].float().clamp(0, 1).cpu() for m in (ref.mask, ref.face_mask)]  # [1,H,W]
+        return io.NodeOutput(ref, core_to_image(preview_reference_geometry(ref)), summary(ref) + extra, *masks)
 
 
 NODES = [GeoSupervision]

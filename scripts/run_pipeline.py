@@ -334,6 +334,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for y in args.extra_model_paths_config:
         extra += ["--extra-model-paths-config", os.path.abspath(y)]
     if args.base_directory:
+        # ComfyUI refuses to start with a base directory that has no custom_nodes/ folder
+        os.makedirs(os.path.join(os.path.abspath(args.base_directory), "custom_nodes"), exist_ok=True)
         extra += ["--base-directory", os.path.abspath(args.base_directory)]
     if args.cpu:
         extra.append("--cpu")

@@ -84,10 +84,13 @@ def test_landmark_render_and_geo_supervision(comfy_inprocess, face_nodes, portra
     nimg = torch.where(out.coverage > 0.5, (out.normal_view + 1) / 2, torch.zeros(3))
     dimg = out.disparity.expand(-1, -1, -1, 3)
     p128 = torch.nn.functional.interpolate(portrait.permute(0, 3, 1, 2), size=(128, 128), mode="area").permute(0, 2, 3, 1)
-    ref, prev, text = comfy_inprocess.run_node(geo_nodes.GeoSupervision, portrait=p128, reference_camera=cam,
-                                               normal_map=nimg, depth_map=dimg, landmarks=lm,
-                                               depth_convention="near_is_bright").args
+    ref, prev, text, head_mask, face_mask = comfy_inprocess.run_node(
+        geo_nodes.GeoSupervision, portrait=p128, reference_camera=cam, normal_map=nimg, depth_map=dimg, landmarks=lm,
+        depth_convention="near_is_bright").args
     assert "MediaPipe face oval" in text and prev.shape == (3, 128, 128, 3)
+    # the masks it settled on come out as ComfyUI MASKs for the texture stage
+    assert head_mask.shape == face_mask.shape == (1, 128, 128)
+    assert torch.equal(head_mask[0], ref.mask[..., 0].cpu()) and torch.equal(face_mask[0], ref.face_mask[..., 0].cpu())
     sel = ref.mask[..., 0] > 0.5
     assert float((ref.normal_view[sel] * out.normal_view[0][sel]).sum(-1).mean()) > 0.99
     assert 0 < float(ref.face_mask.sum()) < float(ref.mask.sum())
