@@ -192,3 +192,11 @@ def test_model_check_node_on_server(comfy_server):
     assert canny + ".pth" in report or canny + ".safetensors" in report
     with pytest.raises(Exception, match="required model files are missing"):
         comfy_server.submit({"1": {"class_type": "IDSculptModelCheck", "inputs": {"workflow": "geometry", "fail_if_missing": True}}})
+
+
+def test_readme_models_table_matches_the_model_table():
+    generated = M.models_markdown()
+    table = generated[generated.index("| role |"):generated.index("## Accepted names")].strip()
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
+        readme = fh.read()
+    assert table in readme, "README.md's Models table is stale: copy the table from docs/MODELS.md"
