@@ -544,7 +544,7 @@ def geometry_stages(wf: Workflow) -> dict:
     sculpt = wf.add("IDSculptDMTetSculpt", None, g2, 8, head_mesh=invert["head_mesh"], reference_geometry=geo["reference_geometry"],
                     gan_views=invert["gan_views"], guidance=isd["guidance"], seed=0)
     return {"caption": caption, "subject": subject, "portrait": portrait, "invert": invert, "id_embed": id_embed,
-            "adapter": adapter, "sculpt": sculpt, "g2": g2}
+            "adapter": adapter, "sculpt": sculpt, "geo": geo, "g2": g2}
 
 
 def build_geometry() -> Workflow:
@@ -581,10 +581,11 @@ def build_full(name: str = "full", texture_ckpt: str = TEXTURE_SD15, style: str 
                   control_net=cn["CONTROL_NET"], reference_image=invert["aligned_portrait"], reference_camera=invert["reference_camera"],
                   seed=0, steps=20, cfg=10.0, sampler_name=SAMPLER, scheduler=SCHEDULER, control_strength=1.0, resolution=512)
     inpaint = wf.add("IDSculptProgressiveInpaint", None, g3, 3, head=s["sculpt"]["head_mesh"], denoise=0.95, texture_size="1024",
-                     max_faces=100000, view_plan="default", erode_iterations=8, cos_threshold=0.0, policy="first", **common)
+                     max_faces=100000, view_plan="default", erode_iterations=8, cos_threshold=0.0, policy="first",
+                     reference_mask=s["geo"]["head_mask"], **common)
     wf.add("PreviewImage", "Inpainted views", g3, 3, images=inpaint["views"])
     refine = wf.add("IDSculptTextureRefine", None, g3, 4, head=inpaint["head"], refine_steps=400, t_min=50, t_max=200,
-                    learning_rate=0.02, perceptual_model=VGG16, **common)
+                    learning_rate=0.02, perceptual_model=VGG16, face_mask=s["geo"]["face_mask"], **common)
     wf.add("PreviewImage", "Texture (UV)", g3, 4, images=refine["texture"])
     save = wf.add("IDSculptSaveHead", "Save textured head", g3, 5, head=refine["head"], filename_prefix=f"IDSculpt/head_{name}",
                   save_obj=False)
