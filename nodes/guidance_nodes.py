@@ -23,6 +23,7 @@ Use from a node that optimises (the sculpt stage)::
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 
@@ -60,7 +61,7 @@ class DifferentiableVAEEncoder(torch.nn.Module):
     posterior mean (what ComfyUI's VAE encode returns) and applies the latent format's scale/shift.
     """
 
-    def __init__(self, vae, latent_format, device: torch.device, dtype: torch.dtype | None = None):
+    def __init__(self, vae, latent_format, device: torch.device, dtype: torch.dtype | None = None, math_attention: bool = True):
         super().__init__()
         fsm = vae.first_stage_model
         if not hasattr(fsm, "encoder"):
@@ -71,6 +72,14 @@ class DifferentiableVAEEncoder(torch.nn.Module):
             qc = getattr(fsm, "quant_conv", None)
             self.quant_conv = copy.deepcopy(qc).to(device=device, dtype=dtype) if isinstance(qc, torch.nn.Module) else None
         self.requires_grad_(False).eval()
+        if math_attention:
+            # The copy's mid-block self-attention (one head, 512 channels, 64² tokens at 512²): PyTorch
+            # picks the memory-efficient kernel for a 512-wide head, whose backward is slow there
+            # (~6 ms per view on an H100); the plain matmul-softmax form is exact and cheap at this size.
+            # Only this private copy changes; ComfyUI's VAE keeps its attention.
+            for m in self.encoder.modules():
+                if callable(getattr(m, "optimized_attention", None)) and all(hasattr(m, a) for a in ("q", "k", "v", "proj_out")):
+                    m.optimized_attention = functools.partial(_math_attention, fallback=m.optimized_attention)
         self.process_input = getattr(vae, "process_input", lambda im: im * 2.0 - 1.0)
         self.latent_format = latent_format
         self.dtype, self.device = dtype, device
@@ -84,6 +93,20 @@ class DifferentiableVAEEncoder(torch.nn.Module):
         if z.shape[1] == 2 * self.latent_channels:  # diagonal Gaussian moments: take the mean
             z = z[:, : self.latent_channels]
         return self.latent_format.process_in(z.float())
+
+
+def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fallback=None, max_tokens: int = 64 * 64) -> torch.Tensor:
+    """Single-head self-attention over the pixels of [B,C,H,W] maps (ComfyUI's VAE AttnBlock layout),
+    as explicit matmul + softmax (softmax in fp32), differentiable by plain autograd. Above
+    ``max_tokens`` pixels (renders over 512²) the [N,N] weights grow quadratically, so ``fallback``
+    (ComfyUI's attention) is used instead."""
+    b, c = q.shape[:2]
+    if fallback is not None and q.shape[2] * q.shape[3] > max_tokens:
+        return fallback(q, k, v)
+    qf, kf, vf = (t.reshape(b, c, -1) for t in (q, k, v))  # [B,C,N]
+    w = torch.bmm(qf.transpose(1, 2), kf) * (c ** -0.5)  # [B,N,N]
+    w = torch.softmax(w.float(), dim=-1).to(v.dtype)
+    return torch.bmm(vf, w.transpose(1, 2)).reshape(q.shape)
 
 
 def _attach_control(cond_list: list[dict], control, chained: dict | None = None) -> list[dict]:

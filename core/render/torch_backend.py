@@ -335,8 +335,10 @@ class TorchBackend(RenderBackend):
         ids = rast[..., 3].detach().long() - 1  # [B,H,W]
         zz = rast[..., 2].detach()
         flat_color = color.reshape(-1, c)
-        out = flat_color
         eps = 0.0625  # nvdiffrast: expect no more than 1/16 pixel inaccuracy
+        # The discontinuity pairs of both directions (right, then down neighbours) form one batch, so
+        # the walk and the differentiable crossing run once per call, not once per direction.
+        pairs = []
         for down in (False, True):
             if down:
                 i0, i1, z0, z1 = ids[:, :-1, :], ids[:, 1:, :], zz[:, :-1, :], zz[:, 1:, :]
@@ -357,22 +359,28 @@ class TorchBackend(RenderBackend):
             ry = (py + (use1 & down)).to(pos.dtype) + 0.5
             to_bg = (t0 < 0) | (t1 < 0)
             t_other = torch.where(use1, t0, t1)
-            dc, ok = self._find_silhouette_crossing(pos, tri, topo, b, t, t_other, rx, ry, ds, down, to_bg, h, w, eps)
-            sel = ok.nonzero(as_tuple=True)[0]
-            if sel.numel() == 0:
-                continue
-            dc = dc[sel].clamp(0, 1)
-            alpha = ds[sel] * (0.5 - dc)
-            p0, p1 = pix0[sel], pix1[sel]
-            delta = alpha[:, None] * (flat_color[p1] - flat_color[p0])
-            target = torch.where(alpha.detach() > 0, p0, p1)
-            out = out.index_add(0, target, delta)
-        return out.reshape(bsz, h, w, c)
+            dn = torch.full_like(use1, down)
+            pairs.append((b, t, t_other, rx, ry, ds, dn, to_bg, pix0, pix1))
+        if not pairs:
+            return flat_color.reshape(bsz, h, w, c)
+        b, t, t_other, rx, ry, ds, dn, to_bg, pix0, pix1 = (torch.cat(x) for x in zip(*pairs))
+        edge_t, edge_k, ok = self._find_silhouette_edge(pos, tri, topo, b, t, t_other, rx, ry, ds, dn, to_bg, h, w, eps)
+        sel = ok.nonzero(as_tuple=True)[0]
+        if sel.numel() == 0:
+            return flat_color.reshape(bsz, h, w, c)
+        # Only the chosen edge's crossing carries gradient: evaluate it once, with autograd.
+        dc = self._crossing(pos, tri, b[sel], edge_t[sel], edge_k[sel], rx[sel], ry[sel], ds[sel], dn[sel], h, w).clamp(0, 1)
+        alpha = ds[sel] * (0.5 - dc)
+        p0, p1 = pix0[sel], pix1[sel]
+        delta = alpha[:, None] * (flat_color[p1] - flat_color[p0])
+        target = torch.where(alpha.detach() > 0, p0, p1)
+        return flat_color.index_add(0, target, delta).reshape(bsz, h, w, c)
 
-    def _find_silhouette_crossing(
-        self, pos, tri, topo, b, t, t_other, rx, ry, ds, down: bool, to_bg, h: int, w: int, eps: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Distance (pixels, toward the neighbour) at which the pair's line leaves the surface.
+    @torch.no_grad()
+    def _find_silhouette_edge(
+        self, pos, tri, topo, b, t, t_other, rx, ry, ds, down, to_bg, h: int, w: int, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The triangle and edge at which each pair's line leaves the surface (no autograd).
 
         Step 0 is nvdiffrast's test: the owning triangle's edge that the line exits through, used
         if it is a silhouette edge. nvdiffrast stops there; where triangles near the rim are
@@ -380,86 +388,104 @@ class TorchBackend(RenderBackend):
         So (``walk_steps`` > 0) the line is followed across interior edges into the neighbouring
         triangles until it exits through a silhouette edge. If no silhouette is reached and the
         neighbour pixel is background, the last exit edge stands in for it
-        (``background_silhouettes``). Returns (dc with autograd to ``pos``, usable mask).
+        (``background_silhouettes``). Returns (triangle [K], edge slot [K], usable mask [K]).
+
+        Why no autograd here: only the chosen edge's crossing distance carries a gradient, so the
+        search runs on detached values over all pairs at once (masks instead of shrinking index
+        sets: one host sync per walk step; vertex screen positions computed once; only the exit
+        edge's silhouette test) and ``_crossing`` recomputes that one distance with autograd — the
+        same float expressions, so the values are bit-identical to evaluating it here.
         """
         n = t.shape[0]
-        dc_out = torch.zeros(n, dtype=pos.dtype, device=pos.device)
-        found = torch.zeros(n, dtype=torch.bool, device=pos.device)
-        last_ok = torch.zeros(n, dtype=torch.bool, device=pos.device)
-        active = torch.arange(n, device=pos.device)
+        dev = pos.device
+        pos = pos.detach()
+        # Screen positions of every vertex, once per call; per pair they are taken relative to the
+        # pair's reference pixel (the same float expression as ``_screen``, so the same bits).
+        pw = pos[..., 3].clamp_min(1e-8)
+        sxy = torch.stack([pos[..., 0] / pw * (w / 2), pos[..., 1] / pw * (h / 2)], dim=-1)  # [B,N,2]
+        off = torch.stack([w / 2 - rx, h / 2 - ry], dim=-1)  # [K,2]
+        bcol, dn = b[:, None], down[:, None]
+        nxt_a = torch.tensor([1, 2, 0], device=dev)  # edge k joins corners (k+1, k+2)
+        nxt_b = torch.tensor([2, 0, 1], device=dev)
+        found = torch.zeros(n, dtype=torch.bool, device=dev)
+        last_ok = torch.zeros(n, dtype=torch.bool, device=dev)
+        edge_t = t.clone()
+        edge_k = torch.zeros(n, dtype=torch.long, device=dev)
+        alive = torch.ones(n, dtype=torch.bool, device=dev)
         cur = t
         for step in range(self.walk_steps + 1):
-            cross, k, straddle, sil, steep = self._exit_edge(pos, tri, topo, b[active], cur, rx[active], ry[active], ds[active], down, h, w)
+            p = sxy[bcol, tri[cur]] + off[:, None, :]  # [K,3,2]
+            xs, ys = p[..., 0], p[..., 1]
+            # Along the pair's axis: x for right neighbours, y for down neighbours.
+            al, ac = torch.where(dn, ys, xs), torch.where(dn, xs, ys)
+            e_a, e_b, c_a, c_b = al[:, nxt_a], al[:, nxt_b], ac[:, nxt_a], ac[:, nxt_b]
+            d_al, d_ac = e_b - e_a, c_b - c_a
+            straddle = torch.signbit(c_a) != torch.signbit(c_b)
+            cross = ds[:, None] * (e_a - c_a * d_al / torch.where(straddle, d_ac, torch.ones_like(d_ac)))
+            # The exit edge: the largest crossing among the edges that straddle the line.
+            k = torch.where(straddle, cross, torch.full_like(cross, -float("inf"))).argmax(dim=1)
             kk = k[:, None]
             cr = cross.gather(1, kk).squeeze(1)
             st = straddle.gather(1, kk).squeeze(1)
-            si = sil.gather(1, kk).squeeze(1)
-            sp = steep.gather(1, kk).squeeze(1)
-            with torch.no_grad():
-                in_range = (cr.detach() > -eps) & (cr.detach() < 1 + eps)
-            hit = st & si & sp & in_range
-            hit_idx = active[hit]
-            dc_out = dc_out.index_put((hit_idx,), cr[hit])
-            found[hit_idx] = True
+            # Steep enough for this pair direction (nvdiffrast's rule).
+            sp = d_ac.gather(1, kk).squeeze(1).abs() >= d_al.gather(1, kk).squeeze(1).abs()
+            # Silhouette test of edge k only: the wing triangle (opposite vertex + edge) has the
+            # triangle's orientation when the neighbour folds back over the edge in screen space
+            # (or there is none, then the opposite vertex is the triangle's own corner).
+            ia, ib = nxt_a[k][:, None], nxt_b[k][:, None]
+            xa, xb = xs.gather(1, ia).squeeze(1), xs.gather(1, ib).squeeze(1)
+            ya, yb = ys.gather(1, ia).squeeze(1), ys.gather(1, ib).squeeze(1)
+            o = sxy[b, topo.opposite[cur, k]] + off
+            ox, oy = o[:, 0], o[:, 1]
+            wing = (xa - ox) * (yb - oy) - (xb - ox) * (ya - oy)
+            x0, x1, x2 = xs.unbind(1)
+            y0, y1, y2 = ys.unbind(1)
+            bb = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+            si = torch.signbit(wing) == torch.signbit(bb)
+            usable = alive & st & sp & (cr > -eps) & (cr < 1 + eps)
+            hit = usable & si
+            take = hit
+            found |= hit
             # Background fallback: the *last* exit edge seen, if it is an interior edge usable for
             # this pair direction. A silhouette that is not steep for this direction belongs to the
             # other pair direction: then no fallback either (it would be counted twice).
             if self.background_silhouettes:
-                fb = st & ~si & sp & in_range & to_bg[active]
-                last_ok[active] = fb
-                fb_idx = active[fb]
-                dc_out = dc_out.index_put((fb_idx,), cr[fb])
+                fb = usable & ~si & to_bg
+                last_ok = torch.where(alive, fb, last_ok)
+                take = hit | fb
+            edge_t = torch.where(take, cur, edge_t)
+            edge_k = torch.where(take, k, edge_k)
             nxt = topo.neighbor[cur, k]
             # Stop on reaching the other pixel's triangle: a continuous surface, no silhouette between.
-            go = st & ~si & (nxt >= 0) & (nxt != t_other[active]) & (cr.detach() < 1 + eps)
+            go = alive & st & ~si & (nxt >= 0) & (nxt != t_other) & (cr < 1 + eps)
             if step == self.walk_steps or not bool(go.any()):
                 break
-            active, cur = active[go], nxt[go]
-        return dc_out, found | last_ok
+            alive, cur = go, torch.where(go, nxt, cur)
+        return edge_t, edge_k, found | last_ok
 
     @staticmethod
-    def _exit_edge(pos, tri, topo, b, t, rx, ry, ds, down: bool, h: int, w: int):
-        """For triangles ``t``: per edge the crossing with the pair's line (toward the neighbour),
-        whether the edge straddles the line, is a silhouette, is steep enough for this pair
-        direction (nvdiffrast's rule); and ``k``, the exit edge (largest crossing)."""
-        vi = tri[t]  # [K,3]
-        oi = topo.opposite[t]
-        pv = pos[b[:, None], vi]  # [K,3,4]
+    def _screen(pos, tri, b, t, rx, ry, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Corner screen positions [K,3] (pixels) of triangles ``t`` relative to the pair's reference pixel."""
+        pv = pos[b[:, None], tri[t]]  # [K,3,4]
         # Walked-into neighbours may reach behind the camera: keep w > 0 so no inf / NaN enters the
         # graph (unselected edges get zero gradient, and 0 * inf would be NaN).
         pw = pv[..., 3].clamp_min(1e-8)
-        xs = pv[..., 0] / pw * (w / 2) + (w / 2 - rx[:, None])  # pixel units, relative
+        xs = pv[..., 0] / pw * (w / 2) + (w / 2 - rx[:, None])
         ys = pv[..., 1] / pw * (h / 2) + (h / 2 - ry[:, None])
-        with torch.no_grad():
-            po = pos[b[:, None], oi].detach()
-            ow = po[..., 3].clamp_min(1e-8)
-            oxs = po[..., 0] / ow * (w / 2) + (w / 2 - rx[:, None])
-            oys = po[..., 1] / ow * (h / 2) + (h / 2 - ry[:, None])
-            x0, x1, x2 = xs[:, 0].detach(), xs[:, 1].detach(), xs[:, 2].detach()
-            y0, y1, y2 = ys[:, 0].detach(), ys[:, 1].detach(), ys[:, 2].detach()
-            bb = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
-            # Wing triangles (opposite vertex + edge) with the triangle's orientation: the neighbour
-            # folds back over the edge in screen space (or there is none): a silhouette edge.
-            a0 = (x1 - oxs[:, 0]) * (y2 - oys[:, 0]) - (x2 - oxs[:, 0]) * (y1 - oys[:, 0])
-            a1 = (x2 - oxs[:, 1]) * (y0 - oys[:, 1]) - (x0 - oxs[:, 1]) * (y2 - oys[:, 1])
-            a2 = (x0 - oxs[:, 2]) * (y1 - oys[:, 2]) - (x1 - oxs[:, 2]) * (y0 - oys[:, 2])
-            sil = torch.stack([torch.signbit(a) == torch.signbit(bb) for a in (a0, a1, a2)], dim=1)
-        # Along the pair's axis: x for right neighbours, y for down neighbours.
-        al, ac = (ys, xs) if down else (xs, ys)
-        e_a = torch.stack([al[:, 1], al[:, 2], al[:, 0]], 1)  # edge k = corners (k+1, k+2)
-        e_b = torch.stack([al[:, 2], al[:, 0], al[:, 1]], 1)
-        c_a = torch.stack([ac[:, 1], ac[:, 2], ac[:, 0]], 1)
-        c_b = torch.stack([ac[:, 2], ac[:, 0], ac[:, 1]], 1)
-        d_al, d_ac = e_b - e_a, c_b - c_a
-        with torch.no_grad():
-            straddle = torch.signbit(c_a.detach()) != torch.signbit(c_b.detach())
-            steep = d_ac.detach().abs() >= d_al.detach().abs()
-        safe = torch.where(straddle, d_ac, torch.ones_like(d_ac))
-        cross = ds[:, None] * (e_a - c_a * d_al / safe)  # crossing distance toward the neighbour
-        ranked = torch.where(straddle, cross.detach(), torch.full_like(cross, -float("inf")))
-        k = ranked.argmax(dim=1)
-        return cross, k, straddle, sil, steep
+        return xs, ys
 
+    @classmethod
+    def _crossing(cls, pos, tri, b, t, k, rx, ry, ds, down, h: int, w: int) -> torch.Tensor:
+        """Differentiable crossing distance (pixels, toward the neighbour) of edge ``k`` of ``t``
+        with the pair's line: the walk's expression for one edge, with autograd."""
+        xs, ys = cls._screen(pos, tri, b, t, rx, ry, h, w)
+        dn = down[:, None]
+        al, ac = torch.where(dn, ys, xs), torch.where(dn, xs, ys)
+        ia, ib = ((k + 1) % 3)[:, None], ((k + 2) % 3)[:, None]  # edge k = corners (k+1, k+2)
+        e_a, e_b = al.gather(1, ia).squeeze(1), al.gather(1, ib).squeeze(1)
+        c_a, c_b = ac.gather(1, ia).squeeze(1), ac.gather(1, ib).squeeze(1)
+        d_al, d_ac = e_b - e_a, c_b - c_a  # the edge straddles the line, so d_ac != 0
+        return ds * (e_a - c_a * d_al / d_ac)
 
 class _GradScale(torch.autograd.Function):
     """Identity whose backward scales the gradient (nvdiffrast's ``pos_gradient_boost``)."""

@@ -14,6 +14,7 @@ to the input frame — downstream stages keep using the original cameras.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, runtime_checkable
@@ -253,20 +254,29 @@ class Sculptor:
             terms["normal_consistency"] = _ramp(c.lambda_normal_consistency, r) * normal_consistency_loss(v, f)
             terms["laplacian"] = _ramp(c.lambda_laplacian, r) * laplacian_loss(v, f)
         loss = sum(terms.values())
-        bad = [k for k, t in terms.items() if not bool(torch.isfinite(t))]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # One host sync per step for all checks and logged values (the step is launch-bound on the
+        # GPU; each .item()/bool() would wait for the queue to drain). A non-finite loss or gradient
+        # still stops the run before the optimizer touches the parameters.
+        names = list(terms)
+        params = [(n, p) for n, p in self.geometry.named_parameters() if p.grad is not None]
+        vals = torch.stack([t.detach().float().reshape(()) for t in terms.values()] + [loss.detach().float().reshape(())])
+        grad_ok = [torch.isfinite(p.grad).all() for _, p in params]
+        host = torch.cat([vals, torch.stack(grad_ok).float() if grad_ok else vals.new_zeros(0)]).tolist()
+        term_vals, loss_val, grads_finite = host[: len(names)], host[len(names)], host[len(names) + 1 :]
+        bad = [k for k, x in zip(names, term_vals) if not math.isfinite(x)]
         if bad:
             raise NonFiniteError(f"DMTet sculpt: loss term(s) {bad} became NaN/inf at step {step} ({kind} step); "
                                  "stopped without writing a mesh. Lower lr or the loss weights, or check the inputs")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for name, p in self.geometry.named_parameters():
-            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+        for (name, _), ok in zip(params, grads_finite):
+            if not ok:
                 raise NonFiniteError(f"DMTet sculpt: the gradient of {name} became NaN/inf at step {step} ({kind} step); "
                                      "stopped without writing a mesh. Lower lr or the loss weights")
         self.optimizer.step()
         self.step_index += 1
-        rec = {"step": step, "kind": kind, "loss": float(loss.detach()), "faces": int(f.shape[0])}
-        rec.update({k: float(t.detach()) for k, t in terms.items()})
+        rec = {"step": step, "kind": kind, "loss": loss_val, "faces": int(f.shape[0])}
+        rec.update(zip(names, term_vals))
         return rec
 
     def current(self) -> tuple[torch.Tensor, torch.Tensor]:
