@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import comfy_harness as ch
@@ -506,10 +507,13 @@ def test_geometry_workflow_runs_to_a_glb(comfy_server, workflow_models, comfy_cl
     api = MW.quick_test_prompt(load("geometry_api.json"), template=template, extra=extra)
     save_id = _one(api, "IDSculptSaveHead")[0]
     turntable_id = _one(api, "SaveImage")[0]
+    log_before = len(comfy_server.log())
     t0 = time.monotonic()
     hist = comfy_server.submit(api, timeout=900)
     elapsed = time.monotonic() - t0
     print(f"\ngeometry workflow ({'template' if template else 'panohead'}), lowered: {elapsed:.1f} s")
+    run_log = comfy_server.log()[log_before:]
+    assert "Traceback" not in run_log and "!!! Exception" not in run_log and " ERROR " not in run_log, run_log[-3000:]
     files = hist["outputs"][save_id]["3d"]
     glb = comfy_server.output_path(files[0])
     assert glb.endswith(".glb") and os.path.getsize(glb) > 0
@@ -517,6 +521,20 @@ def test_geometry_workflow_runs_to_a_glb(comfy_server, workflow_models, comfy_cl
     assert head.faces.shape[0] > 100 and bool(head.vertices.isfinite().all())
     ext = (head.vertices.max(0).values - head.vertices.min(0).values)
     assert bool((ext > 0).all())
+    # a single closed surface around the origin
+    import trimesh
+
+    tm = trimesh.Trimesh(head.vertices.numpy(), head.faces.numpy(), process=False)
+    assert tm.is_watertight and len(tm.split(only_watertight=False)) == 1
+    assert tm.volume > 0
+    # winding number of the origin (Van Oosterom–Strackee solid angles): 1 inside a closed outward surface
+    a, b, c = (tm.vertices[tm.faces[:, k]] for k in range(3))
+    la, lb, lc = (np.linalg.norm(x, axis=1) for x in (a, b, c))
+    num = np.einsum("ij,ij->i", a, np.cross(b, c))
+    den = la * lb * lc + np.einsum("ij,ij->i", a, b) * lc + np.einsum("ij,ij->i", b, c) * la + np.einsum("ij,ij->i", c, a) * lb
+    winding = float((2 * np.arctan2(num, den)).sum() / (4 * np.pi))
+    if template:  # the random-weight PanoHead stand-in's level-0 surface is an arbitrary blob, not a head at the origin
+        assert abs(winding - 1.0) < 1e-3, f"the head does not enclose the origin (winding number {winding:.3f})"
     assert len(hist["outputs"][turntable_id]["images"]) == 8  # the sculpt node's 8-view turntable
     # which initialisation ran (PanoHead Invert logs its info line)
     want = "init=template" if template else "init=panohead"
