@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from .grid import TetGrid
+
+InterruptFn = Callable[[], None]  # called between chunks; raises to stop a long initialisation
 
 _AXES = {"+x": (1, 0, 0), "-x": (-1, 0, 0), "+y": (0, 1, 0), "-y": (0, -1, 0), "+z": (0, 0, 1), "-z": (0, 0, -1)}
 
@@ -141,7 +144,8 @@ class WindingNumber:
         d = c - q
         return (n * d).sum(-1) / d.norm(dim=-1).clamp_min(1e-12) ** 3
 
-    def __call__(self, q: torch.Tensor, chunk: int = 2048, pair_chunk: int = 8192) -> torch.Tensor:
+    def __call__(self, q: torch.Tensor, chunk: int = 2048, pair_chunk: int = 8192,
+                 interrupt: Optional[InterruptFn] = None) -> torch.Tensor:
         qd = q.detach().float().to(self.tri.device)
         out = torch.zeros(qd.shape[0], dtype=torch.float32, device=qd.device)
         fan = torch.arange(self.fanout, device=qd.device)
@@ -153,6 +157,8 @@ class WindingNumber:
             acc = torch.where(near2, torch.zeros_like(dip), dip).sum(1)
             qi, ci = near2.nonzero(as_tuple=True)
             for p in range(0, qi.shape[0], pair_chunk // self.fanout):
+                if interrupt is not None:  # a chunk of query x leaf pairs: well under a second on a CPU
+                    interrupt()
                 a = qi[p : p + pair_chunk // self.fanout, None].expand(-1, self.fanout).reshape(-1)
                 c = (ci[p : p + pair_chunk // self.fanout, None] * self.fanout + fan).reshape(-1)
                 rq = (self.c1[c] - qs[a]).norm(dim=-1)
@@ -224,7 +230,8 @@ def _surface_samples(v: torch.Tensor, f: torch.Tensor, spacing: float, max_level
     return torch.cat(pts).numpy(), torch.cat(ids).numpy()
 
 
-def _surface_band(vertices: torch.Tensor, faces: torch.Tensor, grid: TetGrid, band_cells: int = 1, k: int = 8):
+def _surface_band(vertices: torch.Tensor, faces: torch.Tensor, grid: TetGrid, band_cells: int = 1, k: int = 8,
+                  interrupt: Optional[InterruptFn] = None):
     """Lattice vertices near the surface and their exact distances.
 
     The band is the set of corners of the grid cells that contain dense surface samples (dilated by
@@ -259,12 +266,15 @@ def _surface_band(vertices: torch.Tensor, faces: torch.Tensor, grid: TetGrid, ba
     qt = torch.from_numpy(q)
     dist = torch.from_numpy(d[:, 0]).clone()
     for st in range(0, bidx.shape[0], 65536):
+        if interrupt is not None:
+            interrupt()
         sl = slice(st, st + 65536)
         dist[sl] = torch.minimum(dist[sl], point_triangle_distance(qt[sl], v[f[cand[sl]]]).amin(1))
     return torch.from_numpy(bidx), dist
 
 
-def mesh_sdf_on_grid(vertices: torch.Tensor, faces: torch.Tensor, grid: TetGrid, band_cells: int = 1) -> torch.Tensor:
+def mesh_sdf_on_grid(vertices: torch.Tensor, faces: torch.Tensor, grid: TetGrid, band_cells: int = 1,
+                     interrupt: Optional[InterruptFn] = None) -> torch.Tensor:
     """Signed distance [(n+1)³] (negative inside) of the mesh at the grid's lattice vertices.
 
     The mesh must already be in the grid's frame (see :func:`normalize_mesh`). Works for meshes with
@@ -278,6 +288,9 @@ def mesh_sdf_on_grid(vertices: torch.Tensor, faces: torch.Tensor, grid: TetGrid,
     Its magnitude is the distance to that shell vertex plus the shell vertex's distance, an upper
     bound within about a cell of the truth — far values only set how fast the surface can move there.
     This keeps the expensive winding-number evaluations to O(n²) vertices.
+
+    ``interrupt()`` is called between chunks and may raise to stop a long initialisation (seconds to
+    minutes on large grids on a CPU).
     """
     from scipy import ndimage
 
@@ -288,9 +301,11 @@ def mesh_sdf_on_grid(vertices: torch.Tensor, faces: torch.Tensor, grid: TetGrid,
     v = vertices.detach().float().cpu()
     f = faces.long().cpu()
     s, h = grid.side, grid.cell_size
-    bidx, dist = _surface_band(v, f, grid, band_cells)
+    bidx, dist = _surface_band(v, f, grid, band_cells, interrupt=interrupt)
     dev = grid.device  # the winding number is the expensive part: run it where the grid lives (GPU)
-    w = WindingNumber(v.to(dev), f.to(dev))(grid.vertices()[bidx.to(dev)]).cpu()
+    w = WindingNumber(v.to(dev), f.to(dev))(grid.vertices()[bidx.to(dev)], interrupt=interrupt).cpu()
+    if interrupt is not None:
+        interrupt()
     signed_band = torch.where(w > 0.5, -dist, dist).numpy()
     band = np.zeros(s**3, dtype=bool)
     band[bidx.numpy()] = True

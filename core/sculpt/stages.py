@@ -145,7 +145,8 @@ class Sculptor:
 
     def __init__(self, initial_mesh: HeadMesh, gan_views: GanViews | None = None, reference: ReferenceGeometry | None = None,
                  guidance: Guidance | None = None, config: SculptConfig | None = None, device: torch.device | str | None = None,
-                 initial_sdf: Callable[[torch.Tensor], torch.Tensor] | None = None, normalization: MeshNormalization | None = None):
+                 initial_sdf: Callable[[torch.Tensor], torch.Tensor] | None = None, normalization: MeshNormalization | None = None,
+                 interrupt: InterruptFn | None = None):
         self.config = c = config or SculptConfig()
         c.validate()
         if gan_views is None and reference is None and guidance is None:
@@ -175,7 +176,8 @@ class Sculptor:
             sdf = initial_sdf(self.grid.vertices())
         else:
             v = self.norm.apply(initial_mesh.vertices.float())
-            sdf = mesh_sdf_on_grid(v, initial_mesh.faces, self.grid)
+            # the initial SDF takes seconds to minutes on big grids: it honours Cancel too
+            sdf = mesh_sdf_on_grid(v, initial_mesh.faces, self.grid, interrupt=interrupt)
         self.geometry = DMTetGeometry(self.grid, sdf.to(self.device), c.deform_fraction)
         self.optimizer = torch.optim.Adam(self.geometry.parameters(), lr=c.lr, betas=c.betas)
         self.generator = torch.Generator().manual_seed(int(c.seed))
@@ -320,4 +322,4 @@ def sculpt(initial_mesh: HeadMesh, gan_views: GanViews | None = None, reference:
            guidance: Guidance | None = None, config: SculptConfig | None = None, progress: ProgressFn | None = None,
            interrupt: InterruptFn | None = None, device: torch.device | str | None = None) -> SculptResult:
     """Run stage 2 (see the module docstring). Returns the sculpted mesh in the input mesh's frame."""
-    return Sculptor(initial_mesh, gan_views, reference, guidance, config, device).run(progress, interrupt)
+    return Sculptor(initial_mesh, gan_views, reference, guidance, config, device, interrupt=interrupt).run(progress, interrupt)
