@@ -15,10 +15,15 @@ import sys
 import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, "tests")
 
 
-def load(name: str = "idsculpt") -> types.ModuleType:
-    """Load (once) and return the repository at ROOT as package ``name``."""
+def load(name: str = "idsculpt", tests: bool = False) -> types.ModuleType:
+    """Load (once) and return the repository at ROOT as package ``name``.
+
+    ``tests``: also make tests/ importable (``tiny_models`` builds the random-weight SD models)."""
+    if tests and TESTS not in sys.path:
+        sys.path.insert(0, TESTS)
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "__init__.py"), submodule_search_locations=[ROOT])

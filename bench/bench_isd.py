@@ -13,11 +13,8 @@ ComfyUI is found from --comfy, else $COMFYUI_PATH, else <repo>/.comfy/ComfyUI, e
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -25,40 +22,11 @@ import traceback
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _pack  # noqa: E402
+import _timing  # noqa: E402
 
-_pack.load()
-
-
-def _timer(device: torch.device, fn, warmup: int, iters: int) -> dict:
-    """Median / min milliseconds of ``fn()`` and peak memory (CUDA) over ``iters`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(iters):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1000)
-        peak = None
-    return {"median_ms": round(statistics.median(times), 3), "min_ms": round(min(times), 3), "iters": iters,
-            "peak_mem_mib": None if peak is None else round(peak, 1)}
+_pack.load(tests=True)
 
 
 class FixedHints:
@@ -72,22 +40,22 @@ class FixedHints:
         return self.hints[: len(cameras)]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=None, help="write the results JSON here")
-    ap.add_argument("--smoke", action="store_true", help="tiny models on CPU")
-    ap.add_argument("--comfy", default=None, help="ComfyUI checkout (default: $COMFYUI_PATH or .comfy/ComfyUI)")
-    ap.add_argument("--res", type=int, default=512)
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=5)
-    args = ap.parse_args()
+def isd_setup(model, pos, neg, vae, control, hints, n: int, res: int, device: torch.device):
+    """The timed ISD configuration (also used by profile_fastpath.py): guidance at CFG 50 taking
+    ``n`` views per step, ``n`` orbit cameras over the front half and a random image batch."""
+    from idsculpt.core.camera import Cameras
+    from idsculpt.nodes.guidance_nodes import build_isd_guidance
 
-    for cand in (args.comfy, os.environ.get("COMFYUI_PATH"), os.path.join(ROOT, ".comfy", "ComfyUI"), "/work/ComfyUI"):
-        if cand and os.path.isfile(os.path.join(cand, "comfy", "model_patcher.py")):
-            os.environ["COMFYUI_PATH"] = os.path.abspath(cand)
-            break
-    else:
-        sys.exit("bench_isd.py needs ComfyUI: pass --comfy PATH or set COMFYUI_PATH")
+    g = build_isd_guidance(model, pos, neg, vae, control, hints, cfg=50.0, resolution=res, seed=0)
+    g.predictor.max_views = n
+    cams = Cameras.orbit([5.0] * n, [i * 140.0 / max(n, 1) - 60.0 for i in range(n)], 4.0, 30.0, res)
+    image = torch.rand(n, res, res, 3, device=device)
+    return g, cams, image
+
+
+def main() -> None:
+    args = _timing.parser(__doc__.split("\n\n")[0], "tiny models on CPU", comfy=True).parse_args()
+    _timing.find_comfyui(args.comfy, "bench_isd.py")
 
     from tiny_models import import_comfy, tiny_conditioning, tiny_controlnet, tiny_sd15_model, tiny_vae, write_tiny_faceid_adapter
 
@@ -95,17 +63,13 @@ def main() -> None:
         dev, full, dtype = torch.device("cpu"), False, torch.float32
         res, iters, warmup, view_counts = 64, 2, 1, (1, 2)
     else:
-        if not torch.cuda.is_available():
-            sys.exit("bench_isd.py needs CUDA (use --smoke for a CPU check)")
-        dev, full, dtype = torch.device("cuda"), True, torch.float16
+        dev, full, dtype = _timing.require_cuda("bench_isd.py"), True, torch.float16
         res, iters, warmup, view_counts = args.res, args.iters, args.warmup, (1, 4)
 
     import_comfy(skip=False)
     import comfy.ldm.modules.attention
 
-    from idsculpt.core.camera import Cameras
     from idsculpt.core.face.id_adapter import load_id_adapter
-    from idsculpt.nodes.guidance_nodes import build_isd_guidance
     from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
 
     t0 = time.time()
@@ -123,7 +87,7 @@ def main() -> None:
 
     result: dict = {
         "stage": "isd",
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "device": _timing.device_name(dev),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "comfyui": os.environ["COMFYUI_PATH"],
@@ -146,10 +110,7 @@ def main() -> None:
     for n in view_counts:
         key = f"{n}view"
         try:
-            g = build_isd_guidance(model, pos, neg, vae, control, hints, cfg=50.0, resolution=res, seed=0)
-            g.predictor.max_views = n
-            cams = Cameras.orbit([5.0] * n, [i * 140.0 / max(n, 1) - 60.0 for i in range(n)], 4.0, 30.0, res)
-            image = torch.rand(n, res, res, 3, device=dev)
+            g, cams, image = isd_setup(model, pos, neg, vae, control, hints, n, res, dev)
             with g:
                 def step() -> None:
                     img = image.clone().requires_grad_(True)
@@ -157,19 +118,19 @@ def main() -> None:
                     loss.backward()
                     assert torch.isfinite(img.grad).all()
 
-                result["isd_step"][key] = _timer(dev, step, warmup, iters)
+                result["isd_step"][key] = _timing.timed(dev, step, warmup, iters)
                 lat = g.predictor.encode(image).detach()
                 from idsculpt.core.guidance import ViewBatch
 
                 sig = torch.full((n,), 2.0)
                 views = ViewBatch(torch.zeros(n), torch.zeros(n), torch.ones(n, dtype=torch.bool), torch.full((n,), 300), sig, cams)
-                result["predictor_only"][key] = _timer(dev, lambda: g.predictor.predict_noise(lat + 2.0 * torch.randn_like(lat), sig, views), warmup, iters)
+                result["predictor_only"][key] = _timing.timed(dev, lambda: g.predictor.predict_noise(lat + 2.0 * torch.randn_like(lat), sig, views), warmup, iters)
 
                 def enc() -> None:
                     img = image.clone().requires_grad_(True)
                     g.predictor.encode(img).float().square().sum().backward()
 
-                result["vae_encode_fwd_bwd"][key] = _timer(dev, enc, warmup, iters)
+                result["vae_encode_fwd_bwd"][key] = _timing.timed(dev, enc, warmup, iters)
             result["isd_step"][key]["grad_norm_last"] = round(float(g.last_stats.grad_norm), 4)
         except Exception as e:  # noqa: BLE001 - record and go on with the other view count
             result["isd_step"][key] = {"error": f"{type(e).__name__}: {e}"}
@@ -177,10 +138,7 @@ def main() -> None:
         print(key, result["isd_step"][key], result["predictor_only"].get(key), result["vae_encode_fwd_bwd"].get(key), flush=True)
 
     print(json.dumps(result, indent=2))
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2)
+    _timing.write_json(result, args.out, indent=2)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,8 @@ Timing: warm-up, CUDA events around each iteration, median. Results printed and 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +24,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _pack  # noqa: E402
+import _timing  # noqa: E402
 
 _pack.load()
 
@@ -39,28 +38,10 @@ from idsculpt.core.panohead.triplane import TriPlaneGenerator, release_config, t
 
 
 def _timer(device: torch.device, fn, warmup: int, iters: int) -> dict:
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(iters):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-        peak = torch.cuda.max_memory_allocated(device) / 2 ** 30
-    else:
-        for _ in range(iters):
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1000)
-        peak = None
+    """This stage's result layout (``ms_median``, ``ms_min``, peak in GiB) of the shared measurement."""
+    times, peak = _timing.measure(device, fn, warmup, iters)
     return {"ms_median": round(statistics.median(times), 3), "ms_min": round(min(times), 3), "iters": iters,
-            "peak_gib": None if peak is None else round(peak, 3)}
+            "peak_gib": None if peak is None else round(peak / 2 ** 30, 3)}
 
 
 def _random_generator(cfg: dict, device: torch.device) -> TriPlaneGenerator:
@@ -150,23 +131,19 @@ def bench_views(g: TriPlaneGenerator, device: torch.device, res: int, n_views: i
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--smoke", action="store_true", help="tiny generator on CPU (checks the script)")
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--iters", type=int, default=10)
-    args = ap.parse_args()
+    args = _timing.parser(None, "tiny generator on CPU (checks the script)", res=None, iters=10, warmup=3).parse_args()
     smoke = args.smoke or not torch.cuda.is_available()
     device = torch.device("cpu" if smoke else "cuda")
     if smoke:
         torch.set_num_threads(1)
     cfg = tiny_config() if smoke else release_config()
-    res = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
+    res = {"device": _timing.device_name(device),
            "torch": torch.__version__, "smoke": smoke, "config": "tiny" if smoke else "release (random weights)"}
     t0 = time.perf_counter()
     g = _random_generator(cfg, device)
     res["generator_params_M"] = round(sum(p.numel() for p in g.parameters()) / 1e6, 2)
     vgg = VGG16Perceptual().to(device).eval()
-    iters, warmup = (2, 1) if smoke else (args.iters, 3)
+    iters, warmup = (2, 1) if smoke else (args.iters, args.warmup)
     try:
         n = 128 if smoke else 10000
         res["w_statistics"] = _timer(device, lambda: w_statistics(g, n), 0, 1)
@@ -205,10 +182,7 @@ def main() -> None:
             res[f"estimated_{k}s_500_s"] = round(res[key][k]["ms_median"] * 500 / 1000, 1)
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(res, indent=1))
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+    _timing.write_json(res, args.out, indent=1)
 
 
 if __name__ == "__main__":

@@ -13,18 +13,16 @@ Timing: warm-up, then CUDA events around each iteration, median; peak memory fro
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import platform
-import statistics
 import sys
 import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _pack  # noqa: E402
+import _timing  # noqa: E402
 
 _pack.load()
 
@@ -65,32 +63,6 @@ def icosphere(level: int, device: torch.device, bumps: bool = True) -> tuple[tor
     return (v * (1 + bump[:, None])).to(device), f.to(device)
 
 
-def _timer(device: torch.device, fn, warmup: int, iters: int) -> dict:
-    """Median / min milliseconds of ``fn()`` and peak memory (CUDA) over ``iters`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(iters):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1000)
-        peak = None
-    return {"median_ms": round(statistics.median(times), 3), "min_ms": round(min(times), 3), "iters": iters,
-            "peak_mem_mib": None if peak is None else round(peak, 1)}
-
-
 def bench_ops(backend: str, v: torch.Tensor, f: torch.Tensor, cams: Cameras, warmup: int, iters: int) -> dict:
     """rasterize + interpolate (vertex normals) + antialias, forward + backward to positions."""
     dev = v.device
@@ -110,7 +82,7 @@ def bench_ops(backend: str, v: torch.Tensor, f: torch.Tensor, cams: Cameras, war
         col.square().sum().backward()
         verts.grad = None
 
-    return _timer(dev, step, warmup, iters)
+    return _timing.timed(dev, step, warmup, iters)
 
 
 def bench_render_mesh(backend: str, v: torch.Tensor, f: torch.Tensor, cams: Cameras, warmup: int, iters: int) -> dict:
@@ -123,7 +95,7 @@ def bench_render_mesh(backend: str, v: torch.Tensor, f: torch.Tensor, cams: Came
         (out.mask.sum() + out.normal_view.sum() + out.depth.sum() + out.color.sum()).backward()
         verts.grad = None
 
-    return _timer(v.device, step, warmup, iters)
+    return _timing.timed(v.device, step, warmup, iters)
 
 
 def silhouette_gradient_ratio(backend: str, level: int, res: int, device: torch.device) -> float:
@@ -142,13 +114,8 @@ def silhouette_gradient_ratio(backend: str, level: int, res: int, device: torch.
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=None, help="write the results JSON here")
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes on CPU, torch backend only")
+    ap = _timing.parser(__doc__.split("\n\n")[0], "tiny sizes on CPU, torch backend only")
     ap.add_argument("--level", type=int, default=6, help="icosphere level (6 = 81,920 faces)")
-    ap.add_argument("--res", type=int, default=512)
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=5)
     args = ap.parse_args()
 
     if args.smoke:
@@ -156,9 +123,7 @@ def main() -> None:
         level, res, iters, warmup, view_counts = 3, 64, 2, 1, (1, 2)
         backends = ["torch"]
     else:
-        if not torch.cuda.is_available():
-            sys.exit("bench_render.py needs CUDA (use --smoke for a CPU check)")
-        dev = torch.device("cuda")
+        dev = _timing.require_cuda("bench_render.py")
         level, res, iters, warmup, view_counts = args.level, args.res, args.iters, args.warmup, (1, 4)
         # nvdiffrast_walk: nvdiffrast's rasteriser + the torch silhouette-walking antialiaser
         backends = ["nvdiffrast", "nvdiffrast_walk", "torch"]
@@ -166,7 +131,7 @@ def main() -> None:
     v, f = icosphere(level, dev)
     result: dict = {
         "stage": "render",
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "device": _timing.device_name(dev),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "mesh_faces": int(f.shape[0]),
@@ -221,10 +186,7 @@ def main() -> None:
         print("agreement", result["agreement_torch_vs_nvdiffrast"], flush=True)
 
     print(json.dumps(result, indent=2))
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2)
+    _timing.write_json(result, args.out, indent=2)
 
 
 if __name__ == "__main__":

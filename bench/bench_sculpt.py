@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _pack  # noqa: E402
+import _timing  # noqa: E402
 
 _pack.load()
 
@@ -41,23 +41,8 @@ from idsculpt.core.sculpt.views import RandomViewRanges  # noqa: E402
 
 
 def _timer(device: torch.device, fn, warmup: int, iters: int) -> dict:
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        for _ in range(iters):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1000)
+    """Median / min ms; the peak memory is read once per configuration (bench_config), so not reset here."""
+    times, _ = _timing.measure(device, fn, warmup, iters, reset_peak=False)
     return {"median_ms": round(statistics.median(times), 3), "min_ms": round(min(times), 3), "iters": iters}
 
 
@@ -128,18 +113,14 @@ def bench_config(target, grid_res: int, img_res: int, device: torch.device, warm
 
     res["guidance_render_step_ms"] = _timer(device, guidance_render_step, warmup, iters)
     if device.type == "cuda":
-        res["peak_mem_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        res["peak_mem_mib"] = _timing.mib(torch.cuda.max_memory_allocated(device))
     return res
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes on CPU (checks the script runs)")
-    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap = _timing.parser(__doc__, "tiny sizes on CPU (checks the script runs)", out_help="write the results as JSON here",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grids", default="128,256", help="comma-separated grid resolutions (Quartet-equivalent)")
-    ap.add_argument("--res", type=int, default=512, help="image resolution")
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--iters", type=int, default=20)
     args = ap.parse_args()
 
     if args.smoke:
@@ -147,14 +128,12 @@ def main() -> None:
         grids, res, warmup, iters = [32], 64, 1, 3
         target = procedural_head_mesh(32)
     else:
-        if not torch.cuda.is_available():
-            sys.exit("bench_sculpt: CUDA is not available (use --smoke for a CPU check)")
-        device = torch.device("cuda")
+        device = _timing.require_cuda("bench_sculpt.py")
         grids, res, warmup, iters = [int(g) for g in args.grids.split(",")], args.res, args.warmup, args.iters
         target = procedural_head_mesh(192)  # ~390k faces, like a 512³ marching-cubes GAN mesh
     report = {
         "stage": "sculpt",
-        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": _timing.device_name(device),
         "torch": torch.__version__,
         "smoke": args.smoke,
         "gan_mesh_faces": int(target.faces.shape[0]),
@@ -166,10 +145,7 @@ def main() -> None:
         except Exception as e:  # record and go on: one OOM must not lose the other numbers
             report["configs"].append({"grid_resolution": g, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-2000:]})
         print(json.dumps(report["configs"][-1], indent=1), flush=True)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump(report, fh, indent=1)
+    _timing.write_json(report, args.out, indent=1)
 
 
 if __name__ == "__main__":

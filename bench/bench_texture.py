@@ -19,88 +19,28 @@ ComfyUI is found from --comfy, else $COMFYUI_PATH, else <repo>/.comfy/ComfyUI, e
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import time
 import traceback
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _pack  # noqa: E402
+import _timing  # noqa: E402
 
-_pack.load()
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def _timer(dev: torch.device, fn, warmup: int, iters: int) -> dict:
-    """Median / min milliseconds of ``fn()`` and peak memory (CUDA) over ``iters`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(dev)
-        for _ in range(iters):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-        peak = torch.cuda.max_memory_allocated(dev) / 2**20
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1000)
-        peak = None
-    return {"median_ms": round(statistics.median(times), 3), "min_ms": round(min(times), 3), "iters": iters,
-            "peak_mem_mib": None if peak is None else round(peak, 1)}
-
-
-def _wall(dev: torch.device, fn) -> tuple[float, float | None, object]:
-    _sync(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    out = fn()
-    _sync(dev)
-    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
-    return time.perf_counter() - t0, peak, out
+_pack.load(tests=True)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=None, help="write the results JSON here")
-    ap.add_argument("--smoke", action="store_true", help="tiny models on CPU")
-    ap.add_argument("--comfy", default=None, help="ComfyUI checkout (default: $COMFYUI_PATH or .comfy/ComfyUI)")
-    ap.add_argument("--res", type=int, default=512)
+    ap = _timing.parser(__doc__.split("\n\n")[0], "tiny models on CPU", comfy=True, iters=5, warmup=1)
     ap.add_argument("--texture", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=20, help="sampling steps per view / per SDEdit")
-    ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--skip-full-run", action="store_true", help="skip the whole 15-view inpaint")
     args = ap.parse_args()
-
-    for cand in (args.comfy, os.environ.get("COMFYUI_PATH"), os.path.join(ROOT, ".comfy", "ComfyUI"), "/work/ComfyUI"):
-        if cand and os.path.isfile(os.path.join(cand, "comfy", "model_patcher.py")):
-            os.environ["COMFYUI_PATH"] = os.path.abspath(cand)
-            break
-    else:
-        sys.exit("bench_texture.py needs ComfyUI: pass --comfy PATH or set COMFYUI_PATH")
+    _timing.find_comfyui(args.comfy, "bench_texture.py")
 
     from tiny_models import import_comfy, tiny_conditioning, tiny_controlnet, tiny_sd15_model, tiny_vae
 
@@ -108,9 +48,7 @@ def main() -> None:
         dev, full, dtype = torch.device("cpu"), False, torch.float32
         res, tex, steps, iters, warmup, level, n_views = 64, 256, 2, 2, 1, 3, 3
     else:
-        if not torch.cuda.is_available():
-            sys.exit("bench_texture.py needs CUDA (use --smoke for a CPU check)")
-        dev, full, dtype = torch.device("cuda"), True, torch.float16
+        dev, full, dtype = _timing.require_cuda("bench_texture.py"), True, torch.float16
         res, tex, steps, iters, warmup, level, n_views = args.res, args.texture, args.steps, args.iters, args.warmup, 6, 15
 
     import_comfy(skip=False)
@@ -140,7 +78,7 @@ def main() -> None:
 
     result: dict = {
         "stage": "texture",
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "device": _timing.device_name(dev),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "comfyui": os.environ["COMFYUI_PATH"],
@@ -167,7 +105,7 @@ def main() -> None:
             traceback.print_exc()
         print(key, result[key], flush=True)
 
-    record("rasterize_uv", lambda: _timer(dev, lambda: rasterize_uv(mesh, tex), 1, 3))
+    record("rasterize_uv", lambda: _timing.timed(dev, lambda: rasterize_uv(mesh, tex), 1, 3))
 
     sampling = ComfySampling(model, pos, neg, vae, control, 1.0, steps=steps, cfg=10.0, sampler_name="ddim", scheduler="ddim_uniform")
     cam = Cameras.orbit(-15.0, 45.0, 3.8, 30.0, res).to(dev)
@@ -179,7 +117,7 @@ def main() -> None:
 
     def one_view() -> dict:
         with torch.inference_mode():
-            r = _timer(dev, lambda: ComfyInpainter(sampling, 0.95).inpaint(image, gen_mask, normal, None), warmup, iters)
+            r = _timing.timed(dev, lambda: ComfyInpainter(sampling, 0.95).inpaint(image, gen_mask, normal, None), warmup, iters)
         r["seconds_per_view"] = round(r["median_ms"] / 1000, 3)
         return r
 
@@ -193,7 +131,7 @@ def main() -> None:
         def full_run() -> dict:
             plan = default_view_plan()[:n_views]
             with torch.inference_mode():
-                s, peak, res_ = _wall(dev, lambda: progressive_inpaint(mesh, ComfyInpainter(sampling, 0.95), plan, reference,
+                s, peak, res_ = _timing.wall(dev, lambda: progressive_inpaint(mesh, ComfyInpainter(sampling, 0.95), plan, reference,
                                                                       InpaintConfig(render_resolution=2 * res, crop_size=res), tex))
             painted = float(res_.state.painted.float().sum() / res_.texels.covered.float().sum())
             return {"views": len(plan), "seconds": round(s, 2), "seconds_per_view": round(s / len(plan), 3), "peak_mem_mib": None if peak is None else round(peak, 1),
@@ -207,10 +145,10 @@ def main() -> None:
     def refine_parts() -> dict:
         cfg_r = dict(resolution=res, seed=0, preview_every=0)
         with torch.inference_mode():
-            rnd = _timer(dev, lambda: refine_texture(textured, denoiser, None, RefineConfig(steps=1, **cfg_r)), warmup, iters)
-            ref = _timer(dev, lambda: refine_texture(textured, None, reference, RefineConfig(steps=1, **cfg_r)), warmup, iters)
+            rnd = _timing.timed(dev, lambda: refine_texture(textured, denoiser, None, RefineConfig(steps=1, **cfg_r)), warmup, iters)
+            ref = _timing.timed(dev, lambda: refine_texture(textured, None, reference, RefineConfig(steps=1, **cfg_r)), warmup, iters)
             n = 2 * max(2, iters)
-            s, peak, _ = _wall(dev, lambda: refine_texture(textured, denoiser, reference, RefineConfig(steps=n, **cfg_r)))
+            s, peak, _ = _timing.wall(dev, lambda: refine_texture(textured, denoiser, reference, RefineConfig(steps=n, **cfg_r)))
         return {"random_step": rnd, "reference_step": ref,
                 "alternating_mean_ms": round(1000 * s / n, 2), "alternating_steps": n, "peak_mem_mib": None if peak is None else round(peak, 1),
                 "note": "random step = render + SDEdit (VAE enc, steps x UNet+ControlNet at CFG 10, VAE dec) + MSE backward; "
@@ -218,10 +156,7 @@ def main() -> None:
 
     record("refine", refine_parts)
     print(json.dumps(result, indent=2))
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2)
+    _timing.write_json(result, args.out, indent=2)
 
 
 if __name__ == "__main__":

@@ -22,26 +22,17 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 import _pack  # noqa: E402
+import _timing  # noqa: E402
 
-_pack.load()
+_pack.load(tests=True)
 
 import torch  # noqa: E402
 
 
 def timer(fn, warmup: int = 3, iters: int = 10) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
+    """Median CUDA-event milliseconds of ``fn()`` (the shared measurement in bench/_timing.py)."""
+    ts, _ = _timing.measure(torch.device("cuda"), fn, warmup, iters, reset_peak=False)
     return round(statistics.median(ts), 2)
 
 
@@ -180,13 +171,11 @@ def part_isd(res: dict, out_dir: str, tag: str, models) -> None:
     import tempfile
 
     import comfy.samplers
-    from bench_isd import FixedHints
+    from bench_isd import FixedHints, isd_setup
     from tiny_models import write_tiny_faceid_adapter
 
-    from idsculpt.core.camera import Cameras
     from idsculpt.core.face.id_adapter import load_id_adapter
     from idsculpt.core.guidance import ViewBatch
-    from idsculpt.nodes.guidance_nodes import build_isd_guidance
     from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
 
     model, control, vae, pos, neg = models
@@ -198,10 +187,7 @@ def part_isd(res: dict, out_dir: str, tag: str, models) -> None:
     hints = FixedHints(4, 512, dev)
     tables = []
     for n in (1, 2, 4):
-        g = build_isd_guidance(model, pos, neg, vae, control, hints, cfg=50.0, resolution=512, seed=0)
-        g.predictor.max_views = n
-        cams = Cameras.orbit([5.0] * n, [i * 140.0 / max(n, 1) - 60.0 for i in range(n)], 4.0, 30.0, 512)
-        image = torch.rand(n, 512, 512, 3, device=dev)
+        g, cams, image = isd_setup(model, pos, neg, vae, control, hints, n, 512, dev)
         with g:
             def step():
                 img = image.clone().requires_grad_(True)
@@ -252,10 +238,7 @@ def part_isd(res: dict, out_dir: str, tag: str, models) -> None:
             cm = model.clone()
             set_torch_compile_wrapper(cm, backend="inductor")
             for n in (1, 4):
-                g = build_isd_guidance(cm, pos, neg, vae, control, hints, cfg=50.0, resolution=512, seed=0)
-                g.predictor.max_views = n
-                cams = Cameras.orbit([5.0] * n, [i * 140.0 / max(n, 1) - 60.0 for i in range(n)], 4.0, 30.0, 512)
-                image = torch.rand(n, 512, 512, 3, device=dev)
+                g, cams, image = isd_setup(cm, pos, neg, vae, control, hints, n, 512, dev)
                 with g:
                     def step():
                         img = image.clone().requires_grad_(True)
@@ -298,7 +281,7 @@ def main() -> None:
     ap.add_argument("--tag", default="run")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    res: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "tag": a.tag}
+    res: dict = {"device": _timing.device_name(torch.device("cuda")), "torch": torch.__version__, "tag": a.tag}
     parts = a.parts.split(",")
     models = None
     for name in parts:
@@ -317,8 +300,7 @@ def main() -> None:
             res[name] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-3000:]}
             traceback.print_exc()
         print(name, "took", round(time.time() - t0, 1), "s", flush=True)
-    with open(os.path.join(a.out, f"fastpath_{a.tag}.json"), "w") as fh:
-        json.dump(res, fh, indent=1)
+    _timing.write_json(res, os.path.join(a.out, f"fastpath_{a.tag}.json"), indent=1)
 
 
 if __name__ == "__main__":

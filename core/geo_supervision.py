@@ -147,6 +147,15 @@ def _as_mask(x: Any, what: str) -> torch.Tensor:
     return t[..., None]
 
 
+def _mask_input(x: Any, what: str, h: int, w: int, notes: list[str]) -> torch.Tensor:
+    """A MASK input as a 0/1 [h,w,1] map at the normal map's size (a resize is added to ``notes``)."""
+    m = _as_mask(x, what)
+    if m.shape[:2] != (h, w):
+        notes.append(f"{what} {m.shape[1]}x{m.shape[0]} resized to {w}x{h}")
+        m = _resize(m, h, w)
+    return (m > 0.5).float()
+
+
 def _resize(x: torch.Tensor, h: int, w: int, mode: str = "bilinear") -> torch.Tensor:
     if x.shape[:2] == (h, w):
         return x
@@ -242,11 +251,7 @@ def build_reference_geometry(
         raise ValueError("The depth map is all black: check the KSampler of the depth-adapted model and connect its decoded IMAGE.")
 
     if head_mask is not None:
-        m = _as_mask(head_mask, "head mask")
-        if m.shape[:2] != (h, w):
-            notes.append(f"head mask {m.shape[1]}x{m.shape[0]} resized to {w}x{h}")
-            m = _resize(m, h, w)
-        mask = (m > 0.5).float()
+        mask = _mask_input(head_mask, "head mask", h, w, notes)
         sources["mask"] = "head MASK input"
     else:
         fg = disp > 0.02
@@ -278,11 +283,7 @@ def build_reference_geometry(
     disp = torch.where(mask > 0.5, ((disp - lo) / (hi - lo)).clamp(0, 1), torch.zeros_like(disp))
 
     if face_mask is not None:
-        fm = _as_mask(face_mask, "face mask")
-        if fm.shape[:2] != (h, w):
-            notes.append(f"face mask {fm.shape[1]}x{fm.shape[0]} resized to {w}x{h}")
-            fm = _resize(fm, h, w)
-        fmask = (fm > 0.5).float()
+        fmask = _mask_input(face_mask, "face mask", h, w, notes)
         sources["face_mask"] = "face MASK input"
     elif landmarks is not None:
         fmask = face_mask_from_landmarks(landmarks, h, w)

@@ -414,6 +414,24 @@ def missing_model_message(role_or_filename: str, folder: Optional[str] = None, s
             + " See docs/MODELS.md, or run the 'IDSculpt Model Check' node or `python scripts/check_models.py` to check every model.")
 
 
+def read_state_dict(path: str) -> dict:
+    """A flat tensor state dict from a weight file: ``.safetensors``, or a torch pickle read with
+    ``weights_only=True`` (a checkpoint must not run code on load); a top-level ``state_dict`` entry
+    (Lightning-style checkpoints) is unwrapped. Raises ValueError when the file holds no dict."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    import torch  # here, not at the top: the table itself is read by torch-free scripts
+
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ValueError(f"{os.path.basename(path)} does not hold a state dict")
+    return sd
+
+
 # --------------------------------------------------------------------------- docs
 MARKDOWN_HEADER = """# Models
 

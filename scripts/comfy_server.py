@@ -38,6 +38,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: Optional[subprocess.Popen], timeout: float = 20.0) -> None:
+    """Terminate a server process that is still running; kill it when it does not exit in ``timeout`` s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+
 def format_validation_error(resp: Any) -> str:
     if not isinstance(resp, dict):
         return str(resp)[:2000]
@@ -188,13 +199,7 @@ class ComfyServer:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=20)
+        stop_process(self.proc)
         if self._log_fh not in (None, subprocess.DEVNULL):
             self._log_fh.close()
         self._log_fh = None

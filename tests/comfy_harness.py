@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,11 @@ import uuid
 from typing import Any, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The HTTP helpers both launchers share live in scripts/comfy_server.py (standard library only).
+if os.path.join(ROOT, "scripts") not in sys.path:
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from comfy_server import format_validation_error, free_port, stop_process  # noqa: E402
+
 PACK_NAME = "ComfyUI-IDSculpt"
 NODE_PREFIX = "IDSculpt"
 #: Model folders created (empty) for every test server; tests drop tiny model files in them.
@@ -108,12 +112,6 @@ def comfyui_version(comfy_path: str) -> str:
     return version
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def pack_import_errors(log: str) -> list[str]:
     """Lines of a ComfyUI log that say our pack (or one of its node files) failed to import."""
     bad = []
@@ -184,19 +182,6 @@ class ComfyPromptError(RuntimeError):
         self.details = details
 
 
-def _format_validation(resp: dict) -> str:
-    parts = []
-    err = resp.get("error")
-    if isinstance(err, dict):
-        parts.append(f"{err.get('type', '')}: {err.get('message', '')} {err.get('details', '')}".strip())
-    elif err:
-        parts.append(str(err))
-    for node_id, info in (resp.get("node_errors") or {}).items():
-        for e in info.get("errors", []):
-            parts.append(f"node {node_id} ({info.get('class_type')}): {e.get('message')}: {e.get('details')}")
-    return "; ".join(parts) or json.dumps(resp)[:2000]
-
-
 # --------------------------------------------------------------------------- server
 class ComfyServer:
     """A headless ComfyUI (``main.py --cpu``) serving the HTTP API on a free loopback port."""
@@ -237,13 +222,7 @@ class ComfyServer:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=20)
+        stop_process(self.proc)
         if self._log_fh is not None:
             self._log_fh.close()
             self._log_fh = None
@@ -297,7 +276,7 @@ class ComfyServer:
             body["extra_data"] = extra_data
         status, resp = self._request("POST", "/prompt", body)
         if status != 200 or not isinstance(resp, dict) or "prompt_id" not in resp:
-            raise ComfyPromptError(f"ComfyUI refused the prompt (HTTP {status}): {_format_validation(resp if isinstance(resp, dict) else {'error': resp})}", resp)
+            raise ComfyPromptError(f"ComfyUI refused the prompt (HTTP {status}): {format_validation_error(resp if isinstance(resp, dict) else {'error': resp})}", resp)
         return resp["prompt_id"]
 
     def history(self, prompt_id: str) -> Optional[dict]:

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from torch_threads import one_thread  # noqa: F401  (autouse: this module runs single-threaded)
 from idsculpt.core.dmtet import (
     DMTetGeometry,
     MeshNormalization,
@@ -23,16 +24,6 @@ from idsculpt.core.dmtet import (
 )
 from idsculpt.core.dmtet.sdf_init import _solid_angles, point_triangle_distance
 from idsculpt.core.mesh import HeadMesh
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI machine has 2 cores shared by several jobs: intra-op threading of many small ops under
-    # contention is 10-40x slower than one thread. Restore the setting afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _edge_stats(faces: torch.Tensor) -> tuple[bool, bool]:

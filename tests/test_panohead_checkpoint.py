@@ -10,18 +10,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from panohead_fixtures import dump_release_pickle, fake_release_modules, tiny_generator  # noqa: E402
+from torch_threads import one_thread  # noqa: E402,F401  (autouse: this module runs single-threaded)
 
 from idsculpt.core.panohead import checkpoint as ckpt  # noqa: E402
 from idsculpt.core.panohead.triplane import tiny_config  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small ops on a shared 2-core box run far faster on one thread (no oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _hostile_src(marker: str) -> str:

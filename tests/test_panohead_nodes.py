@@ -10,6 +10,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from panohead_fixtures import dump_release_pickle, tiny_generator  # noqa: E402
+from torch_threads import one_thread  # noqa: E402,F401  (autouse: this module runs single-threaded)
 
 pytestmark = pytest.mark.comfy
 
@@ -19,14 +20,6 @@ def nodes(comfy_inprocess):
     from idsculpt.nodes import panohead_nodes
 
     return panohead_nodes
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _portrait(portraits_dir: str) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from panohead_fixtures import ELLIPSOID, plant_ellipsoid, tiny_generator  # noqa: E402
+from torch_threads import one_thread  # noqa: E402,F401  (autouse: this module runs single-threaded)
 
 from idsculpt.core.camera import Cameras, eg3d_frontal_label  # noqa: E402
 from idsculpt.core.panohead import align as al  # noqa: E402
@@ -20,15 +21,6 @@ from idsculpt.core.panohead.perceptual import VGG16Perceptual  # noqa: E402
 from idsculpt.core.panohead.template import render_sdf_views  # noqa: E402
 
 # PanoHead's documented frontal label (EG3D/PanoHead dataset.json convention; camera on +z at 2.7)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small ops on a shared 2-core box run far faster on one thread (no oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 PANOHEAD_FRONTAL = [1, 0, 0, 0, 0, -1, 0, 0, 0, 0, -1, 2.7, 0, 0, 0, 1, 4.2647, 0, 0.5, 0, 4.2647, 0.5, 0, 0, 1]

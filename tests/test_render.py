@@ -7,17 +7,9 @@ import pytest
 import torch
 import trimesh
 
+from torch_threads import one_thread  # noqa: F401  (autouse: this module runs single-threaded)
 from idsculpt.core.camera import Cameras
 from idsculpt.core.render import get_backend, render_mesh, vertex_normals
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small ops: one intra-op thread avoids OpenMP spin-waiting on a busy CI box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _sphere(subdiv: int = 4, radius: float = 1.0, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

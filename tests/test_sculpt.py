@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from torch_threads import one_thread  # noqa: F401  (autouse: this module runs single-threaded)
 from idsculpt.core.camera import Cameras
 from idsculpt.core.dmtet import MeshNormalization, TetGrid, chamfer_distance, marching_tets, procedural_head_mesh, sphere_sdf
 from idsculpt.core.mesh import HeadMesh
@@ -26,15 +27,6 @@ from idsculpt.core.sculpt import (
 )
 
 SPHERE_R = 0.55
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores: many small ops are far faster single-threaded under contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

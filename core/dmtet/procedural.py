@@ -17,27 +17,30 @@ def _ellipsoid(p: torch.Tensor, center, radii) -> torch.Tensor:
     return k0 * (k0 - 1.0) / k1.clamp_min(1e-9)  # Quilez' ellipsoid bound: exact on the surface
 
 
-def _smin(a: torch.Tensor, b: torch.Tensor, k: float) -> torch.Tensor:
+def smin(a: torch.Tensor, b: torch.Tensor, k: float) -> torch.Tensor:
+    """Smooth union of two SDFs (polynomial smooth minimum, blend width ``k``); also used by the
+    PanoHead template head (core.panohead.template)."""
     h = (0.5 + 0.5 * (b - a) / k).clamp(0, 1)
     return b * (1 - h) + a * h - k * h * (1 - h)
 
 
-def _smax(a: torch.Tensor, b: torch.Tensor, k: float) -> torch.Tensor:
-    return -_smin(-a, -b, k)
+def smax(a: torch.Tensor, b: torch.Tensor, k: float) -> torch.Tensor:
+    """Smooth intersection (``smax(d, -other, k)``: smooth subtraction)."""
+    return -smin(-a, -b, k)
 
 
 def head_sdf(p: torch.Tensor) -> torch.Tensor:
     """Approximate signed distance (negative inside) of the procedural head at points p [...,3]."""
     d = _ellipsoid(p, (0.0, 0.05, -0.02), (0.52, 0.62, 0.6))  # skull
-    d = _smin(d, _ellipsoid(p, (0.0, -0.3, 0.12), (0.34, 0.3, 0.4)), 0.08)  # jaw
-    d = _smin(d, _ellipsoid(p, (0.0, -0.52, 0.3), (0.13, 0.1, 0.12)), 0.06)  # chin bump
-    d = _smin(d, _ellipsoid(p, (0.0, 0.2, 0.5), (0.36, 0.07, 0.1)), 0.05)  # brow ridge
-    d = _smin(d, _ellipsoid(p, (0.0, -0.03, 0.62), (0.07, 0.17, 0.12)), 0.04)  # nose
-    d = _smin(d, _ellipsoid(p, (0.24, -0.1, 0.4), (0.12, 0.1, 0.1)), 0.05)  # cheeks
-    d = _smin(d, _ellipsoid(p, (-0.24, -0.1, 0.4), (0.12, 0.1, 0.1)), 0.05)
-    d = _smin(d, _ellipsoid(p, (0.0, -0.62, -0.1), (0.2, 0.22, 0.2)), 0.08)  # neck
+    d = smin(d, _ellipsoid(p, (0.0, -0.3, 0.12), (0.34, 0.3, 0.4)), 0.08)  # jaw
+    d = smin(d, _ellipsoid(p, (0.0, -0.52, 0.3), (0.13, 0.1, 0.12)), 0.06)  # chin bump
+    d = smin(d, _ellipsoid(p, (0.0, 0.2, 0.5), (0.36, 0.07, 0.1)), 0.05)  # brow ridge
+    d = smin(d, _ellipsoid(p, (0.0, -0.03, 0.62), (0.07, 0.17, 0.12)), 0.04)  # nose
+    d = smin(d, _ellipsoid(p, (0.24, -0.1, 0.4), (0.12, 0.1, 0.1)), 0.05)  # cheeks
+    d = smin(d, _ellipsoid(p, (-0.24, -0.1, 0.4), (0.12, 0.1, 0.1)), 0.05)
+    d = smin(d, _ellipsoid(p, (0.0, -0.62, -0.1), (0.2, 0.22, 0.2)), 0.08)  # neck
     for sx in (0.17, -0.17):  # eye sockets (concave)
-        d = _smax(d, -_ellipsoid(p, (sx, 0.08, 0.58), (0.1, 0.06, 0.09)), 0.03)
+        d = smax(d, -_ellipsoid(p, (sx, 0.08, 0.58), (0.1, 0.06, 0.09)), 0.03)
     return d
 
 

@@ -23,14 +23,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models import missing_model_message
+from ..models import missing_model_message, read_state_dict
 
 # Channel counts of the five AlexNet taps (after features.1, .4, .7, .9, .11).
 ALEX_CHANNELS = (64, 192, 384, 256, 256)
 _TAPS = (1, 4, 7, 9, 11)
-# The lpips package's ScalingLayer constants (ImageNet statistics expressed for inputs in [-1,1]).
-_SHIFT = (-0.030, -0.088, -0.188)
-_SCALE = (0.458, 0.448, 0.450)
+# The lpips package's ScalingLayer constants (ImageNet statistics expressed for inputs in [-1,1]);
+# also the input scaling of the VGG16 perceptual net of the PanoHead inversion (core.panohead.perceptual).
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+LPIPS_SCALE = (0.458, 0.448, 0.450)
 
 LIN_FILE = "alex.pth"
 BACKBONE_CANDIDATES = (
@@ -71,7 +72,8 @@ class _NetLin(nn.Module):
         return self.model(x)
 
 
-def _unit_normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+def unit_normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Feature maps [B,C,H,W] scaled to unit length along channels (LPIPS' per-tap normalisation)."""
     # Same form as lpips.normalize_tensor: divide by (norm + eps), not by max(norm, eps).
     return x / (torch.sqrt(torch.sum(x * x, dim=1, keepdim=True)) + eps)
 
@@ -84,8 +86,8 @@ class LPIPSAlex(nn.Module):
         self.features = _alexnet_features()
         for i, c in enumerate(ALEX_CHANNELS):
             self.add_module(f"lin{i}", _NetLin(c))
-        self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
         self.eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ weights
@@ -135,7 +137,7 @@ class LPIPSAlex(nn.Module):
         fx, fy = self.feature_taps(x), self.feature_taps(y)
         total = x.new_zeros(x.shape[0])
         for i, (a, b) in enumerate(zip(fx, fy)):
-            d = (_unit_normalize(a) - _unit_normalize(b)) ** 2
+            d = (unit_normalize(a) - unit_normalize(b)) ** 2
             total = total + getattr(self, f"lin{i}")(d).mean(dim=(1, 2, 3))
         return total
 
@@ -171,20 +173,6 @@ def lpips_distance(
         return model(a, b)
 
 
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    # weights_only: a pickled checkpoint must not execute code on load.
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path} does not hold a state dict")
-    return sd
-
-
 def find_lpips_files(folders: Iterable[str]) -> tuple[Optional[str], Optional[str]]:
     """(backbone path, alex.pth path) found in the first folders that hold them, else None each."""
     backbone = lin = None
@@ -217,8 +205,8 @@ def load_lpips_alex(folders: Iterable[str] | str, device: torch.device | str = "
             need.append(missing_model_message(LIN_FILE, "idsculpt", folders, key="lpips_lin"))
         raise FileNotFoundError("LPIPS(AlexNet) weights missing. " + " ".join(need))
     model = LPIPSAlex()
-    model.load_backbone_state_dict(_read_state_dict(backbone))
-    lin_sd = _read_state_dict(lin)
+    model.load_backbone_state_dict(read_state_dict(backbone))
+    lin_sd = read_state_dict(lin)
     # A full lpips model file may also serve as the backbone; its lin keys are read from alex.pth only.
     model.load_lin_state_dict(lin_sd)
     return model.to(device)

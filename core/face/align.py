@@ -190,18 +190,7 @@ def raycast_bruteforce(
         if ri.numel() == 0:
             continue
         fi = ci + s
-        a0, e1, e2 = v0[fi], v1[fi] - v0[fi], v2[fi] - v0[fi]
-        dd, oo_ = d[ri], o[ri]
-        p = torch.cross(dd, e2, dim=-1)
-        det = (e1 * p).sum(-1)
-        ok = det.abs() > 1e-12
-        inv = 1.0 / torch.where(ok, det, torch.ones_like(det))
-        tvec = oo_ - a0
-        u = (tvec * p).sum(-1) * inv
-        q = torch.cross(tvec, e1, dim=-1)
-        w = (dd * q).sum(-1) * inv
-        t = (e2 * q).sum(-1) * inv
-        hit = ok & (u >= 0) & (w >= 0) & (u + w <= 1) & (t > 1e-6)
+        hit, t, u, w = _mt_pairs(o, d, v0, v1, v2, ri, fi)
         if not hit.any():
             continue
         ri, fi, t, u, w = ri[hit], fi[hit], t[hit], u[hit], w[hit]

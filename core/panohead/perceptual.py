@@ -21,7 +21,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..models import missing_model_message
+from ..eval.lpips import LPIPS_SCALE, LPIPS_SHIFT, unit_normalize
+from ..models import missing_model_message, read_state_dict
 
 _CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 _TAPS = (3, 8, 15, 22, 29)  # indices of the ReLUs after conv1_2, conv2_2, conv3_3, conv4_3, conv5_3
@@ -45,8 +46,8 @@ class VGG16Perceptual(torch.nn.Module):
         self.features = torch.nn.Sequential(*layers)
         self.lin = torch.nn.ParameterList([torch.nn.Parameter(torch.ones(c), requires_grad=False) for c in _CHANNELS])
         # LPIPS input scaling of [-1,1] images (equivalent to ImageNet mean/std normalisation)
-        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
-        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
+        self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1))
         self.has_lpips_heads = False
         self.requires_grad_(False)
 
@@ -60,7 +61,7 @@ class VGG16Perceptual(torch.nn.Module):
         for i, layer in enumerate(self.features):
             x = layer(x)
             if i in _TAPS:
-                outs.append(x / (x.square().sum(1, keepdim=True).sqrt() + 1e-10))
+                outs.append(unit_normalize(x))
             if i >= _TAPS[-1]:
                 break
         return outs
@@ -77,26 +78,13 @@ class VGG16Perceptual(torch.nn.Module):
         return self.distance(self.taps(a), self.taps(b))
 
 
-def _read_state(path: str) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{os.path.basename(path)} is not a state dict")
-    return sd
-
-
 def load_vgg16(path: str) -> VGG16Perceptual:
     """Build the perceptual net from a VGG16 weight file (see module docstring for layouts)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
             missing_model_message(os.path.basename(path), "idsculpt", [os.path.dirname(path) or "."], key="vgg16")
             + " (An LPIPS vgg16 file works too.)")
-    sd = _read_state(path)
+    sd = read_state_dict(path)
     net = VGG16Perceptual()
     feats: dict[str, torch.Tensor] = {}
     lins: dict[int, torch.Tensor] = {}

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..camera import Cameras
+from ..dmtet.procedural import smax, smin
 from ..mesh import HeadMesh
 
 # (centre xyz, radii xyz) in world units
@@ -58,29 +59,20 @@ def _ellipsoid(p: torch.Tensor, c, r) -> torch.Tensor:
     return k0 * (k0 - 1) / k1
 
 
-def _smin(a: torch.Tensor, b: torch.Tensor, k: float) -> torch.Tensor:
-    h = (0.5 + 0.5 * (b - a) / k).clamp(0, 1)
-    return b * (1 - h) + a * h - k * h * (1 - h)
-
-
-def _smax(a: torch.Tensor, b: torch.Tensor, k: float) -> torch.Tensor:
-    return -_smin(-a, -b, k)
-
-
 def template_sdf(p: torch.Tensor) -> torch.Tensor:
     """Signed distance (approximate, negative inside) of the template head at points [...,3]."""
-    d = _smin(_ellipsoid(p, *_CRANIUM), _ellipsoid(p, *_FACE), 0.08)
-    d = _smin(d, _ellipsoid(p, *_CHIN), 0.05)
-    d = _smin(d, _ellipsoid(p, *_NECK), 0.06)
-    d = _smin(d, _ellipsoid(p, *_BROW), 0.03)
-    d = _smin(d, _ellipsoid(p, *_NOSE), 0.025)
-    d = _smin(d, _ellipsoid(p, *_NOSE_TIP), 0.02)
-    d = _smin(d, _ellipsoid(p, *_LIPS), 0.02)
+    d = smin(_ellipsoid(p, *_CRANIUM), _ellipsoid(p, *_FACE), 0.08)
+    d = smin(d, _ellipsoid(p, *_CHIN), 0.05)
+    d = smin(d, _ellipsoid(p, *_NECK), 0.06)
+    d = smin(d, _ellipsoid(p, *_BROW), 0.03)
+    d = smin(d, _ellipsoid(p, *_NOSE), 0.025)
+    d = smin(d, _ellipsoid(p, *_NOSE_TIP), 0.02)
+    d = smin(d, _ellipsoid(p, *_LIPS), 0.02)
     for c, r in _EARS:
-        d = _smin(d, _ellipsoid(p, c, r), 0.02)
+        d = smin(d, _ellipsoid(p, c, r), 0.02)
     for c, r in _SOCKETS:
         sphere = (p - torch.tensor(c, dtype=p.dtype, device=p.device)).norm(dim=-1) - r
-        d = _smax(d, -sphere, 0.015)
+        d = smax(d, -sphere, 0.015)
     return d
 
 
