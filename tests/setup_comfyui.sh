@@ -64,8 +64,8 @@ PIN="$(mktemp)"; printf 'torch==%s\ntorchvision==%s\n' "${TORCH_VERSION:-2.14.1}
 "$PIP" install -q -r "$PIN"
 "$PIP" install -q -r "$COMFY/requirements.txt" requests -c "$PIN"
 # The pack's runtime deps and the test tools.
-"$PIP" install -q -r "$PACK_DIR/requirements.txt" pytest pytest-timeout onnx \
-  "protobuf>=6.31.1,<7" absl-py attrs flatbuffers -c "$PIN"
+"$PIP" install -q -r "$PACK_DIR/requirements-test.txt" matplotlib \
+    "protobuf>=6.31.1,<7" absl-py attrs flatbuffers -c "$PIN"
 # insightface wants the GUI opencv-python and mediapipe pins numpy<2: both work without their deps.
 "$PIP" install -q --no-deps insightface==2.1 mediapipe==0.10.21
 rm -f "$PIN"

@@ -100,6 +100,18 @@ def sculpt_graph(steps: int, gan_steps: int = 4, seed: int = 0, grid_resolution:
     }
 
 
+def interrupt_and_time(comfy_server, pid: str, timeout: float) -> float:
+    """POST /interrupt for a running prompt; seconds until it ended, checked to have ended in the sculpt node."""
+    t0 = time.monotonic()
+    comfy_server.interrupt(pid)
+    with pytest.raises(ch.ComfyPromptError, match="interrupted") as exc:
+        comfy_server.wait(pid, timeout=timeout, poll=0.05)
+    latency = time.monotonic() - t0
+    msgs = dict(exc.value.details["status"]["messages"]) if exc.value.details else {}
+    assert msgs.get("execution_interrupted", {}).get("node_id") == SCULPT, exc.value.details
+    return latency
+
+
 def _websocket(server):
     """A websocket on /ws for the harness's client id (scripts/comfy_server.py's stdlib client)."""
     scripts = os.path.join(ROOT, "scripts")
@@ -146,15 +158,9 @@ def test_interrupt_stops_long_sculpt_then_short_run_writes_glb(comfy_server, com
         step = wait_for_sculpt_progress(comfy_server, ws, pid, min_step=6)  # past stage A, into reference steps
         t_running = time.monotonic()
         assert pid in comfy_server.running()
-        t0 = time.monotonic()
-        comfy_server.interrupt(pid)
-        with pytest.raises(ch.ComfyPromptError, match="interrupted") as exc:
-            comfy_server.wait(pid, timeout=60, poll=0.05)
-        latency = time.monotonic() - t0
+        latency = interrupt_and_time(comfy_server, pid, timeout=60)
     finally:
         ws.close()
-    msgs = dict(exc.value.details["status"]["messages"]) if exc.value.details else {}
-    assert msgs.get("execution_interrupted", {}).get("node_id") == SCULPT, exc.value.details
     print(f"interrupt: sculpt reached step {step} after {t_running - t_queue:.1f} s; prompt ended {latency:.2f} s after "
           f"POST /interrupt")
     assert latency < INTERRUPT_BOUND_S, f"interrupt took {latency:.1f} s (bound {INTERRUPT_BOUND_S} s)"
@@ -206,15 +212,9 @@ def test_interrupt_during_sculpt_initialisation(comfy_server, comfy_clean_output
                                               reference_resolution=128))
         wait_for_node_start(comfy_server, ws, pid, SCULPT)
         time.sleep(0.3)  # inside the initialisation (it takes seconds at this grid size)
-        t0 = time.monotonic()
-        comfy_server.interrupt(pid)
-        with pytest.raises(ch.ComfyPromptError, match="interrupted") as exc:
-            comfy_server.wait(pid, timeout=300, poll=0.05)
-        latency = time.monotonic() - t0
+        latency = interrupt_and_time(comfy_server, pid, timeout=300)
     finally:
         ws.close()
-    msgs = dict(exc.value.details["status"]["messages"]) if exc.value.details else {}
-    assert msgs.get("execution_interrupted", {}).get("node_id") == SCULPT, exc.value.details
     print(f"interrupt during the 128-grid SDF initialisation: prompt ended {latency:.2f} s after POST /interrupt")
     assert latency < INTERRUPT_BOUND_S, f"interrupt took {latency:.1f} s (bound {INTERRUPT_BOUND_S} s)"
 

@@ -94,3 +94,19 @@ def test_globals_outside_the_allow_list_stay_inert(tmp_path):
     with pytest.raises(ValueError, match="persistence"):
         ckpt.read_release_pickle(str(p))
     assert not (tmp_path / "PWNED2").exists()
+
+
+def test_conversion_is_redone_when_the_pickle_changes(tmp_path):
+    """A different .pkl under the same name must not reuse the old conversion."""
+    from safetensors.torch import load_file
+
+    pkl = tmp_path / ckpt.RELEASE_FILENAME
+    pkl.write_bytes(dump_release_pickle(tiny_generator(seed=1), tiny_config(), "x = 1\n"))
+    st1, _ = ckpt.convert_pickle(str(pkl))
+    first = load_file(st1)
+    mtime = os.path.getmtime(st1)
+    assert ckpt.convert_pickle(str(pkl))[0] == st1 and os.path.getmtime(st1) == mtime  # unchanged: reused
+    pkl.write_bytes(dump_release_pickle(tiny_generator(seed=2), tiny_config(), "x = 1\n"))
+    os.utime(pkl, ns=(os.stat(pkl).st_atime_ns, os.stat(pkl).st_mtime_ns + 10**9))  # a later file, whatever the clock
+    second = load_file(ckpt.convert_pickle(str(pkl))[0])
+    assert any(not torch.equal(first[k], second[k]) for k in first)

@@ -394,6 +394,9 @@ def _place(src: str, dst: str, convert_dir: str) -> None:
     os.symlink(src, dst)
 
 
+PANOHEAD_E2E = "e2e-panohead-standin-seed4.pkl"
+
+
 @pytest.fixture(scope="module")
 def workflow_models(comfy_server, comfy_path, comfy_python):
     """Random-weight stand-ins (small SD1.5-detectable size, the builder's cache) under every file name the
@@ -419,6 +422,9 @@ def workflow_models(comfy_server, comfy_path, comfy_python):
         for _nid, _inp, folder, fname in referenced_files(load(f"{name}_api.json")):
             src = _builder_file(pano_dir if fname == MW.PANOHEAD else cache, folder, fname)
             _place(src, os.path.join(sb.model_dir(folder), fname), convert_dir)
+    # ... and under a name of its own, which the PanoHead run selects: another test of the session may
+    # already have placed a different stand-in under the release's name (that one is left alone)
+    _place(_builder_file(pano_dir, "idsculpt", MW.PANOHEAD), os.path.join(sb.model_dir("idsculpt"), PANOHEAD_E2E), convert_dir)
     face_dir = os.path.join(sb.model_dir("insightface"), "models", MW.INSIGHTFACE)
     if not os.path.lexists(face_dir):
         os.makedirs(os.path.dirname(face_dir), exist_ok=True)
@@ -503,7 +509,7 @@ def test_geometry_workflow_runs_to_a_glb(comfy_server, workflow_models, comfy_cl
 
     # the PanoHead stand-in has random weights: its density is no head and never reaches the real level (20),
     # so the random-weight run extracts the level-0 surface (as tests/test_panohead_nodes.py does)
-    extra = None if template else {"IDSculptPanoHeadInvert": {"mesh_level": 0.0}}
+    extra = None if template else {"IDSculptPanoHeadInvert": {"mesh_level": 0.0}, "IDSculptPanoHeadLoader": {"checkpoint": PANOHEAD_E2E}}
     api = MW.quick_test_prompt(load("geometry_api.json"), template=template, extra=extra)
     save_id = _one(api, "IDSculptSaveHead")[0]
     turntable_id = _one(api, "SaveImage")[0]

@@ -255,12 +255,34 @@ def converted_paths(pkl_path: str, out_dir: Optional[str] = None) -> tuple[str, 
     return os.path.join(d, base + ".safetensors"), os.path.join(d, base + ".json")
 
 
+def _source_stamp(pkl_path: str) -> str:
+    """Size and modification time of the pickle: a replaced file under the same name is converted again."""
+    st = os.stat(pkl_path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _converted_stamp(st_path: str) -> Optional[str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(st_path, framework="pt") as f:
+            return (f.metadata() or {}).get("source_stamp")
+    except Exception:  # unreadable/partial file: convert again
+        return None
+
+
 def convert_pickle(pkl_path: str, out_dir: Optional[str] = None, overwrite: bool = False) -> tuple[str, str]:
     """Convert once: pickle -> safetensors + JSON next to it (or in ``out_dir``). Returns the paths."""
     from safetensors.torch import save_file
 
     st_path, js_path = converted_paths(pkl_path, out_dir)
-    if not overwrite and os.path.isfile(st_path) and os.path.isfile(js_path):
+    converted = os.path.isfile(st_path) and os.path.isfile(js_path)
+    if not os.path.isfile(pkl_path):
+        if converted and not overwrite:  # the pickle may be deleted once converted
+            return st_path, js_path
+        read_release_pickle(pkl_path)  # raises the missing-model message
+    stamp = _source_stamp(pkl_path)
+    if not overwrite and converted and _converted_stamp(st_path) == stamp:
         return st_path, js_path
     config, sd = read_release_pickle(pkl_path)
     # check it builds and every key matches before writing anything
@@ -272,7 +294,8 @@ def convert_pickle(pkl_path: str, out_dir: Optional[str] = None, overwrite: bool
     except OSError as e:
         raise PermissionError(f"cannot write the converted PanoHead files in {os.path.dirname(st_path)} ({e}); make the "
                               "folder writable or convert elsewhere with core.panohead.convert_pickle(pkl, out_dir)") from e
-    save_file(sd, st_path + ".tmp", metadata={"format": "idsculpt-panohead", "source": os.path.basename(pkl_path)})
+    save_file(sd, st_path + ".tmp", metadata={"format": "idsculpt-panohead", "source": os.path.basename(pkl_path),
+                                               "source_stamp": stamp})
     os.replace(st_path + ".tmp", st_path)
     os.replace(js_path + ".tmp", js_path)
     return st_path, js_path
