@@ -130,3 +130,19 @@ def write_json(result: dict, out: Optional[str], indent: int = 2) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out, "w") as fh:
             json.dump(result, fh, indent=indent)
+
+
+def comfy_header(stage: str, device: torch.device, unet_dtype: Any, vae: Any) -> dict:
+    """The leading keys of the ComfyUI-backed benchmarks' JSON (ISD, texture): what ran, on what."""
+    import comfy.ldm.modules.attention as attention  # the caller has ComfyUI on sys.path already
+
+    return {
+        "stage": stage,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "comfyui": os.environ["COMFYUI_PATH"],
+        "attention": getattr(attention.optimized_attention, "__name__", "?"),
+        "unet_dtype": str(unet_dtype),
+        "vae_dtype": str(vae.vae_dtype),
+    }

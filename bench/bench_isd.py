@@ -67,7 +67,6 @@ def main() -> None:
         res, iters, warmup, view_counts = args.res, args.iters, args.warmup, (1, 4)
 
     import_comfy(skip=False)
-    import comfy.ldm.modules.attention
 
     from idsculpt.core.face.id_adapter import load_id_adapter
     from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
@@ -86,14 +85,7 @@ def main() -> None:
     build_s = time.time() - t0
 
     result: dict = {
-        "stage": "isd",
-        "device": _timing.device_name(dev),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "comfyui": os.environ["COMFYUI_PATH"],
-        "attention": getattr(comfy.ldm.modules.attention.optimized_attention, "__name__", "?"),
-        "unet_dtype": str(dtype),
-        "vae_dtype": str(vae.vae_dtype),
+        **_timing.comfy_header("isd", dev, dtype, vae),
         "resolution": res,
         "full_size": full,
         "smoke": bool(args.smoke),

@@ -52,7 +52,6 @@ def main() -> None:
         res, tex, steps, iters, warmup, level, n_views = args.res, args.texture, args.steps, args.iters, args.warmup, 6, 15
 
     import_comfy(skip=False)
-    import comfy.ldm.modules.attention
 
     from bench_render import icosphere
     from idsculpt.core.camera import Cameras
@@ -77,14 +76,7 @@ def main() -> None:
     mesh = mesh.to(dev)
 
     result: dict = {
-        "stage": "texture",
-        "device": _timing.device_name(dev),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "comfyui": os.environ["COMFYUI_PATH"],
-        "attention": getattr(comfy.ldm.modules.attention.optimized_attention, "__name__", "?"),
-        "unet_dtype": str(dtype),
-        "vae_dtype": str(vae.vae_dtype),
+        **_timing.comfy_header("texture", dev, dtype, vae),
         "resolution": res,
         "texture_size": tex,
         "sampling_steps": steps,

@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -122,9 +123,9 @@ def _websocket(server):
     return WebSocket(f"ws://127.0.0.1:{server.port}/ws?clientId={server.client_id}")
 
 
-def wait_for_sculpt_progress(server, ws, prompt_id: str, min_step: int = 2, timeout: float = 240.0) -> int:
-    """Block until the sculpt node of ``prompt_id`` is executing and has reported ``min_step`` progress
-    steps over the websocket; returns the step seen."""
+def wait_for_sculpt(server, ws, prompt_id: str, min_step: Optional[int] = None, timeout: float = 240.0) -> int:
+    """Block until the sculpt node of ``prompt_id`` is executing (``min_step`` None: returns 0 at once)
+    or has also reported ``min_step`` progress steps over the websocket (returns the step seen)."""
     deadline = time.monotonic() + timeout
     executing = False
     while time.monotonic() < deadline:
@@ -136,6 +137,8 @@ def wait_for_sculpt_progress(server, ws, prompt_id: str, min_step: int = 2, time
                 continue
             if ev.get("type") == "executing" and data.get("node") == SCULPT:
                 executing = True
+                if min_step is None:
+                    return 0
             elif ev.get("type") == "progress" and data.get("node") == SCULPT and executing and data.get("value", 0) >= min_step:
                 return int(data["value"])
             elif ev.get("type") in ("execution_error", "execution_success"):
@@ -143,7 +146,7 @@ def wait_for_sculpt_progress(server, ws, prompt_id: str, min_step: int = 2, time
         entry = server.history(prompt_id)
         if entry is not None and entry.get("status", {}).get("completed") is not None:
             raise AssertionError(f"prompt ended before the sculpt started: {entry['status']}\n{server.log_tail()}")
-    raise AssertionError(f"DMTet Sculpt did not report progress within {timeout:.0f} s\n{server.log_tail()}")
+    raise AssertionError(f"DMTet Sculpt did not start/report progress within {timeout:.0f} s\n{server.log_tail()}")
 
 
 @COMFY_SLOW[0]
@@ -155,7 +158,7 @@ def test_interrupt_stops_long_sculpt_then_short_run_writes_glb(comfy_server, com
         # 100000 steps: hours on CPU; only Cancel can end it within the test's time
         t_queue = time.monotonic()
         pid = comfy_server.queue(sculpt_graph(steps=100000, gan_steps=4, seed=1, prefix="e2e/never", reference_resolution=128))
-        step = wait_for_sculpt_progress(comfy_server, ws, pid, min_step=6)  # past stage A, into reference steps
+        step = wait_for_sculpt(comfy_server, ws, pid, min_step=6)  # past stage A, into reference steps
         t_running = time.monotonic()
         assert pid in comfy_server.running()
         latency = interrupt_and_time(comfy_server, pid, timeout=60)
@@ -182,23 +185,6 @@ def test_interrupt_stops_long_sculpt_then_short_run_writes_glb(comfy_server, com
     assert (ext > 0.2).all() and (ext < 5).all(), f"not a head-sized mesh: extent {ext.tolist()}"
 
 
-def wait_for_node_start(server, ws, prompt_id: str, node: str, timeout: float = 240.0) -> None:
-    """Block until ComfyUI says ``node`` of ``prompt_id`` is executing (websocket 'executing' event)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        msg = ws.recv(timeout=1.0)
-        if isinstance(msg, str):
-            ev = json.loads(msg)
-            data = ev.get("data") or {}
-            if data.get("prompt_id") not in (None, prompt_id):
-                continue
-            if ev.get("type") == "executing" and data.get("node") == node:
-                return
-            if ev.get("type") in ("execution_error", "execution_success"):
-                raise AssertionError(f"prompt ended before {node} started: {ev}\n{server.log_tail()}")
-    raise AssertionError(f"{node} did not start within {timeout:.0f} s\n{server.log_tail()}")
-
-
 @COMFY_SLOW[0]
 @COMFY_SLOW[1]
 def test_interrupt_during_sculpt_initialisation(comfy_server, comfy_clean_output, portraits_dir):
@@ -210,7 +196,7 @@ def test_interrupt_during_sculpt_initialisation(comfy_server, comfy_clean_output
     try:
         pid = comfy_server.queue(sculpt_graph(steps=100000, gan_steps=4, seed=3, grid_resolution=128, prefix="e2e/never",
                                               reference_resolution=128))
-        wait_for_node_start(comfy_server, ws, pid, SCULPT)
+        wait_for_sculpt(comfy_server, ws, pid)
         time.sleep(0.3)  # inside the initialisation (it takes seconds at this grid size)
         latency = interrupt_and_time(comfy_server, pid, timeout=300)
     finally:
