@@ -40,21 +40,24 @@ class FixedHints:
         return self.hints[: len(cameras)]
 
 
-def isd_setup(model, pos, neg, vae, control, hints, n: int, res: int, device: torch.device):
+def isd_setup(model, pos, neg, vae, control, hints, n: int, res: int, device: torch.device, cuda_graphs: bool = False):
     """The timed ISD configuration (also used by profile_fastpath.py): guidance at CFG 50 taking
     ``n`` views per step, ``n`` orbit cameras over the front half and a random image batch."""
     from idsculpt.core.camera import Cameras
     from idsculpt.nodes.guidance_nodes import build_isd_guidance
 
-    g = build_isd_guidance(model, pos, neg, vae, control, hints, cfg=50.0, resolution=res, seed=0)
+    g = build_isd_guidance(model, pos, neg, vae, control, hints, cfg=50.0, resolution=res, seed=0, cuda_graphs=cuda_graphs)
     g.predictor.max_views = n
     cams = Cameras.orbit([5.0] * n, [i * 140.0 / max(n, 1) - 60.0 for i in range(n)], 4.0, 30.0, res)
-    image = torch.rand(n, res, res, 3, device=device)
+    image = torch.rand(n, res, res, 3, generator=torch.Generator().manual_seed(n)).to(device)
     return g, cams, image
 
 
 def main() -> None:
-    args = _timing.parser(__doc__.split("\n\n")[0], "tiny models on CPU", comfy=True).parse_args()
+    ap = _timing.parser(__doc__.split("\n\n")[0], "tiny models on CPU", comfy=True)
+    ap.add_argument("--cuda-graphs", choices=["on", "off", "both"], default="both",
+                    help="UNet/ControlNet replayed from CUDA graphs, eager, or both in turn (with an equality check)")
+    args = ap.parse_args()
     _timing.find_comfyui(args.comfy, "bench_isd.py")
 
     from tiny_models import import_comfy, tiny_conditioning, tiny_controlnet, tiny_sd15_model, tiny_vae, write_tiny_faceid_adapter
@@ -99,35 +102,50 @@ def main() -> None:
     }
     print("built models in", result["build_s"], "s", flush=True)
     hints = FixedHints(max(view_counts), res, dev)
+    modes = {"on": (True,), "off": (False,), "both": (False, True)}[args.cuda_graphs]
+    from idsculpt.core.guidance import ViewBatch
+
+    reference_eps: dict = {}
     for n in view_counts:
-        key = f"{n}view"
-        try:
-            g, cams, image = isd_setup(model, pos, neg, vae, control, hints, n, res, dev)
-            with g:
-                def step() -> None:
-                    img = image.clone().requires_grad_(True)
-                    loss = g(img, cams)
-                    loss.backward()
-                    assert torch.isfinite(img.grad).all()
+        for graphs in modes:
+            key = f"{n}view" + ("_graphs" if graphs else "")
+            try:
+                g, cams, image = isd_setup(model, pos, neg, vae, control, hints, n, res, dev, cuda_graphs=graphs)
+                with g:
+                    def step() -> None:
+                        img = image.clone().requires_grad_(True)
+                        loss = g(img, cams)
+                        loss.backward()
+                        assert torch.isfinite(img.grad).all()
 
-                result["isd_step"][key] = _timing.timed(dev, step, warmup, iters)
-                lat = g.predictor.encode(image).detach()
-                from idsculpt.core.guidance import ViewBatch
+                    result["isd_step"][key] = _timing.timed(dev, step, warmup, iters)
+                    lat = g.predictor.encode(image).detach()
+                    sig = torch.full((n,), 2.0)
+                    views = ViewBatch(torch.zeros(n), torch.zeros(n), torch.ones(n, dtype=torch.bool), torch.full((n,), 300), sig, cams)
+                    noise = torch.randn(lat.shape, generator=torch.Generator().manual_seed(n)).to(lat)
+                    result["predictor_only"][key] = _timing.timed(dev, lambda: g.predictor.predict_noise(lat + 2.0 * noise, sig, views), warmup, iters)
+                    # the same inputs through eager and graphed predictors must give the same noise
+                    eps = g.predictor.predict_noise(lat + 2.0 * noise, sig, views)
+                    if graphs and n in reference_eps:
+                        ref = reference_eps[n]
+                        result["predictor_only"][key]["max_abs_diff_vs_eager"] = float(torch.maximum(
+                            (eps.cond - ref.cond).abs().max(), (eps.uncond - ref.uncond).abs().max()))
+                    elif not graphs:
+                        reference_eps[n] = eps
+                    if graphs:
+                        result["predictor_only"][key]["graph_stats"] = g.predictor._state["graphs"].stats()
 
-                sig = torch.full((n,), 2.0)
-                views = ViewBatch(torch.zeros(n), torch.zeros(n), torch.ones(n, dtype=torch.bool), torch.full((n,), 300), sig, cams)
-                result["predictor_only"][key] = _timing.timed(dev, lambda: g.predictor.predict_noise(lat + 2.0 * torch.randn_like(lat), sig, views), warmup, iters)
+                    def enc() -> None:
+                        img = image.clone().requires_grad_(True)
+                        g.predictor.encode(img).float().square().sum().backward()
 
-                def enc() -> None:
-                    img = image.clone().requires_grad_(True)
-                    g.predictor.encode(img).float().square().sum().backward()
-
-                result["vae_encode_fwd_bwd"][key] = _timing.timed(dev, enc, warmup, iters)
-            result["isd_step"][key]["grad_norm_last"] = round(float(g.last_stats.grad_norm), 4)
-        except Exception as e:  # noqa: BLE001 - record and go on with the other view count
-            result["isd_step"][key] = {"error": f"{type(e).__name__}: {e}"}
-            traceback.print_exc()
-        print(key, result["isd_step"][key], result["predictor_only"].get(key), result["vae_encode_fwd_bwd"].get(key), flush=True)
+                    result["vae_encode_fwd_bwd"][key] = _timing.timed(dev, enc, warmup, iters)
+                result["isd_step"][key]["grad_norm_last"] = round(float(g.last_stats.grad_norm), 4)
+                result["isd_step"][key]["peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20) if dev.type == "cuda" else None
+            except Exception as e:  # noqa: BLE001 - record and go on with the other view count
+                result["isd_step"][key] = {"error": f"{type(e).__name__}: {e}"}
+                traceback.print_exc()
+            print(key, result["isd_step"][key], result["predictor_only"].get(key), result["vae_encode_fwd_bwd"].get(key), flush=True)
 
     print(json.dumps(result, indent=2))
     _timing.write_json(result, args.out, indent=2)

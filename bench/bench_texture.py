@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--texture", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=20, help="sampling steps per view / per SDEdit")
     ap.add_argument("--skip-full-run", action="store_true", help="skip the whole 15-view inpaint")
+    ap.add_argument("--cuda-graphs", choices=["on", "off", "both"], default="both",
+                    help="UNet/ControlNet replayed from CUDA graphs, eager, or both in turn (with an equality check)")
     args = ap.parse_args()
     _timing.find_comfyui(args.comfy, "bench_texture.py")
 
@@ -99,54 +101,86 @@ def main() -> None:
 
     record("rasterize_uv", lambda: _timing.timed(dev, lambda: rasterize_uv(mesh, tex), 1, 3))
 
-    sampling = ComfySampling(model, pos, neg, vae, control, 1.0, steps=steps, cfg=10.0, sampler_name="ddim", scheduler="ddim_uniform")
-    cam = Cameras.orbit(-15.0, 45.0, 3.8, 30.0, res).to(dev)
-    out, _ = render_textured(mesh, torch.full((tex, tex, 3), 0.5, device=dev), cam)
-    image = out.color[0]
-    normal = normalbae_control(out.normal_view[0], out.mask[0])
-    gen_mask = (out.mask[0, ..., 0] > 0.5).float()
-    gen_mask[:, : res // 3] = 0  # a third kept: blended latents on
+    modes = {"on": (True,), "off": (False,), "both": (False, True)}[args.cuda_graphs]
+    eager_image = [None]
+    for graphs in modes:
+        sfx = "_graphs" if graphs else ""
+        sampling = ComfySampling(model, pos, neg, vae, control, 1.0, steps=steps, cfg=10.0, sampler_name="ddim", scheduler="ddim_uniform",
+                                 cuda_graphs=graphs)
+        cam = Cameras.orbit(-15.0, 45.0, 3.8, 30.0, res).to(dev)
+        out, _ = render_textured(mesh, torch.full((tex, tex, 3), 0.5, device=dev), cam)
+        image = out.color[0]
+        normal = normalbae_control(out.normal_view[0], out.mask[0])
+        gen_mask = (out.mask[0, ..., 0] > 0.5).float()
+        gen_mask[:, : res // 3] = 0  # a third kept: blended latents on
 
-    def one_view() -> dict:
-        with torch.inference_mode():
-            r = _timing.timed(dev, lambda: ComfyInpainter(sampling, 0.95).inpaint(image, gen_mask, normal, None), warmup, iters)
-        r["seconds_per_view"] = round(r["median_ms"] / 1000, 3)
-        return r
-
-    record("inpaint_view", one_view)
-
-    ref_cam = Cameras.orbit(0.0, 0.0, 2.7, 13.37, res).to(dev)
-    ref_img = torch.rand(res, res, 3, device=dev)
-    reference = ReferenceView(ref_img, ref_cam)
-
-    if not args.skip_full_run:
-        def full_run() -> dict:
-            plan = default_view_plan()[:n_views]
+        def one_view() -> dict:
             with torch.inference_mode():
-                s, peak, res_ = _timing.wall(dev, lambda: progressive_inpaint(mesh, ComfyInpainter(sampling, 0.95), plan, reference,
-                                                                      InpaintConfig(render_resolution=2 * res, crop_size=res), tex))
-            painted = float(res_.state.painted.float().sum() / res_.texels.covered.float().sum())
-            return {"views": len(plan), "seconds": round(s, 2), "seconds_per_view": round(s / len(plan), 3), "peak_mem_mib": None if peak is None else round(peak, 1),
-                    "painted_fraction": round(painted, 4)}
+                r = _timing.timed(dev, lambda: ComfyInpainter(sampling, 0.95).inpaint(image, gen_mask, normal, None), warmup, iters)
+            r["seconds_per_view"] = round(r["median_ms"] / 1000, 3)
+            return r
 
-        record("inpaint_full", full_run)
+        record("inpaint_view" + sfx, one_view)
 
-    textured = mesh.with_(texture=torch.rand(tex, tex, 3, device=dev))
-    denoiser = ComfyDenoiser(sampling)
+        def same_as_eager() -> dict:
+            # a fresh sampler so the noise seed matches; graphed and eager sampling must agree
+            fresh = ComfySampling(model, pos, neg, vae, control, 1.0, steps=steps, cfg=10.0, sampler_name="ddim",
+                                  scheduler="ddim_uniform", cuda_graphs=graphs)
+            imgs = []
+            with torch.inference_mode():
+                for _ in range(3):  # past the warm-up calls, so the last one replays
+                    fresh.calls = 0
+                    imgs.append(ComfyInpainter(fresh, 0.95).inpaint(image, gen_mask, normal, None))
+                if graphs:  # every replayed UNet/ControlNet call checked against an eager call on the same inputs
+                    fresh.graphs.unet.verify = fresh.graphs.control.verify = True
+                    fresh.calls = 0
+                    ComfyInpainter(fresh, 0.95).inpaint(image, gen_mask, normal, None)
+            stats = fresh.graphs.stats()
+            fresh.close()
+            # eager sampling itself is not bit-reproducible on the GPU (atomics in some kernels): its run-to-run spread
+            rerun = float((imgs[-1] - imgs[-2]).abs().max())
+            if not graphs:
+                eager_image[0] = imgs[-1]
+                return {"graph_stats": stats, "max_abs_diff_rerun": rerun}
+            return {"graph_stats": stats, "max_abs_diff_rerun": rerun,
+                    "max_abs_diff_vs_eager": None if eager_image[0] is None else float((imgs[-1] - eager_image[0]).abs().max())}
 
-    def refine_parts() -> dict:
-        cfg_r = dict(resolution=res, seed=0, preview_every=0)
-        with torch.inference_mode():
-            rnd = _timing.timed(dev, lambda: refine_texture(textured, denoiser, None, RefineConfig(steps=1, **cfg_r)), warmup, iters)
-            ref = _timing.timed(dev, lambda: refine_texture(textured, None, reference, RefineConfig(steps=1, **cfg_r)), warmup, iters)
-            n = 2 * max(2, iters)
-            s, peak, _ = _timing.wall(dev, lambda: refine_texture(textured, denoiser, reference, RefineConfig(steps=n, **cfg_r)))
-        return {"random_step": rnd, "reference_step": ref,
-                "alternating_mean_ms": round(1000 * s / n, 2), "alternating_steps": n, "peak_mem_mib": None if peak is None else round(peak, 1),
-                "note": "random step = render + SDEdit (VAE enc, steps x UNet+ControlNet at CFG 10, VAE dec) + MSE backward; "
-                        "the step timings include the per-call optimizer setup of a 1-step run"}
+        record("inpaint_equality" + sfx, same_as_eager)
 
-    record("refine", refine_parts)
+        ref_cam = Cameras.orbit(0.0, 0.0, 2.7, 13.37, res).to(dev)
+        ref_img = torch.rand(res, res, 3, device=dev)
+        reference = ReferenceView(ref_img, ref_cam)
+
+        if not args.skip_full_run:
+            def full_run() -> dict:
+                plan = default_view_plan()[:n_views]
+                with torch.inference_mode():
+                    s, peak, res_ = _timing.wall(dev, lambda: progressive_inpaint(mesh, ComfyInpainter(sampling, 0.95), plan, reference,
+                                                                          InpaintConfig(render_resolution=2 * res, crop_size=res), tex))
+                painted = float(res_.state.painted.float().sum() / res_.texels.covered.float().sum())
+                return {"views": len(plan), "seconds": round(s, 2), "seconds_per_view": round(s / len(plan), 3), "peak_mem_mib": None if peak is None else round(peak, 1),
+                        "painted_fraction": round(painted, 4)}
+
+            record("inpaint_full" + sfx, full_run)
+
+        textured = mesh.with_(texture=torch.rand(tex, tex, 3, device=dev))
+        denoiser = ComfyDenoiser(sampling)
+
+        def refine_parts() -> dict:
+            cfg_r = dict(resolution=res, seed=0, preview_every=0)
+            with torch.inference_mode():
+                rnd = _timing.timed(dev, lambda: refine_texture(textured, denoiser, None, RefineConfig(steps=1, **cfg_r)), warmup, iters)
+                ref = _timing.timed(dev, lambda: refine_texture(textured, None, reference, RefineConfig(steps=1, **cfg_r)), warmup, iters)
+                n = 2 * max(2, iters)
+                s, peak, _ = _timing.wall(dev, lambda: refine_texture(textured, denoiser, reference, RefineConfig(steps=n, **cfg_r)))
+            return {"random_step": rnd, "reference_step": ref,
+                    "alternating_mean_ms": round(1000 * s / n, 2), "alternating_steps": n, "peak_mem_mib": None if peak is None else round(peak, 1),
+                    "note": "random step = render + SDEdit (VAE enc, steps x UNet+ControlNet at CFG 10, VAE dec) + MSE backward; "
+                            "the step timings include the per-call optimizer setup of a 1-step run"}
+
+        record("refine" + sfx, refine_parts)
+        sampling.close()
+
     print(json.dumps(result, indent=2))
     _timing.write_json(result, args.out, indent=2)
 

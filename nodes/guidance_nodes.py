@@ -36,6 +36,7 @@ import comfy.sampler_helpers
 import comfy.samplers
 
 from ..core.guidance import ISDConfig, ISDGuidance, NoisePrediction, ViewBatch, view_direction
+from .cuda_graphs import DiffusionGraphs
 from .id_adapter_nodes import ID_ENABLED_KEY, ID_MASK_KEY, IDAttentionPatch
 
 log = logging.getLogger("IDSculpt")
@@ -137,7 +138,7 @@ class ComfyNoisePredictor:
 
     def __init__(self, model, positive, negative, vae, control_net=None, landmarks=None, control_strength: float = 1.0,
                  control_start: float = 0.0, control_end: float = 1.0, resolution: int | None = 512, max_views: int = 4,
-                 view_positive: dict | None = None):
+                 view_positive: dict | None = None, cuda_graphs: bool = True):
         if (control_net is None) != (landmarks is None):
             raise ValueError("connect both control_net (the MediaPipe-face ControlNet) and landmarks, or neither")
         self.model = model
@@ -159,6 +160,7 @@ class ComfyNoisePredictor:
         self.alphas_cumprod = 1.0 / (1.0 + sig.detach().double().cpu() ** 2)
         self._encoder: DifferentiableVAEEncoder | None = None
         self._state: dict | None = None
+        self.cuda_graphs = bool(cuda_graphs)
         self.calls = 0
 
     # -- model lifecycle ----------------------------------------------------------------------
@@ -173,6 +175,14 @@ class ComfyNoisePredictor:
     def open(self) -> None:
         if self._state is not None:
             return
+        # Model loading happens here (prepare_sampling). It must run under inference mode, as in
+        # ComfyUI's samplers: the weights are inference tensors, and moving them to the GPU outside
+        # inference mode (the sculpt's autograd context) leaves parameters that fail in later forwards
+        # ("Inference tensors do not track version counter"). On CPU nothing moves, so only a GPU shows it.
+        with torch.inference_mode():
+            self._open()
+
+    def _open(self) -> None:
         model = self.model
         conds = {"positive": comfy.sampler_helpers.convert_cond(self.positive),
                  "negative": comfy.sampler_helpers.convert_cond(self.negative)}
@@ -192,14 +202,26 @@ class ComfyNoisePredictor:
         real_model, _, loaded = comfy.sampler_helpers.prepare_sampling(model, noise_shape, load_conds, model_options)
         comfy.samplers.cast_to_load_options(model_options, device=model.load_device, dtype=model.model_dtype())
         model.pre_run()
+        # UNet + ControlNet replayed from CUDA graphs: the CFG-batch-2 calls are launch-bound
+        graphs = DiffusionGraphs(model, self.control_net, enabled=self.cuda_graphs and model.load_device.type == "cuda")
+        graphs.add_to(model_options)
+        control_patch = graphs.control_patched()
+        control_patch.__enter__()
         self._state = {"conds": conds, "load_conds": load_conds, "model_options": model_options,
-                       "real_model": real_model, "loaded": loaded, "device": model.load_device}
+                       "real_model": real_model, "loaded": loaded, "device": model.load_device,
+                       "graphs": graphs, "control_patch": control_patch}
 
     def close(self) -> None:
+        with torch.inference_mode():  # offloading moves weights too (see open)
+            self._close()
+
+    def _close(self) -> None:
         st, self._state = self._state, None
         if st is None:
             return
         try:
+            st["control_patch"].__exit__(None, None, None)
+            st["graphs"].close()
             self.model.cleanup()
         finally:
             comfy.sampler_helpers.cleanup_models(st["load_conds"], st["loaded"])
@@ -233,7 +255,12 @@ class ComfyNoisePredictor:
         if auto:
             self.open()
         try:
-            return self._predict(x, sigma, views)
+            # ComfyUI's models run under inference mode, as in its samplers: their weights are inference
+            # tensors, and on CUDA some ops on them fail outside it ("Inference tensors do not track
+            # version counter"). The results are cloned back out, so the ISD loss can keep them for backward.
+            with torch.inference_mode():
+                out = self._predict(x, sigma, views)
+            return NoisePrediction(out.cond.clone(), out.uncond.clone())
         finally:
             if auto:
                 self.close()
@@ -327,9 +354,10 @@ def build_isd_guidance(model, positive, negative, vae, control_net=None, landmar
                        t_min: int = 20, t_max: int = 500, anneal: str = "none", t_max_final: int = 200,
                        id_azimuth_limit: float = 70.0, grad_clip: float = 0.0, control_strength: float = 1.0,
                        control_start: float = 0.0, control_end: float = 1.0, resolution: int = 512,
-                       seed: int | None = None, view_positive: dict | None = None) -> ISDGuidance:
+                       seed: int | None = None, view_positive: dict | None = None, cuda_graphs: bool = True) -> ISDGuidance:
     predictor = ComfyNoisePredictor(model, positive, negative, vae, control_net, landmarks, control_strength,
-                                    control_start, control_end, resolution, view_positive=view_positive)
+                                    control_start, control_end, resolution, view_positive=view_positive,
+                                    cuda_graphs=cuda_graphs)
     config = ISDConfig(t_min=t_min, t_max=t_max, anneal=anneal, t_max_final=t_max_final, cfg=cfg,
                        grad_clip=grad_clip if grad_clip and grad_clip > 0 else None,
                        id_azimuth_limit=id_azimuth_limit if id_azimuth_limit < 180 else None)
@@ -372,6 +400,10 @@ class ISDGuidanceNode(io.ComfyNode):
                                       tooltip="View-dependent prompt for back views (|azimuth| > 135°), e.g. + ', back view'. Unconnected: positive."),
                 io.Conditioning.Input("positive_overhead", optional=True,
                                       tooltip="View-dependent prompt for views from above (elevation > 60°), e.g. + ', overhead view'. Unconnected: positive."),
+                io.Boolean.Input("cuda_graphs", default=True, optional=True,
+                                 tooltip="Replay the UNet and ControlNet calls from CUDA graphs (same results, several times "
+                                         "faster per step on a GPU; a few hundred MB more VRAM). Off: plain eager calls. "
+                                         "Ignored on CPU and when ComfyUI loads the model only partly (low VRAM)."),
             ],
             outputs=[ISD_GUIDANCE.Output(display_name="guidance")],
         )
@@ -380,7 +412,7 @@ class ISDGuidanceNode(io.ComfyNode):
     def execute(cls, model, positive, negative, vae, cfg: float, t_min: int, t_max: int, id_azimuth_limit: float,
                 control_net=None, landmarks=None, control_strength: float = 1.0, anneal: str = "none",
                 t_max_final: int = 200, grad_clip: float = 0.0, resolution: int = 512, seed: int = 0,
-                positive_side=None, positive_back=None, positive_overhead=None) -> io.NodeOutput:
+                positive_side=None, positive_back=None, positive_overhead=None, cuda_graphs: bool = True) -> io.NodeOutput:
         if t_min > t_max:
             raise ValueError(f"t_min ({t_min}) must not exceed t_max ({t_max})")
         if not math.isfinite(cfg):
@@ -390,7 +422,8 @@ class ISDGuidanceNode(io.ComfyNode):
                         "put IDSculpt Apply ID Adapter between the model loader and this node for ID-aware guidance")
         g = build_isd_guidance(model, positive, negative, vae, control_net, landmarks, cfg, t_min, t_max, anneal,
                                t_max_final, id_azimuth_limit, grad_clip, control_strength, resolution=resolution, seed=seed,
-                               view_positive={"side": positive_side, "back": positive_back, "overhead": positive_overhead})
+                               view_positive={"side": positive_side, "back": positive_back, "overhead": positive_overhead},
+                               cuda_graphs=cuda_graphs)
         return io.NodeOutput(g)
 
 

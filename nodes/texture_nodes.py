@@ -38,6 +38,8 @@ from ..core.texture import (
     unwrap_uv,
 )
 from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core, model_files, model_path
+from .cuda_graphs import DiffusionGraphs
+from .vram import check_mode, stage, vram_mode_input
 from .types import CAMERA, HEAD_MESH
 
 
@@ -62,7 +64,8 @@ class ComfySampling:
     """Shared by the inpainter and the denoiser: conds with this view's normal hint, encode, sample, decode."""
 
     def __init__(self, model, positive, negative, vae, control_net=None, control_strength: float = 1.0, steps: int = 20,
-                 cfg: float = 10.0, sampler_name: str = "ddim", scheduler: str = "ddim_uniform", seed: int = 0) -> None:
+                 cfg: float = 10.0, sampler_name: str = "ddim", scheduler: str = "ddim_uniform", seed: int = 0,
+                 cuda_graphs: bool = True) -> None:
         if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
             raise ValueError(f"unknown sampler {sampler_name!r}")
         if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
@@ -74,6 +77,13 @@ class ComfySampling:
         self.steps, self.cfg, self.sampler_name, self.scheduler = int(steps), float(cfg), sampler_name, scheduler
         self.seed = int(seed)
         self.calls = 0
+        # every view samples the same shapes, so the UNet/ControlNet calls replay from CUDA graphs
+        self.graphs = DiffusionGraphs(model, control_net, enabled=cuda_graphs and model.load_device.type == "cuda")
+        self.model = self.graphs.clone_model(model)
+
+    def close(self) -> None:
+        """Free the CUDA graphs (their memory pools) once the node's sampling is over."""
+        self.graphs.close()
 
     def conds(self, normal_control: Optional[torch.Tensor]) -> tuple[list, list]:
         if self.control_net is None or normal_control is None or self.control_strength == 0:
@@ -86,6 +96,13 @@ class ComfySampling:
     @torch.no_grad()  # sampling targets are never differentiated; ComfyUI's weights are inference tensors
     def run(self, image: torch.Tensor, normal_control: Optional[torch.Tensor], denoise: float, noise_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """image [H,W,3] 0..1 → sampled image [H,W,3] 0..1 (same size; H, W multiples of 8)."""
+        # under inference mode as in ComfyUI's own samplers (the weights are inference tensors); the result
+        # is cloned back out because the texture optimisation keeps it for its loss's backward
+        with torch.inference_mode():
+            out = self._sample(image, normal_control, denoise, noise_mask)
+        return out.clone()
+
+    def _sample(self, image: torch.Tensor, normal_control: Optional[torch.Tensor], denoise: float, noise_mask: Optional[torch.Tensor]) -> torch.Tensor:
         h, w = image.shape[:2]
         if h % 8 or w % 8:
             raise ValueError(f"views must be multiples of 8 pixels for the VAE, got {h}x{w}: change the resolution")
@@ -95,8 +112,9 @@ class ComfySampling:
         noise = comfy.sample.prepare_noise(latent, self.seed + self.calls)
         self.calls += 1
         mask = None if noise_mask is None else noise_mask.reshape(1, 1, h, w).float().cpu()
-        samples = comfy.sample.sample(self.model, noise, self.steps, self.cfg, self.sampler_name, self.scheduler, pos, neg, latent,
-                                      denoise=float(denoise), noise_mask=mask, disable_pbar=True, seed=self.seed)
+        with self.graphs.control_patched():
+            samples = comfy.sample.sample(self.model, noise, self.steps, self.cfg, self.sampler_name, self.scheduler, pos, neg, latent,
+                                          denoise=float(denoise), noise_mask=mask, disable_pbar=True, seed=self.seed)
         out = self.vae.decode(samples)
         out = out.reshape(-1, *out.shape[-3:])[0][..., :3]
         if out.shape[:2] != (h, w):
@@ -169,6 +187,12 @@ def _model_inputs() -> list:
     ]
 
 
+def _graph_input() -> io.Boolean.Input:
+    return io.Boolean.Input("cuda_graphs", default=True, optional=True,
+                            tooltip="Replay the UNet and ControlNet calls from CUDA graphs (same results, faster on a GPU; a few "
+                                    "hundred MB more VRAM). Off: plain eager calls. Ignored on CPU and with partial (low-VRAM) loading.")
+
+
 def _reference_inputs() -> list:
     return [
         io.Image.Input("reference_image", optional=True, tooltip="The aligned portrait (stage-1 crop) painted into the texture first."),
@@ -198,6 +222,8 @@ class ProgressiveInpaint(io.ComfyNode):
                 io.Float.Input("cos_threshold", default=0.0, min=-1.0, max=0.99, step=0.01, tooltip="Back-project only texels whose normal faces the camera more than this cosine."),
                 io.Combo.Input("policy", options=["first", "best_cosine"], default="first",
                                tooltip="first: a texel keeps its first colour (paper); best_cosine: later, more head-on views overwrite (never the portrait)."),
+                _graph_input(),
+                vram_mode_input(),
             ],
             outputs=[HEAD_MESH.Output(display_name="head"), io.Image.Output(display_name="texture"), io.Image.Output(display_name="views")],
         )
@@ -206,7 +232,7 @@ class ProgressiveInpaint(io.ComfyNode):
     def execute(cls, head, model, positive, negative, vae, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                 denoise: float, control_strength: float, texture_size: str, max_faces: int, view_plan: str, resolution: int,
                 erode_iterations: int, cos_threshold: float, policy: str, control_net=None, reference_image=None,
-                reference_camera=None, reference_mask=None) -> io.NodeOutput:
+                reference_camera=None, reference_mask=None, cuda_graphs: bool = True, vram_mode: str = "offload") -> io.NodeOutput:
         size = check_texture_size(int(texture_size))
         plan = parse_view_plan(view_plan)
         mesh = head.detach()
@@ -217,7 +243,8 @@ class ProgressiveInpaint(io.ComfyNode):
             print(f"[IDSculpt] {note}")
         mesh = _device_mesh(mesh)
         reference = _reference(reference_image, reference_camera, reference_mask)
-        sampling = ComfySampling(model, positive, negative, vae, control_net, control_strength, steps, cfg, sampler_name, scheduler, seed)
+        sampling = ComfySampling(model, positive, negative, vae, control_net, control_strength, steps, cfg, sampler_name, scheduler, seed,
+                                 cuda_graphs and check_mode(vram_mode) != "low_vram")
         # views are rendered at twice the crop size: the head's alpha box covers only part of the frame, so the
         # crop handed to the model (resolution²) is then a downscale of the render, not a blurry upscale
         config = InpaintConfig(render_resolution=min(2 * resolution, 2048), crop_size=resolution, erode_iterations=erode_iterations,
@@ -230,8 +257,11 @@ class ProgressiveInpaint(io.ComfyNode):
                 views.append(preview.detach().float().cpu())
             bar.progress(step, total, preview)
 
-        with torch.inference_mode(False):
-            result = progressive_inpaint(mesh, ComfyInpainter(sampling, denoise), plan, reference, config, size, progress, bar.interrupt)
+        try:
+            with stage("Progressive Inpaint", vram_mode), torch.inference_mode(False):
+                result = progressive_inpaint(mesh, ComfyInpainter(sampling, denoise), plan, reference, config, size, progress, bar.interrupt)
+        finally:
+            sampling.close()
         out = result.mesh.to("cpu")
         texture = core_to_image(out.texture)
         view_batch = core_to_image(torch.stack(views)) if views else texture
@@ -259,6 +289,8 @@ class TextureRefine(io.ComfyNode):
                 io.Int.Input("resolution", default=512, min=64, max=1024, step=64, tooltip="Random-view render size (SD1.5: 512)."),
                 io.Combo.Input("perceptual_model", options=["none"] + model_files(IDSCULPT_FOLDER), default="none",
                                tooltip="VGG16 weights in models/idsculpt for the perceptual term (50·LPIPS); 'none' skips it."),
+                _graph_input(),
+                vram_mode_input(),
             ],
             outputs=[HEAD_MESH.Output(display_name="head"), io.Image.Output(display_name="texture")],
         )
@@ -267,7 +299,7 @@ class TextureRefine(io.ComfyNode):
     def execute(cls, head, model, positive, negative, vae, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                 refine_steps: int, t_min: int, t_max: int, learning_rate: float, control_strength: float, resolution: int,
                 perceptual_model: str = "none", control_net=None, reference_image=None, reference_camera=None,
-                face_mask=None) -> io.NodeOutput:
+                face_mask=None, cuda_graphs: bool = True, vram_mode: str = "offload") -> io.NodeOutput:
         if not isinstance(head, HeadMesh) or not head.has_uv or head.texture is None:
             raise ValueError("Texture Refine needs a textured head with UVs: connect IDSculpt Progressive Inpaint's head output")
         if t_min >= t_max:
@@ -275,8 +307,7 @@ class TextureRefine(io.ComfyNode):
         mesh = _device_mesh(head)
         dev = mesh.vertices.device
         reference = _reference(reference_image, reference_camera, face_mask, face_mask)
-        sampling = ComfySampling(model, positive, negative, vae, control_net, control_strength, steps, cfg, sampler_name, scheduler, seed)
-        perceptual = None
+        perceptual = None  # loaded first: a missing file should stop the node before any model work
         if perceptual_model and perceptual_model != "none":
             from ..core.panohead.perceptual import load_vgg16
 
@@ -286,10 +317,15 @@ class TextureRefine(io.ComfyNode):
             def perceptual(a, b):  # LPIPS works on [-1, 1] images
                 return net(a * 2 - 1, b * 2 - 1)
 
+        sampling = ComfySampling(model, positive, negative, vae, control_net, control_strength, steps, cfg, sampler_name, scheduler, seed,
+                                 cuda_graphs and check_mode(vram_mode) != "low_vram")
         config = RefineConfig(steps=refine_steps, lr=learning_rate, t_range=(t_min, t_max), resolution=resolution, seed=seed)
         bar = ComfyProgress(max(refine_steps, 1), preview_size=resolution)
-        with torch.inference_mode(False):
-            result = refine_texture(mesh, ComfyDenoiser(sampling), reference, config, perceptual, bar.progress, bar.interrupt)
+        try:
+            with stage("Texture Refine", vram_mode), torch.inference_mode(False):
+                result = refine_texture(mesh, ComfyDenoiser(sampling), reference, config, perceptual, bar.progress, bar.interrupt)
+        finally:
+            sampling.close()
         out = result.mesh.to("cpu")
         return io.NodeOutput(out, core_to_image(out.texture))
 
