@@ -7,14 +7,23 @@ On CUDA (the lead runs this on an H100): the full-size PanoHead generator of the
   * W statistics (10,000 mapped samples);
   * mesh extraction at 256³ and 512³: density grid and marching cubes timed separately;
   * the 40 GAN views (normals by central differences + masks) at 256²;
-  * peak VRAM (torch.cuda.max_memory_allocated) per item.
+  * peak VRAM (torch.cuda.max_memory_allocated) per item;
+  * graph mode (``steps_neural{64,128}_graph``): the inversion's own W+ and PTI steps
+    (core.panohead.invert, the code the node runs) captured in a CUDA graph: capture time (3 eager
+    warm-ups + capture + check replay), ms per replayed step (per-step lr/noise copies + replay +
+    loss slot), peak allocated and reserved VRAM;
+  * whole loops (``loop_neural{64,128}``): project_w and pivotal_tuning for --loop-steps steps,
+    graph mode and eager, seconds per step by the host clock (capture included in graph mode).
 Timing: warm-up, CUDA events around each iteration, median. Results printed and written as JSON.
 
     python bench/bench_panohead.py --out bench/results/panohead.json     # CUDA, full size
-    python bench/bench_panohead.py --smoke [--out x.json]                # tiny generator, CPU
+    python bench/bench_panohead.py --steps-only --out x.json              # CUDA, only the step/loop rows
+    python bench/bench_panohead.py --no-graphs ...                        # without the graph-mode rows
+    python bench/bench_panohead.py --smoke [--out x.json]                # tiny generator, CPU (eager only)
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import statistics
@@ -32,6 +41,9 @@ import torch  # noqa: E402
 
 from idsculpt.core.camera import eg3d_frontal_label  # noqa: E402
 from idsculpt.core.panohead.extract import density_grid, gan_view_cameras, mesh_from_grid, render_gan_views  # noqa: E402
+import importlib  # noqa: E402
+
+inv = importlib.import_module("idsculpt.core.panohead.invert")  # the module (the package exports a function of that name)
 from idsculpt.core.panohead.invert import w_statistics  # noqa: E402
 from idsculpt.core.panohead.perceptual import VGG16Perceptual  # noqa: E402
 from idsculpt.core.panohead.triplane import TriPlaneGenerator, release_config, tiny_config  # noqa: E402
@@ -101,6 +113,94 @@ def bench_steps(g: TriPlaneGenerator, vgg: VGG16Perceptual, device: torch.device
     return out
 
 
+def _gib(nbytes: float) -> float:
+    return round(nbytes / 2 ** 30, 3)
+
+
+def _time_graphed(device: torch.device, build, name: str, steps: int, warmup: int, iters: int) -> dict:
+    """Capture one graphed step (``build`` -> invert._StepParts) and time its replays."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    parts, gs, do_step = inv._capture(build, name, 12345)
+    torch.cuda.synchronize()
+    capture_s = time.perf_counter() - t0
+    k = [0]
+
+    def step() -> None:
+        do_step(k[0] % steps)
+        k[0] += 1
+
+    try:
+        times, peak = _timing.measure(device, step, warmup, iters, reset_peak=False)
+        reserved = torch.cuda.memory_reserved(device)
+    finally:
+        gs.close()
+        del parts, gs, do_step
+    return {"ms_median": round(statistics.median(times), 3), "ms_min": round(min(times), 3), "iters": iters,
+            "capture_s": round(capture_s, 3), "peak_gib": _gib(peak), "reserved_gib": _gib(reserved)}
+
+
+def bench_graph_steps(g: TriPlaneGenerator, vgg: VGG16Perceptual, device: torch.device, res: int, warmup: int, iters: int) -> dict:
+    """The inversion's own W+ and PTI steps replayed from CUDA graphs (what the node runs on CUDA)."""
+    steps = max(warmup + iters, inv.MIN_GRAPH_STEPS)
+    cfg = inv.InversionConfig(w_steps=steps, pti_steps=steps, neural_rendering_resolution=res)
+    lab = eg3d_frontal_label().to(device)
+    target = torch.rand(1, 3, g.img_resolution, g.img_resolution, device=device) * 2 - 1
+    g.eval().requires_grad_(False)
+    with torch.no_grad():
+        taps = vgg.taps(target, cfg.perceptual_size)
+        w_avg = g.mapping(torch.randn(1, g.z_dim, device=device), lab)
+    noise = torch.randn(steps, *w_avg.shape, device=device)
+    schedule = [inv._w_schedule(cfg, 0.5, s) for s in range(steps)]
+    out = {}
+    try:
+        out["w_step"] = _time_graphed(device, lambda: inv._w_step_parts(g, target, taps, lab, vgg, cfg, w_avg, noise, schedule),
+                                      "bench W+ step", steps, warmup, iters)
+    except Exception:  # noqa: BLE001  (GraphCaptureError says which part failed)
+        out["w_step"] = {"error": traceback.format_exc()[-1500:]}
+    torch.cuda.empty_cache()
+    gt = copy.deepcopy(g).train().requires_grad_(True)
+    try:
+        out["pti_step"] = _time_graphed(device, lambda: inv._pti_step_parts(gt, target, taps, w_avg, lab, vgg, cfg),
+                                        "bench PTI step", steps, warmup, iters)
+    except Exception:  # noqa: BLE001
+        out["pti_step"] = {"error": traceback.format_exc()[-1500:]}
+    del gt
+    torch.cuda.empty_cache()
+    return out
+
+
+def bench_loops(g: TriPlaneGenerator, vgg: VGG16Perceptual, device: torch.device, res: int, steps: int, graphs: bool) -> dict:
+    """project_w and pivotal_tuning end to end (host clock / steps), graph mode and eager."""
+    lab = eg3d_frontal_label().to(device)
+    target = torch.rand(1, 3, g.img_resolution, g.img_resolution, device=device) * 2 - 1
+    out: dict = {"steps": steps}
+    # on CPU the loop runs with cuda_graphs=True: it must notice there is no CUDA device and run eagerly
+    modes = (True, False) if graphs else ((True,) if device.type != "cuda" else (False,))
+    if not graphs:
+        out["graph_mode"] = ("skipped: CUDA graphs need a CUDA device" if device.type != "cuda" else "skipped (--no-graphs)")
+    for use in modes:
+        key = "graph" if use and graphs else "eager"
+        cfg = inv.InversionConfig(w_steps=steps, pti_steps=steps, w_avg_samples=1000, neural_rendering_resolution=res,
+                                  preview_every=25, cuda_graphs=use)
+        try:
+            info_w: dict = {}
+            info_p: dict = {}
+            with torch.enable_grad():
+                sec, peak, (ws, *_) = _timing.wall(device, lambda: inv.project_w(g, target, lab, vgg, cfg, info=info_w))
+                sec_p, peak_p, _ = _timing.wall(device, lambda: inv.pivotal_tuning(g, target, ws, lab, vgg, cfg, info=info_p))
+            out[key] = {"w_ms_per_step": round(sec * 1000 / steps, 2), "pti_ms_per_step": round(sec_p * 1000 / steps, 2),
+                        "w_mode": info_w, "pti_mode": info_p,
+                        "peak_mib": None if peak is None else round(max(peak, peak_p), 1)}
+        except Exception:  # noqa: BLE001
+            out[key] = {"error": traceback.format_exc()[-1500:]}
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
 def bench_mesh(g: TriPlaneGenerator, device: torch.device, res: int, chunk: int) -> dict:
     with torch.no_grad():
         planes = g.planes(g.mapping(torch.randn(1, g.z_dim, device=device), eg3d_frontal_label().to(device)))
@@ -130,8 +230,28 @@ def bench_views(g: TriPlaneGenerator, device: torch.device, res: int, n_views: i
     return _timer(device, lambda: render_gan_views(g, planes=planes, cameras=cams, resolution=res), 0 if device.type != "cuda" else 1, 1)
 
 
+def _summarise(res: dict) -> None:
+    """500-step estimates at neural 128 (the default config's) from the eager and the graphed steps."""
+    smoke = res.get("smoke")
+    for suffix, tag in (("", ""), ("_graph", "graph_")):
+        key = f"steps_neural{32 if smoke else 128}{suffix}"
+        for k in ("w_step", "pti_step"):
+            row = res.get(key, {}).get(k, {}) if isinstance(res.get(key), dict) else {}
+            if "ms_median" in row:
+                res[f"estimated_{tag}{k}s_500_s"] = round(row["ms_median"] * 500 / 1000, 1)
+    for nr in (64, 128):
+        e, gr = res.get(f"steps_neural{nr}", {}), res.get(f"steps_neural{nr}_graph", {})
+        for k in ("w_step", "pti_step"):
+            if "ms_median" in e.get(k, {}) and "ms_median" in gr.get(k, {}):
+                res[f"speedup_graph_{k}_neural{nr}"] = round(e[k]["ms_median"] / gr[k]["ms_median"], 2)
+
+
 def main() -> None:
-    args = _timing.parser(None, "tiny generator on CPU (checks the script)", res=None, iters=10, warmup=3).parse_args()
+    ap = _timing.parser(None, "tiny generator on CPU (checks the script; eager only)", res=None, iters=10, warmup=3)
+    ap.add_argument("--no-graphs", action="store_true", help="skip the graph-mode rows (CUDA graphs of the inversion steps)")
+    ap.add_argument("--steps-only", action="store_true", help="only the step and loop rows (no W statistics, mesh, views, bf16)")
+    ap.add_argument("--loop-steps", type=int, default=30, help="steps of the whole-loop rows (0: skip them)")
+    args = ap.parse_args()
     smoke = args.smoke or not torch.cuda.is_available()
     device = torch.device("cpu" if smoke else "cuda")
     if smoke:
@@ -144,6 +264,29 @@ def main() -> None:
     res["generator_params_M"] = round(sum(p.numel() for p in g.parameters()) / 1e6, 2)
     vgg = VGG16Perceptual().to(device).eval()
     iters, warmup = (2, 1) if smoke else (args.iters, args.warmup)
+    graphs = device.type == "cuda" and not args.no_graphs
+    res["graph_mode"] = ("on" if graphs else "skipped: CUDA graphs need a CUDA device (the smoke run checks the eager path)"
+                         if device.type != "cuda" else "skipped (--no-graphs)")
+    for nr in ((32,) if smoke else (64, 128)):
+        if graphs:
+            try:
+                res[f"steps_neural{nr}_graph"] = bench_graph_steps(g, vgg, device, nr, warmup, iters)
+            except Exception:  # noqa: BLE001
+                res[f"steps_neural{nr}_graph"] = {"error": traceback.format_exc()[-1500:]}
+        if args.loop_steps > 0:
+            res[f"loop_neural{nr}"] = bench_loops(g, vgg, device, nr, 2 if smoke else args.loop_steps, graphs)
+    if args.steps_only and not smoke:
+        for nr in (64, 128):
+            try:
+                res[f"steps_neural{nr}"] = bench_steps(g, vgg, device, nr, warmup, iters)
+            except Exception:  # noqa: BLE001
+                res[f"steps_neural{nr}"] = {"error": traceback.format_exc()[-600:]}
+            torch.cuda.empty_cache()
+        _summarise(res)
+        res["wall_s"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps(res, indent=1))
+        _timing.write_json(res, args.out, indent=1)
+        return
     try:
         n = 128 if smoke else 10000
         res["w_statistics"] = _timer(device, lambda: w_statistics(g, n), 0, 1)
@@ -176,10 +319,7 @@ def main() -> None:
         res["gan_views"].update({"resolution": vr, "views": nv})
     except Exception:  # noqa: BLE001
         res["gan_views"] = {"error": traceback.format_exc()[-600:]}
-    for k in ("w_step", "pti_step"):
-        key = f"steps_neural{32 if smoke else 128}"
-        if isinstance(res.get(key), dict) and k in res[key] and "ms_median" in res[key][k]:
-            res[f"estimated_{k}s_500_s"] = round(res[key][k]["ms_median"] * 500 / 1000, 1)
+    _summarise(res)
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(res, indent=1))
     _timing.write_json(res, args.out, indent=1)

@@ -18,6 +18,7 @@ from ..core.panohead.pipeline import run_stage1
 from ..core.panohead.triplane import TriPlaneGenerator, build_generator
 from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core, model_files, model_path
 from .types import CAMERA, GAN_VIEWS, HEAD_MESH, PANOHEAD
+from .vram import check_mode, stage, vram_mode_input
 
 log = logging.getLogger("IDSculpt")
 
@@ -115,6 +116,13 @@ class PanoHeadInvert(io.ComfyNode):
                 io.Int.Input("view_resolution", default=256, min=32, max=512, step=16,
                              tooltip="Resolution of the 40 volume-rendered supervision views (normals, masks)."),
                 io.Int.Input("seed", default=0, min=0, max=2 ** 31 - 1, tooltip="Seed of the inversion (latent noise, ray samples)."),
+                io.Boolean.Input("cuda_graphs", default=True, optional=True,
+                                 tooltip="Replay each inversion and PTI step from a CUDA graph (same method, several times "
+                                         "faster on a GPU; the random ray samples differ from the eager loop's but stay "
+                                         "seeded). Off: the plain eager loop. Ignored on CPU, and under ComfyUI's default cudaMallocAsync "
+                                         "allocator (it keeps a captured training step's memory): start ComfyUI with "
+                                         "--disable-cuda-malloc to use it."),
+                vram_mode_input(),
             ],
             outputs=[
                 HEAD_MESH.Output(display_name="head_mesh"),
@@ -128,7 +136,7 @@ class PanoHeadInvert(io.ComfyNode):
     @classmethod
     def execute(cls, portrait: torch.Tensor, panohead: Optional[PanoHeadModel] = None, init: str = "auto", w_steps: int = 500,
                 pti_steps: int = 500, mesh_resolution: int = 512, mesh_level: float = 20.0, view_resolution: int = 256,
-                seed: int = 0) -> io.NodeOutput:
+                seed: int = 0, cuda_graphs: bool = True, vram_mode: str = "offload") -> io.NodeOutput:
         import comfy.model_management as mm
 
         image = (image_to_core(portrait)[0].numpy() * 255).round().astype(np.uint8)
@@ -139,7 +147,8 @@ class PanoHeadInvert(io.ComfyNode):
         use_gan = have and init != "template"
         device = mm.get_torch_device()
         bar = ComfyProgress((w_steps + pti_steps + 20) if use_gan else 1)
-        with torch.inference_mode(False), torch.enable_grad():
+        low = check_mode(vram_mode) == "low_vram"
+        with stage("PanoHead Invert", vram_mode), torch.inference_mode(False), torch.enable_grad():
             g = vgg = None
             if use_gan:
                 src = panohead.generator
@@ -149,7 +158,7 @@ class PanoHeadInvert(io.ComfyNode):
                 g = g.to(device).eval()
                 vgg = _trainable_copy(panohead.perceptual, VGG16Perceptual()).to(device).eval()
                 vgg.has_lpips_heads = panohead.perceptual.has_lpips_heads
-            cfg = InversionConfig(w_steps=w_steps, pti_steps=pti_steps, seed=seed)
+            cfg = InversionConfig(w_steps=w_steps, pti_steps=pti_steps, seed=seed, cuda_graphs=bool(cuda_graphs) and not low)
             try:
                 out = run_stage1(image, g, vgg, cfg, mesh_resolution=mesh_resolution, mesh_level=mesh_level,
                                  view_resolution=view_resolution, progress=bar.progress, interrupt=bar.interrupt,

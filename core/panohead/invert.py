@@ -8,10 +8,20 @@ Defaults are the authors' (PanoHead ``projector.py`` as ID-Sculpt runs it, see R
   * PTI: the generator's weights tuned around the found pivot, Adam lr 3e-4, loss 0.1·MSE + LPIPS.
 Noise inputs are 'const' (the stored per-layer noise), so the result is deterministic given the
 seed (the seed drives w_avg sampling, w noise and the stratified ray samples).
+
+On CUDA each step (render, loss, backward, Adam) is replayed from a CUDA graph (``cuda_graphs``,
+see :mod:`.graphed_step`): the same method several times faster, because the eager step is bound
+by Python's kernel launches. What differs from the eager loop: the renderer's random ray samples
+come from one seeded generator advancing from step to step instead of a generator re-seeded
+per step (both reproducible run to run), and Adam runs in its ``capturable`` form (the same update,
+computed on the device). The W+ noise is the same. If capture fails, one warning is logged and
+the eager loop runs. Losses stay on the device and are read back only every ``preview_every``
+steps and at the end (no per-step host sync in either mode).
 """
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -19,8 +29,11 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .graphed_step import GraphCaptureError, GraphedStep, graphs_unsupported_reason
 from .perceptual import VGG16Perceptual
 from .triplane import TriPlaneGenerator
+
+log = logging.getLogger("IDSculpt")
 
 ProgressFn = Callable[[int, int, Optional[torch.Tensor]], None]
 InterruptFn = Callable[[], Optional[bool]]
@@ -45,6 +58,13 @@ class InversionConfig:
     perceptual_size: int = 256  # images are area-downsampled to this before VGG (projector: 256)
     camera_adaptation: bool = True  # add t_mapping(mean z, c) to the label's translation (ID-Sculpt's projector)
     ray_start: Optional[float] = 2.35  # near plane during inversion (ID-Sculpt's projector; the release trains with 2.25)
+    # CUDA only: replay each W+ / PTI step from a CUDA graph (same method, several times faster; graph
+    # mode draws the ray samples from one seeded generator instead of re-seeding per step). Runs of
+    # fewer than MIN_GRAPH_STEPS steps stay eager (capture costs a few steps' time).
+    cuda_graphs: bool = True
+
+
+MIN_GRAPH_STEPS = 8
 
 
 @dataclass
@@ -56,6 +76,7 @@ class InversionResult:
     w_avg: Optional[torch.Tensor] = None
     w_std: float = 0.0
     label: Optional[torch.Tensor] = None  # [1,25] the camera actually used (after self-adaptation)
+    modes: dict = field(default_factory=dict)  # {"w": {...}, "pti": {...}}: how each loop ran ("cuda_graph"/"eager", why, capture_s)
 
 
 def _check_interrupt(interrupt: Optional[InterruptFn]) -> None:
@@ -107,8 +128,19 @@ def adapt_camera(G: TriPlaneGenerator, c: torch.Tensor, z: torch.Tensor) -> torc
 
 
 def _render(G: TriPlaneGenerator, ws: torch.Tensor, c: torch.Tensor, res: Optional[int], seed: int, step: int) -> torch.Tensor:
+    """Eager loop: the ray samples of step ``step`` from a generator seeded for that step."""
     gen = torch.Generator(device=ws.device).manual_seed(seed * 100003 + step)
-    return G.synthesis(ws, c, neural_rendering_resolution=res, noise_mode="const", generator=gen)["image"]
+    return _synth(G, ws, c, res, gen)
+
+
+def _synth(G: TriPlaneGenerator, ws: torch.Tensor, c: torch.Tensor, res: Optional[int], generator: torch.Generator) -> torch.Tensor:
+    return G.synthesis(ws, c, neural_rendering_resolution=res, noise_mode="const", generator=generator)["image"]
+
+
+def _graph_seed(seed: int, stage: int) -> int:
+    """Seed of graph mode's ray-sample generator for stage 0 (W+) / 1 (PTI); never one of the eager
+    loop's per-step seeds (seed * 100003 + step with step < 100003)."""
+    return (2 * seed + stage) * 1_000_003 + 500_009
 
 
 def _prepare_target(target: torch.Tensor, G: TriPlaneGenerator) -> torch.Tensor:
@@ -123,67 +155,271 @@ def _prepare_target(target: torch.Tensor, G: TriPlaneGenerator) -> torch.Tensor:
     return (t * 2 - 1).clamp(-1, 1)
 
 
+# ---------------------------------------------------------------------------------- the two objectives
+def _w_loss(perceptual: VGG16Perceptual, target: torch.Tensor, target_taps: list[torch.Tensor], synth: torch.Tensor,
+            w_opt: torch.Tensor, w_avg: torch.Tensor, cfg: InversionConfig) -> torch.Tensor:
+    """W+ projection loss: 0.1·MSE + LPIPS(VGG) + ||w − w_avg||² (mean square)."""
+    perc = perceptual.distance(target_taps, perceptual.taps(synth, cfg.perceptual_size)).mean()
+    mse = (target - synth).square().mean()
+    return cfg.mse_weight * mse + perc + cfg.w_reg_weight * (w_opt - w_avg).square().mean()
+
+
+def _pti_loss(perceptual: VGG16Perceptual, target: torch.Tensor, target_taps: list[torch.Tensor], synth: torch.Tensor,
+              cfg: InversionConfig) -> torch.Tensor:
+    """PTI loss: 0.1·MSE + LPIPS(VGG)."""
+    return cfg.mse_weight * (target - synth).square().mean() + perceptual.distance(target_taps, perceptual.taps(synth, cfg.perceptual_size)).mean()
+
+
+def _w_schedule(cfg: InversionConfig, w_std: float, step: int) -> tuple[float, float]:
+    """(learning rate, w noise scale) of W+ step ``step``: the projector's ramps."""
+    t = step / cfg.w_steps
+    noise_scale = w_std * cfg.noise_factor * max(0.0, 1.0 - t / cfg.noise_ramp) ** 2
+    ramp = min(1.0, (1.0 - t) / cfg.lr_rampdown)
+    ramp = (0.5 - 0.5 * math.cos(ramp * math.pi)) * min(1.0, t / cfg.lr_rampup) if cfg.lr_rampup > 0 else 0.5 - 0.5 * math.cos(ramp * math.pi)
+    return cfg.w_lr * ramp, noise_scale
+
+
+def _w_noise(cfg: InversionConfig, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Unit Gaussian w noise of every step [w_steps,*shape] on ``device``: the numbers the projector
+    draws step by step from the CPU generator seeded with seed + 7, moved to the device once (a
+    per-step host-to-device copy from pageable memory would sync the host every step)."""
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 7)
+    if cfg.w_steps == 0:
+        return torch.zeros(0, *shape, device=device)
+    return torch.stack([torch.randn(shape, generator=gen) for _ in range(cfg.w_steps)]).to(device)
+
+
+# ---------------------------------------------------------------------------------- loop machinery
+class _LossLog:
+    """Per-step losses kept on the device, read to the host only at read-back points."""
+
+    def __init__(self, steps: int, device: torch.device, what: str, hint: str) -> None:
+        self.buf = torch.zeros(max(steps, 1), dtype=torch.float32, device=device)
+        self.host: list[float] = []
+        self.what, self.hint = what, hint
+
+    def put(self, step: int, loss: torch.Tensor) -> None:
+        self.buf[step].copy_(loss.detach().reshape(()))
+
+    def read(self, upto: int) -> None:
+        new = self.buf[len(self.host):upto].tolist()
+        for i, v in enumerate(new):
+            if not math.isfinite(v):
+                raise RuntimeError(f"{self.what} diverged: loss is {v} at step {len(self.host) + i + 1}; {self.hint}")
+        self.host.extend(new)
+
+
+def _run_steps(n: int, do_step: Callable[[int], tuple[torch.Tensor, torch.Tensor]], losses: _LossLog, cfg: InversionConfig,
+               progress: Optional[ProgressFn], interrupt: Optional[InterruptFn], step_offset: int, total: int) -> list[float]:
+    """The loop both modes share: interrupt check, one step, loss kept on the device, read-back
+    (and the non-finite check) on preview steps and at the end, progress with a preview image."""
+    every = max(cfg.preview_every, 1)
+    for step in range(n):
+        _check_interrupt(interrupt)
+        loss, synth = do_step(step)
+        losses.put(step, loss)
+        preview = step % every == 0 or step == n - 1
+        if preview:
+            losses.read(step + 1)
+        if progress is not None:
+            progress(step_offset + step + 1, total, _to_preview(synth) if preview else None)
+    return losses.host
+
+
+def _graph_mode(cfg: InversionConfig, device: torch.device, steps: int) -> Optional[str]:
+    """None when this loop should try CUDA graphs, else why not."""
+    if not cfg.cuda_graphs:
+        return "off (cuda_graphs=False)"
+    why = graphs_unsupported_reason(device)
+    if why is None and steps < MIN_GRAPH_STEPS:
+        why = f"fewer than {MIN_GRAPH_STEPS} steps"
+    return why
+
+
+def _fallback(e: GraphCaptureError, info: dict) -> None:
+    log.warning("IDSculpt: %s; running the eager loop instead (same method, slower)", e)
+    info.update(mode="eager", reason=f"capture failed at {e.stage}: {e.detail}")
+
+
+# ---------------------------------------------------------------------------------- graphed steps
+@dataclass
+class _StepParts:
+    """What a graphed loop needs: the step itself and the static inputs it reads."""
+
+    step_fn: Callable[[], dict]  # zero_grad, render, loss, backward, Adam step -> {"loss", "image"}
+    params: list[torch.Tensor]  # what Adam updates
+    optimizer: torch.optim.Optimizer  # capturable=True
+    generator: torch.Generator  # private CUDA generator of the ray samples
+    set_step: Callable[[int], None]  # writes step-dependent inputs (lr, w noise) into static buffers
+
+
+def _w_step_parts(G: TriPlaneGenerator, target: torch.Tensor, target_taps: list[torch.Tensor], c: torch.Tensor,
+                  perceptual: VGG16Perceptual, cfg: InversionConfig, w_avg: torch.Tensor, noise: torch.Tensor,
+                  schedule: list[tuple[float, float]]) -> _StepParts:
+    """The W+ step with static inputs: lr a 0-dim device tensor, the step's scaled w noise a buffer."""
+    dev = target.device
+    w_opt = w_avg.detach().clone().requires_grad_(True)
+    lr = torch.full((), schedule[0][0], dtype=torch.float32, device=dev)
+    opt = torch.optim.Adam([w_opt], betas=(0.9, 0.999), lr=lr, capturable=True)
+    scales = torch.tensor([sc for _, sc in schedule], dtype=torch.float32, device=dev)
+    scaled_noise = noise * scales.view(-1, *([1] * (noise.dim() - 1)))  # = noise[step] * noise_scale of the eager loop
+    static_noise = scaled_noise[0].clone()
+    gen = torch.Generator(device=dev)
+
+    def step_fn() -> dict:
+        opt.zero_grad(set_to_none=True)
+        synth = _synth(G, w_opt + static_noise, c, cfg.neural_rendering_resolution, gen)
+        loss = _w_loss(perceptual, target, target_taps, synth, w_opt, w_avg, cfg)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach(), "image": synth.detach()}
+
+    def set_step(step: int) -> None:
+        lr.fill_(schedule[step][0])
+        static_noise.copy_(scaled_noise[step])
+
+    return _StepParts(step_fn, [w_opt], opt, gen, set_step)
+
+
+def _pti_step_parts(Gt: TriPlaneGenerator, target: torch.Tensor, target_taps: list[torch.Tensor], ws: torch.Tensor,
+                    c: torch.Tensor, perceptual: VGG16Perceptual, cfg: InversionConfig) -> _StepParts:
+    """The PTI step on the (already copied, trainable) generator ``Gt``; nothing changes per step."""
+    params = [p for p in Gt.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, betas=(0.9, 0.999), lr=cfg.pti_lr, capturable=True)
+    gen = torch.Generator(device=target.device)
+
+    def step_fn() -> dict:
+        opt.zero_grad(set_to_none=True)
+        synth = _synth(Gt, ws, c, cfg.neural_rendering_resolution, gen)
+        loss = _pti_loss(perceptual, target, target_taps, synth, cfg)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach(), "image": synth.detach()}
+
+    return _StepParts(step_fn, params, opt, gen, lambda step: None)
+
+
+def _capture(build: Callable[[], _StepParts], name: str, seed: int
+             ) -> tuple[_StepParts, GraphedStep, Callable[[int], tuple[torch.Tensor, torch.Tensor]]]:
+    """Build and capture the step; returns its parts, the GraphedStep and the loop's do_step.
+    Raises GraphCaptureError for any failure (also in the set-up, e.g. a torch whose Adam takes no
+    tensor learning rate), so the caller can fall back to the eager loop."""
+    try:
+        parts = build()
+        parts.set_step(0)  # warm-ups and the check run step 0's inputs
+    except Exception as e:  # noqa: BLE001
+        raise GraphCaptureError(name, "set-up", f"{type(e).__name__}: {e}") from e
+    gs = GraphedStep(name, parts.step_fn, parts.params, parts.optimizer, parts.generator)
+    gs.capture(seed)
+
+    def do_step(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        parts.set_step(step)
+        out = gs.replay()
+        return out["loss"], out["image"]
+
+    return parts, gs, do_step
+
+
+# ---------------------------------------------------------------------------------- W+ projection
 def project_w(G: TriPlaneGenerator, target: torch.Tensor, c: torch.Tensor, perceptual: VGG16Perceptual,
               cfg: InversionConfig = InversionConfig(), progress: Optional[ProgressFn] = None,
-              interrupt: Optional[InterruptFn] = None, step_offset: int = 0, total_steps: Optional[int] = None
-              ) -> tuple[torch.Tensor, list[float], torch.Tensor, float]:
-    """Optimise a W+ code so the generator renders ``target`` [1,3,R,R] (in [-1,1]) from label c."""
+              interrupt: Optional[InterruptFn] = None, step_offset: int = 0, total_steps: Optional[int] = None,
+              info: Optional[dict] = None) -> tuple[torch.Tensor, list[float], torch.Tensor, float]:
+    """Optimise a W+ code so the generator renders ``target`` [1,3,R,R] (in [-1,1]) from label c.
+
+    ``info`` (optional dict) receives how the loop ran: mode "cuda_graph" or "eager", reason, capture_s."""
     dev = target.device
+    info = {} if info is None else info
     G = G.eval().requires_grad_(False)
     w_avg, w_std = w_statistics(G, cfg.w_avg_samples, cfg.seed)
     w_avg = w_avg.repeat(1, G.num_ws, 1)
-    w_opt = w_avg.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([w_opt], betas=(0.9, 0.999), lr=cfg.w_lr)
     with torch.no_grad():
         target_taps = perceptual.taps(target, cfg.perceptual_size)
-    noise_gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 7)
-    losses: list[float] = []
+    noise = _w_noise(cfg, tuple(w_avg.shape), dev)
+    schedule = [_w_schedule(cfg, w_std, step) for step in range(cfg.w_steps)]
     total = total_steps or cfg.w_steps
-    for step in range(cfg.w_steps):
-        _check_interrupt(interrupt)
-        t = step / cfg.w_steps
-        noise_scale = w_std * cfg.noise_factor * max(0.0, 1.0 - t / cfg.noise_ramp) ** 2
-        ramp = min(1.0, (1.0 - t) / cfg.lr_rampdown)
-        ramp = (0.5 - 0.5 * math.cos(ramp * math.pi)) * min(1.0, t / cfg.lr_rampup) if cfg.lr_rampup > 0 else 0.5 - 0.5 * math.cos(ramp * math.pi)
+    what, hint = "PanoHead W+ projection", "lower the learning rate (w_lr)"
+    why = _graph_mode(cfg, dev, cfg.w_steps)
+    info.update(mode="eager", reason=why)
+    if why is None:
+        try:
+            parts, gs, do_step = _capture(lambda: _w_step_parts(G, target, target_taps, c, perceptual, cfg, w_avg, noise, schedule),
+                                          what, _graph_seed(cfg.seed, 0))
+        except GraphCaptureError as e:
+            _fallback(e, info)
+        else:
+            info.update(mode="cuda_graph", reason=None, capture_s=round(gs.capture_s, 3))
+            try:
+                losses = _run_steps(cfg.w_steps, do_step, _LossLog(cfg.w_steps, dev, what, hint), cfg, progress, interrupt,
+                                    step_offset, total)
+            finally:
+                gs.close()
+            return parts.params[0].detach(), losses, w_avg[:, :1].detach(), w_std
+
+    w_opt = w_avg.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([w_opt], betas=(0.9, 0.999), lr=cfg.w_lr)
+
+    def do_step(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lr, noise_scale = schedule[step]
         for g in opt.param_groups:
-            g["lr"] = cfg.w_lr * ramp
-        ws = w_opt + torch.randn(w_opt.shape, generator=noise_gen).to(dev) * noise_scale
+            g["lr"] = lr
+        ws = w_opt + noise[step] * noise_scale
         synth = _render(G, ws, c, cfg.neural_rendering_resolution, cfg.seed, step)
-        perc = perceptual.distance(target_taps, perceptual.taps(synth, cfg.perceptual_size)).mean()
-        mse = (target - synth).square().mean()
-        loss = cfg.mse_weight * mse + perc + cfg.w_reg_weight * (w_opt - w_avg).square().mean()
+        loss = _w_loss(perceptual, target, target_taps, synth, w_opt, w_avg, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
-        if progress is not None:
-            prev = _to_preview(synth) if (step % max(cfg.preview_every, 1) == 0 or step == cfg.w_steps - 1) else None
-            progress(step_offset + step + 1, total, prev)
+        return loss.detach(), synth
+
+    losses = _run_steps(cfg.w_steps, do_step, _LossLog(cfg.w_steps, dev, what, hint), cfg, progress, interrupt, step_offset, total)
     return w_opt.detach(), losses, w_avg[:, :1].detach(), w_std
 
 
+# ---------------------------------------------------------------------------------- pivotal tuning
 def pivotal_tuning(G: TriPlaneGenerator, target: torch.Tensor, ws: torch.Tensor, c: torch.Tensor, perceptual: VGG16Perceptual,
                    cfg: InversionConfig = InversionConfig(), progress: Optional[ProgressFn] = None,
-                   interrupt: Optional[InterruptFn] = None, step_offset: int = 0, total_steps: Optional[int] = None
-                   ) -> tuple[TriPlaneGenerator, list[float]]:
-    """Tune a copy of the generator's weights so the pivot ``ws`` renders ``target`` (PTI)."""
-    Gt = copy.deepcopy(G).train().requires_grad_(True)
-    opt = torch.optim.Adam(Gt.parameters(), betas=(0.9, 0.999), lr=cfg.pti_lr)
+                   interrupt: Optional[InterruptFn] = None, step_offset: int = 0, total_steps: Optional[int] = None,
+                   info: Optional[dict] = None) -> tuple[TriPlaneGenerator, list[float]]:
+    """Tune a copy of the generator's weights so the pivot ``ws`` renders ``target`` (PTI).
+
+    ``info`` (optional dict) receives how the loop ran: mode "cuda_graph" or "eager", reason, capture_s."""
+    dev = target.device
+    info = {} if info is None else info
     with torch.no_grad():
         target_taps = perceptual.taps(target, cfg.perceptual_size)
-    losses: list[float] = []
     total = total_steps or cfg.pti_steps
-    for step in range(cfg.pti_steps):
-        _check_interrupt(interrupt)
+    what, hint = "PanoHead pivotal tuning", "lower the learning rate (pti_lr)"
+    why = _graph_mode(cfg, dev, cfg.pti_steps)
+    info.update(mode="eager", reason=why)
+    if why is None:
+        Gt = copy.deepcopy(G).train().requires_grad_(True)
+        try:
+            _, gs, do_step = _capture(lambda: _pti_step_parts(Gt, target, target_taps, ws, c, perceptual, cfg), what,
+                                      _graph_seed(cfg.seed, 1))
+        except GraphCaptureError as e:
+            _fallback(e, info)
+            del Gt
+        else:
+            info.update(mode="cuda_graph", reason=None, capture_s=round(gs.capture_s, 3))
+            try:
+                losses = _run_steps(cfg.pti_steps, do_step, _LossLog(cfg.pti_steps, dev, what, hint), cfg, progress, interrupt,
+                                    step_offset, total)
+            finally:
+                gs.close()
+            return Gt.eval().requires_grad_(False), losses
+
+    Gt = copy.deepcopy(G).train().requires_grad_(True)
+    opt = torch.optim.Adam(Gt.parameters(), betas=(0.9, 0.999), lr=cfg.pti_lr)
+
+    def do_step(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         synth = _render(Gt, ws, c, cfg.neural_rendering_resolution, cfg.seed + 1, step)
-        loss = cfg.mse_weight * (target - synth).square().mean() + perceptual.distance(target_taps, perceptual.taps(synth, cfg.perceptual_size)).mean()
+        loss = _pti_loss(perceptual, target, target_taps, synth, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
-        if progress is not None:
-            prev = _to_preview(synth) if (step % max(cfg.preview_every, 1) == 0 or step == cfg.pti_steps - 1) else None
-            progress(step_offset + step + 1, total, prev)
+        return loss.detach(), synth
+
+    losses = _run_steps(cfg.pti_steps, do_step, _LossLog(cfg.pti_steps, dev, what, hint), cfg, progress, interrupt, step_offset, total)
     return Gt.eval().requires_grad_(False), losses
 
 
@@ -212,14 +448,16 @@ def _invert(G: TriPlaneGenerator, dev: torch.device, image: torch.Tensor, label:
     old_start = G.rendering_kwargs.get("ray_start")
     if cfg.ray_start is not None:
         G.rendering_kwargs["ray_start"] = cfg.ray_start
+    modes: dict = {"w": {}, "pti": {}}
     try:
         with torch.enable_grad():
-            ws, w_losses, w_avg, w_std = project_w(G, target, c, perceptual, cfg, progress, interrupt, 0, total)
+            ws, w_losses, w_avg, w_std = project_w(G, target, c, perceptual, cfg, progress, interrupt, 0, total, info=modes["w"])
             if not torch.isfinite(ws).all():
                 raise RuntimeError("W+ projection diverged (non-finite latent); lower the learning rate")
-            Gt, pti_losses = pivotal_tuning(G, target, ws, c, perceptual, cfg, progress, interrupt, cfg.w_steps, total)
+            Gt, pti_losses = pivotal_tuning(G, target, ws, c, perceptual, cfg, progress, interrupt, cfg.w_steps, total,
+                                            info=modes["pti"])
     finally:
         G.rendering_kwargs["ray_start"] = old_start
     Gt.rendering_kwargs["ray_start"] = old_start
     return InversionResult(ws=ws, generator=Gt, w_losses=w_losses, pti_losses=pti_losses, w_avg=w_avg, w_std=w_std,
-                           label=c.detach())
+                           label=c.detach(), modes=modes)

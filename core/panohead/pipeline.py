@@ -86,8 +86,11 @@ def run_stage1(portrait: np.ndarray, generator: Optional[TriPlaneGenerator] = No
     views = render_gan_views(G, planes=planes, cameras=cams, resolution=view_resolution, seed=cfg.seed, interrupt=interrupt)
     if progress is not None:
         progress(total, total, None)
-    info = (f"init=panohead: W+ loss {res.w_losses[0]:.4f} -> {res.w_losses[-1]:.4f}, PTI loss "
-            f"{res.pti_losses[0] if res.pti_losses else float('nan'):.4f} -> {res.pti_losses[-1] if res.pti_losses else float('nan'):.4f}; "
+    def _span(losses: list[float]) -> str:
+        return f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "(0 steps)"
+
+    steps_mode = "/".join(res.modes.get(k, {}).get("mode", "eager") for k in ("w", "pti"))
+    info = (f"init=panohead: W+ loss {_span(res.w_losses)}, PTI loss {_span(res.pti_losses)} (steps: {steps_mode}); "
             f"mesh {mesh.vertices.shape[0]} vertices at {mesh_resolution}^3; camera shift "
             f"{tuple(round(float(v), 3) for v in (res.label[0, [3, 7, 11]] - al.label[0, [3, 7, 11]].to(res.label)))}; pose yaw/pitch/roll {tuple(round(a, 1) for a in al.yaw_pitch_roll)}")
     return Stage1Result(mesh, ref_cam, image, views, "panohead", al.landmarks, res.ws,

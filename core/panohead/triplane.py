@@ -29,17 +29,21 @@ def generate_planes() -> torch.Tensor:
 
 
 def sample_from_planes(plane_axes: torch.Tensor, plane_features: torch.Tensor, coordinates: torch.Tensor, box_warp: float,
-                       triplane_depth: int = 1) -> torch.Tensor:
+                       triplane_depth: int = 1, plane_axes_inv: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Trilinear lookup of world points [N,M,3] in the tri-grid [N,3,C*D,H,W] -> [N,3,M,C].
 
     Each of the 3 grids is a thin 3-D volume (depth D): the point, expressed in the plane's axes,
-    indexes (W, H, D) of that volume, as in the release (``grid_sample`` 5-D, zeros outside)."""
+    indexes (W, H, D) of that volume, as in the release (``grid_sample`` 5-D, zeros outside).
+    ``plane_axes_inv``: the inverse of ``plane_axes`` computed once (the renderer keeps it). On CUDA,
+    ``torch.linalg.inv`` checks for singular matrices with a host sync, which would stop the
+    inversion's optimisation step from being captured in a CUDA graph; the values are the same."""
     n, n_planes, cd, h, w = plane_features.shape
     _, m, _ = coordinates.shape
     c, d = cd // triplane_depth, triplane_depth
     feats = plane_features.reshape(n * n_planes, c, d, h, w)
     coords = (2.0 / box_warp) * coordinates
-    inv = torch.linalg.inv(plane_axes.to(coords)).unsqueeze(0).expand(n, -1, -1, -1).reshape(n * n_planes, 3, 3)
+    inv = plane_axes_inv.to(coords) if plane_axes_inv is not None else torch.linalg.inv(plane_axes.to(coords))
+    inv = inv.unsqueeze(0).expand(n, -1, -1, -1).reshape(n * n_planes, 3, 3)
     proj = torch.bmm(coords.unsqueeze(1).expand(-1, n_planes, -1, -1).reshape(n * n_planes, m, 3), inv)
     out = F.grid_sample(feats, proj.reshape(n * n_planes, 1, 1, m, 3).to(feats.dtype), mode="bilinear", padding_mode="zeros",
                         align_corners=False)
@@ -50,7 +54,9 @@ def triplane_crop_mask(xyz: torch.Tensor, thresh: float, box_warp: float, allow_
     """True for samples outside the box shrunk by ``thresh`` on the sides (open at the bottom, for
     the neck); the release forces their density to -1000 so the box walls never render."""
     lim = box_warp / 2 - thresh
-    inside = (xyz[..., [0, 2]].abs() <= lim).all(dim=-1, keepdim=True)
+    # x and z by slices, not xyz[..., [0, 2]]: a list index is copied host-to-device with a sync,
+    # which a CUDA graph capture of the inversion step does not allow (same result)
+    inside = (xyz[..., 0:1].abs() <= lim) & (xyz[..., 2:3].abs() <= lim)
     if allow_bottom:
         inside = inside | ((xyz[..., 1:2] <= -lim) & inside)
     return ~inside
@@ -103,6 +109,36 @@ class RaySampler(torch.nn.Module):
         return origins, dirs
 
 
+class _CumprodNonzero(torch.autograd.Function):
+    """``torch.cumprod`` whose backward is autograd's own formula for inputs without zeros,
+    ``reversed_cumsum(output * grad) / input``, without autograd's host-side check for zeros.
+
+    Autograd's ``cumprod_backward`` first asks ``(input == 0).any().item()`` to choose between that
+    O(n) formula and a slower zero-safe one: a device-to-host sync in every backward pass, which is
+    not allowed inside a CUDA graph capture. The ray marcher's transmittance factors are
+    ``1 - alpha + 1e-10`` with ``alpha = 1 - exp(-x)``, ``x >= 0``, so they are never zero and autograd
+    always takes the first formula: this is the same arithmetic, op for op."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:  # type: ignore[override]
+        out = torch.cumprod(x, dim)
+        ctx.save_for_backward(x, out)
+        ctx.dim = dim
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        x, out = ctx.saved_tensors
+        d = ctx.dim
+        w = out * grad
+        return w.flip(d).cumsum(d).flip(d).div(x), None
+
+
+def cumprod_nonzero(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """cumprod along ``dim`` for inputs known to have no zeros (see :class:`_CumprodNonzero`)."""
+    return _CumprodNonzero.apply(x, dim)
+
+
 class MipRayMarcher2(torch.nn.Module):
     """Alpha compositing at interval mid-points with softplus(sigma - 1) densities (EG3D)."""
 
@@ -117,7 +153,7 @@ class MipRayMarcher2(torch.nn.Module):
         densities_mid = F.softplus(densities_mid - 1)
         alpha = 1 - torch.exp(-densities_mid * deltas)
         alpha_shifted = torch.cat([torch.ones_like(alpha[:, :, :1]), 1 - alpha + 1e-10], -2)
-        weights = alpha * torch.cumprod(alpha_shifted, -2)[:, :, :-1]
+        weights = alpha * cumprod_nonzero(alpha_shifted, -2)[:, :, :-1]
         rgb = torch.sum(weights * colors_mid, -2)
         wsum = weights.sum(2)
         depth = torch.nan_to_num(torch.sum(weights * depths_mid, -2) / wsum, float("inf"))
@@ -134,10 +170,23 @@ class ImportanceRenderer(torch.nn.Module):
         super().__init__()
         self.ray_marcher = MipRayMarcher2()
         self.plane_axes = generate_planes()  # plain attribute in the release: not in the state dict
+        # inverted once here (on the CPU, exact for these axis permutations), not on every lookup
+        self.plane_axes_inv = torch.linalg.inv(self.plane_axes)
+
+    def _axes_to(self, device: torch.device) -> None:
+        if self.plane_axes.device != device:
+            self.plane_axes = self.plane_axes.to(device)
+        inv = getattr(self, "plane_axes_inv", None)  # absent on renderers unpickled from before it existed
+        if inv is None:
+            inv = torch.linalg.inv(self.plane_axes.cpu())
+        if inv.device != device:
+            inv = inv.to(device)
+        self.plane_axes_inv = inv
 
     def run_model(self, planes, decoder, coords, dirs, options) -> dict[str, torch.Tensor]:
+        self._axes_to(coords.device)
         feats = sample_from_planes(self.plane_axes, planes, coords, box_warp=options["box_warp"],
-                                   triplane_depth=options.get("triplane_depth", 1))
+                                   triplane_depth=options.get("triplane_depth", 1), plane_axes_inv=self.plane_axes_inv)
         out = decoder(feats, dirs)
         out["xyz"] = coords
         return out
@@ -209,7 +258,7 @@ class ImportanceRenderer(torch.nn.Module):
     def forward(self, planes, decoder, origins, dirs, options: dict, triplane_crop: float = 0.1, with_normals: bool = False,
                 generator: Optional[torch.Generator] = None):
         """Returns (features [N,R,C(+3 normals)], depth [N,R,1], weight sum [N,R,1])."""
-        self.plane_axes = self.plane_axes.to(origins.device)
+        self._axes_to(origins.device)
         depths_c = self.sample_stratified(origins, options["ray_start"], options["ray_end"], options["depth_resolution"], generator)
         feats_c, sig_c = self._eval(planes, decoder, origins, dirs, depths_c, options, triplane_crop, with_normals)
         n_imp = options.get("depth_resolution_importance", 0)
