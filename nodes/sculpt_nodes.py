@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from ..core.sculpt import RandomViewRanges, SculptConfig, preview_cameras, render_previews, sculpt
 from .common import progress_callbacks
+from .vram import check_mode, stage, vram_mode_input
 from .types import GAN_VIEWS, HEAD_MESH, ISD_GUIDANCE, REFERENCE_GEOMETRY
 
 
@@ -73,6 +74,7 @@ class DMTetSculpt(io.ComfyNode):
                                tooltip="Laplacian smoothing weight at the end, linear ramp (authors: 1.5e5)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the view sampling (and of the guidance noise when it has no own seed)."),
+                vram_mode_input(),
             ],
             outputs=[
                 HEAD_MESH.Output(display_name="head_mesh"),
@@ -85,10 +87,14 @@ class DMTetSculpt(io.ComfyNode):
                 grid_resolution: int = 256, lr: float = 0.005, render_resolution: int = 512, guidance_views: int = 1,
                 guidance_weight: float = 1.0, ref_normal_weight: float = 10000.0, ref_depth_weight: float = 100.0,
                 ref_mask_weight: float = 100.0, normal_consistency_start: float = 500.0, normal_consistency_end: float = 10000.0,
-                laplacian_start: float = 1e5, laplacian_end: float = 1.5e5, seed: int = 0) -> io.NodeOutput:
+                laplacian_start: float = 1e5, laplacian_end: float = 1.5e5, seed: int = 0,
+                vram_mode: str = "offload") -> io.NodeOutput:
         import comfy.model_management as mm
 
         device = mm.get_torch_device()
+        if check_mode(vram_mode) == "low_vram" and guidance_views > 1:
+            print(f"[IDSculpt] DMTet Sculpt: vram_mode low_vram runs one guidance view per step (asked: {guidance_views})")
+            guidance_views = 1
         cfg = SculptConfig(
             steps=steps, gan_steps=gan_steps, grid_resolution=grid_resolution, lr=lr, guidance_batch=guidance_views,
             lambda_guidance=guidance_weight, lambda_ref_normal=ref_normal_weight, lambda_ref_depth=ref_depth_weight,
@@ -98,12 +104,20 @@ class DMTetSculpt(io.ComfyNode):
             views=RandomViewRanges(resolution=render_resolution),
         )
         progress, interrupt = progress_callbacks(steps)
-        with torch.inference_mode(False), torch.enable_grad():
-            mesh = _fresh(head_mesh).to(device)
-            result = sculpt(mesh, _fresh(gan_views), _fresh(reference_geometry), guidance, cfg, progress=progress,
-                            interrupt=interrupt, device=device)
-            m = result.mesh_normalized.to(device)
-            previews = render_previews(m.vertices, m.faces, preview_cameras(8, 512).to(device))
+        predictor = getattr(guidance, "predictor", None)
+        graphs_before = getattr(predictor, "cuda_graphs", None)
+        if graphs_before is not None and vram_mode == "low_vram":
+            predictor.cuda_graphs = False  # graph memory pools stay reserved for the whole run
+        try:
+            with stage("DMTet Sculpt", vram_mode), torch.inference_mode(False), torch.enable_grad():
+                mesh = _fresh(head_mesh).to(device)
+                result = sculpt(mesh, _fresh(gan_views), _fresh(reference_geometry), guidance, cfg, progress=progress,
+                                interrupt=interrupt, device=device)
+                m = result.mesh_normalized.to(device)
+                previews = render_previews(m.vertices, m.faces, preview_cameras(8, 512).to(device))
+        finally:
+            if graphs_before is not None:
+                predictor.cuda_graphs = graphs_before  # the guidance object is ComfyUI's cached node output
         return io.NodeOutput(result.mesh, previews)
 
 

@@ -19,7 +19,7 @@ What it writes (keys = core/models.py table keys; file names = the table's canon
   torch pickle, the public layout; hidden widths match the UNet written here).
 * insightface ``buffalo_l``: det_10g.onnx (planted SCRFD detector: one face, centred) and
   w600k_r50.onnx (random ArcFace-shaped recogniser), from tests/tiny_insightface.py.
-* PanoHead: a tiny TriPlaneGenerator as a release-format pickle (``easy-khair-...pkl``, written by
+* PanoHead: a TriPlaneGenerator as a release-format pickle (``easy-khair-...pkl``, written by
   tests/panohead_fixtures.py; converted to .safetensors + .json on first load) -- random weights,
   its density is not a head.
 * VGG16: torchvision ``features.N.*`` layout (vgg16-397923af.pth).
@@ -232,15 +232,19 @@ def write_insightface(root: str, seed: int) -> str:
 PICKLE_MODULE_SRC = "raise RuntimeError('IDSculpt test stand-in: code stored in a PanoHead pickle must never run')\n"
 
 
-def write_panohead(path: str, seed: int) -> str:
-    """A tiny TriPlaneGenerator as a release-format pickle (``easy-khair-...pkl``: persistence objects
+def write_panohead(path: str, seed: int, size: str = "small") -> str:
+    """A TriPlaneGenerator as a release-format pickle (``easy-khair-...pkl``: persistence objects
     carrying module source, tests/panohead_fixtures.py), which core.panohead.checkpoint converts
-    to .safetensors + .json beside it on first load, like the real release."""
+    to .safetensors + .json beside it on first load, like the real release. ``full``: the release's
+    configuration (53.7 M parameters, for GPU timing); ``small``: the tiny test configuration."""
     _ensure_pack()
-    from idsculpt.core.panohead.triplane import tiny_config
-    from panohead_fixtures import dump_release_pickle, tiny_generator
+    from idsculpt.core.panohead.triplane import release_config, tiny_config
+    from panohead_fixtures import dump_release_pickle, stand_in_generator, tiny_generator
 
-    blob = dump_release_pickle(tiny_generator(seed), tiny_config(), PICKLE_MODULE_SRC)
+    if size == "full":
+        blob = dump_release_pickle(stand_in_generator(release_config(), seed), release_config(), PICKLE_MODULE_SRC)
+    else:
+        blob = dump_release_pickle(tiny_generator(seed), tiny_config(), PICKLE_MODULE_SRC)
 
     def write(obj, p, metadata=None):
         with open(p, "wb") as fh:
@@ -361,7 +365,7 @@ def build(models_dir: str, keys=DEFAULT_KEYS, size: str = "full", seed: int = 0,
         elif key == "insightface":
             write_insightface(os.path.join(models_dir, "insightface"), s)
         elif key == "panohead":
-            write_panohead(path, s)
+            write_panohead(path, s, size)
         elif key == "vgg16":
             write_vgg16(path, s)
         elif key == "realesrgan_x2":

@@ -18,9 +18,15 @@ SIGMA_SCALE = 100.0  # planted sigma = 100 (1 - q) - 10 inside the box, q = sum 
 
 
 def tiny_generator(seed: int = 0, **kw) -> TriPlaneGenerator:
-    torch.manual_seed(seed)
-    g = TriPlaneGenerator(**tiny_config(**kw))
+    g = stand_in_generator(tiny_config(**kw), seed)
     g.neural_rendering_resolution = 32
+    return g
+
+
+def stand_in_generator(config: dict, seed: int = 0) -> TriPlaneGenerator:
+    """A random-weight generator of ``config`` made usable as a stand-in (any size, e.g. release_config())."""
+    torch.manual_seed(seed)
+    g = TriPlaneGenerator(**config)
     with torch.no_grad():  # non-zero noise strengths so the const-noise path matters
         for n, p in g.named_parameters():
             if n.endswith("noise_strength"):

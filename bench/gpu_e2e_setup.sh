@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Prepare the offline GPU machine for bench/bench_pipeline.py (a ComfyUI server run of the workflows).
+# Usage, from the repo root on the device, in two back-to-back calls (one call carries at most 64 MiB):
+#   call 1 (carry .wheels_extra): source bench/gpu_e2e_setup.sh   -> mediapipe, matplotlib, onnx, protobuf 6
+#   call 2 (carry .wheels .comfy .e2e): source bench/gpu_e2e_setup.sh  -> ComfyUI's wheels, kornia, the
+#          InsightFace stand-in (onnx export needs onnx, so it is built on the CPU machine and carried)
+# Installs persist while the machine stays held.
+if [ -d .wheels_extra ]; then
+  python -m pip install -q --no-index --no-deps --force-reinstall .wheels_extra/*.whl 2>&1 | grep -v -i warn || true
+fi
+if [ -d .wheels ]; then
+  source bench/gpu_env.sh
+fi
+if [ -d .e2e ]; then
+  ls .e2e/*.whl >/dev/null 2>&1 && { python -m pip install -q --no-index --no-deps .e2e/*.whl 2>&1 | grep -v -i warn || true; }
+  if [ -d .e2e/insightface ]; then
+    mkdir -p /tmp/e2e/models/insightface && cp -r .e2e/insightface/* /tmp/e2e/models/insightface/
+  fi
+fi
+export COMFYUI_PATH="${COMFYUI_PATH:-$PWD/.comfy/ComfyUI}" PYTHONUNBUFFERED=1
+python - <<'PY'
+import importlib
+for m in ("mediapipe", "matplotlib", "onnx", "insightface", "kornia", "torchsde", "av", "nvdiffrast"):
+    try:
+        importlib.import_module(m)
+        print("have", m, end="; ")
+    except Exception as e:  # noqa: BLE001
+        print("MISSING", m, type(e).__name__, end="; ")
+print()
+PY

@@ -1,0 +1,110 @@
+"""GPU memory between the pipeline's stages: offloading, the low-VRAM mode, and per-stage peaks.
+
+ComfyUI keeps every model it loaded on the GPU until memory runs short. On a big card a whole
+ID-Sculpt run therefore ends up holding the reference-geometry checkpoints, the ISD model, the
+ControlNets and the texture checkpoint at once, and the run's peak is their sum plus the stage's
+work. Each heavy IDSculpt node runs inside ``stage()``, which first asks ComfyUI's model management
+to unload the models other nodes left loaded (``free_memory``; they go back to RAM and reload in
+well under a second when needed), so the peak is one stage's worth. ``vram_mode``:
+
+- ``offload`` (default): unload the other stages' models first; CUDA graphs allowed.
+- ``keep_loaded``: leave ComfyUI's cache as it is (fastest re-runs on a big card).
+- ``low_vram``: ``offload`` plus the stage's own memory-saving settings (one view per ISD step,
+  no CUDA graph memory pools, ...), for cards with ~8 GB. Combine with ComfyUI's ``--lowvram``
+  on smaller cards still, which loads models partly.
+
+``IDSCULPT_VRAM_CAP_GIB=8`` in ComfyUI's environment caps PyTorch's allocations in that process
+(``torch.cuda.set_per_process_memory_fraction``) to check that a run fits a smaller card.
+
+Every stage logs its peak (``torch.cuda.max_memory_allocated`` from the stage's start) and, when
+the ``IDSCULPT_VRAM_LOG`` environment variable names a file, appends a JSON line there (used by
+bench/bench_pipeline.py). Peaks count PyTorch's allocations only (not onnxruntime's, e.g. InsightFace).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from typing import Iterator
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management as mm
+
+log = logging.getLogger("IDSculpt")
+
+VRAM_MODES = ["offload", "keep_loaded", "low_vram"]
+LOG_ENV = "IDSCULPT_VRAM_LOG"
+CAP_ENV = "IDSCULPT_VRAM_CAP_GIB"
+
+
+def apply_vram_cap() -> None:
+    """Cap this process's PyTorch CUDA allocations at ``$IDSCULPT_VRAM_CAP_GIB`` (no-op when unset)."""
+    cap = os.environ.get(CAP_ENV)
+    if not cap or not torch.cuda.is_available():
+        return
+    try:
+        gib = float(cap)
+    except ValueError:
+        log.warning("IDSculpt: %s=%r is not a number of GiB; no cap", CAP_ENV, cap)
+        return
+    dev = mm.get_torch_device()
+    total = torch.cuda.get_device_properties(dev).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), dev)
+    log.info("IDSculpt: PyTorch allocations capped at %.1f GiB (%s)", gib, CAP_ENV)
+
+
+def vram_mode_input() -> io.Combo.Input:
+    return io.Combo.Input("vram_mode", options=VRAM_MODES, default="offload", optional=True,
+                          tooltip="offload: unload models other nodes left on the GPU before this stage, so the run's peak "
+                                  "is one stage's worth (default). keep_loaded: leave them (fastest re-runs on big cards). "
+                                  "low_vram: offload + this stage's memory-saving settings, for ~8 GB cards.")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in VRAM_MODES:
+        raise ValueError(f"vram_mode must be one of {VRAM_MODES}, got {mode!r}")
+    return mode
+
+
+def _mib(n: int) -> float:
+    return round(n / 2**20, 1)
+
+
+@contextlib.contextmanager
+def stage(name: str, mode: str = "offload") -> Iterator[dict]:
+    """Run a heavy stage: offload other models first (unless ``keep_loaded``), record the peak."""
+    check_mode(mode)
+    dev = mm.get_torch_device()
+    cuda = getattr(dev, "type", "") == "cuda"
+    record: dict = {"stage": name, "vram_mode": mode}
+    if cuda:
+        record["peak_before_mib"] = _mib(torch.cuda.max_memory_allocated(dev))  # since the previous stage (other nodes)
+        if mode != "keep_loaded":
+            unloaded = mm.free_memory(1e30, dev)
+            record["unloaded_models"] = len(unloaded)
+        torch.cuda.reset_peak_memory_stats(dev)
+        record["start_mib"] = _mib(torch.cuda.memory_allocated(dev))
+    t0 = time.perf_counter()
+    try:
+        yield record
+    finally:
+        record["seconds"] = round(time.perf_counter() - t0, 2)
+        if cuda:
+            record["peak_mib"] = _mib(torch.cuda.max_memory_allocated(dev))
+            record["end_mib"] = _mib(torch.cuda.memory_allocated(dev))
+            log.info("IDSculpt %s: peak VRAM %.0f MiB (%s, %.1f s)", name, record["peak_mib"], mode, record["seconds"])
+            torch.cuda.reset_peak_memory_stats(dev)  # the next window starts here
+        path = os.environ.get(LOG_ENV)
+        if path:
+            try:
+                with open(path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(record) + "\n")
+            except OSError as e:
+                log.warning("IDSculpt: cannot append to %s=%s: %s", LOG_ENV, path, e)
+
+
+apply_vram_cap()

@@ -1,0 +1,48 @@
+"""nodes/vram.py in a real ComfyUI (in-process, CPU): the stage record, the mode check, the node inputs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.comfy
+
+STAGE_NODES = ("IDSculptPanoHeadInvert", "IDSculptDMTetSculpt", "IDSculptProgressiveInpaint", "IDSculptTextureRefine")
+
+
+def test_stage_writes_one_json_line_per_stage(comfy_inprocess, tmp_path, monkeypatch) -> None:
+    from idsculpt.nodes import vram
+
+    path = tmp_path / "stages.jsonl"
+    monkeypatch.setenv(vram.LOG_ENV, str(path))
+    with vram.stage("A", "offload") as rec:
+        rec["extra"] = 1
+    with pytest.raises(RuntimeError, match="boom"):
+        with vram.stage("B", "keep_loaded"):
+            raise RuntimeError("boom")  # a failing stage is still recorded
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r["stage"] for r in lines] == ["A", "B"]
+    assert lines[0]["vram_mode"] == "offload" and lines[0]["extra"] == 1 and lines[0]["seconds"] >= 0
+    with pytest.raises(ValueError, match="vram_mode must be one of"):
+        with vram.stage("C", "tiny"):
+            pass
+
+
+def test_vram_cap_is_a_no_op_without_cuda_or_env(comfy_inprocess, monkeypatch) -> None:
+    from idsculpt.nodes import vram
+
+    monkeypatch.setenv(vram.CAP_ENV, "8")
+    vram.apply_vram_cap()  # CPU: nothing to cap, no error
+    monkeypatch.setenv(vram.CAP_ENV, "eight")
+    vram.apply_vram_cap()
+
+
+def test_stage_nodes_offer_vram_mode(comfy_inprocess) -> None:
+    from idsculpt.nodes.vram import VRAM_MODES
+
+    nodes = comfy_inprocess.load_pack_nodes()
+    for nid in STAGE_NODES:
+        schema = nodes[nid].GET_SCHEMA()
+        inp = {i.id: i for i in schema.inputs}
+        assert "vram_mode" in inp, nid
+        assert list(inp["vram_mode"].options) == VRAM_MODES and inp["vram_mode"].default == "offload"
