@@ -198,3 +198,21 @@ class HeadMesh:
         except Exception as exc:  # trimesh raises many types for broken files
             raise ValueError(f"could not read mesh file {path}: {exc}") from exc
         return HeadMesh.from_trimesh(tm)
+
+
+def decimate(mesh: HeadMesh, max_faces: int) -> HeadMesh:
+    """Quadric decimation (geometry only) to at most about ``max_faces`` faces; the mesh itself when it
+    is already that small. Used where a dense mesh only needs its shape: UV unwrapping (xatlas time grows
+    quickly with faces) and the landmarks' occlusion test."""
+    m = mesh.faces.shape[0]
+    if m <= max_faces:
+        return mesh
+    import fast_simplification
+
+    v = mesh.vertices.detach().cpu().numpy().astype(np.float32)
+    f = mesh.faces.detach().cpu().numpy().astype(np.int64)
+    reduction = 1.0 - float(max_faces) / m
+    v2, f2 = fast_simplification.simplify(v, f, target_reduction=reduction)
+    if len(f2) == 0:
+        raise RuntimeError(f"decimating a {m}-face mesh to {max_faces} faces left nothing: raise max_faces")
+    return HeadMesh(torch.from_numpy(np.ascontiguousarray(v2, dtype=np.float32)), torch.from_numpy(np.ascontiguousarray(f2, dtype=np.int64)))

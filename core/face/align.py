@@ -31,10 +31,12 @@ from typing import Any
 import torch
 
 from ..camera import Cameras
-from ..mesh import HeadMesh
+from ..mesh import HeadMesh, decimate
 from .landmark_image import camera_azimuth, draw_landmark_images
 from .landmarks import KEYPOINTS_7, FaceLandmarks2D, mesh_triangles, self_occluded
 
+#: faces kept for the landmarks' occlusion test (the head decimated to this; see align_landmarks_to_mesh)
+OCCLUDER_MAX_FACES = 50_000
 _CHUNK_ELEMENTS = 4_000_000  # rays x triangles per chunk: bounds the temporary memory (~50 MB)
 
 
@@ -291,6 +293,9 @@ class FaceLandmarks3D:
     fit: dict[str, Any] = field(default_factory=dict)
     log: str = ""
     portrait_landmarks: FaceLandmarks2D | None = None  # the 2D detection this came from
+    # the occluder on each device it was used on: ISD draws landmarks every guidance step on the GPU,
+    # and copying the mesh there each time cost more than the test itself
+    _occluder_on: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def to(self, device: torch.device | str) -> "FaceLandmarks3D":
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
@@ -318,10 +323,16 @@ class FaceLandmarks3D:
         to_cam = cameras.position[:, None] - pts[None]
         if self.normals is not None:
             vis &= (self.normals.to(dev)[None] * to_cam).sum(-1) > 0
-        verts = mesh.vertices if mesh is not None else self.mesh_vertices
-        faces = mesh.faces if mesh is not None else self.mesh_faces
+        if mesh is not None:
+            verts, faces = mesh.vertices.to(dev), mesh.faces.to(dev)
+        elif self.mesh_vertices is not None and self.mesh_faces is not None:
+            key = str(dev)
+            if key not in self._occluder_on:
+                self._occluder_on[key] = (self.mesh_vertices.to(dev), self.mesh_faces.to(dev))
+            verts, faces = self._occluder_on[key]
+        else:
+            verts = faces = None
         if occlusion and verts is not None and faces is not None:
-            verts, faces = verts.to(dev), faces.to(dev)
             tol = tolerance if tolerance is not None else 0.02 * float((verts.max(0).values - verts.min(0).values).norm())
             for b in range(len(cameras)):
                 o = cameras.position[b][None].expand_as(pts)
@@ -471,5 +482,8 @@ def align_landmarks_to_mesh(
         f"keypoint RMS {rms:.4f} ({100 * fit['keypoint_rms_relative']:.1f}% of the keypoint spread); "
         f"{int(snapped.sum())}/{pts.shape[0]} landmarks snapped to the surface, {int(hidden.sum())} hidden in the portrait"
     )
-    return FaceLandmarks3D(points=pts, connections=landmarks.connections, normals=normals, mesh_vertices=verts,
-                           mesh_faces=faces, reference_camera=cam, fit=fit, log=msg, portrait_landmarks=landmarks)
+    # the occlusion test only needs the head's shape, within its tolerance (2% of the head's size): a
+    # PanoHead mesh has ~2 M faces, and the test runs at every ISD step
+    occluder = decimate(HeadMesh(verts, faces), OCCLUDER_MAX_FACES)
+    return FaceLandmarks3D(points=pts, connections=landmarks.connections, normals=normals, mesh_vertices=occluder.vertices,
+                           mesh_faces=occluder.faces, reference_camera=cam, fit=fit, log=msg, portrait_landmarks=landmarks)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..mesh import HeadMesh
+from ..mesh import HeadMesh, decimate
 
 ALLOWED_TEXTURE_SIZES = (256, 512, 1024, 2048)
 
@@ -41,22 +41,6 @@ def check_texture_size(texture_size: int) -> int:
     if int(texture_size) not in ALLOWED_TEXTURE_SIZES:
         raise ValueError(f"texture size {texture_size} is not supported: use one of {ALLOWED_TEXTURE_SIZES} (1024 is the default, 2048 for close-ups)")
     return int(texture_size)
-
-
-def decimate(mesh: HeadMesh, max_faces: int) -> HeadMesh:
-    """Quadric decimation to at most about ``max_faces`` faces (returns the mesh unchanged if smaller)."""
-    m = mesh.faces.shape[0]
-    if m <= max_faces:
-        return mesh
-    import fast_simplification
-
-    v = mesh.vertices.detach().cpu().numpy().astype(np.float32)
-    f = mesh.faces.detach().cpu().numpy().astype(np.int64)
-    reduction = 1.0 - float(max_faces) / m
-    v2, f2 = fast_simplification.simplify(v, f, target_reduction=reduction)
-    if len(f2) == 0:
-        raise RuntimeError(f"decimating a {m}-face mesh to {max_faces} faces left nothing: raise max_faces")
-    return HeadMesh(torch.from_numpy(np.ascontiguousarray(v2, dtype=np.float32)), torch.from_numpy(np.ascontiguousarray(f2, dtype=np.int64)))
 
 
 def unwrap_uv(mesh: HeadMesh, texture_size: int = 1024, max_faces: int = 100_000, padding: int | None = None,
