@@ -247,3 +247,33 @@ def test_dmtet_sculpt_node_in_comfyui(comfy_inprocess, target, sphere):
     assert preview.shape == (8, 512, 512, 3) and 0 <= float(preview.min()) and float(preview.max()) <= 1
     # The result is in the input frame: about where the sphere was.
     assert abs(float(mesh.vertices.norm(dim=-1).mean()) - SPHERE_R) < 0.15
+
+
+class _StubGuidance:
+    """Records each guidance call's view count; has a predictor whose cuda_graphs flag low_vram overrides."""
+
+    def __init__(self) -> None:
+        self.views: list[int] = []
+        self.graphs_seen: list[bool] = []
+        self.predictor = type("P", (), {"cuda_graphs": True})()
+
+    def __call__(self, images, cameras, **kw):
+        self.views.append(int(images.shape[0]))
+        self.graphs_seen.append(self.predictor.cuda_graphs)
+        return (images * 0.0).sum()
+
+
+@pytest.mark.comfy
+def test_sculpt_node_low_vram_mode_takes_one_view_and_no_graphs(comfy_inprocess, target, sphere):
+    node = comfy_inprocess.load_pack_nodes()["IDSculptDMTetSculpt"]
+    with torch.inference_mode():
+        ref = reference_of(target, 32)
+    stub = _StubGuidance()
+    comfy_inprocess.run_node(node, head_mesh=sphere, reference_geometry=ref, guidance=stub, steps=4, gan_steps=0,
+                             grid_resolution=32, lr=0.01, render_resolution=64, guidance_views=3, seed=0, vram_mode="low_vram")
+    assert stub.views and set(stub.views) == {1} and not any(stub.graphs_seen)
+    assert stub.predictor.cuda_graphs is True  # the guidance is ComfyUI's cached output of another node: restored
+    stub2 = _StubGuidance()
+    comfy_inprocess.run_node(node, head_mesh=sphere, reference_geometry=ref, guidance=stub2, steps=4, gan_steps=0,
+                             grid_resolution=32, lr=0.01, render_resolution=64, guidance_views=3, seed=0)
+    assert set(stub2.views) == {3} and all(stub2.graphs_seen)  # offload (default): as asked
