@@ -3,9 +3,13 @@
 ``HarnessProgressLoop`` drives the pack's own progress/interrupt adapter (nodes/common.py) inside a
 real ComfyUI: a slow loop that reports progress with a live preview every step, so tests can check
 that previews are accepted by the server's progress hook and that ``POST /interrupt`` stops a
-running IDSculpt-style loop promptly. Its id has no "IDSculpt" prefix: it is not part of the pack.
+running IDSculpt-style loop promptly. ``HarnessLiveObjects`` counts the live Python objects of
+the pack's classes (and the tensors they could hold) so a test can check what survives a run and
+``POST /free``. Ids have no "IDSculpt" prefix: they are not part of the pack.
 """
+import gc
 import importlib
+import json
 import sys
 import time
 
@@ -43,4 +47,33 @@ class HarnessProgressLoop:
         return {"ui": {"text": [f"{done}/{steps}"]}, "result": (done,)}
 
 
-NODE_CLASS_MAPPINGS = {"HarnessProgressLoop": HarnessProgressLoop}
+class HarnessLiveObjects:
+    """Output node: JSON {class name: live instances} for every class defined in the pack's modules."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"nonce": ("INT", {"default": 0, "min": 0, "max": 1 << 30})},
+                "optional": {"after": ("*", {"tooltip": "any output: makes this node run after that one"})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types=None, **kw):
+        return True  # "after" accepts any type
+
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def run(self, nonce, after=None):
+        gc.collect()
+        counts: dict = {}
+        for obj in gc.get_objects():
+            mod = getattr(type(obj), "__module__", None)
+            if isinstance(mod, str) and "ComfyUI-IDSculpt" in mod.replace(chr(92), "/"):
+                name = type(obj).__qualname__
+                counts[name] = counts.get(name, 0) + 1
+        text = json.dumps(counts, sort_keys=True)
+        return {"ui": {"text": [text]}, "result": (text,)}
+
+
+NODE_CLASS_MAPPINGS = {"HarnessProgressLoop": HarnessProgressLoop, "HarnessLiveObjects": HarnessLiveObjects}

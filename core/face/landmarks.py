@@ -20,9 +20,12 @@ units of the image width; we multiply it by the width so the three axes share a 
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import os
+import sys
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +52,41 @@ _LEGACY_NAMES = {g: f"FACEMESH_{g.upper()}" for g in CONNECTION_GROUPS}
 _TASKS_NAMES = {g: f"FACE_LANDMARKS_{g.upper()}" for g in CONNECTION_GROUPS}
 
 
+_MEDIAPIPE: Any = None
+
+
+def import_mediapipe(*submodules: str) -> Any:
+    """``mediapipe`` (and the given submodules), imported on a fresh thread the first time.
+
+    Why: importing mediapipe keeps the importing call stack alive for the life of the process (an
+    exception raised and stored during its import -- protobuf's "no attribute 'GetPrototype'" -- holds
+    the traceback). Imported inside a node, that kept the node's frame, with its inputs and outputs
+    (a PanoHead model, the head mesh, the GAN views), alive after ComfyUI's /free
+    (tests/test_e2e_release.py). A new thread's stack has none of our frames.
+    Raises the import's own ImportError (or other error) when mediapipe is missing or broken.
+    """
+    global _MEDIAPIPE
+    names = ("mediapipe", *("mediapipe." + m for m in submodules))
+    if _MEDIAPIPE is not None and all(n in sys.modules for n in names):
+        return _MEDIAPIPE
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            for n in names:
+                box[n] = importlib.import_module(n)
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=work, name="idsculpt-import-mediapipe", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    _MEDIAPIPE = box["mediapipe"]
+    return _MEDIAPIPE
+
+
 def _mediapipe_dir() -> str | None:
     spec = importlib.util.find_spec("mediapipe")
     if spec is None or not spec.submodule_search_locations:
@@ -72,6 +110,7 @@ def mediapipe_connections() -> dict[str, Any]:
             out["source"] = path
             return out
         try:
+            import_mediapipe("tasks.python.vision.face_landmarker")
             from mediapipe.tasks.python.vision.face_landmarker import FaceLandmarksConnections as C
 
             out = {g: sorted((c.start, c.end) for c in getattr(C, n)) for g, n in _TASKS_NAMES.items()}
@@ -189,7 +228,7 @@ def _find_task_file(model_path: str | None) -> str | None:
 
 def _run_legacy(rgb: np.ndarray, max_faces: int) -> list[np.ndarray]:
     try:
-        import mediapipe as mp  # noqa: F401  (runs mediapipe/__init__, which needs matplotlib)
+        import_mediapipe("python.solutions.face_mesh")  # mediapipe/__init__ needs matplotlib
         from mediapipe.python.solutions import face_mesh
     except ModuleNotFoundError as e:
         raise ImportError(f"mediapipe legacy solutions unavailable ({e}); `pip install {e.name}` if it is missing") from e
@@ -203,7 +242,7 @@ def _run_legacy(rgb: np.ndarray, max_faces: int) -> list[np.ndarray]:
 
 
 def _run_tasks(rgb: np.ndarray, max_faces: int, task_file: str) -> list[np.ndarray]:
-    import mediapipe as mp
+    mp = import_mediapipe("tasks.python", "tasks.python.vision")
     from mediapipe.tasks.python import BaseOptions
     from mediapipe.tasks.python import vision
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..camera import EG3D_FOCAL, EG3D_RADIUS, Cameras
+from ..face.landmarks import import_mediapipe
 
 # MediaPipe indices standing in for dlib-68 points used by PanoHead
 MP_EYE_IMG_LEFT = (33, 160, 158, 133, 153, 144)  # dlib 36-41 (subject's right eye, image left)
@@ -68,7 +69,7 @@ def detect_landmarks(image: np.ndarray) -> np.ndarray:
     """MediaPipe FaceMesh (refined, 478 points) of the largest face: [478,3] pixels (x, y, z·width)."""
     global _FACE_MESH
     try:
-        import mediapipe as mp
+        mp = import_mediapipe("python.solutions.face_mesh")
     except ImportError as e:  # pragma: no cover - depends on the install
         raise RuntimeError("PanoHead alignment needs mediapipe<=0.10.21 (FaceMesh ships inside that wheel)") from e
     if image.dtype != np.uint8:
