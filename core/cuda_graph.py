@@ -134,10 +134,6 @@ class GraphedCall:
         self._seen.clear()
         self._failed.clear()
 
-    @property
-    def graph_count(self) -> int:
-        return len(self._graphs)
-
     # -- internals ------------------------------------------------------------------------------
     def _eager(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
         self.eager_calls += 1

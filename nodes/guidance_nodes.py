@@ -36,7 +36,7 @@ import comfy.sampler_helpers
 import comfy.samplers
 
 from ..core.guidance import ISDConfig, ISDGuidance, NoisePrediction, ViewBatch, view_direction
-from .cuda_graphs import DiffusionGraphs
+from .cuda_graphs import DiffusionGraphs, cuda_graphs_input
 from .id_adapter_nodes import ID_ENABLED_KEY, ID_MASK_KEY, IDAttentionPatch
 
 log = logging.getLogger("IDSculpt")
@@ -203,7 +203,7 @@ class ComfyNoisePredictor:
         comfy.samplers.cast_to_load_options(model_options, device=model.load_device, dtype=model.model_dtype())
         model.pre_run()
         # UNet + ControlNet replayed from CUDA graphs: the CFG-batch-2 calls are launch-bound
-        graphs = DiffusionGraphs(model, self.control_net, enabled=self.cuda_graphs and model.load_device.type == "cuda")
+        graphs = DiffusionGraphs(model, self.control_net, enabled=self.cuda_graphs)
         graphs.add_to(model_options)
         control_patch = graphs.control_patched()
         control_patch.__enter__()
@@ -400,10 +400,7 @@ class ISDGuidanceNode(io.ComfyNode):
                                       tooltip="View-dependent prompt for back views (|azimuth| > 135°), e.g. + ', back view'. Unconnected: positive."),
                 io.Conditioning.Input("positive_overhead", optional=True,
                                       tooltip="View-dependent prompt for views from above (elevation > 60°), e.g. + ', overhead view'. Unconnected: positive."),
-                io.Boolean.Input("cuda_graphs", default=True, optional=True,
-                                 tooltip="Replay the UNet and ControlNet calls from CUDA graphs (same results, several times "
-                                         "faster per step on a GPU; a few hundred MB more VRAM). Off: plain eager calls. "
-                                         "Ignored on CPU and when ComfyUI loads the model only partly (low VRAM)."),
+                cuda_graphs_input(),
             ],
             outputs=[ISD_GUIDANCE.Output(display_name="guidance")],
         )

@@ -18,7 +18,7 @@ from ..core.panohead.pipeline import run_stage1
 from ..core.panohead.triplane import TriPlaneGenerator, build_generator
 from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core, model_files, model_path
 from .types import CAMERA, GAN_VIEWS, HEAD_MESH, PANOHEAD
-from .vram import check_mode, stage, vram_mode_input
+from .vram import graphs_allowed, stage, vram_mode_input
 
 log = logging.getLogger("IDSculpt")
 
@@ -147,7 +147,6 @@ class PanoHeadInvert(io.ComfyNode):
         use_gan = have and init != "template"
         device = mm.get_torch_device()
         bar = ComfyProgress((w_steps + pti_steps + 20) if use_gan else 1)
-        low = check_mode(vram_mode) == "low_vram"
         with stage("PanoHead Invert", vram_mode), torch.inference_mode(False), torch.enable_grad():
             g = vgg = None
             if use_gan:
@@ -158,7 +157,7 @@ class PanoHeadInvert(io.ComfyNode):
                 g = g.to(device).eval()
                 vgg = _trainable_copy(panohead.perceptual, VGG16Perceptual()).to(device).eval()
                 vgg.has_lpips_heads = panohead.perceptual.has_lpips_heads
-            cfg = InversionConfig(w_steps=w_steps, pti_steps=pti_steps, seed=seed, cuda_graphs=bool(cuda_graphs) and not low)
+            cfg = InversionConfig(w_steps=w_steps, pti_steps=pti_steps, seed=seed, cuda_graphs=graphs_allowed(cuda_graphs, vram_mode))
             try:
                 out = run_stage1(image, g, vgg, cfg, mesh_resolution=mesh_resolution, mesh_level=mesh_level,
                                  view_resolution=view_resolution, progress=bar.progress, interrupt=bar.interrupt,

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..core.sculpt import RandomViewRanges, SculptConfig, preview_cameras, render_previews, sculpt
 from .common import progress_callbacks
-from .vram import check_mode, stage, vram_mode_input
+from .vram import check_mode, graphs_allowed, stage, vram_mode_input
 from .types import GAN_VIEWS, HEAD_MESH, ISD_GUIDANCE, REFERENCE_GEOMETRY
 
 
@@ -106,8 +106,8 @@ class DMTetSculpt(io.ComfyNode):
         progress, interrupt = progress_callbacks(steps)
         predictor = getattr(guidance, "predictor", None)
         graphs_before = getattr(predictor, "cuda_graphs", None)
-        if graphs_before is not None and vram_mode == "low_vram":
-            predictor.cuda_graphs = False  # graph memory pools stay reserved for the whole run
+        if graphs_before is not None:
+            predictor.cuda_graphs = graphs_allowed(graphs_before, vram_mode)  # low_vram: no graph memory pools
         try:
             with stage("DMTet Sculpt", vram_mode), torch.inference_mode(False), torch.enable_grad():
                 mesh = _fresh(head_mesh).to(device)

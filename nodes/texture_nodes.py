@@ -38,8 +38,8 @@ from ..core.texture import (
     unwrap_uv,
 )
 from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core, model_files, model_path
-from .cuda_graphs import DiffusionGraphs
-from .vram import check_mode, stage, vram_mode_input
+from .cuda_graphs import DiffusionGraphs, cuda_graphs_input
+from .vram import graphs_allowed, stage, vram_mode_input
 from .types import CAMERA, HEAD_MESH
 
 
@@ -78,7 +78,7 @@ class ComfySampling:
         self.seed = int(seed)
         self.calls = 0
         # every view samples the same shapes, so the UNet/ControlNet calls replay from CUDA graphs
-        self.graphs = DiffusionGraphs(model, control_net, enabled=cuda_graphs and model.load_device.type == "cuda")
+        self.graphs = DiffusionGraphs(model, control_net, enabled=cuda_graphs)
         self.model = self.graphs.clone_model(model)
 
     def close(self) -> None:
@@ -187,12 +187,6 @@ def _model_inputs() -> list:
     ]
 
 
-def _graph_input() -> io.Boolean.Input:
-    return io.Boolean.Input("cuda_graphs", default=True, optional=True,
-                            tooltip="Replay the UNet and ControlNet calls from CUDA graphs (same results, faster on a GPU; a few "
-                                    "hundred MB more VRAM). Off: plain eager calls. Ignored on CPU and with partial (low-VRAM) loading.")
-
-
 def _reference_inputs() -> list:
     return [
         io.Image.Input("reference_image", optional=True, tooltip="The aligned portrait (stage-1 crop) painted into the texture first."),
@@ -222,7 +216,7 @@ class ProgressiveInpaint(io.ComfyNode):
                 io.Float.Input("cos_threshold", default=0.0, min=-1.0, max=0.99, step=0.01, tooltip="Back-project only texels whose normal faces the camera more than this cosine."),
                 io.Combo.Input("policy", options=["first", "best_cosine"], default="first",
                                tooltip="first: a texel keeps its first colour (paper); best_cosine: later, more head-on views overwrite (never the portrait)."),
-                _graph_input(),
+                cuda_graphs_input(),
                 vram_mode_input(),
             ],
             outputs=[HEAD_MESH.Output(display_name="head"), io.Image.Output(display_name="texture"), io.Image.Output(display_name="views")],
@@ -244,7 +238,7 @@ class ProgressiveInpaint(io.ComfyNode):
         mesh = _device_mesh(mesh)
         reference = _reference(reference_image, reference_camera, reference_mask)
         sampling = ComfySampling(model, positive, negative, vae, control_net, control_strength, steps, cfg, sampler_name, scheduler, seed,
-                                 cuda_graphs and check_mode(vram_mode) != "low_vram")
+                                 graphs_allowed(cuda_graphs, vram_mode))
         # views are rendered at twice the crop size: the head's alpha box covers only part of the frame, so the
         # crop handed to the model (resolution²) is then a downscale of the render, not a blurry upscale
         config = InpaintConfig(render_resolution=min(2 * resolution, 2048), crop_size=resolution, erode_iterations=erode_iterations,
@@ -289,7 +283,7 @@ class TextureRefine(io.ComfyNode):
                 io.Int.Input("resolution", default=512, min=64, max=1024, step=64, tooltip="Random-view render size (SD1.5: 512)."),
                 io.Combo.Input("perceptual_model", options=["none"] + model_files(IDSCULPT_FOLDER), default="none",
                                tooltip="VGG16 weights in models/idsculpt for the perceptual term (50·LPIPS); 'none' skips it."),
-                _graph_input(),
+                cuda_graphs_input(),
                 vram_mode_input(),
             ],
             outputs=[HEAD_MESH.Output(display_name="head"), io.Image.Output(display_name="texture")],
@@ -318,7 +312,7 @@ class TextureRefine(io.ComfyNode):
                 return net(a * 2 - 1, b * 2 - 1)
 
         sampling = ComfySampling(model, positive, negative, vae, control_net, control_strength, steps, cfg, sampler_name, scheduler, seed,
-                                 cuda_graphs and check_mode(vram_mode) != "low_vram")
+                                 graphs_allowed(cuda_graphs, vram_mode))
         config = RefineConfig(steps=refine_steps, lr=learning_rate, t_range=(t_min, t_max), resolution=resolution, seed=seed)
         bar = ComfyProgress(max(refine_steps, 1), preview_size=resolution)
         try:

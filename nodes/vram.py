@@ -70,6 +70,11 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def graphs_allowed(cuda_graphs: bool, mode: str) -> bool:
+    """The node's ``cuda_graphs`` switch under ``vram_mode``: low_vram drops the graphs' memory pools."""
+    return bool(cuda_graphs) and check_mode(mode) != "low_vram"
+
+
 def _mib(n: int) -> float:
     return round(n / 2**20, 1)
 

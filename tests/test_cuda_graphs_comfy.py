@@ -35,9 +35,11 @@ def test_wrappers_are_in_the_call_path_and_change_nothing(comfy_inprocess, monke
     plain = sample(model)
     import idsculpt.nodes.cuda_graphs as cg
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # enable the wrappers on this CPU run
-    monkeypatch.setattr(cg, "_fully_loaded", lambda module: True)
     graphs = DiffusionGraphs(model, cn, enabled=True)
+    assert not graphs.enabled  # a CPU model: no graphs
+    # put the wrappers in the call path on this CPU run (every call then runs eagerly through them)
+    monkeypatch.setattr(cg, "_fully_loaded", lambda module: True)
+    graphs.enabled = graphs.unet.enabled = graphs.control.enabled = True
     wrapped = graphs.clone_model(model)
     with graphs.control_patched():
         assert "forward" in cn.control_model.__dict__
