@@ -320,6 +320,28 @@ def _capture(build: Callable[[], _StepParts], name: str, seed: int
     return parts, gs, do_step
 
 
+def _graphed_loop(build: Callable[[], _StepParts], steps: int, seed: int, what: str, hint: str, cfg: InversionConfig,
+                  dev: torch.device, progress: Optional[ProgressFn], interrupt: Optional[InterruptFn], step_offset: int,
+                  total: int, info: dict) -> Optional[tuple[_StepParts, list[float]]]:
+    """Run the loop from a captured step: (its parts, the losses), or None when this loop runs eagerly
+    (graphs off or unsupported, or the capture failed); ``info`` records which and why."""
+    why = _graph_mode(cfg, dev, steps)
+    info.update(mode="eager", reason=why)
+    if why is not None:
+        return None
+    try:
+        parts, gs, do_step = _capture(build, what, seed)
+    except GraphCaptureError as e:
+        _fallback(e, info)
+        return None
+    info.update(mode="cuda_graph", reason=None, capture_s=round(gs.capture_s, 3))
+    try:
+        losses = _run_steps(steps, do_step, _LossLog(steps, dev, what, hint), cfg, progress, interrupt, step_offset, total)
+    finally:
+        gs.close()
+    return parts, losses
+
+
 # ---------------------------------------------------------------------------------- W+ projection
 def project_w(G: TriPlaneGenerator, target: torch.Tensor, c: torch.Tensor, perceptual: VGG16Perceptual,
               cfg: InversionConfig = InversionConfig(), progress: Optional[ProgressFn] = None,
@@ -339,22 +361,12 @@ def project_w(G: TriPlaneGenerator, target: torch.Tensor, c: torch.Tensor, perce
     schedule = [_w_schedule(cfg, w_std, step) for step in range(cfg.w_steps)]
     total = total_steps or cfg.w_steps
     what, hint = "PanoHead W+ projection", "lower the learning rate (w_lr)"
-    why = _graph_mode(cfg, dev, cfg.w_steps)
-    info.update(mode="eager", reason=why)
-    if why is None:
-        try:
-            parts, gs, do_step = _capture(lambda: _w_step_parts(G, target, target_taps, c, perceptual, cfg, w_avg, noise, schedule),
-                                          what, _graph_seed(cfg.seed, 0))
-        except GraphCaptureError as e:
-            _fallback(e, info)
-        else:
-            info.update(mode="cuda_graph", reason=None, capture_s=round(gs.capture_s, 3))
-            try:
-                losses = _run_steps(cfg.w_steps, do_step, _LossLog(cfg.w_steps, dev, what, hint), cfg, progress, interrupt,
-                                    step_offset, total)
-            finally:
-                gs.close()
-            return parts.params[0].detach(), losses, w_avg[:, :1].detach(), w_std
+    graphed = _graphed_loop(lambda: _w_step_parts(G, target, target_taps, c, perceptual, cfg, w_avg, noise, schedule),
+                            cfg.w_steps, _graph_seed(cfg.seed, 0), what, hint, cfg, dev, progress, interrupt, step_offset, total,
+                            info)
+    if graphed is not None:
+        parts, losses = graphed
+        return parts.params[0].detach(), losses, w_avg[:, :1].detach(), w_std
 
     w_opt = w_avg.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([w_opt], betas=(0.9, 0.999), lr=cfg.w_lr)
@@ -389,24 +401,17 @@ def pivotal_tuning(G: TriPlaneGenerator, target: torch.Tensor, ws: torch.Tensor,
         target_taps = perceptual.taps(target, cfg.perceptual_size)
     total = total_steps or cfg.pti_steps
     what, hint = "PanoHead pivotal tuning", "lower the learning rate (pti_lr)"
-    why = _graph_mode(cfg, dev, cfg.pti_steps)
-    info.update(mode="eager", reason=why)
-    if why is None:
-        Gt = copy.deepcopy(G).train().requires_grad_(True)
-        try:
-            _, gs, do_step = _capture(lambda: _pti_step_parts(Gt, target, target_taps, ws, c, perceptual, cfg), what,
-                                      _graph_seed(cfg.seed, 1))
-        except GraphCaptureError as e:
-            _fallback(e, info)
-            del Gt
-        else:
-            info.update(mode="cuda_graph", reason=None, capture_s=round(gs.capture_s, 3))
-            try:
-                losses = _run_steps(cfg.pti_steps, do_step, _LossLog(cfg.pti_steps, dev, what, hint), cfg, progress, interrupt,
-                                    step_offset, total)
-            finally:
-                gs.close()
-            return Gt.eval().requires_grad_(False), losses
+    tuned: list[TriPlaneGenerator] = []
+
+    def build() -> _StepParts:
+        tuned.append(copy.deepcopy(G).train().requires_grad_(True))
+        return _pti_step_parts(tuned[-1], target, target_taps, ws, c, perceptual, cfg)
+
+    graphed = _graphed_loop(build, cfg.pti_steps, _graph_seed(cfg.seed, 1), what, hint, cfg, dev, progress, interrupt,
+                            step_offset, total, info)
+    if graphed is not None:
+        return tuned[-1].eval().requires_grad_(False), graphed[1]
+    tuned.clear()  # a failed capture may have touched its copy: the eager loop starts from a fresh one
 
     Gt = copy.deepcopy(G).train().requires_grad_(True)
     opt = torch.optim.Adam(Gt.parameters(), betas=(0.9, 0.999), lr=cfg.pti_lr)
