@@ -139,21 +139,8 @@ def run_once(server: ComfyServer, wf: dict, run: int, timeout: Optional[float], 
     return rec, seen
 
 
-def server_popen_in_own_session(server: ComfyServer) -> None:
-    """Start the server in its own session so it outlives this process (--detach-after)."""
-    real = subprocess.Popen
-
-    def popen(*a, **kw):
-        kw["start_new_session"] = True
-        return real(*a, **kw)
-
-    subprocess.Popen = popen  # only for this start: detach_or_finish puts the real one back
-    server._restore_popen = real
-
-
 def detach_or_finish(server: ComfyServer, wf: dict, args, stage_log: str, result: dict) -> bool:
     """Queue one run; wait up to --detach-after seconds. True (and resume.json written) when it is still running."""
-    subprocess.Popen = getattr(server, "_restore_popen", subprocess.Popen)
     ws = server.connect_ws()
     timer = NodeTimer(wf)
     pid = server.queue(wf)
@@ -294,10 +281,9 @@ def main() -> int:
         result["vram_cap_gib"] = args.vram_cap_gib
     os.environ.update(env_extra)
     extra = [a for a in sandbox.args() if a != "--cpu"] + list(args.comfy_arg)
-    server = ComfyServer(args.comfy, args.python, extra, log_path=os.path.join(args.work, "comfyui.log"))
+    server = ComfyServer(args.comfy, args.python, extra, log_path=os.path.join(args.work, "comfyui.log"),
+                         own_session=bool(args.detach_after))
     t0 = time.monotonic()
-    if args.detach_after:
-        server_popen_in_own_session(server)
     server.start()
     result["server_start_s"] = round(time.monotonic() - t0, 1)
     try:

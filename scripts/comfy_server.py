@@ -163,13 +163,15 @@ class ComfyServer:
     """A ComfyUI ``main.py`` subprocess (or an already running server when ``url`` is given)."""
 
     def __init__(self, comfy_path: Optional[str] = None, python: Optional[str] = None, extra_args: Sequence[str] = (),
-                 log_path: Optional[str] = None, url: Optional[str] = None, startup_timeout: float = 300.0) -> None:
+                 log_path: Optional[str] = None, url: Optional[str] = None, startup_timeout: float = 300.0,
+                 own_session: bool = False) -> None:
         self.comfy_path, self.python = comfy_path, python
         self.extra_args = list(extra_args)
         self.port = free_port() if url is None else None
         self.url = url.rstrip("/") if url else f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.startup_timeout = startup_timeout
+        self.own_session = own_session  # the server outlives this process (bench_pipeline.py --detach-after)
         self.client_id = uuid.uuid4().hex
         self.proc: Optional[subprocess.Popen] = None
         self._log_fh = None
@@ -183,7 +185,7 @@ class ComfyServer:
             return self
         self._log_fh = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.command(), cwd=self.comfy_path, stdout=self._log_fh, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=self.own_session)
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self.proc.poll() is not None:
