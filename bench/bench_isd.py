@@ -40,6 +40,29 @@ class FixedHints:
         return self.hints[: len(cameras)]
 
 
+def host_profile(dev: torch.device, fn, iters: int, rows: int = 45) -> dict:
+    """Where the host time of ``fn`` goes (cProfile, cumulative): the graphed predictor is bound by
+    Python work in ComfyUI's sampling path, which CUDA-event timings cannot attribute."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(iters):
+        fn()
+    prof.disable()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / iters * 1000
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(rows)
+    return {"ms_per_call_under_profiler": round(wall, 2), "calls": iters, "table": buf.getvalue()[-12000:]}
+
+
 def isd_setup(model, pos, neg, vae, control, hints, n: int, res: int, device: torch.device, cuda_graphs: bool = False):
     """The timed ISD configuration (also used by profile_fastpath.py): guidance at CFG 50 taking
     ``n`` views per step, ``n`` orbit cameras over the front half and a random image batch."""
@@ -57,6 +80,8 @@ def main() -> None:
     ap = _timing.parser(__doc__.split("\n\n")[0], "tiny models on CPU", comfy=True)
     ap.add_argument("--cuda-graphs", choices=["on", "off", "both"], default="both",
                     help="UNet/ControlNet replayed from CUDA graphs, eager, or both in turn (with an equality check)")
+    ap.add_argument("--host-profile", action="store_true",
+                    help="also cProfile the predictor (1 view) to attribute its host-side time")
     args = ap.parse_args()
     _timing.find_comfyui(args.comfy, "bench_isd.py")
 
@@ -134,6 +159,10 @@ def main() -> None:
                         reference_eps[n] = eps
                     if graphs:
                         result["predictor_only"][key]["graph_stats"] = g.predictor._state["graphs"].stats()
+                    if args.host_profile and (graphs or args.cuda_graphs == "off") and n == view_counts[0]:
+                        result["predictor_host_profile"] = host_profile(
+                            dev, lambda: g.predictor.predict_noise(lat + 2.0 * noise, sig, views), iters)
+                        print(result["predictor_host_profile"]["table"], flush=True)
 
                     def enc() -> None:
                         img = image.clone().requires_grad_(True)

@@ -101,6 +101,17 @@ def torch_memory(server: ComfyServer) -> dict:
             "device_used_mib": round((dev.get("vram_total", 0) - dev.get("vram_free", 0)) / 2**20, 1)}
 
 
+def cuda_census(server: ComfyServer, nonce: int) -> Optional[dict]:
+    """The harness pack's HarnessCudaCensus in the server: live CUDA tensors grouped by holder."""
+    try:
+        pid = server.queue({"1": {"class_type": "HarnessCudaCensus", "inputs": {"nonce": nonce}}})
+        server.wait(pid, timeout=120)
+        hist = server.history(pid) or {}
+        return json.loads(hist["outputs"]["1"]["text"][0])
+    except Exception as e:  # noqa: BLE001 - a diagnostic: never fail the benchmark over it
+        return {"error": str(e)[:500]}
+
+
 def read_stage_log(path: str, start: int) -> tuple[list[dict], int]:
     if not os.path.isfile(path):
         return [], start
@@ -211,6 +222,7 @@ def resume(args) -> int:
                    {"Content-Type": "application/json"})
     time.sleep(3)
     result["memory_after_free"] = torch_memory(server)
+    result["census_after_free"] = cuda_census(server, 1_000_000 + len(result["runs"]))
     if state.get("pid"):
         try:
             os.kill(state["pid"], 15)
@@ -241,6 +253,8 @@ def main() -> int:
     ap.add_argument("--comfy-arg", action="append", default=[])
     ap.add_argument("--timeout", type=float, default=None, help="seconds per run")
     ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--census", action="store_true", help="after each run too, list the live CUDA tensors by holder "
+                    "(the harness node HarnessCudaCensus; always done after /free)")
     ap.add_argument("--detach-after", type=float, default=None, metavar="S",
                     help="one run: if it has not finished after S seconds, leave the server running (own session) and "
                          "write <work>/resume.json; go on later with --resume (for runs longer than one command may last)")
@@ -299,6 +313,8 @@ def main() -> int:
             args.runs = 0
         for run in range(args.runs):
             rec, seen = run_once(server, wf, run, args.timeout, stage_log, seen)
+            if args.census:
+                rec["census"] = cuda_census(server, run)
             result["runs"].append(rec)
             if not rec["ok"]:
                 break
@@ -306,6 +322,8 @@ def main() -> int:
                        {"Content-Type": "application/json"})
         time.sleep(3)
         result["memory_after_free"] = torch_memory(server)
+        result["census_after_free"] = cuda_census(server, 1_000_000 + len(result["runs"]))
+        log("after /free:", json.dumps(result["memory_after_free"]), json.dumps(result["census_after_free"])[:3000])
     finally:
         server.stop()
         with open(os.path.join(args.work, "comfyui.log"), encoding="utf-8", errors="replace") as fh:
