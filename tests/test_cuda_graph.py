@@ -124,3 +124,30 @@ def test_capture_failure_falls_back_to_eager(caplog) -> None:
     assert g.captures == 0 and g.replays == 0
     assert all(torch.equal(o, host_sync(x)) for o in outs)
     assert "capture failed" in caplog.text
+
+
+@cuda
+def test_repeated_captures_do_not_grow_allocated_memory() -> None:
+    """Each run of a workflow captures new graphs. The eager warm-up before a capture used a fresh
+    stream each time, and PyTorch keeps a cuBLAS workspace per stream that ran a matmul: allocated
+    memory grew by ~200 MiB per run with no tensor alive. All warm-ups now share one stream."""
+    torch.manual_seed(0)
+    net = Net().cuda()
+    gen = torch.Generator().manual_seed(4)
+
+    def one_run(b: int) -> None:
+        g = GraphedCall("net", [net], warmup=1)
+        with torch.no_grad():
+            for _ in range(3):
+                g.call(net, _args(gen, "cuda", b=b))
+        assert g.captures == 1
+        g.reset()
+
+    one_run(2)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    for b in range(3, 12):
+        one_run(b)
+    torch.cuda.synchronize()
+    grown = torch.cuda.memory_allocated() - base
+    assert grown < 2**20, f"allocated memory grew by {grown / 2**20:.1f} MiB over 9 capture/reset cycles"

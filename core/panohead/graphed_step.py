@@ -42,6 +42,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from ..cuda_graph import warmup_stream
+
 log = logging.getLogger("IDSculpt")
 
 StepFn = Callable[[], dict]  # -> {"loss": 0-dim tensor, "image": tensor}; runs zero_grad, forward, backward, opt.step
@@ -204,7 +206,7 @@ class GraphedStep:
             with torch.cuda.device(self.device):
                 self._p0 = [p.detach().clone() for p in self.params]
                 stage = "warm-up (eager step on a side stream)"
-                side = torch.cuda.Stream(device=self.device)
+                side = warmup_stream(self.device)
                 side.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(side), warnings.catch_warnings():
                     # torch warns once that a capturable optimizer steps outside a capture: intended here
