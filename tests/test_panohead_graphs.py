@@ -209,7 +209,9 @@ def test_graphed_w_step_matches_the_same_step_run_eagerly():
     assert torch.isfinite(lg).all() and torch.isfinite(wg).all()
     assert abs(float(lg[0] - le[0])) <= 1e-5 * abs(float(le[0])), "first step (same state, same samples) differs"
     torch.testing.assert_close(lg, le, rtol=1e-2, atol=1e-6)  # atomics: eager is not bit-reproducible on a GPU
-    assert _rel(wg - w_avg, we - w_avg) < 1e-2, "W+ updates of graph and eager steps differ"
+    # 1.2e-2 measured on an H100: eager runs differ by ~0.3 % per step (atomics), compounding over 20
+    # steps; a wrong replay (stale inputs, frozen schedule, a skipped step) differs by tens of percent
+    assert _rel(wg - w_avg, we - w_avg) < 3e-2, "W+ updates of graph and eager steps differ"
     assert not torch.equal(we, w_avg)  # it did optimise
 
 
@@ -261,7 +263,9 @@ def test_invert_runs_both_stages_in_graph_mode():
     # seeded: the same run again gives the same result (up to the float noise of atomics)
     res2 = inv.invert(g, image, lab, vgg, cfg)
     torch.testing.assert_close(torch.tensor(res2.w_losses), torch.tensor(res.w_losses), rtol=1e-2, atol=1e-6)
-    torch.testing.assert_close(res2.ws, res.ws, rtol=1e-2, atol=1e-2)
+    # absolute: near-zero entries of W+ differ by large ratios under that noise (H100: max 0.054 after
+    # 40 steps); a run with other random samples moves entries by ~0.5-1.5
+    torch.testing.assert_close(res2.ws, res.ws, rtol=0, atol=0.15)
     # the caller's global RNG is untouched by graph mode
     torch.cuda.manual_seed(99)
     a = torch.rand(4, device="cuda")
@@ -290,7 +294,7 @@ def _run_with_patched_taps(monkeypatch, caplog, make_taps):
     # the fallback is the eager loop: its result (up to atomics' float noise)
     # two eager runs differ by up to ~0.3 % on an H100 (atomic adds in the renderer's backward)
     torch.testing.assert_close(torch.tensor(wl), torch.tensor(ref_wl), rtol=1e-2, atol=1e-6)
-    torch.testing.assert_close(ws, ref_ws, rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(ws, ref_ws, rtol=0, atol=3e-2)  # H100: max 0.012 after 10 steps
     # the default CUDA generator still works after a failed capture
     torch.rand(8, device="cuda").sum().item()
     return info, msgs[0]
