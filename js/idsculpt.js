@@ -39,8 +39,15 @@ function fmtTime(s) {
   return `${m} min ${Math.floor(s - 60 * m)} s`;
 }
 
-app.registerExtension({
-  name: "IDSculpt.StepCounter",
+// Register once. ComfyUI serves this folder under two URLs when the install folder's name differs from
+// pyproject.toml's [project] name (WEB_DIRECTORY registers /extensions/<folder>/, [tool.comfy] web
+// /extensions/<project name>/; e.g. "ComfyUI-IDSculpt" vs "comfyui-idsculpt"), and the frontend then
+// imports this file twice: a second registerExtension throws "Extension named ... already registered"
+// (seen in a real browser, tests/test_js_browser.py). pyproject.toml no longer sets web = "js", but a
+// user's copy may still be installed under both names.
+const NAME = "IDSculpt.StepCounter";
+if (!app.extensions?.some?.((e) => e.name === NAME)) app.registerExtension({
+  name: NAME,
 
   async setup() {
     api.addEventListener("execution_start", () => {

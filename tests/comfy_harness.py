@@ -162,13 +162,15 @@ class ComfySandbox:
     def model_dir(self, name: str) -> str:
         return os.path.join(self.models_dir, name)
 
-    def args(self) -> list[str]:
+    def args(self, front_end: bool = False) -> list[str]:
+        """``front_end``: serve ComfyUI's real web UI (the installed comfyui_frontend_package) for browser
+        tests; by default an empty ``--front-end-root`` (the HTTP API needs no UI)."""
         return [
             "--cpu",
             "--disable-auto-launch",
             "--base-directory", self.base,
             "--extra-model-paths-config", self.yaml_path,
-            "--front-end-root", self.front_end,
+            *([] if front_end else ["--front-end-root", self.front_end]),
             "--database-url", "sqlite:///:memory:",
         ]
 
@@ -186,8 +188,10 @@ class ComfyPromptError(RuntimeError):
 class ComfyServer:
     """A headless ComfyUI (``main.py --cpu``) serving the HTTP API on a free loopback port."""
 
-    def __init__(self, comfy_path: str, python: str, sandbox: ComfySandbox, startup_timeout: float = 240.0) -> None:
+    def __init__(self, comfy_path: str, python: str, sandbox: ComfySandbox, startup_timeout: float = 240.0,
+                 front_end: bool = False) -> None:
         self.comfy_path = comfy_path
+        self.front_end = front_end  # True: serve the real web UI (see ComfySandbox.args)
         self.python = python
         self.sandbox = sandbox
         self.startup_timeout = startup_timeout
@@ -200,7 +204,7 @@ class ComfyServer:
 
     # ----------------------------------------------------------------- life cycle
     def command(self) -> list[str]:
-        return [self.python, "main.py", *self.sandbox.args(), "--listen", "127.0.0.1", "--port", str(self.port)]
+        return [self.python, "main.py", *self.sandbox.args(self.front_end), "--listen", "127.0.0.1", "--port", str(self.port)]
 
     def start(self) -> "ComfyServer":
         self._log_fh = open(self.log_path, "wb")
