@@ -38,6 +38,7 @@ log = logging.getLogger("IDSculpt")
 
 VRAM_MODES = ["offload", "keep_loaded", "low_vram"]
 LOG_ENV = "IDSCULPT_VRAM_LOG"
+PROFILE_ENV = "IDSCULPT_PROFILE_DIR"
 CAP_ENV = "IDSCULPT_VRAM_CAP_GIB"
 
 
@@ -79,6 +80,36 @@ def _mib(n: int) -> float:
     return round(n / 2**20, 1)
 
 
+def _start_profile():
+    """With IDSCULPT_PROFILE_DIR set, a cProfile of the stage (host time: where a launch-bound GPU stage
+    spends its Python time, which CUDA timings cannot attribute). A diagnostic for benchmarks."""
+    if not os.environ.get(PROFILE_ENV):
+        return None
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.enable()
+    return prof
+
+
+def _write_profile(prof, name: str) -> None:
+    import io
+    import pstats
+
+    prof.disable()
+    folder = os.environ[PROFILE_ENV]
+    try:
+        os.makedirs(folder, exist_ok=True)
+        base = os.path.join(folder, f"{name.replace(' ', '_')}_{time.strftime('%H%M%S')}")
+        prof.dump_stats(base + ".prof")
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(70)
+        with open(base + ".txt", "w", encoding="utf-8") as fh:
+            fh.write(buf.getvalue())
+    except OSError as e:
+        log.warning("IDSculpt: cannot write the profile to %s=%s: %s", PROFILE_ENV, folder, e)
+
+
 @contextlib.contextmanager
 def stage(name: str, mode: str = "offload") -> Iterator[dict]:
     """Run a heavy stage: offload other models first (unless ``keep_loaded``), record the peak."""
@@ -93,11 +124,14 @@ def stage(name: str, mode: str = "offload") -> Iterator[dict]:
             record["unloaded_models"] = len(unloaded)
         torch.cuda.reset_peak_memory_stats(dev)
         record["start_mib"] = _mib(torch.cuda.memory_allocated(dev))
+    prof = _start_profile()
     t0 = time.perf_counter()
     try:
         yield record
     finally:
         record["seconds"] = round(time.perf_counter() - t0, 2)
+        if prof is not None:
+            _write_profile(prof, name)
         if cuda:
             record["peak_mib"] = _mib(torch.cuda.max_memory_allocated(dev))
             record["end_mib"] = _mib(torch.cuda.memory_allocated(dev))

@@ -36,6 +36,7 @@ backward kernels). Any exception in warm-up, capture or check, or a mismatch, ra
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from typing import Callable, Optional, Sequence
@@ -66,7 +67,8 @@ def graphs_unsupported_reason(device: torch.device | str) -> Optional[str]:
         return "CUDA is not available"
     if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
         return f"torch {torch.__version__} has no CUDAGraph.register_generator_state (needs torch >= 2.4)"
-    if torch.cuda.get_allocator_backend() == "cudaMallocAsync":
+    if torch.cuda.get_allocator_backend() == "cudaMallocAsync" and os.environ.get("IDSCULPT_STAGE1_GRAPHS") != "force":
+        # IDSCULPT_STAGE1_GRAPHS=force: capture anyway (to re-measure; bench_pipeline's memory census)
         # ComfyUI's default allocator on recent GPUs. Measured in a ComfyUI server on an H100: each run whose
         # W+ step was captured left ~330 MiB of the step's graph-captured allocations (gradients, Adam
         # state) allocated for good ("uncaptured free of a captured allocation"). The native allocator's
