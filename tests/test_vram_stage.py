@@ -28,6 +28,30 @@ def test_stage_writes_one_json_line_per_stage(comfy_inprocess, tmp_path, monkeyp
             pass
 
 
+def test_stage_profile_names_the_stage_work(comfy_inprocess, tmp_path, monkeypatch) -> None:
+    """IDSCULPT_PROFILE_DIR: each stage writes a cProfile (.prof + readable .txt) of its own work."""
+    import pstats
+
+    from idsculpt.nodes import vram
+
+    def sculpt_like_work() -> int:
+        return sum(i * i for i in range(20000))
+
+    monkeypatch.setenv(vram.PROFILE_ENV, str(tmp_path / "prof"))
+    with vram.stage("Some Stage", "keep_loaded"):
+        sculpt_like_work()
+    profs = sorted((tmp_path / "prof").glob("Some_Stage_*.prof"))
+    txts = sorted((tmp_path / "prof").glob("Some_Stage_*.txt"))
+    assert len(profs) == 1 and len(txts) == 1
+    stats = pstats.Stats(str(profs[0])).stats
+    assert any(func[2] == "sculpt_like_work" for func in stats)
+    assert "sculpt_like_work" in txts[0].read_text()
+    monkeypatch.delenv(vram.PROFILE_ENV)
+    with vram.stage("Other Stage", "keep_loaded"):
+        sculpt_like_work()
+    assert not list((tmp_path / "prof").glob("Other_Stage_*"))
+
+
 def test_vram_cap_is_a_no_op_without_cuda_or_env(comfy_inprocess, monkeypatch) -> None:
     from idsculpt.nodes import vram
 

@@ -69,12 +69,12 @@ def graphs_unsupported_reason(device: torch.device | str) -> Optional[str]:
         return f"torch {torch.__version__} has no CUDAGraph.register_generator_state (needs torch >= 2.4)"
     if torch.cuda.get_allocator_backend() == "cudaMallocAsync" and os.environ.get("IDSCULPT_STAGE1_GRAPHS") != "force":
         # IDSCULPT_STAGE1_GRAPHS=force: capture anyway (to re-measure; bench_pipeline's memory census)
-        # ComfyUI's default allocator on recent GPUs. Measured in a ComfyUI server on an H100: each run whose
-        # W+ step was captured left ~330 MiB of the step's graph-captured allocations (gradients, Adam
-        # state) allocated for good ("uncaptured free of a captured allocation"). The native allocator's
-        # private graph pools are freed with the graph.
-        return ("the cudaMallocAsync allocator (ComfyUI's default) keeps a captured training step's memory after the "
-                "run; start ComfyUI with --disable-cuda-malloc to use CUDA graphs in stage 1")
+        # ComfyUI's default allocator on recent GPUs. Measured in a ComfyUI server on an H100: PyTorch's own
+        # accounting stays flat across runs, but CUDA's graph memory pool keeps the captured steps' memory
+        # (~3.1 GiB of device memory after /free, docs/PERFORMANCE.md). The native allocator's private graph
+        # pools are freed with the graph and torch.cuda.empty_cache().
+        return ("with the cudaMallocAsync allocator (ComfyUI's default) CUDA keeps a captured training step's memory "
+                "(~3 GiB) after the run; start ComfyUI with --disable-cuda-malloc to use CUDA graphs in stage 1")
     return None
 
 
