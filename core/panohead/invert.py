@@ -29,7 +29,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .graphed_step import GraphCaptureError, GraphedStep, graphs_unsupported_reason
+from ..cuda_graph import release_graph_memory
+from .graphed_step import GraphCaptureError, GraphedStep, forced_under_async_allocator, graphs_unsupported_reason
 from .perceptual import VGG16Perceptual
 from .triplane import TriPlaneGenerator
 
@@ -339,6 +340,9 @@ def _graphed_loop(build: Callable[[], _StepParts], steps: int, seed: int, what: 
         losses = _run_steps(steps, do_step, _LossLog(steps, dev, what, hint), cfg, progress, interrupt, step_offset, total)
     finally:
         gs.close()
+        if forced_under_async_allocator():  # hand CUDA's graph memory pool back (see graphs_unsupported_reason)
+            del gs, do_step  # the graph itself first
+            release_graph_memory(dev)
     return parts, losses
 
 
