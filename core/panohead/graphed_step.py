@@ -83,6 +83,19 @@ def graphs_unsupported_reason(device: torch.device | str) -> Optional[str]:
     return None
 
 
+def _differing(what: str, ref: torch.Tensor, got: torch.Tensor, scale: torch.Tensor, rtol: float, floor: float,
+               values: bool = True) -> Optional[str]:
+    """What differs between per-tensor statistics of the eager and the replayed step, or None: a tensor
+    differs beyond ``rtol`` of its ``scale`` plus ``floor`` times the largest scale (tensors whose
+    statistic is ~0 would otherwise fail on float noise)."""
+    tol = rtol * scale + floor * float(scale.max()) + 1e-12
+    bad = ((ref - got).abs() > tol).nonzero().flatten().tolist()
+    if not bad:
+        return None
+    first = f"#{bad[0]} {float(got[bad[0]]):.4g} vs {float(ref[bad[0]]):.4g}" if values else f"#{bad[0]}"
+    return f"{what} of {len(bad)} tensors differ (first: {first})"
+
+
 def _short(e: BaseException, n: int = 300) -> str:
     msg = " ".join(str(e).split())
     return f"{type(e).__name__}: {msg[:n]}{'...' if len(msg) > n else ''}"
@@ -177,23 +190,13 @@ class GraphedStep:
         ni = float(ref["image"].norm())
         if di > self.IMAGE_RTOL * ni + 1e-6:
             problems.append(f"image differs by {di / max(ni, 1e-12):.2e} (relative L2)")
-        gn_r, gn_g = ref["grad_norm"], got["grad_norm"]
-        tol = self.GRAD_RTOL * gn_r + 1e-3 * float(gn_r.max()) + 1e-12
-        bad = ((gn_r - gn_g).abs() > tol).nonzero().flatten().tolist()
-        if bad:
-            problems.append(f"gradient norms of {len(bad)} tensors differ (first: #{bad[0]} {float(gn_g[bad[0]]):.4g} vs "
-                            f"{float(gn_r[bad[0]]):.4g})")
-        scale = gn_r * ref["p0_norm"]
-        tol = self.GRAD_RTOL * scale + 1e-5 * float(scale.max()) + 1e-12
-        bad = ((ref["grad_dot"] - got["grad_dot"]).abs() > tol).nonzero().flatten().tolist()
-        if bad:
-            problems.append(f"gradient directions of {len(bad)} tensors differ (first: #{bad[0]})")
-        un_r, un_g = ref["update_norm"], got["update_norm"]
-        tol = self.UPDATE_RTOL * un_r + 1e-3 * float(un_r.max()) + 1e-12
-        bad = ((un_r - un_g).abs() > tol).nonzero().flatten().tolist()
-        if bad:
-            problems.append(f"optimizer updates of {len(bad)} tensors differ (first: #{bad[0]} {float(un_g[bad[0]]):.4g} vs "
-                            f"{float(un_r[bad[0]]):.4g})")
+        gn_r = ref["grad_norm"]
+        problems += [p for p in (
+            _differing("gradient norms", gn_r, got["grad_norm"], gn_r, self.GRAD_RTOL, 1e-3),
+            _differing("gradient directions", ref["grad_dot"], got["grad_dot"], gn_r * ref["p0_norm"], self.GRAD_RTOL, 1e-5,
+                       values=False),
+            _differing("optimizer updates", ref["update_norm"], got["update_norm"], ref["update_norm"], self.UPDATE_RTOL, 1e-3),
+        ) if p]
         return "; ".join(problems) or None
 
     # ------------------------------------------------------------------ capture / replay
