@@ -26,6 +26,7 @@ match hooks to conds) are not part of the signature.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections import OrderedDict
@@ -42,6 +43,12 @@ _PLAIN = (int, float, bool, str, type(None))
 _WARMUP_STREAMS: dict = {}
 
 
+def _cuda_index(device: Optional[torch.device]) -> int:
+    """The ordinal of a CUDA device given as None (the current one), "cuda", "cuda:1" or a torch.device."""
+    index = torch.device(device).index if device is not None else None
+    return index if index is not None else torch.cuda.current_device()
+
+
 def warmup_stream(device: Optional[torch.device] = None) -> "torch.cuda.Stream":
     """The one side stream per device on which every capture's eager warm-up runs.
 
@@ -50,16 +57,16 @@ def warmup_stream(device: Optional[torch.device] = None) -> "torch.cuda.Stream":
     a fresh stream per capture added a workspace per capture: on the H100 the allocated memory grew
     by ~200 MiB per workflow run with no tensor alive (bench_pipeline's census), up to 32 workspaces.
     """
-    dev = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
-    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    index = _cuda_index(device)
     stream = _WARMUP_STREAMS.get(index)
     if stream is None:
         stream = _WARMUP_STREAMS[index] = torch.cuda.Stream(device=index)
     return stream
 
 
+@functools.lru_cache(maxsize=None)
 def _driver():
-    """The CUDA driver library (ctypes), or None where it cannot be loaded."""
+    """The CUDA driver library (ctypes) with the graph-memory trim, or None where there is none."""
     import ctypes
     import sys
 
@@ -71,11 +78,6 @@ def _driver():
         if hasattr(lib, "cuDeviceGraphMemTrim") and hasattr(lib, "cuDeviceGet"):
             return lib
     return None
-
-
-def graph_memory_trim_available() -> bool:
-    """Whether :func:`release_graph_memory` can run here (a CUDA device and a driver with the trim)."""
-    return torch.cuda.is_available() and _driver() is not None
 
 
 def release_graph_memory(device: Optional[torch.device] = None) -> bool:
@@ -95,8 +97,7 @@ def release_graph_memory(device: Optional[torch.device] = None) -> bool:
         return False
     import ctypes
 
-    dev = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
-    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    index = _cuda_index(device)
     torch.cuda.synchronize(index)
     handle = ctypes.c_int()
     if lib.cuDeviceGet(ctypes.byref(handle), ctypes.c_int(index)) != 0:
