@@ -112,6 +112,16 @@ def cuda_census(server: ComfyServer, nonce: int) -> Optional[dict]:
         return {"error": str(e)[:500]}
 
 
+def free_and_measure(server: ComfyServer, result: dict) -> None:
+    """``POST /free`` (unload models, drop caches), then record what stays: PyTorch's memory and the census."""
+    server.request("POST", "/free", json.dumps({"unload_models": True, "free_memory": True}).encode(),
+                   {"Content-Type": "application/json"})
+    time.sleep(3)  # the prompt worker acts on the flags between prompts
+    result["memory_after_free"] = torch_memory(server)
+    result["census_after_free"] = cuda_census(server, 1_000_000 + len(result["runs"]))
+    log("after /free:", json.dumps(result["memory_after_free"]), json.dumps(result["census_after_free"])[:3000])
+
+
 def read_stage_log(path: str, start: int) -> tuple[list[dict], int]:
     if not os.path.isfile(path):
         return [], start
@@ -218,11 +228,7 @@ def resume(args) -> int:
         more, seen = run_once(server, wf, run, args.timeout, state["stage_log"], seen)
         more["profile"] = "lowered"
         result["runs"].append(more)
-    server.request("POST", "/free", json.dumps({"unload_models": True, "free_memory": True}).encode(),
-                   {"Content-Type": "application/json"})
-    time.sleep(3)
-    result["memory_after_free"] = torch_memory(server)
-    result["census_after_free"] = cuda_census(server, 1_000_000 + len(result["runs"]))
+    free_and_measure(server, result)
     if state.get("pid"):
         try:
             os.kill(state["pid"], 15)
@@ -318,12 +324,7 @@ def main() -> int:
             result["runs"].append(rec)
             if not rec["ok"]:
                 break
-        server.request("POST", "/free", json.dumps({"unload_models": True, "free_memory": True}).encode(),
-                       {"Content-Type": "application/json"})
-        time.sleep(3)
-        result["memory_after_free"] = torch_memory(server)
-        result["census_after_free"] = cuda_census(server, 1_000_000 + len(result["runs"]))
-        log("after /free:", json.dumps(result["memory_after_free"]), json.dumps(result["census_after_free"])[:3000])
+        free_and_measure(server, result)
     finally:
         server.stop()
         with open(os.path.join(args.work, "comfyui.log"), encoding="utf-8", errors="replace") as fh:
