@@ -7,6 +7,15 @@ fast-simplification (quadric edge collapse) to ``max_faces``; the textured head 
 decimated mesh (``UnwrapInfo.decimated`` says so and the node reports it). Texture detail lives in the
 texture, and at 1024² texels a ~100k-face head keeps sub-texel geometric error at viewing distance.
 
+Surface patches: xatlas' chart growing is superlinear in the size of one connected mesh, and on a
+sculpted head it ends with thousands of small, stretched charts anyway (100k-face head, 2-core machine:
+22 s, 3,368 charts). So the surface is first cut into compact patches of ~``patch_faces`` faces
+(area-weighted k-means on face centroids, seeded by farthest-point sampling: deterministic) and every
+patch is handed to xatlas as its own mesh; xatlas charts them independently (in parallel on several
+cores) and packs all charts into one atlas. On that head with 128 patches: 1.95 s, 960 charts, 41 % more
+texels per unit area and less area distortion (95th percentile of per-face UV/3D area ratio 1.035 vs
+1.18) — small patches are nearly developable, so xatlas flattens each with little stretch.
+
 The atlas is packed for the requested texture size with a padding of a few texels between charts, so
 seam dilation (see project.fill_holes) has room and bilinear lookups never mix two charts.
 """
@@ -21,6 +30,9 @@ import torch
 from ..mesh import HeadMesh, decimate
 
 ALLOWED_TEXTURE_SIZES = (256, 512, 1024, 2048)
+# Below this many patches' worth of faces the mesh is unwrapped whole: xatlas alone is fast there
+# (< 1 s at 8k faces) and patch boundaries would only add seams.
+MIN_PATCHES = 8
 
 
 @dataclass
@@ -43,8 +55,39 @@ def check_texture_size(texture_size: int) -> int:
     return int(texture_size)
 
 
+def surface_patches(vertices: np.ndarray, faces: np.ndarray, patch_faces: int, iterations: int = 8) -> np.ndarray:
+    """Patch label [F] of every face: ~``patch_faces`` faces per patch, compact (see module docstring).
+
+    Area-weighted Lloyd iterations on the face centroids from farthest-point seeds; deterministic.
+    """
+    nf = faces.shape[0]
+    k = max(1, int(round(nf / max(int(patch_faces), 1))))
+    if k == 1:
+        return np.zeros(nf, np.int64)
+    tri = vertices[faces]
+    cent = tri.mean(1).astype(np.float64)
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).astype(np.float64) + 1e-20
+    seeds = np.empty((k, 3))
+    seeds[0] = cent[int(np.argmax(((cent - cent.mean(0)) ** 2).sum(1)))]
+    d2 = ((cent - seeds[0]) ** 2).sum(1)
+    for i in range(1, k):  # farthest-point sampling: spread seeds, no randomness
+        seeds[i] = cent[int(np.argmax(d2))]
+        d2 = np.minimum(d2, ((cent - seeds[i]) ** 2).sum(1))
+    labels = np.zeros(nf, np.int64)
+    chunk = max(1, 2**24 // k)  # bounds the [faces, k] distance block at ~128 MB
+    for _ in range(iterations):
+        for s in range(0, nf, chunk):
+            c = cent[s : s + chunk]
+            labels[s : s + chunk] = ((c * c).sum(1)[:, None] - 2 * c @ seeds.T + (seeds * seeds).sum(1)[None]).argmin(1)
+        w = np.bincount(labels, area, k)
+        moved = np.stack([np.bincount(labels, area * cent[:, j], k) for j in range(3)], 1)
+        keep = w > 0
+        seeds[keep] = moved[keep] / w[keep, None]
+    return labels
+
+
 def unwrap_uv(mesh: HeadMesh, texture_size: int = 1024, max_faces: int = 100_000, padding: int | None = None,
-              max_chart_area_fraction: float | None = None) -> tuple[HeadMesh, UnwrapInfo]:
+              max_chart_area_fraction: float | None = None, patch_faces: int | None = 800) -> tuple[HeadMesh, UnwrapInfo]:
     """A copy of ``mesh`` (decimated first when above ``max_faces``) with xatlas UVs and a grey texture.
 
     UVs follow core.mesh: u right, v up. ``padding`` (texels between charts) defaults to size/256 (≥ 2).
@@ -53,6 +96,8 @@ def unwrap_uv(mesh: HeadMesh, texture_size: int = 1024, max_faces: int = 100_000
     whose parameterisation dominates the time (81,920-face ellipsoid, 2-core machine: 69.6 s with 6
     charts, 4.4 s with 139 charts at 0.01, similar atlas utilisation); seams are padded and dilated
     (project.fill_holes), so the extra charts cost texels, not visible seams.
+    ``patch_faces``: faces per surface patch handed to xatlas (module docstring); None, or a mesh of
+    fewer than ``MIN_PATCHES`` patches' worth of faces, is unwrapped whole (xatlas' own behaviour).
     """
     import xatlas
 
@@ -61,19 +106,31 @@ def unwrap_uv(mesh: HeadMesh, texture_size: int = 1024, max_faces: int = 100_000
         raise ValueError("the mesh has no faces: nothing to unwrap (check the geometry stage's output)")
     if max_faces < 100:
         raise ValueError(f"max_faces={max_faces} is too small for a head: use at least a few thousand")
+    if patch_faces is not None and patch_faces < 50:
+        raise ValueError(f"patch_faces={patch_faces} is too small: use a few hundred faces per patch (or None)")
     t0 = time.perf_counter()
     faces_in = int(mesh.faces.shape[0])
     work = decimate(mesh, max_faces)
     v = work.vertices.detach().cpu().numpy().astype(np.float32)
     f = work.faces.detach().cpu().numpy().astype(np.uint32)
 
+    if patch_faces is not None and len(f) >= MIN_PATCHES * patch_faces:
+        labels = surface_patches(v, f, patch_faces)
+    else:
+        labels = np.zeros(len(f), np.int64)
+    fi = f.astype(np.int64)
+    patches = []  # (face rows, patch-local vertex ids -> mesh vertex ids)
     atlas = xatlas.Atlas()
-    atlas.add_mesh(v, f)
+    for p in np.unique(labels):
+        rows = np.flatnonzero(labels == p)
+        used, local = np.unique(fi[rows], return_inverse=True)
+        atlas.add_mesh(v[used], local.reshape(-1, 3).astype(np.uint32))
+        patches.append((rows, used))
     chart_options = xatlas.ChartOptions()
     if max_chart_area_fraction is not None:
         if not 0 < max_chart_area_fraction <= 1:
             raise ValueError(f"max_chart_area_fraction must be in (0, 1] (or None for no limit), got {max_chart_area_fraction}")
-        tri = v[f.astype(np.int64)]
+        tri = v[fi]
         area = 0.5 * float(np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum())
         if area > 0:  # xatlas takes the limit in mesh units², so scale it to the mesh
             chart_options.max_chart_area = float(max_chart_area_fraction) * area
@@ -82,17 +139,22 @@ def unwrap_uv(mesh: HeadMesh, texture_size: int = 1024, max_faces: int = 100_000
     pack_options.padding = int(padding if padding is not None else max(2, texture_size // 256))
     pack_options.bilinear = True
     atlas.generate(chart_options, pack_options)
-    vmapping, indices, uvs = atlas[0]
-    indices = indices.astype(np.int64)
-    # xatlas keeps the input face order; its vertices are the input vertices split at seams
-    faces_back = vmapping.astype(np.int64)[indices]
-    if faces_back.shape != f.shape or not np.array_equal(faces_back, f.astype(np.int64)):
-        raise RuntimeError("xatlas changed the face order or topology; cannot attach its UVs to the mesh")
+    # xatlas keeps each patch's face order; its vertices are the patch's vertices split at seams
+    uv_parts, uv_faces, offset = [], np.empty_like(fi), 0
+    for i, (rows, used) in enumerate(patches):
+        vmapping, indices, uvs = atlas[i]
+        indices = indices.astype(np.int64)
+        if indices.shape != (len(rows), 3) or not np.array_equal(used[vmapping.astype(np.int64)[indices]], fi[rows]):
+            raise RuntimeError("xatlas changed the face order or topology; cannot attach its UVs to the mesh")
+        uv_faces[rows] = indices + offset
+        uv_parts.append(uvs)
+        offset += len(uvs)
+    uvs = np.concatenate(uv_parts)
     out = HeadMesh(
         work.vertices.detach().cpu().clone(),
         work.faces.detach().cpu().clone(),
         torch.from_numpy(np.ascontiguousarray(uvs, dtype=np.float32)),
-        torch.from_numpy(np.ascontiguousarray(indices)),
+        torch.from_numpy(np.ascontiguousarray(uv_faces)),
         texture=torch.full((texture_size, texture_size, 3), 0.5),
     )
     info = UnwrapInfo(faces_in, int(f.shape[0]), faces_in != int(f.shape[0]), int(atlas.chart_count), time.perf_counter() - t0, texture_size)
