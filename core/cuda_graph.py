@@ -26,6 +26,7 @@ match hooks to conds) are not part of the signature.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import uuid
@@ -62,6 +63,23 @@ def warmup_stream(device: Optional[torch.device] = None) -> "torch.cuda.Stream":
     if stream is None:
         stream = _WARMUP_STREAMS[index] = torch.cuda.Stream(device=index)
     return stream
+
+
+@contextlib.contextmanager
+def no_host_syncs():
+    """Make ops that wait for the GPU (``.item()``, ``.tolist()``, ``nonzero``, blocking copies) raise.
+
+    Used around the eager warm-up that precedes every capture: such an op inside a capture does not
+    fail cleanly under the cudaMallocAsync allocator (ComfyUI's default) — it aborts the whole process
+    (measured on an H100: ``tests/test_cuda_graph.py::test_capture_failure_falls_back_to_eager`` died
+    with SIGABRT). Found in the warm-up, the call just stays eager.
+    """
+    prev = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(prev)
 
 
 @functools.lru_cache(maxsize=None)
@@ -233,7 +251,7 @@ class GraphedCall:
             # one eager run on a side stream first, as PyTorch's capture recipe asks
             side = warmup_stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            with torch.cuda.stream(side), no_host_syncs():
                 fn(*s_args, **s_kwargs)
             torch.cuda.current_stream().wait_stream(side)
             s_args, s_kwargs = pytree.tree_unflatten(static, spec)

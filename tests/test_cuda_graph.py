@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -161,30 +164,13 @@ def test_graph_memory_release_is_a_no_op_without_cuda(monkeypatch) -> None:
 
 
 @cuda
-def test_graph_memory_release_returns_captured_memory_to_the_device() -> None:
-    """A graph's allocations under cudaMallocAsync live in CUDA's graph memory pool; after the graph
-    and its outputs are gone, the trim must give the device memory back (native allocator: a no-op)."""
-    from idsculpt.core.cuda_graph import _driver, release_graph_memory
-
-    if _driver() is None:
-        pytest.skip("the CUDA driver has no cuDeviceGraphMemTrim")
-    x = torch.randn(4096, 4096, device="cuda")
-    torch.cuda.synchronize()
-    free0 = torch.cuda.mem_get_info()[0]
-    g = torch.cuda.CUDAGraph()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        y = (x @ x).relu() @ x
-    torch.cuda.current_stream().wait_stream(s)
-    with torch.cuda.graph(g):
-        y = ((x @ x).relu() @ x) * 2
-    g.replay()
-    del g, y
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    assert release_graph_memory() is True
-    torch.cuda.empty_cache()
-    free1 = torch.cuda.mem_get_info()[0]
-    # at most the matmul workspaces of the two new streams stay (32 MiB each), not the ~200 MiB of buffers
-    assert free0 - free1 < 100 * 2**20, f"{(free0 - free1) / 2**20:.0f} MiB of device memory not returned"
+def test_capture_failure_does_not_abort_under_cuda_malloc_async() -> None:
+    """ComfyUI's default allocator: a host sync inside a capture used to kill the process (SIGABRT, on an
+    H100); the warm-up now finds the sync first (core.cuda_graph.no_host_syncs) and the call stays eager."""
+    if os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "").replace(" ", "") == "backend:cudaMallocAsync":
+        pytest.skip("already running under cudaMallocAsync: the test above is this check")
+    env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="backend:cudaMallocAsync")
+    test = f"{os.path.abspath(__file__)}::test_capture_failure_falls_back_to_eager"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])

@@ -43,7 +43,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..cuda_graph import warmup_stream
+from ..cuda_graph import no_host_syncs, warmup_stream
 
 log = logging.getLogger("IDSculpt")
 
@@ -218,7 +218,7 @@ class GraphedStep:
                 stage = "warm-up (eager step on a side stream)"
                 side = warmup_stream(self.device)
                 side.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(side), warnings.catch_warnings():
+                with torch.cuda.stream(side), warnings.catch_warnings(), no_host_syncs():
                     # torch warns once that a capturable optimizer steps outside a capture: intended here
                     warnings.filterwarnings("ignore", message=".*capturable=True.*")
                     ref = None
