@@ -209,6 +209,13 @@ class ISDGuidance:
         if hasattr(self.predictor, "close"):
             self.predictor.close()
 
+    def prefetch(self, cameras: Cameras) -> None:
+        """The sculpt's early notice of this step's cameras: passed on to predictors that prepare per-view
+        inputs from the cameras alone (the landmark hints), so that work overlaps the render."""
+        prefetch = getattr(self.predictor, "prefetch", None)
+        if prefetch is not None:
+            prefetch(cameras)
+
     # -- timesteps --------------------------------------------------------------------------
     def t_range(self, step: int | None = None, total_steps: int | None = None) -> tuple[int, int]:
         c = self.config

@@ -162,6 +162,7 @@ class ComfyNoisePredictor:
         self._state: dict | None = None
         self.cuda_graphs = bool(cuda_graphs)
         self.calls = 0
+        self._pending_hints = None  # (cameras, PendingLandmarkImages) from prefetch
 
     # -- model lifecycle ----------------------------------------------------------------------
     @property
@@ -241,12 +242,21 @@ class ComfyNoisePredictor:
             raise ValueError(f"render size {h}x{w} must be a multiple of 8 (the VAE downsamples by 8)")
         return self._encoder(images)
 
+    def prefetch(self, cameras) -> None:
+        """Start drawing the landmark hints of these cameras (``FaceLandmarks3D.draw_async``)."""
+        if self.landmarks is not None and hasattr(self.landmarks, "draw_async"):
+            self._pending_hints = (cameras, self.landmarks.draw_async(cameras))
+
     def landmark_hints(self, views: ViewBatch) -> torch.Tensor:
         """Landmark images [B,3,H,W] (0..1) of this step's cameras for the ControlNet."""
         if views.cameras is None:
             raise ValueError("the landmark ControlNet needs the cameras of the rendered views")
         lm = self.landmarks
-        img = lm.draw(views.cameras) if hasattr(lm, "draw") else lm(views.cameras)
+        pending, self._pending_hints = self._pending_hints, None
+        if pending is not None and pending[0] is views.cameras:
+            img = pending[1].result()
+        else:
+            img = lm.draw(views.cameras) if hasattr(lm, "draw") else lm(views.cameras)
         return torch.as_tensor(img).detach().float().movedim(-1, 1).clamp(0, 1)
 
     @torch.no_grad()

@@ -171,6 +171,35 @@ def test_landmark_hint_reaches_controlnet(env, shared) -> None:
     assert same < 1e-6 and diff > 1e-5 and diff > 100 * same
 
 
+class PrefetchingLandmarks(RandomLandmarks):
+    """With ``draw_async`` (as FaceLandmarks3D): the predictor may start drawing before the render."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.started = []
+
+    def draw_async(self, cameras: Cameras):
+        self.started.append(cameras)
+        return types.SimpleNamespace(result=lambda: RandomLandmarks.draw(self, cameras))
+
+
+def test_prefetched_landmark_hint_is_the_one_drawn_for_the_step(env, shared) -> None:
+    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+
+    x, s, v = _views()
+    plain = _predict(env, shared.m1, (x, s, v), control=True, landmarks=RandomLandmarks(1))
+    lm = PrefetchingLandmarks(1)
+    p = ComfyNoisePredictor(shared.m1, env.pos, env.neg, env.vae, env.controlnet, lm, resolution=RES)
+    with torch.inference_mode(False):
+        p.prefetch(v.cameras)
+        pre = p.predict_noise(x, s, v)
+        assert len(lm.started) == 1 and len(lm.calls) == 1  # drawn once, through the prefetch
+        p.prefetch(Cameras.orbit(0.0, [5.0, 50.0], 4.0, resolution=RES))  # other cameras: not used for v
+        p.predict_noise(x, s, v)
+        assert len(lm.started) == 2 and len(lm.calls) == 2 and lm.calls[-1] is v.cameras
+    assert torch.allclose(pre.cond, plain.cond, atol=1e-6) and torch.allclose(pre.uncond, plain.uncond, atol=1e-6)
+
+
 def test_isd_gradient_through_vae(env) -> None:
     from idsculpt.nodes.guidance_nodes import build_isd_guidance
     from idsculpt.nodes.id_adapter_nodes import apply_id_adapter

@@ -293,8 +293,7 @@ class FaceLandmarks3D:
     fit: dict[str, Any] = field(default_factory=dict)
     log: str = ""
     portrait_landmarks: FaceLandmarks2D | None = None  # the 2D detection this came from
-    # the occluder on each device it was used on: ISD draws landmarks every guidance step on the GPU,
-    # and copying the mesh there each time cost more than the test itself
+    # the occluder (vertices, faces, tolerance) on each device it was used on (see _occluder)
     _occluder_on: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def to(self, device: torch.device | str) -> "FaceLandmarks3D":
@@ -308,14 +307,37 @@ class FaceLandmarks3D:
         pts = self.points.to(cameras.device)
         return cameras.project(pts), cameras.to_camera(pts)[..., 2]
 
+    def _occluder(self, device: torch.device, mesh: HeadMesh | None) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """(vertices, faces, default tolerance) of the occlusion test on ``device``; the stored occluder
+        is cached per device (ISD draws landmarks every guidance step on the GPU, and copying the mesh
+        there or reading its size back each time cost more than the test itself)."""
+        if mesh is not None:
+            v = mesh.vertices.detach()
+            return v.to(device), mesh.faces.to(device), 0.02 * float((v.max(0).values - v.min(0).values).norm())
+        if self.mesh_vertices is None or self.mesh_faces is None:
+            return None
+        key = str(device)
+        if key not in self._occluder_on:
+            v = self.mesh_vertices.detach()
+            tol = 0.02 * float((v.max(0).values - v.min(0).values).norm())
+            self._occluder_on[key] = (v.to(device), self.mesh_faces.to(device), tol)
+        return self._occluder_on[key]
+
     def visibility(
-        self, cameras: Cameras, mesh: HeadMesh | None = None, occlusion: bool = True, tolerance: float | None = None
+        self, cameras: Cameras, mesh: HeadMesh | None = None, occlusion: bool = True, tolerance: float | None = None,
+        method: str = "auto",
     ) -> torch.Tensor:
         """[B,478] bool: in front of the camera, on a surface facing it, and not hidden by the mesh.
 
-        The occlusion test casts a ray from the camera to each landmark; a hit nearer than the
-        landmark by more than ``tolerance`` (default 2% of the mesh's bounding-box diagonal) hides it.
+        A landmark is hidden when the first surface on the ray from the camera to it lies nearer than
+        the landmark by more than ``tolerance`` (default 2% of the mesh's bounding-box diagonal).
+        method "ray" casts that ray (exact; host syncs); "zbuffer" reads the occluder's depth at the
+        landmark's pixel (the ray through the pixel centre, within a pixel of the landmark's ray) from
+        one rasterisation per view, with no host sync; "auto" = zbuffer where nvdiffrast renders
+        (CUDA), else ray.
         """
+        if method not in ("auto", "ray", "zbuffer"):
+            raise ValueError(f"landmark visibility method must be 'auto', 'ray' or 'zbuffer', got {method!r}")
         dev = cameras.device
         pts = self.points.to(dev)
         depth = cameras.to_camera(pts)[..., 2]
@@ -323,34 +345,36 @@ class FaceLandmarks3D:
         to_cam = cameras.position[:, None] - pts[None]
         if self.normals is not None:
             vis &= (self.normals.to(dev)[None] * to_cam).sum(-1) > 0
-        if mesh is not None:
-            verts, faces = mesh.vertices.to(dev), mesh.faces.to(dev)
-        elif self.mesh_vertices is not None and self.mesh_faces is not None:
-            key = str(dev)
-            if key not in self._occluder_on:
-                self._occluder_on[key] = (self.mesh_vertices.to(dev), self.mesh_faces.to(dev))
-            verts, faces = self._occluder_on[key]
-        else:
-            verts = faces = None
-        if occlusion and verts is not None and faces is not None:
-            tol = tolerance if tolerance is not None else 0.02 * float((verts.max(0).values - verts.min(0).values).norm())
-            for b in range(len(cameras)):
-                o = cameras.position[b][None].expand_as(pts)
-                d = pts - o  # t = 1 at the landmark
-                t, _, _ = raycast(o, d, verts, faces)
-                dist = d.norm(dim=-1)
-                vis[b] &= t * dist >= dist - tol
+        occ = self._occluder(dev, mesh) if occlusion else None
+        if occ is None:
+            return vis
+        verts, faces, tol = occ
+        tol = tolerance if tolerance is not None else tol
+        if method == "auto":
+            method = "zbuffer" if _nvdiffrast_on(dev) else "ray"
+        if method == "zbuffer":
+            return vis & ~_zbuffer_hidden(cameras, cameras.project(pts), depth, to_cam.norm(dim=-1), verts, faces, tol)
+        for b in range(len(cameras)):
+            o = cameras.position[b][None].expand_as(pts)
+            d = pts - o  # t = 1 at the landmark
+            t, _, _ = raycast(o, d, verts, faces)
+            dist = d.norm(dim=-1)
+            vis[b] &= t * dist >= dist - tol
         return vis
 
-    def draw(
-        self, cameras: Cameras, mesh: HeadMesh | None = None, occlusion: bool = True
-    ) -> torch.Tensor:
+    def draw(self, cameras: Cameras, mesh: HeadMesh | None = None, occlusion: bool = True) -> torch.Tensor:
         """Landmark images [B,H,W,3] (0..1) for the MediaPipe-face ControlNet, one per camera.
 
         Views from behind (|azimuth| > 90 degrees) show only the face oval, drawn without the
         visibility test, as ID-Sculpt does: the oval outline tells the ControlNet where the face
         is turned. Other views draw only landmarks visible from the camera.
         """
+        return self.draw_async(cameras, mesh, occlusion).result()
+
+    def draw_async(self, cameras: Cameras, mesh: HeadMesh | None = None, occlusion: bool = True) -> "PendingLandmarkImages":
+        """``draw``, started: the projection and visibility are queued on the cameras' device and copied
+        to the host without waiting; ``.result()`` draws (OpenCV, on the CPU) once the copy has landed.
+        Started before a render, the GPU keeps working while the CPU draws."""
         px, _ = self.project(cameras)
         verts = mesh.vertices.detach() if mesh is not None else self.mesh_vertices
         centre = None if verts is None else (verts.min(0).values + verts.max(0).values) / 2
@@ -358,7 +382,63 @@ class FaceLandmarks3D:
         vis = self.visibility(cameras, mesh=mesh, occlusion=occlusion)
         back = az.abs() > 90.0 + 1e-3
         vis = torch.where(back[:, None], torch.ones_like(vis), vis)
-        return draw_landmark_images(px, vis, az, cameras.height, cameras.width, self.connections)
+        return PendingLandmarkImages(px, vis, az, cameras.height, cameras.width, self.connections)
+
+
+class PendingLandmarkImages:
+    """Landmark images being prepared (``FaceLandmarks3D.draw_async``); ``result()`` -> [B,H,W,3] 0..1."""
+
+    def __init__(self, px: torch.Tensor, vis: torch.Tensor, az: torch.Tensor, height: int, width: int, connections: dict[str, Any]):
+        self.size, self.connections = (height, width), connections
+        self._event = None
+        if px.is_cuda:  # pinned host buffers + an event: the copies land without a host sync
+            host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in (px, vis, az)]
+            for h, t in zip(host, (px, vis, az)):
+                h.copy_(t, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record(torch.cuda.current_stream(px.device))
+            px, vis, az = host
+        self._host = (px, vis, az)
+        self._images: torch.Tensor | None = None
+
+    def result(self) -> torch.Tensor:
+        if self._images is None:
+            if self._event is not None:
+                self._event.synchronize()
+            px, vis, az = self._host
+            self._images = draw_landmark_images(px, vis, az, self.size[0], self.size[1], self.connections)
+        return self._images
+
+
+def _nvdiffrast_on(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    from ..render import get_backend
+
+    try:
+        get_backend("nvdiffrast", device)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _zbuffer_hidden(cameras: Cameras, px: torch.Tensor, depth: torch.Tensor, dist: torch.Tensor, verts: torch.Tensor,
+                    faces: torch.Tensor, tol: float) -> torch.Tensor:
+    """[B,P] bool: the occluder's surface at each point's pixel is nearer than the point by more than ``tol``.
+
+    px [B,P,2] pixel positions, depth [B,P] camera z, dist [B,P] distance to the camera. Along one ray
+    the distance is z·dist/depth, so "hit distance < dist − tol" is "hit z < depth − tol·depth/dist".
+    """
+    from ..render import render_mesh
+
+    with torch.no_grad():
+        zbuf = render_mesh(verts, faces, cameras, antialias=False, check_inputs=False).depth[..., 0]  # [B,H,W], 0 = none
+    h, w = zbuf.shape[1:]
+    ix, iy = px[..., 0].floor().long(), px[..., 1].floor().long()
+    inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    b = torch.arange(zbuf.shape[0], device=zbuf.device)[:, None].expand_as(ix)
+    z = zbuf[b, iy.clamp(0, h - 1), ix.clamp(0, w - 1)]
+    return inside & (z > 0) & (z < depth - tol * depth / dist.clamp_min(1e-12))
 
 
 def preview_cameras(mesh: HeadMesh, azimuths=(0.0, 45.0, -45.0, 90.0, -90.0, 180.0), resolution: int = 512,

@@ -83,6 +83,7 @@ def render_mesh(
     antialias: bool = True,
     background: float | Sequence[float] | torch.Tensor = 0.0,
     backend: Optional[str | RenderBackend] = None,
+    check_inputs: bool = True,
 ) -> RenderOutput:
     """Render a triangle mesh from B cameras (see the module docstring for the conventions).
 
@@ -90,6 +91,9 @@ def render_mesh(
     vertex_colors [N,3] / [B,N,3]; uvs [K,2] with uv_faces [M,3] and texture [Ht,Wt,3] or
     [B,Ht,Wt,3] (v up, row 0 = top). The texture wins over vertex colours when both are given.
     backend: "torch" | "nvdiffrast" | None (nvdiffrast on CUDA when available, else torch).
+    check_inputs: the face-index range and finite-vertex checks read values back from the GPU (three
+    host syncs); callers that render their own valid meshes every step (the sculpt loop, which checks
+    its loss and gradients once per step) turn them off so the CPU keeps queueing work.
     """
     if not isinstance(cameras, Cameras):
         raise TypeError(f"render_mesh: cameras must be core.camera.Cameras, got {type(cameras).__name__}")
@@ -102,10 +106,11 @@ def render_mesh(
     if faces.dim() != 2 or faces.shape[-1] != 3 or faces.dtype.is_floating_point:
         raise ValueError(f"render_mesh: faces must be an integer [M,3] tensor, got {tuple(faces.shape)} {faces.dtype}")
     n = vertices.shape[-2]
-    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= n):
-        raise ValueError(f"render_mesh: faces index vertex {int(faces.max())} but there are only {n} vertices")
-    if not bool(torch.isfinite(vertices).all()):
-        raise ValueError("render_mesh: vertices contain NaN or Inf (the optimisation diverged?)")
+    if check_inputs:
+        if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= n):
+            raise ValueError(f"render_mesh: faces index vertex {int(faces.max())} but there are only {n} vertices")
+        if not bool(torch.isfinite(vertices).all()):
+            raise ValueError("render_mesh: vertices contain NaN or Inf (the optimisation diverged?)")
     dev = vertices.device
     if vertices.dtype != torch.float32:
         vertices = vertices.float()

@@ -42,7 +42,9 @@ class Guidance(Protocol):
         origin); azimuth/elevation: [B] degrees (0 azimuth = front, +90 = the subject's left);
         step/total_steps: the sculpt step, for timestep annealing.
     Returns a scalar loss whose gradient w.r.t. ``images`` is the guidance gradient. An optional
-    ``__enter__``/``__exit__`` pair keeps models loaded for the whole loop.
+    ``__enter__``/``__exit__`` pair keeps models loaded for the whole loop; an optional
+    ``prefetch(cameras)`` is called with the step's cameras before the render, so work that needs only
+    the cameras (the landmark hints) can start early.
     """
 
     def __call__(self, images: torch.Tensor, cameras: Cameras, azimuth: torch.Tensor | None = None,
@@ -211,7 +213,7 @@ class Sculptor:
         cams, normals, masks = self.gan
         c = self.config
         idx = torch.randint(0, len(cams), (c.gan_batch,), generator=self.generator).tolist()
-        out = render_mesh(v, f, cams[idx], backend=self._mask_backend())
+        out = render_mesh(v, f, cams[idx], backend=self._mask_backend(), check_inputs=False)
         return {
             "gan_normal": c.lambda_gan_normal * normal_cosine_loss(out.normal_world, normals[idx], masks[idx] * out.coverage),
             "gan_mask": c.lambda_gan_mask * mask_loss(out.mask, masks[idx]),
@@ -219,7 +221,7 @@ class Sculptor:
 
     def reference_loss(self, v: torch.Tensor, f: torch.Tensor) -> dict[str, torch.Tensor]:
         r, c = self.ref, self.config
-        out = render_mesh(v, f, r["camera"], backend=self._mask_backend())
+        out = render_mesh(v, f, r["camera"], backend=self._mask_backend(), check_inputs=False)
         cover = out.coverage
         inv_depth = torch.where(cover > 0, 1.0 / out.depth.clamp_min(1e-6), torch.zeros_like(out.depth))
         d_mse, d_pearson = depth_losses(inv_depth, r["disparity"], r["depth_mask"] * cover)
@@ -233,8 +235,12 @@ class Sculptor:
     def guidance_loss(self, v: torch.Tensor, f: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         c = self.config
         cams, az, el = random_views(c.guidance_batch, c.views, self.generator)
-        out = render_mesh(v, f, cams.to(self.device))
-        loss = self.guidance(out.normal_image(), cams.to(self.device), azimuth=az, elevation=el, step=step, total_steps=self.total)
+        cams = cams.to(self.device)
+        prefetch = getattr(self.guidance, "prefetch", None)
+        if prefetch is not None:  # e.g. start drawing the landmark hints while the GPU renders
+            prefetch(cams)
+        out = render_mesh(v, f, cams, check_inputs=False)
+        loss = self.guidance(out.normal_image(), cams, azimuth=az, elevation=el, step=step, total_steps=self.total)
         return {"guidance": c.lambda_guidance * loss}
 
     # ------------------------------------------------------------------ one step
