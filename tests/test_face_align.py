@@ -164,23 +164,30 @@ def test_three_quarter_portrait_keeps_hidden_landmarks_behind(real_layout):
     assert float((snapped_all - truth).norm(dim=-1)[true_hidden].max()) > 3 * float(err3d.max())
 
 
+def _nosed_head_landmarks(real_layout, subdivisions: int):
+    """An ellipsoid head with a nose (icosphere of ``subdivisions``) and the portrait's landmarks placed
+    on it from the frontal reference camera: (head, FaceLandmarks3D)."""
+    s = trimesh.creation.icosphere(subdivisions=subdivisions)
+    v = torch.tensor(s.vertices, dtype=torch.float32) * torch.tensor([0.24, 0.30, 0.27])
+    nose = 0.09 * torch.exp(-(v[:, 0] ** 2 + (v[:, 1] + 0.02) ** 2) / 0.004) * (v[:, 2] > 0)
+    head = HeadMesh(v + nose[:, None] * torch.tensor([0.0, 0.0, 1.0]), torch.tensor(s.faces))
+    cam = Cameras.orbit(0.0, 0.0, EG3D_RADIUS, EG3D_FOV, RES)
+    o, d = pixel_rays(cam, (real_layout.normalized[:, :2] * RES)[None])
+    t, _, _ = raycast(o[0], d[0], head.vertices, head.faces)
+    truth = o[0] + d[0] * t.nan_to_num(posinf=0.0)[:, None]
+    zc = cam.to_camera(truth)[0, :, 2]
+    f = cam.focal_pixels()[0]
+    pts = torch.stack([*cam.project(truth)[0].unbind(-1), f * (zc - zc.mean()) / zc.mean()], -1) * (1024 / RES)
+    lm = align_landmarks_to_mesh(FaceLandmarks2D(points=pts, image_size=(1024, 1024), connections=real_layout.connections), head, cam)
+    return head, lm
+
+
 def test_occlusion_on_the_decimated_head_matches_the_full_mesh(real_layout):
     """The landmarks keep a decimated copy of a dense head for their occlusion test (a PanoHead mesh has
     ~2 M faces and ISD tests occlusion at every guidance step): its verdicts must match the full mesh's."""
     from idsculpt.core.face.align import OCCLUDER_MAX_FACES
 
-    s = trimesh.creation.icosphere(subdivisions=7)  # 327,680 faces
-    v = torch.tensor(s.vertices, dtype=torch.float32) * torch.tensor([0.24, 0.30, 0.27])
-    nose = 0.09 * torch.exp(-(v[:, 0] ** 2 + (v[:, 1] + 0.02) ** 2) / 0.004) * (v[:, 2] > 0)
-    dense = HeadMesh(v + nose[:, None] * torch.tensor([0.0, 0.0, 1.0]), torch.tensor(s.faces))
-    cam = Cameras.orbit(0.0, 0.0, EG3D_RADIUS, EG3D_FOV, RES)
-    o, d = pixel_rays(cam, (real_layout.normalized[:, :2] * RES)[None])
-    t, _, _ = raycast(o[0], d[0], dense.vertices, dense.faces)
-    truth = o[0] + d[0] * t.nan_to_num(posinf=0.0)[:, None]
-    zc = cam.to_camera(truth)[0, :, 2]
-    f = cam.focal_pixels()[0]
-    pts = torch.stack([*cam.project(truth)[0].unbind(-1), f * (zc - zc.mean()) / zc.mean()], -1) * (1024 / RES)
-    lm = align_landmarks_to_mesh(FaceLandmarks2D(points=pts, image_size=(1024, 1024), connections=real_layout.connections), dense, cam)
+    dense, lm = _nosed_head_landmarks(real_layout, 7)  # 327,680 faces
     assert lm.mesh_faces.shape[0] <= 1.05 * OCCLUDER_MAX_FACES < dense.faces.shape[0]
     cams = Cameras.orbit([0.0] * 12 + [30.0] * 12, [a * 30.0 - 165.0 for a in range(12)] * 2, 3.8, 30.0, 128)
     facing = lm.visibility(cams, occlusion=False)  # in front of the camera and on a surface facing it
@@ -196,17 +203,7 @@ def test_zbuffer_visibility_matches_ray_casting(real_layout):
     """ISD's occlusion test on the GPU reads the occluder's depth buffer instead of casting rays (no host
     sync); here both run on the CPU (torch rasteriser) and must give the same verdicts, pixel-centre
     rounding aside, and the drawn images must be the ones ``draw`` gives."""
-    s = trimesh.creation.icosphere(subdivisions=5)
-    v = torch.tensor(s.vertices, dtype=torch.float32) * torch.tensor([0.24, 0.30, 0.27])
-    nose = 0.09 * torch.exp(-(v[:, 0] ** 2 + (v[:, 1] + 0.02) ** 2) / 0.004) * (v[:, 2] > 0)
-    head = HeadMesh(v + nose[:, None] * torch.tensor([0.0, 0.0, 1.0]), torch.tensor(s.faces))
-    cam = Cameras.orbit(0.0, 0.0, EG3D_RADIUS, EG3D_FOV, RES)
-    o, d = pixel_rays(cam, (real_layout.normalized[:, :2] * RES)[None])
-    t, _, _ = raycast(o[0], d[0], head.vertices, head.faces)
-    truth = o[0] + d[0] * t.nan_to_num(posinf=0.0)[:, None]
-    zc = cam.to_camera(truth)[0, :, 2]
-    pts = torch.stack([*cam.project(truth)[0].unbind(-1), cam.focal_pixels()[0] * (zc - zc.mean()) / zc.mean()], -1) * (1024 / RES)
-    l3 = align_landmarks_to_mesh(FaceLandmarks2D(points=pts, image_size=(1024, 1024), connections=real_layout.connections), head, cam)
+    _, l3 = _nosed_head_landmarks(real_layout, 5)
     cams = Cameras.orbit([0.0] * 12 + [30.0] * 12, [a * 30.0 - 165.0 for a in range(12)] * 2, 3.8, 30.0, 256)
     facing = l3.visibility(cams, occlusion=False)
     ray = l3.visibility(cams, method="ray")
