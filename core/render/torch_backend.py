@@ -29,10 +29,12 @@ clips them); heads seen from orbit cameras never reach the near plane.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 import torch
 
+from . import walk_triton
 from .backend import RenderBackend, check_rasterize_inputs
 
 _INT64_MAX = torch.iinfo(torch.int64).max
@@ -101,6 +103,7 @@ class TorchBackend(RenderBackend):
         max_candidates: int = 1 << 22,
         background_silhouettes: bool = True,
         walk_steps: int = 8,
+        fused_walk: Optional[bool] = None,
     ) -> None:
         super().__init__(device)
         self.max_candidates = int(max_candidates)  # pixel candidates per chunk: bounds peak memory
@@ -109,6 +112,11 @@ class TorchBackend(RenderBackend):
         self.background_silhouettes = bool(background_silhouettes)
         # Interior edges the antialiaser may walk across to reach the silhouette (0 = nvdiffrast).
         self.walk_steps = int(walk_steps)
+        # On CUDA with Triton the edge search runs as one kernel (walk_triton.py); False: always torch ops.
+        # None: on unless IDSCULPT_FUSED_WALK=0 (for before/after benchmarks in one process tree).
+        if fused_walk is None:
+            fused_walk = os.environ.get("IDSCULPT_FUSED_WALK", "1") != "0"
+        self.fused_walk = bool(fused_walk)
 
     # ------------------------------------------------------------------------------ rasterize
     def rasterize(self, pos: torch.Tensor, tri: torch.Tensor, resolution: tuple[int, int]) -> torch.Tensor:
@@ -404,6 +412,9 @@ class TorchBackend(RenderBackend):
         pw = pos[..., 3].clamp_min(1e-8)
         sxy = torch.stack([pos[..., 0] / pw * (w / 2), pos[..., 1] / pw * (h / 2)], dim=-1)  # [B,N,2]
         off = torch.stack([w / 2 - rx, h / 2 - ry], dim=-1)  # [K,2]
+        if self.fused_walk and walk_triton.available(dev):
+            return walk_triton.find_silhouette_edge(sxy, tri, topo.neighbor, topo.opposite, b, t, t_other, off, ds, down,
+                                                    to_bg, self.walk_steps, self.background_silhouettes, eps)
         bcol, dn = b[:, None], down[:, None]
         nxt_a = torch.tensor([1, 2, 0], device=dev)  # edge k joins corners (k+1, k+2)
         nxt_b = torch.tensor([2, 0, 1], device=dev)

@@ -1,0 +1,66 @@
+"""The walking antialiaser's edge search as one Triton kernel (CUDA only).
+
+Why: the search in ``TorchBackend._find_silhouette_edge`` is ~50 small tensor ops per walk step over
+all discontinuity pairs, up to ``walk_steps + 1`` steps, with a host sync per step. On an H100 a
+mask-loss render spends ~1,280 kernel launches and 28 host syncs on the walk while the GPU is busy
+for ~4 ms of a ~40 ms render (docs/PERFORMANCE.md): Python's launches are the cost, not the maths.
+Here one program walks one pair from start to end, so the search is one launch and no sync.
+
+Same algorithm and the same float expressions as the torch version (read it for the geometry):
+divisions are IEEE round-to-nearest (``div_rn``) and the launch disables FMA contraction, so each
+decision (which edge the line leaves through, whether it is a silhouette) matches the torch code's.
+Only the search is here; the chosen edge's crossing distance is still computed by the torch code
+with autograd (it carries the gradient).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel():
+    """The kernel (compiled on first launch), or None where Triton is missing."""
+    try:
+        from ._walk_kernel import walk
+    except Exception:  # noqa: BLE001  (no Triton: CPU-only torch, Windows without triton-windows)
+        return None
+    return walk
+
+
+def available(device: torch.device) -> bool:
+    """True where the fused search can run: a CUDA device and Triton."""
+    return device.type == "cuda" and _kernel() is not None
+
+
+def find_silhouette_edge(sxy: torch.Tensor, tri: torch.Tensor, neighbor: torch.Tensor, opposite: torch.Tensor,
+                         b: torch.Tensor, t: torch.Tensor, t_other: torch.Tensor, off: torch.Tensor, ds: torch.Tensor,
+                         down: torch.Tensor, to_bg: torch.Tensor, walk_steps: int, background_silhouettes: bool,
+                         eps: float, interpret: Optional[bool] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``TorchBackend._find_silhouette_edge`` in one launch: (edge triangle [K], edge slot [K], usable [K]).
+
+    sxy [B,N,2] vertex screen positions (pixels, from the image centre); tri/neighbor/opposite [M,3];
+    per pair: batch b, owning triangle t, the other pixel's triangle t_other, off [K,2] (centre minus
+    reference pixel), ds (±1), down and to_bg (bool).
+    """
+    kernel = _kernel()
+    if kernel is None:
+        raise RuntimeError("the fused silhouette walk needs Triton")
+    n = int(t.shape[0])
+    edge_t = torch.empty(n, dtype=torch.int64, device=t.device)
+    edge_k = torch.empty(n, dtype=torch.int64, device=t.device)
+    ok = torch.empty(n, dtype=torch.int8, device=t.device)
+    if n == 0:
+        return edge_t, edge_k, ok.bool()
+    block = 256
+    f32 = torch.float32
+    off = off.to(f32)
+    kernel[((n + block - 1) // block,)](
+        sxy.to(f32).contiguous(), tri.long().contiguous(), neighbor.long().contiguous(), opposite.long().contiguous(),
+        b.long().contiguous(), t.long().contiguous(), t_other.long().contiguous(), off[:, 0].contiguous(),
+        off[:, 1].contiguous(), ds.to(f32).contiguous(), down.to(torch.int8).contiguous(), to_bg.to(torch.int8).contiguous(),
+        edge_t, edge_k, ok, n, int(sxy.shape[1]), float(eps), WALK_STEPS=int(walk_steps),
+        BACKGROUND=bool(background_silhouettes), BLOCK=block, enable_fp_fusion=False)
+    return edge_t, edge_k, ok.bool()
