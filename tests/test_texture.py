@@ -237,6 +237,20 @@ def test_fill_holes_keeps_known_and_continues_smoothly():
     assert (filled - tex).abs()[~known].max() < 0.1
 
 
+def test_fill_holes_grows_each_chart_from_its_own_border():
+    """Two charts 4 texels apart: the gutter texels next to each chart (what a bilinear lookup at the
+    chart's edge reads) take that chart's colour, not a blend with the chart across the gutter."""
+    tex = torch.zeros(32, 32, 3)
+    known = torch.zeros(32, 32, dtype=torch.bool)
+    known[4:28, 4:14], known[4:28, 18:28] = True, True
+    tex[4:28, 4:14] = torch.tensor([1.0, 0.0, 0.0])
+    tex[4:28, 18:28] = torch.tensor([0.0, 0.0, 1.0])
+    filled = fill_holes(tex, known)
+    assert torch.equal(filled[known], tex[known])
+    assert torch.equal(filled[6:26, 14:16], tex[6:26, 13:14].expand(-1, 2, -1))  # two rings of red
+    assert torch.equal(filled[6:26, 16:18], tex[6:26, 18:19].expand(-1, 2, -1))  # two rings of blue
+
+
 def test_unwrap_decimates_large_meshes_and_validates_size():
     mesh = head_mesh(4)  # 5120 faces
     small, info = unwrap_uv(mesh, 512, max_faces=2000)

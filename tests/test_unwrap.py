@@ -76,6 +76,7 @@ def test_patched_atlas_bakes_and_rerenders_surface_positions() -> None:
         assert torch.equal(out.face_id, truth.face_id)
         err = (out.color - truth.color).norm(dim=-1)[inner]
         assert float(err.median()) < 1e-3
-        # bilinear lookups next to a chart border reach into the gutter: a few % of pixels on seams
+        # bilinear lookups next to a chart border reach into the gutter, which fill_holes grows from
+        # the chart's own border (before that, ~1-2 % of these pixels read the neighbouring chart)
         off[patch_faces] = float((err > 0.05).float().mean())
-    assert off[800] < 0.02 and off[800] <= off[None] + 0.002, off
+    assert off[800] < 0.001 and off[None] < 0.001, off

@@ -164,13 +164,21 @@ def sample_in_crop(crop: torch.Tensor, box: CropBox, pix: torch.Tensor) -> torch
 def fill_holes(texture: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """Push-pull fill: texels where ``known`` [T,T] is False get a smooth continuation of the known ones.
 
-    Known texels keep their value exactly. Fills inside-chart holes and the gutter between charts
-    (seam dilation) in one pass, in O(T²).
+    Known texels keep their value exactly. Texels next to known ones first take their known neighbours'
+    mean (two rings: seam dilation from each chart's own border), then push-pull fills the rest
+    (inside-chart holes, the far gutter), in O(T²).
     """
     if not bool(known.any()):
         return texture.clone()
+    original = known
     x = texture.permute(2, 0, 1)[None].float()
     wt = known.float()[None, None]
+    # First grow each chart by two rings of texels from its own border (the mean of the known 8-neighbours):
+    # a bilinear lookup inside a chart reaches one texel past its edge, and push-pull alone would fill that
+    # texel from coarse levels that average in the next chart across the gutter (colour bleeding at seams).
+    # Charts are packed at least 2 texels apart (unwrap_uv), so a ring never takes another chart's colour.
+    x, wt = _grow_known(x * wt, wt, rings=2)
+    x = x / wt.clamp_min(1e-12)
     levels = [(x * wt, wt)]
     while min(levels[-1][1].shape[-2:]) > 1 and bool((levels[-1][1] <= 0).any()):
         s, wl = levels[-1]
@@ -186,7 +194,22 @@ def fill_holes(texture: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         a = wl.clamp(0, 1)
         colour = own * a + up * (1 - a)
     out = colour[0].permute(1, 2, 0).to(texture.dtype)
-    return torch.where(known[..., None], texture, out)
+    return torch.where(original[..., None], texture, out)
+
+
+def _grow_known(s: torch.Tensor, w: torch.Tensor, rings: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rings`` rounds of: unknown texels (w = 0) next to known ones take their known 8-neighbours' mean.
+    s [1,C,H,W] weighted sums, w [1,1,H,W] in {0, 1}; returns the grown pair (w stays 0/1)."""
+    ones = torch.ones(1, 1, 3, 3, dtype=s.dtype, device=s.device)
+    for _ in range(rings):
+        ns = F.conv2d(s, ones.expand(s.shape[1], 1, 3, 3), padding=1, groups=s.shape[1])
+        nw = F.conv2d(w, ones, padding=1)
+        new = (w <= 0) & (nw > 0)
+        if not bool(new.any()):
+            break
+        s = torch.where(new, ns / nw.clamp_min(1e-12), s)
+        w = torch.where(new, torch.ones_like(w), w)
+    return s, w
 
 
 @dataclass
