@@ -20,9 +20,10 @@ inside the view's eroded (visible ∧ cosine > threshold) pixel mask. The erosio
 px, i.e. 16 px, scaled with the render size) drops grazing-angle and silhouette pixels, whose colours
 are blurred by the renderer and the diffusion model; later views paint those texels head-on.
 
-Holes (texels no view painted) and the space between UV charts are filled by push-pull (masked
-mip-map averaging, then coarse-to-fine fill): every texel ends with a colour continued smoothly from
-its painted neighbourhood, so seams sample no grey under bilinear filtering.
+Holes (texels no view painted) and the space between UV charts are filled by two rings of dilation
+from each chart's own border, then push-pull (masked mip-map averaging, then coarse-to-fine fill):
+every texel ends with a colour continued from its painted neighbourhood, so seams sample neither grey
+nor the chart across the gutter under bilinear filtering.
 """
 from __future__ import annotations
 
