@@ -1,8 +1,9 @@
 """core/render/walk_triton.py: the fused silhouette walk must make the torch walk's decisions.
 
 On CUDA the kernel runs natively; on a CPU machine with Triton installed it runs in Triton's
-interpreter (TRITON_INTERPRET=1, slow, so a smaller image). Without Triton (the CI machine's CPU-only
-torch) the test is skipped: the torch walk, which the other render tests cover, is then the only one.
+interpreter (TRITON_INTERPRET=1, slow, so a smaller image); CI installs Triton for that. Without
+Triton the comparison is skipped (the torch walk, which the other render tests cover, is then the only
+one); the fallback test needs no Triton.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from idsculpt.core.dmtet.procedural import procedural_head_mesh
 from idsculpt.core.render import walk_triton
 from idsculpt.core.render.torch_backend import TorchBackend
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 
 
 @pytest.fixture
@@ -42,6 +43,7 @@ def _render(be: TorchBackend, verts: torch.Tensor, faces: torch.Tensor, cams: Ca
     return out.detach(), v.grad
 
 
+@needs_triton
 def test_fused_walk_matches_the_torch_walk(device, monkeypatch) -> None:
     res = 512 if device.type == "cuda" else 96
     head = procedural_head_mesh(64 if device.type == "cuda" else 48)  # sub-pixel triangles: long walks
@@ -79,3 +81,29 @@ def test_fused_walk_matches_the_torch_walk(device, monkeypatch) -> None:
         assert torch.equal(rok, gok)
         assert torch.equal(rt[rok], gt[gok]) and torch.equal(rk[rok], gk[gok])
     assert sum(int(ok.sum()) for (_, _, ok), _ in searches) > 1000  # many silhouette pairs were compared
+
+
+def test_a_failing_kernel_falls_back_to_the_torch_walk(monkeypatch, caplog) -> None:
+    """Triton installed but unable to compile (an unsupported GPU, a broken toolchain): one warning, and
+    the render goes on with the torch walk instead of failing the run."""
+    import logging
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("PTX compilation failed")
+
+    monkeypatch.setattr(walk_triton, "_disabled", [])
+    monkeypatch.setattr(walk_triton, "available", lambda dev: not walk_triton._disabled)
+    monkeypatch.setattr(walk_triton, "find_silhouette_edge", broken)
+    head = procedural_head_mesh(16)
+    cams = Cameras.orbit(10.0, 30.0, 3.2, 40.0, 64)
+    be = TorchBackend("cpu", fused_walk=False)
+    homo = torch.cat([head.vertices, torch.ones_like(head.vertices[:, :1])], -1)
+    clip = (homo[None] @ cams.full_projection().to(homo).transpose(1, 2)).contiguous()
+    rast = be.rasterize(clip, head.faces.int(), (64, 64))
+    ref, gref = _render(be, head.vertices, head.faces.int(), cams, rast)
+    be.fused_walk = True
+    with caplog.at_level(logging.WARNING, logger="IDSculpt"):
+        out, g = _render(be, head.vertices, head.faces.int(), cams, rast)
+        out2, _ = _render(be, head.vertices, head.faces.int(), cams, rast)
+    assert torch.equal(out, ref) and torch.equal(g, gref) and torch.equal(out2, ref)
+    assert caplog.text.count("fused silhouette walk (Triton) failed") == 1 and "PTX compilation failed" in caplog.text

@@ -15,9 +15,13 @@ with autograd (it carries the gradient).
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Optional
 
 import torch
+
+log = logging.getLogger("IDSculpt")
+_disabled: list[str] = []  # why the kernel was turned off for this process (first failure), if it was
 
 
 @functools.lru_cache(maxsize=None)
@@ -31,8 +35,16 @@ def _kernel():
 
 
 def available(device: torch.device) -> bool:
-    """True where the fused search can run: a CUDA device and Triton."""
-    return device.type == "cuda" and _kernel() is not None
+    """True where the fused search can run: a CUDA device and a working Triton."""
+    return device.type == "cuda" and not _disabled and _kernel() is not None
+
+
+def disable(error: BaseException) -> None:
+    """Turn the kernel off for this process after it failed (e.g. Triton installed but unable to
+    compile for this GPU): the torch walk takes over, with one warning instead of a failed run."""
+    if not _disabled:
+        _disabled.append(f"{type(error).__name__}: {error}")
+        log.warning("IDSculpt: the fused silhouette walk (Triton) failed, using the torch walk instead: %s", _disabled[0][:300])
 
 
 def find_silhouette_edge(sxy: torch.Tensor, tri: torch.Tensor, neighbor: torch.Tensor, opposite: torch.Tensor,
