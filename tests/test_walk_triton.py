@@ -8,6 +8,9 @@ one); the fallback test needs no Triton.
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -18,18 +21,6 @@ from idsculpt.core.render import walk_triton
 from idsculpt.core.render.torch_backend import TorchBackend
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
-
-
-@pytest.fixture
-def device(monkeypatch):
-    if torch.cuda.is_available():
-        yield torch.device("cuda")
-        return
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    walk_triton._kernel.cache_clear()
-    monkeypatch.setattr(walk_triton, "available", lambda dev: walk_triton._kernel() is not None)
-    yield torch.device("cpu")
-    walk_triton._kernel.cache_clear()
 
 
 def _render(be: TorchBackend, verts: torch.Tensor, faces: torch.Tensor, cams: Cameras, rast: torch.Tensor):
@@ -44,7 +35,26 @@ def _render(be: TorchBackend, verts: torch.Tensor, faces: torch.Tensor, cams: Ca
 
 
 @needs_triton
-def test_fused_walk_matches_the_torch_walk(device, monkeypatch) -> None:
+def test_fused_walk_matches_the_torch_walk(monkeypatch) -> None:
+    """On CUDA natively; on a CPU in Triton's interpreter, which must be on before Triton is first
+    imported (other packages may import it early): the test then re-runs itself in a fresh process."""
+    if torch.cuda.is_available():
+        return _compare(torch.device("cuda"), monkeypatch)
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        test = f"{os.path.abspath(__file__)}::test_fused_walk_matches_the_torch_walk"
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+                           env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0 and "1 passed" in r.stdout, (r.stdout[-3000:], r.stderr[-2000:])
+        return None
+    walk_triton._kernel.cache_clear()
+    monkeypatch.setattr(walk_triton, "available", lambda dev: walk_triton._kernel() is not None)
+    try:
+        return _compare(torch.device("cpu"), monkeypatch)
+    finally:
+        walk_triton._kernel.cache_clear()
+
+
+def _compare(device: torch.device, monkeypatch) -> None:
     res = 512 if device.type == "cuda" else 96
     head = procedural_head_mesh(64 if device.type == "cuda" else 48)  # sub-pixel triangles: long walks
     verts, faces = head.vertices.to(device), head.faces.to(device).int()
