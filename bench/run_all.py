@@ -4,7 +4,7 @@ Each bench/bench_<stage>.py writes a JSON file (``--out``); this script runs the
 other (so peak VRAM is per stage), collects the JSON files and renders one markdown report with
 the card's name. Usage on a CUDA machine:
 
-    python bench/run_all.py --out-dir bench/results [--stages render,sculpt,isd,panohead,texture]
+    python bench/run_all.py --out-dir bench/results [--stages render,sculpt,isd,panohead,texture,landmarks]
     python bench/run_all.py --report-only --out-dir bench/results   # re-render PERFORMANCE.md
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-STAGES = ["render", "sculpt", "isd", "panohead", "texture"]
+STAGES = ["render", "sculpt", "isd", "panohead", "texture", "landmarks"]
 
 
 def run_stage(stage: str, out_dir: str, extra: list[str], timeout: int) -> dict:
