@@ -15,6 +15,7 @@ from idsculpt.core.dmtet import (
     chamfer_distance,
     head_sdf,
     laplacian_loss,
+    mesh_edges,
     marching_tets,
     mesh_sdf_on_grid,
     normal_consistency_loss,
@@ -250,6 +251,10 @@ def test_regularizers_known_values():
     rims = torch.stack([(fan_v[0] + rim[(k + 1) % 6] + rim[(k - 1) % 6]) / 3 - rim[k] for k in range(6)])
     expect = torch.cat([centre[None], rims]).pow(2).mean()
     assert abs(float(lap) - float(expect)) < 1e-6
+    # Vertices on no face do not count; precomputed edges give the same value.
+    spare = torch.cat([fan_v, torch.tensor([[5.0, 5.0, 5.0], [-3.0, 1.0, 2.0]])])
+    assert abs(float(laplacian_loss(spare, fan_f)) - float(expect)) < 1e-6
+    assert float(laplacian_loss(spare, fan_f, mesh_edges(fan_f, spare.shape[0]))) == float(laplacian_loss(spare, fan_f))
     # A sphere has small but positive values; noise raises both.
     nc0, lap0 = float(normal_consistency_loss(v, f)), float(laplacian_loss(v, f))
     noisy = v + 0.02 * torch.randn(v.shape, generator=torch.Generator().manual_seed(0))

@@ -37,17 +37,19 @@ def normal_consistency_loss(vertices: torch.Tensor, faces: torch.Tensor, edges: 
     return (1 - (n[e[:, 0]] * n[e[:, 1]]).sum(-1)).mean()
 
 
-def laplacian_loss(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+def laplacian_loss(vertices: torch.Tensor, faces: torch.Tensor, edges: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over vertices and coordinates of the squared uniform Laplacian, mean(neighbours) − v.
     Penalises bumps at the scale of one edge. (With every edge in two faces, this equals
-    threestudio's face-accumulated form.)"""
+    threestudio's face-accumulated form.) ``edges``: the mesh's unique edges when already known
+    (``mesh_edges`` sorts, and reads its size back from the GPU)."""
     if faces.shape[0] == 0:
         return vertices.sum() * 0
     nv = vertices.shape[0]
-    e = mesh_edges(faces, nv)
+    e = mesh_edges(faces, nv) if edges is None else edges
     src = torch.cat([e[:, 0], e[:, 1]])
     dst = torch.cat([e[:, 1], e[:, 0]])
     acc = torch.zeros_like(vertices).index_add(0, src, vertices[dst])
     deg = torch.zeros(nv, dtype=vertices.dtype, device=vertices.device).index_add(0, src, torch.ones_like(src, dtype=vertices.dtype))
     lap = acc / deg.clamp_min(1)[:, None] - vertices
-    return (lap**2)[deg > 0].mean()
+    used = (deg > 0).to(vertices.dtype)[:, None]  # vertices on an edge (a mask, not an index: no host sync)
+    return ((lap**2) * used).sum() / (3 * used.sum()).clamp_min(1)

@@ -22,7 +22,8 @@ from typing import Callable, Optional, Protocol, runtime_checkable
 import torch
 
 from ..camera import Cameras
-from ..dmtet import DMTetGeometry, TetGrid, laplacian_loss, mesh_sdf_on_grid, normal_consistency_loss, normalize_mesh
+from ..dmtet import (DMTetGeometry, TetGrid, laplacian_loss, mesh_edges, mesh_sdf_on_grid, normal_consistency_loss,
+                     normalize_mesh)
 from ..dmtet.sdf_init import MeshNormalization
 from ..mesh import HeadMesh
 from ..render import render_mesh
@@ -259,8 +260,9 @@ class Sculptor:
             terms = self.guidance_loss(v, f, step)
         if step >= self.gan_steps or c.regularize_stage_a:
             r = (step - self.gan_steps) / max(self.total - self.gan_steps - 1, 1)
-            terms["normal_consistency"] = _ramp(c.lambda_normal_consistency, r) * normal_consistency_loss(v, f)
-            terms["laplacian"] = _ramp(c.lambda_laplacian, r) * laplacian_loss(v, f)
+            edges = mesh_edges(f, v.shape[0])  # once for both regularisers
+            terms["normal_consistency"] = _ramp(c.lambda_normal_consistency, r) * normal_consistency_loss(v, f, edges)
+            terms["laplacian"] = _ramp(c.lambda_laplacian, r) * laplacian_loss(v, f, edges)
         loss = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
