@@ -109,10 +109,13 @@ class DMTetSculpt(io.ComfyNode):
         if graphs_before is not None:
             predictor.cuda_graphs = graphs_allowed(graphs_before, vram_mode)  # low_vram: no graph memory pools
         try:
-            with stage("DMTet Sculpt", vram_mode), torch.inference_mode(False), torch.enable_grad():
+            with stage("DMTet Sculpt", vram_mode) as record, torch.inference_mode(False), torch.enable_grad():
                 mesh = _fresh(head_mesh).to(device)
                 result = sculpt(mesh, _fresh(gan_views), _fresh(reference_geometry), guidance, cfg, progress=progress,
                                 interrupt=interrupt, device=device)
+                record["step_ms"] = result.step_ms  # per step kind: where the stage's time goes (bench_pipeline)
+                print("[IDSculpt] DMTet Sculpt: " + ", ".join(f"{k} steps {v['steps']} x {v['mean_ms']:.1f} ms"
+                                                             for k, v in result.step_ms.items()))
                 m = result.mesh_normalized.to(device)
                 previews = render_previews(m.vertices, m.faces, preview_cameras(8, 512).to(device))
         finally:

@@ -144,8 +144,11 @@ def test_stage_b_alternates_reference_and_guidance(target, sphere):
     kinds = [s.kind(i) for i in range(10)]
     assert kinds == ["gan"] * 4 + ["reference", "guidance"] * 3
     seen = []
-    s.run(progress=lambda step, total, prev: seen.append((step, total, prev)))
+    res = s.run(progress=lambda step, total, prev: seen.append((step, total, prev)))
     assert g.entered == 1 and g.exited == 1
+    assert {k: v["steps"] for k, v in res.step_ms.items()} == {"gan": 4, "reference": 3, "guidance": 3}
+    assert all(v["mean_ms"] > 0 for v in res.step_ms.values())
+    assert sum(v["steps"] * v["mean_ms"] for v in res.step_ms.values()) <= 1000 * res.seconds
     assert [c["step"] for c in g.calls] == [5, 7, 9] and all(c["total"] == 10 for c in g.calls)
     assert all(c["shape"] == (2, 32, 32, 3) for c in g.calls)
     az = torch.cat([c["az"] for c in g.calls])

@@ -118,6 +118,9 @@ class SculptResult:
     normalization: MeshNormalization
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    # wall milliseconds per step of each kind ("gan" | "reference" | "guidance"): {kind: {"steps", "mean_ms"}}.
+    # Each step ends with one host sync (its finiteness check), so a step's wall time is its real cost.
+    step_ms: dict = field(default_factory=dict)
 
 
 def _ramp(pair: tuple[float, float], r: float) -> float:
@@ -189,6 +192,7 @@ class Sculptor:
         self.gan_steps = min(c.gan_steps, c.steps) if self.gan is not None else 0
         self.step_index = 0
         self.history: list[dict] = []
+        self.step_seconds: dict[str, list] = {}  # kind -> [steps, seconds] (see SculptResult.step_ms)
         self.previews = preview_cameras(4, c.preview_resolution).to(self.device)
 
     # ------------------------------------------------------------------ step kinds
@@ -298,7 +302,8 @@ class Sculptor:
         if f.shape[0] == 0 or not bool(torch.isfinite(v).all()):
             raise RuntimeError("DMTet sculpt: the final surface is empty or not finite; not writing a broken mesh")
         v, f = v.detach().float().cpu(), f.cpu()
-        return SculptResult(HeadMesh(self.norm.invert(v), f), HeadMesh(v, f), self.norm, self.history, seconds)
+        step_ms = {k: {"steps": n, "mean_ms": round(1000 * t / max(n, 1), 2)} for k, (n, t) in self.step_seconds.items()}
+        return SculptResult(HeadMesh(self.norm.invert(v), f), HeadMesh(v, f), self.norm, self.history, seconds, step_ms)
 
     def run(self, progress: ProgressFn | None = None, interrupt: InterruptFn | None = None) -> SculptResult:
         c = self.config
@@ -310,7 +315,11 @@ class Sculptor:
             while self.step_index < self.total:
                 if interrupt is not None:
                     interrupt()
+                t_step = time.perf_counter()
                 rec = self.step()
+                acc = self.step_seconds.setdefault(rec["kind"], [0, 0.0])
+                acc[0] += 1
+                acc[1] += time.perf_counter() - t_step
                 if self.step_index % max(c.log_every, 1) == 0 or self.step_index == self.total:
                     self.history.append(rec)
                 if progress is not None:
