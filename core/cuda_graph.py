@@ -32,7 +32,7 @@ import logging
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 from torch.utils import _pytree as pytree
@@ -66,7 +66,7 @@ def warmup_stream(device: Optional[torch.device] = None) -> "torch.cuda.Stream":
 
 
 @contextlib.contextmanager
-def no_host_syncs():
+def no_host_syncs() -> Iterator[None]:
     """Make ops that wait for the GPU (``.item()``, ``.tolist()``, ``nonzero``, blocking copies) raise.
 
     Used around the eager warm-up that precedes every capture: such an op inside a capture does not
