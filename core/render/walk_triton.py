@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Optional
 
 import torch
 
@@ -50,7 +49,7 @@ def disable(error: BaseException) -> None:
 def find_silhouette_edge(sxy: torch.Tensor, tri: torch.Tensor, neighbor: torch.Tensor, opposite: torch.Tensor,
                          b: torch.Tensor, t: torch.Tensor, t_other: torch.Tensor, off: torch.Tensor, ds: torch.Tensor,
                          down: torch.Tensor, to_bg: torch.Tensor, walk_steps: int, background_silhouettes: bool,
-                         eps: float, interpret: Optional[bool] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``TorchBackend._find_silhouette_edge`` in one launch: (edge triangle [K], edge slot [K], usable [K]).
 
     sxy [B,N,2] vertex screen positions (pixels, from the image centre); tri/neighbor/opposite [M,3];
