@@ -82,14 +82,8 @@ def main() -> None:
             x = (x @ a).clamp_(-1, 1)
         return x
 
-    real_nv = align._nvdiffrast_on
-
     def draw_ray():
-        align._nvdiffrast_on = lambda d: False
-        try:
-            return lm.draw(cam())
-        finally:
-            align._nvdiffrast_on = real_nv
+        return lm.draw(cam(), method="ray")
 
     def step_before():
         gpu_load()
@@ -102,7 +96,7 @@ def main() -> None:
 
     res = {"device": _timing.device_name(dev), "torch": torch.__version__}
     res.update(occluder_faces=int(occ.faces.shape[0]), iters=args.iters,
-               draw_ray_ms=wall(draw_ray, args.iters, args.warmup), draw_zbuffer_ms=wall(lambda: lm.draw(cam()), args.iters, args.warmup),
+               draw_ray_ms=wall(draw_ray, args.iters, args.warmup), draw_zbuffer_ms=wall(lambda: lm.draw(cam(), method="zbuffer"), args.iters, args.warmup),
                gpu_load_ms=wall(gpu_load, args.iters, args.warmup), step_before_ms=wall(step_before, args.iters, args.warmup),
                step_after_ms=wall(step_after, args.iters, args.warmup), smoke=bool(args.smoke))
     agree, hidden, hidden_both = 0.0, 0, 0

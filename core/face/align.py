@@ -351,7 +351,9 @@ class FaceLandmarks3D:
         verts, faces, tol = occ
         tol = tolerance if tolerance is not None else tol
         if method == "auto":
-            method = "zbuffer" if _nvdiffrast_on(dev) else "ray"
+            from ..render import get_backend
+
+            method = "zbuffer" if get_backend(None, dev).name == "nvdiffrast" else "ray"
         if method == "zbuffer":
             return vis & ~_zbuffer_hidden(cameras, cameras.project(pts), depth, to_cam.norm(dim=-1), verts, faces, tol)
         for b in range(len(cameras)):
@@ -362,16 +364,17 @@ class FaceLandmarks3D:
             vis[b] &= t * dist >= dist - tol
         return vis
 
-    def draw(self, cameras: Cameras, mesh: HeadMesh | None = None, occlusion: bool = True) -> torch.Tensor:
+    def draw(self, cameras: Cameras, mesh: HeadMesh | None = None, occlusion: bool = True, method: str = "auto") -> torch.Tensor:
         """Landmark images [B,H,W,3] (0..1) for the MediaPipe-face ControlNet, one per camera.
 
         Views from behind (|azimuth| > 90 degrees) show only the face oval, drawn without the
         visibility test, as ID-Sculpt does: the oval outline tells the ControlNet where the face
-        is turned. Other views draw only landmarks visible from the camera.
+        is turned. Other views draw only landmarks visible from the camera (``method``: see ``visibility``).
         """
-        return self.draw_async(cameras, mesh, occlusion).result()
+        return self.draw_async(cameras, mesh, occlusion, method).result()
 
-    def draw_async(self, cameras: Cameras, mesh: HeadMesh | None = None, occlusion: bool = True) -> "PendingLandmarkImages":
+    def draw_async(self, cameras: Cameras, mesh: HeadMesh | None = None, occlusion: bool = True,
+                   method: str = "auto") -> "PendingLandmarkImages":
         """``draw``, started: the projection and visibility are queued on the cameras' device and copied
         to the host without waiting; ``.result()`` draws (OpenCV, on the CPU) once the copy has landed.
         Started before a render, the GPU keeps working while the CPU draws."""
@@ -379,7 +382,7 @@ class FaceLandmarks3D:
         verts = mesh.vertices.detach() if mesh is not None else self.mesh_vertices
         centre = None if verts is None else (verts.min(0).values + verts.max(0).values) / 2
         az = camera_azimuth(cameras.cam2world, centre)
-        vis = self.visibility(cameras, mesh=mesh, occlusion=occlusion)
+        vis = self.visibility(cameras, mesh=mesh, occlusion=occlusion, method=method)
         back = az.abs() > 90.0 + 1e-3
         vis = torch.where(back[:, None], torch.ones_like(vis), vis)
         return PendingLandmarkImages(px, vis, az, cameras.height, cameras.width, self.connections)
@@ -408,18 +411,6 @@ class PendingLandmarkImages:
             px, vis, az = self._host
             self._images = draw_landmark_images(px, vis, az, self.size[0], self.size[1], self.connections)
         return self._images
-
-
-def _nvdiffrast_on(device: torch.device) -> bool:
-    if device.type != "cuda":
-        return False
-    from ..render import get_backend
-
-    try:
-        get_backend("nvdiffrast", device)
-    except RuntimeError:
-        return False
-    return True
 
 
 def _zbuffer_hidden(cameras: Cameras, px: torch.Tensor, depth: torch.Tensor, dist: torch.Tensor, verts: torch.Tensor,

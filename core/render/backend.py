@@ -94,7 +94,7 @@ NVDIFFRAST_INSTALL_HINT = (
 )
 
 _BACKENDS: dict[tuple[str, str], RenderBackend] = {}
-_AUTO_WARNED: set[str] = set()
+_NVDIFFRAST_FAILED: set[str] = set()  # devices where auto tried nvdiffrast and fell back (warned once, not retried)
 
 
 def _device_key(device: torch.device) -> str:
@@ -110,7 +110,8 @@ def get_backend(name: Optional[str] = None, device: torch.device | str | None = 
     antialiaser (full silhouette gradients for dense meshes, see docs/RENDERING.md).
 
     Auto picks nvdiffrast on CUDA when it imports and its plugin builds, else the pure-torch backend
-    (with a one-time warning on CUDA, since the torch backend is far slower there). Backends are
+    (with a one-time warning on CUDA, since the torch backend is far slower there; a failed build is
+    not retried on every render). Backends are
     cached per (name, device) so nvdiffrast's CUDA context is made once per device.
     """
     if isinstance(name, RenderBackend):
@@ -124,13 +125,12 @@ def get_backend(name: Optional[str] = None, device: torch.device | str | None = 
             name = None
     key_dev = _device_key(device)
     if name is None:
-        if device.type == "cuda":
+        if device.type == "cuda" and key_dev not in _NVDIFFRAST_FAILED:
             try:
                 return get_backend("nvdiffrast", device)
             except RuntimeError as e:
-                if key_dev not in _AUTO_WARNED:
-                    _AUTO_WARNED.add(key_dev)
-                    warnings.warn(f"nvdiffrast unavailable ({e}); using the slower pure-torch rasteriser on {key_dev}")
+                _NVDIFFRAST_FAILED.add(key_dev)
+                warnings.warn(f"nvdiffrast unavailable ({e}); using the slower pure-torch rasteriser on {key_dev}")
         name = "torch"
     key = (name, key_dev)
     if key in _BACKENDS:
