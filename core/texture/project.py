@@ -171,16 +171,13 @@ def fill_holes(texture: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """
     if not bool(known.any()):
         return texture.clone()
-    original = known
     x = texture.permute(2, 0, 1)[None].float()
     wt = known.float()[None, None]
     # First grow each chart by two rings of texels from its own border (the mean of the known 8-neighbours):
     # a bilinear lookup inside a chart reaches one texel past its edge, and push-pull alone would fill that
     # texel from coarse levels that average in the next chart across the gutter (colour bleeding at seams).
     # Charts are packed at least 2 texels apart (unwrap_uv), so a ring never takes another chart's colour.
-    x, wt = _grow_known(x * wt, wt, rings=2)
-    x = x / wt.clamp_min(1e-12)
-    levels = [(x * wt, wt)]
+    levels = [_grow_known(x * wt, wt, rings=2)]
     while min(levels[-1][1].shape[-2:]) > 1 and bool((levels[-1][1] <= 0).any()):
         s, wl = levels[-1]
         levels.append((F.avg_pool2d(s, 2, ceil_mode=True), F.avg_pool2d(wl, 2, ceil_mode=True)))
@@ -195,7 +192,7 @@ def fill_holes(texture: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         a = wl.clamp(0, 1)
         colour = own * a + up * (1 - a)
     out = colour[0].permute(1, 2, 0).to(texture.dtype)
-    return torch.where(original[..., None], texture, out)
+    return torch.where(known[..., None], texture, out)
 
 
 def _grow_known(s: torch.Tensor, w: torch.Tensor, rings: int) -> tuple[torch.Tensor, torch.Tensor]:
