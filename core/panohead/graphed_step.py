@@ -76,8 +76,8 @@ def graphs_unsupported_reason(device: torch.device | str) -> Optional[str]:
         # ComfyUI's default allocator on recent GPUs. There the captured steps' memory comes from CUDA's graph
         # memory pool, which keeps it after the run: measured in a ComfyUI server on an H100, ~3.1 GiB of
         # device memory after /free (docs/PERFORMANCE.md). IDSCULPT_STAGE1_GRAPHS=force captures anyway and
-        # then trims that pool when the loop ends (core.cuda_graph.release_graph_memory; checked only in a
-        # standalone script so far, not in a server run).
+        # then trims that pool when the loop ends (core.cuda_graph.release_graph_memory: it helped in a standalone
+        # script, a unit test of it did not hold on the H100, and it was never checked in a server run).
         return ("with the cudaMallocAsync allocator (ComfyUI's default) CUDA keeps a captured training step's memory "
                 "(~3 GiB) after the run; start ComfyUI with --disable-cuda-malloc to use CUDA graphs in stage 1")
     return None
