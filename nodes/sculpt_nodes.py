@@ -114,7 +114,7 @@ class DMTetSculpt(io.ComfyNode):
                 result = sculpt(mesh, _fresh(gan_views), _fresh(reference_geometry), guidance, cfg, progress=progress,
                                 interrupt=interrupt, device=device)
                 record["step_ms"] = result.step_ms  # per step kind: where the stage's time goes (bench_pipeline)
-                print("[IDSculpt] DMTet Sculpt: " + ", ".join(f"{k} steps {v['steps']} x {v['mean_ms']:.1f} ms"
+                print("[IDSculpt] DMTet Sculpt: " + ", ".join(f"{k} steps {v['steps']} x {v['mean_ms']:.1f} ms (median {v['median_ms']:.1f})"
                                                              for k, v in result.step_ms.items()))
                 m = result.mesh_normalized.to(device)
                 previews = render_previews(m.vertices, m.faces, preview_cameras(8, 512).to(device))

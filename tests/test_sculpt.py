@@ -147,7 +147,7 @@ def test_stage_b_alternates_reference_and_guidance(target, sphere):
     res = s.run(progress=lambda step, total, prev: seen.append((step, total, prev)))
     assert g.entered == 1 and g.exited == 1
     assert {k: v["steps"] for k, v in res.step_ms.items()} == {"gan": 4, "reference": 3, "guidance": 3}
-    assert all(v["mean_ms"] > 0 for v in res.step_ms.values())
+    assert all(v["mean_ms"] > 0 and v["median_ms"] > 0 for v in res.step_ms.values())
     assert sum(v["steps"] * v["mean_ms"] for v in res.step_ms.values()) <= 1000 * res.seconds
     assert [c["step"] for c in g.calls] == [5, 7, 9] and all(c["total"] == 10 for c in g.calls)
     assert all(c["shape"] == (2, 32, 32, 3) for c in g.calls)
@@ -158,6 +158,28 @@ def test_stage_b_alternates_reference_and_guidance(target, sphere):
     previews = {x[0]: x[2] for x in seen if x[2] is not None}
     assert sorted(previews) == [4, 8, 10]  # every preview_every steps, and the final state
     assert previews[10].shape == (24, 4 * 24, 3) and 0 <= float(previews[10].min()) and float(previews[10].max()) <= 1
+
+
+def test_profile_hook_writes_report_and_keeps_the_run(target, sphere, tmp_path, monkeypatch):
+    """IDSCULPT_PROFILE_SCULPT profiles a few stage-B steps of a real run: the report has each kind's
+    per-step wall times, the run still takes every step (with progress), and the profiled steps are
+    left out of step_ms."""
+    from idsculpt.core.sculpt import profiling
+
+    monkeypatch.setenv(profiling.ENV, str(tmp_path / "prof"))
+    monkeypatch.setattr(profiling, "PROFILE_AFTER", 1)
+    monkeypatch.setattr(profiling, "PROFILE_STEPS", 4)
+    g = OracleGuidance(procedural_head_mesh(24))
+    cfg = _cfg(steps=10, gan_steps=2, guidance_batch=1, preview_every=0)
+    s = Sculptor(sphere, gan_views_of(target, 32), reference_of(target, 32), g, cfg,
+                 normalization=MeshNormalization.identity(), initial_sdf=lambda p: sphere_sdf(p, SPHERE_R))
+    seen = []
+    res = s.run(progress=lambda step, total, prev: seen.append(step))
+    assert seen == list(range(1, 11)) and len(g.calls) == 4
+    report = (tmp_path / "prof" / "sculpt_steps_profile.txt").read_text()
+    assert "reference: 2 steps, wall ms" in report and "guidance: 2 steps, wall ms" in report
+    assert "host syncs" in report and "aten::" in report
+    assert {k: v["steps"] for k, v in res.step_ms.items()} == {"gan": 2, "reference": 2, "guidance": 2}
 
 
 def test_guidance_only_mode_improves_toward_oracle(target, sphere):

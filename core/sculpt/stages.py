@@ -15,6 +15,7 @@ to the input frame — downstream stages keep using the original cameras.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, runtime_checkable
@@ -28,6 +29,7 @@ from ..dmtet.sdf_init import MeshNormalization
 from ..mesh import HeadMesh
 from ..render import render_mesh
 from .losses import depth_losses, mask_loss, masked_mse, normal_cosine_loss
+from . import profiling
 from .views import GanViews, RandomViewRanges, ReferenceGeometry, check_gan_views, check_reference, random_views
 
 ProgressFn = Callable[[int, int, Optional[torch.Tensor]], None]
@@ -118,8 +120,10 @@ class SculptResult:
     normalization: MeshNormalization
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
-    # wall milliseconds per step of each kind ("gan" | "reference" | "guidance"): {kind: {"steps", "mean_ms"}}.
-    # Each step ends with one host sync (its finiteness check), so a step's wall time is its real cost.
+    # wall milliseconds per step of each kind ("gan" | "reference" | "guidance"):
+    # {kind: {"steps", "mean_ms", "median_ms"}}. Each step ends with one host sync (its finiteness check),
+    # so a step's wall time is its real cost. The mean includes one-off costs (the first ISD step captures
+    # the CUDA graphs); the median is the steady step.
     step_ms: dict = field(default_factory=dict)
 
 
@@ -192,7 +196,7 @@ class Sculptor:
         self.gan_steps = min(c.gan_steps, c.steps) if self.gan is not None else 0
         self.step_index = 0
         self.history: list[dict] = []
-        self.step_seconds: dict[str, list] = {}  # kind -> [steps, seconds] (see SculptResult.step_ms)
+        self.step_seconds: dict[str, list[float]] = {}  # kind -> seconds of each step (see SculptResult.step_ms)
         self.previews = preview_cameras(4, c.preview_resolution).to(self.device)
 
     # ------------------------------------------------------------------ step kinds
@@ -302,33 +306,43 @@ class Sculptor:
         if f.shape[0] == 0 or not bool(torch.isfinite(v).all()):
             raise RuntimeError("DMTet sculpt: the final surface is empty or not finite; not writing a broken mesh")
         v, f = v.detach().float().cpu(), f.cpu()
-        step_ms = {k: {"steps": n, "mean_ms": round(1000 * t / max(n, 1), 2)} for k, (n, t) in self.step_seconds.items()}
+        step_ms = {k: {"steps": len(t), "mean_ms": round(1000 * sum(t) / len(t), 2),
+                       "median_ms": round(1000 * statistics.median(t), 2)} for k, t in self.step_seconds.items() if t}
         return SculptResult(HeadMesh(self.norm.invert(v), f), HeadMesh(v, f), self.norm, self.history, seconds, step_ms)
 
-    def run(self, progress: ProgressFn | None = None, interrupt: InterruptFn | None = None) -> SculptResult:
+    def _after_step(self, rec: dict, progress: ProgressFn | None) -> dict:
+        """Log the step's record and report progress (with a preview every ``preview_every`` steps)."""
         c = self.config
+        if self.step_index % max(c.log_every, 1) == 0 or self.step_index == self.total:
+            self.history.append(rec)
+        if progress is not None:
+            preview = None
+            if c.preview_every > 0 and (self.step_index % c.preview_every == 0 or self.step_index == self.total):
+                v, f = self.current()
+                imgs = render_previews(v, f, self.previews)
+                preview = torch.cat(list(imgs), dim=1)  # [H, 4W, 3]
+            progress(self.step_index, self.total, preview)
+        return rec
+
+    def run(self, progress: ProgressFn | None = None, interrupt: InterruptFn | None = None) -> SculptResult:
         t0 = time.time()
         enter = getattr(self.guidance, "__enter__", None)
         if enter is not None:
             enter()
         try:
+            folder = profiling.profile_folder()
             while self.step_index < self.total:
                 if interrupt is not None:
                     interrupt()
+                if folder and self.step_index == self.gan_steps + profiling.PROFILE_AFTER and self.total - self.step_index >= profiling.PROFILE_STEPS:
+                    # diagnostic (IDSCULPT_PROFILE_SCULPT): these steps run under the profiler, so they are
+                    # left out of step_ms
+                    profiling.profile_steps(lambda: self._after_step(self.step(), progress), profiling.PROFILE_STEPS, folder, self.device)
+                    continue
                 t_step = time.perf_counter()
                 rec = self.step()
-                acc = self.step_seconds.setdefault(rec["kind"], [0, 0.0])
-                acc[0] += 1
-                acc[1] += time.perf_counter() - t_step
-                if self.step_index % max(c.log_every, 1) == 0 or self.step_index == self.total:
-                    self.history.append(rec)
-                if progress is not None:
-                    preview = None
-                    if c.preview_every > 0 and (self.step_index % c.preview_every == 0 or self.step_index == self.total):
-                        v, f = self.current()
-                        imgs = render_previews(v, f, self.previews)
-                        preview = torch.cat(list(imgs), dim=1)  # [H, 4W, 3]
-                    progress(self.step_index, self.total, preview)
+                self.step_seconds.setdefault(rec["kind"], []).append(time.perf_counter() - t_step)
+                self._after_step(rec, progress)
         finally:
             if enter is not None:
                 self.guidance.__exit__(None, None, None)

@@ -1,0 +1,72 @@
+"""Optional torch.profiler capture of a few sculpt steps inside a real run (a diagnostic, off by default).
+
+Set ``IDSCULPT_PROFILE_SCULPT=<folder>`` (e.g. in the environment of a ComfyUI server) and the sculpt
+profiles ``PROFILE_STEPS`` steps of stage B, starting ``PROFILE_AFTER`` steps into it (past the CUDA
+graph captures and the allocator's warm-up), then writes ``<folder>/sculpt_steps_profile.txt``: for
+each step kind, the wall time, the GPU kernel time, the number of kernel and graph launches and of host
+syncs per step, and torch.profiler's op tables. Benchmarks outside the server cannot show this: the
+ISD step's cost in a server run includes ComfyUI's sampling code, the landmark hint and the render.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Optional
+
+import torch
+
+ENV = "IDSCULPT_PROFILE_SCULPT"
+PROFILE_AFTER = 40  # stage-B steps before the profiled ones
+PROFILE_STEPS = 10  # alternating reference / ISD steps
+
+_LAUNCH = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+_SYNC = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+
+
+def profile_folder() -> Optional[str]:
+    return os.environ.get(ENV) or None
+
+
+def profile_steps(step: Callable[[], dict], n: int, folder: str, device: torch.device) -> list[dict]:
+    """Run ``step`` ``n`` times, each under its own torch.profiler, write the report into ``folder``,
+    return the step records."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    recs, per_kind = [], {}
+    for _ in range(n):
+        with profile(activities=acts) as prof:
+            t0 = time.perf_counter()
+            rec = step()
+            wall = time.perf_counter() - t0
+        recs.append(rec)
+        per_kind.setdefault(rec["kind"], []).append((1000 * wall, prof.key_averages()))
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "sculpt_steps_profile.txt"), "w") as fh:
+        fh.write(_report(per_kind))
+    return recs
+
+
+def _counts(ka) -> dict:
+    gpu_us = sum(e.self_device_time_total for e in ka if e.device_type.name == "CUDA")
+    return dict(gpu_ms=gpu_us / 1000, launches=sum(e.count for e in ka if e.key in _LAUNCH),
+                graphs=sum(e.count for e in ka if e.key in ("cudaGraphLaunch", "cuGraphLaunch")),
+                syncs=sum(e.count for e in ka if e.key.startswith(_SYNC)))
+
+
+def _report(per_kind: dict[str, list]) -> str:
+    lines = ["# sculpt steps inside a real run (core/sculpt/profiling.py; each step under its own profiler)", ""]
+    for kind, steps in per_kind.items():
+        c = [_counts(ka) for _, ka in steps]
+        mean = {k: sum(x[k] for x in c) / len(c) for k in c[0]}
+        lines.append(f"{kind}: {len(steps)} steps, wall ms {', '.join(f'{w:.1f}' for w, _ in steps)}; per step: "
+                     f"GPU kernel time {mean['gpu_ms']:.1f} ms, kernel launches {mean['launches']:.0f}, "
+                     f"graph launches {mean['graphs']:.1f}, host syncs {mean['syncs']:.1f}")
+    for kind, steps in per_kind.items():
+        ka = steps[-1][1]
+        on_gpu = _counts(ka)["gpu_ms"] > 0
+        lines += ["", f"===== last {kind} step ====="]
+        if on_gpu:
+            lines.append(ka.table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70))
+        lines.append(ka.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70))
+    return "\n".join(lines)
