@@ -257,7 +257,14 @@ class ComfyNoisePredictor:
             img = pending[1].result()
         else:
             img = lm.draw(views.cameras) if hasattr(lm, "draw") else lm(views.cameras)
-        return torch.as_tensor(img).detach().float().movedim(-1, 1).clamp(0, 1)
+        img = torch.as_tensor(img).detach()
+        dev = self._state["device"] if self._state is not None else img.device
+        if img.device.type == "cpu" and torch.device(dev).type == "cuda":
+            # On the GPU before ComfyUI sees it: ControlNet.get_control resizes the hint on its device and
+            # then copies it over; a CPU hint meant a CPU resize (~5 ms) and a blocking copy every ISD step
+            # (profiled in a server run on the H100, docs/PERFORMANCE.md).
+            img = img.pin_memory().to(dev, non_blocking=True)
+        return img.float().movedim(-1, 1).clamp(0, 1)
 
     @torch.no_grad()
     def predict_noise(self, x: torch.Tensor, sigma: torch.Tensor, views: ViewBatch) -> NoisePrediction:

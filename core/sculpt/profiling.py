@@ -30,17 +30,19 @@ def profile_folder() -> Optional[str]:
 def profile_steps(step: Callable[[], dict], n: int, folder: str, device: torch.device) -> list[dict]:
     """Run ``step`` ``n`` times, each under its own torch.profiler, write the report into ``folder``,
     return the step records."""
+    from torch._C._profiler import _ExperimentalConfig
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     recs, per_kind = [], {}
     for _ in range(n):
-        with profile(activities=acts) as prof:
+        # verbose: without it recent torch versions record empty Python stacks
+        with profile(activities=acts, with_stack=True, experimental_config=_ExperimentalConfig(verbose=True)) as prof:
             t0 = time.perf_counter()
             rec = step()
             wall = time.perf_counter() - t0
         recs.append(rec)
-        per_kind.setdefault(rec["kind"], []).append((1000 * wall, prof.key_averages()))
+        per_kind.setdefault(rec["kind"], []).append((1000 * wall, prof.key_averages(), prof.key_averages(group_by_stack_n=8)))
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "sculpt_steps_profile.txt"), "w") as fh:
         fh.write(_report(per_kind))
@@ -57,16 +59,32 @@ def _counts(ka) -> dict:
 def _report(per_kind: dict[str, list]) -> str:
     lines = ["# sculpt steps inside a real run (core/sculpt/profiling.py; each step under its own profiler)", ""]
     for kind, steps in per_kind.items():
-        c = [_counts(ka) for _, ka in steps]
+        c = [_counts(ka) for _, ka, _ in steps]
         mean = {k: sum(x[k] for x in c) / len(c) for k in c[0]}
-        lines.append(f"{kind}: {len(steps)} steps, wall ms {', '.join(f'{w:.1f}' for w, _ in steps)}; per step: "
+        lines.append(f"{kind}: {len(steps)} steps, wall ms {', '.join(f'{w:.1f}' for w, _, _ in steps)}; per step: "
                      f"GPU kernel time {mean['gpu_ms']:.1f} ms, kernel launches {mean['launches']:.0f}, "
                      f"graph launches {mean['graphs']:.1f}, host syncs {mean['syncs']:.1f}")
     for kind, steps in per_kind.items():
-        ka = steps[-1][1]
+        _, ka, by_stack = steps[-1]
         on_gpu = _counts(ka)["gpu_ms"] > 0
         lines += ["", f"===== last {kind} step ====="]
         if on_gpu:
             lines.append(ka.table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70))
         lines.append(ka.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70))
+        lines += ["", f"----- who waits for the GPU or copies (last {kind} step; count, CPU ms, our/ComfyUI frames)"]
+        lines += _stacks(by_stack)
     return "\n".join(lines)
+
+
+_WATCH = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpyAsync", "cudaMemcpy",
+          "aten::_local_scalar_dense", "aten::nonzero", "aten::max", "aten::min", "aten::_upsample_nearest_exact2d")
+
+
+def _stacks(by_stack, frames: int = 4) -> list[str]:
+    """The watched calls grouped by where they come from (frames outside torch itself, innermost first)."""
+    rows = sorted((e for e in by_stack if e.key in _WATCH), key=lambda e: -e.cpu_time_total)
+    out = []
+    for e in rows[:40]:
+        ours = [f for f in (e.stack or []) if not (f.startswith("torch/") or "/torch/" in f or f.startswith("<built-in"))][:frames]
+        out.append(f"{e.key} x{e.count} {e.cpu_time_total / 1000:.2f} ms  <- " + " <- ".join(ours))
+    return out
