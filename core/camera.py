@@ -156,7 +156,9 @@ class Cameras:
         return self.cam2world[:, :3, 3]
 
     def world2cam(self) -> torch.Tensor:
-        return torch.linalg.inv(self.cam2world)
+        # inv_ex: torch.linalg.inv checks for a singular matrix with a host sync on every call (every
+        # render); a camera pose is a rigid transform, never singular
+        return torch.linalg.inv_ex(self.cam2world)[0]
 
     def focal_normalized(self) -> torch.Tensor:
         """Focal length divided by image height, [B]."""

@@ -33,6 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from .camera import Cameras
+from .transfer import to_device
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -262,16 +263,16 @@ class ISDGuidance:
         dev = latents.device
         t = self.sample_t(b, step, total_steps)
         sigma64 = self.sigmas[t]
-        sigma = sigma64.to(device=dev, dtype=torch.float32)
+        sigma = to_device(sigma64, dev, torch.float32)  # (no host sync: the VAE encode is still queued)
         views = ViewBatch(azimuth, elevation, self.id_mask(azimuth), t, sigma, cameras)
 
         with torch.no_grad():
             z = latents.detach().float()
-            noise = torch.randn(z.shape, generator=self.generator).to(dev)
+            noise = to_device(torch.randn(z.shape, generator=self.generator), dev)
             x = z + sigma.view(-1, 1, 1, 1) * noise
             pred = self.predictor.predict_noise(x, sigma, views)
             eps_hat = pred.uncond.float() + self.config.cfg * (pred.cond.float() - pred.uncond.float())
-            w = isd_weight(sigma64).to(device=dev, dtype=torch.float32).view(-1, 1, 1, 1)
+            w = to_device(isd_weight(sigma64), dev, torch.float32).view(-1, 1, 1, 1)
             grad = w * (eps_hat - noise)
             # a NaN/inf here would poison the whole mesh: drop those entries (no host sync: counts stay tensors)
             bad = ~torch.isfinite(grad)

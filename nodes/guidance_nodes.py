@@ -36,6 +36,7 @@ import comfy.sampler_helpers
 import comfy.samplers
 
 from ..core.guidance import ISDConfig, ISDGuidance, NoisePrediction, ViewBatch, view_direction
+from ..core.transfer import to_device
 from .cuda_graphs import DiffusionGraphs, cuda_graphs_input
 from .id_adapter_nodes import ID_ENABLED_KEY, ID_MASK_KEY, IDAttentionPatch
 
@@ -259,11 +260,11 @@ class ComfyNoisePredictor:
             img = lm.draw(views.cameras) if hasattr(lm, "draw") else lm(views.cameras)
         img = torch.as_tensor(img).detach()
         dev = self._state["device"] if self._state is not None else img.device
-        if img.device.type == "cpu" and torch.device(dev).type == "cuda":
+        if img.device.type == "cpu":
             # On the GPU before ComfyUI sees it: ControlNet.get_control resizes the hint on its device and
             # then copies it over; a CPU hint meant a CPU resize (~5 ms) and a blocking copy every ISD step
             # (profiled in a server run on the H100, docs/PERFORMANCE.md).
-            img = img.pin_memory().to(dev, non_blocking=True)
+            img = to_device(img, dev)
         return img.float().movedim(-1, 1).clamp(0, 1)
 
     @torch.no_grad()
@@ -345,7 +346,7 @@ class ComfyNoisePredictor:
         conds = comfy.samplers.process_conds(real_model, x, conds, dev)
         model_options = dict(st["model_options"])
         to = dict(model_options.get("transformer_options", {}))
-        to[ID_MASK_KEY] = views.id_enabled.to(dev)
+        to[ID_MASK_KEY] = to_device(views.id_enabled, dev)
         to[ID_ENABLED_KEY] = True
         model_options["transformer_options"] = to
         try:

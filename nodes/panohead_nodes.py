@@ -119,9 +119,7 @@ class PanoHeadInvert(io.ComfyNode):
                 io.Boolean.Input("cuda_graphs", default=True, optional=True,
                                  tooltip="Replay each inversion and PTI step from a CUDA graph (same method, several times "
                                          "faster on a GPU; the random ray samples differ from the eager loop's but stay "
-                                         "seeded). Off: the plain eager loop. Ignored on CPU, and under ComfyUI's default cudaMallocAsync "
-                                         "allocator (it keeps a captured training step's memory): start ComfyUI with "
-                                         "--disable-cuda-malloc to use it."),
+                                         "seeded). Off: the plain eager loop. Ignored on CPU."),
                 vram_mode_input(),
             ],
             outputs=[

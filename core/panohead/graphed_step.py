@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 import warnings
 from typing import Callable, Optional, Sequence
@@ -59,11 +58,6 @@ class GraphCaptureError(RuntimeError):
         self.name, self.stage, self.detail = name, stage, detail
 
 
-def forced_under_async_allocator() -> bool:
-    """IDSCULPT_STAGE1_GRAPHS=force: capture stage 1 under cudaMallocAsync too (for measurements)."""
-    return os.environ.get("IDSCULPT_STAGE1_GRAPHS") == "force"
-
-
 def graphs_unsupported_reason(device: torch.device | str) -> Optional[str]:
     """None when a training step can be graphed on ``device``, else why not (for log lines)."""
     device = torch.device(device)
@@ -73,14 +67,6 @@ def graphs_unsupported_reason(device: torch.device | str) -> Optional[str]:
         return "CUDA is not available"
     if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
         return f"torch {torch.__version__} has no CUDAGraph.register_generator_state (needs torch >= 2.4)"
-    if torch.cuda.get_allocator_backend() == "cudaMallocAsync" and not forced_under_async_allocator():
-        # ComfyUI's default allocator on recent GPUs. There the captured steps' memory comes from CUDA's graph
-        # memory pool, which keeps it after the run: measured in a ComfyUI server on an H100, ~3.1 GiB of
-        # device memory after /free (docs/PERFORMANCE.md). IDSCULPT_STAGE1_GRAPHS=force captures anyway and
-        # then trims that pool when the loop ends (core.cuda_graph.release_graph_memory: it helped in a standalone
-        # script, a unit test of it did not hold on the H100, and it was never checked in a server run).
-        return ("with the cudaMallocAsync allocator (ComfyUI's default) CUDA keeps a captured training step's memory "
-                "(~3 GiB) after the run; start ComfyUI with --disable-cuda-malloc to use CUDA graphs in stage 1")
     return None
 
 

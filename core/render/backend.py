@@ -32,7 +32,10 @@ class RenderBackend:
     def __init__(self, device: torch.device | str | None = None) -> None:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
 
-    def rasterize(self, pos: torch.Tensor, tri: torch.Tensor, resolution: tuple[int, int]) -> torch.Tensor:
+    def rasterize(self, pos: torch.Tensor, tri: torch.Tensor, resolution: tuple[int, int],
+                  check_values: bool = True) -> torch.Tensor:
+        """Rasterise clip-space ``pos`` [B,N,4] / triangles ``tri`` [M,3]. ``check_values``: also check the
+        triangle indices' range (two host syncs; render_mesh does its own check, or skips it on request)."""
         raise NotImplementedError
 
     def interpolate(self, attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -63,8 +66,9 @@ class RenderBackend:
 
 
 # ---------------------------------------------------------------------------------- validation
-def check_rasterize_inputs(pos: torch.Tensor, tri: torch.Tensor, resolution) -> tuple[torch.Tensor, int, int]:
-    """Shared argument checks with messages that say what to change."""
+def check_rasterize_inputs(pos: torch.Tensor, tri: torch.Tensor, resolution, values: bool = True) -> tuple[torch.Tensor, int, int]:
+    """Shared argument checks with messages that say what to change (``values``: the index range too,
+    which reads from the GPU)."""
     if not isinstance(pos, torch.Tensor) or not isinstance(tri, torch.Tensor):
         raise TypeError("rasterize needs torch tensors for pos and tri")
     if pos.dim() == 2:
@@ -81,7 +85,7 @@ def check_rasterize_inputs(pos: torch.Tensor, tri: torch.Tensor, resolution) -> 
         raise ValueError(f"rasterize: resolution must be (height, width), got {resolution!r}") from e
     if h <= 0 or w <= 0 or h > 16384 or w > 16384:
         raise ValueError(f"rasterize: resolution must be between 1 and 16384, got {(h, w)}")
-    if tri.numel() and (int(tri.min()) < 0 or int(tri.max()) >= pos.shape[1]):
+    if values and tri.numel() and (int(tri.min()) < 0 or int(tri.max()) >= pos.shape[1]):
         raise ValueError(f"rasterize: tri indexes vertex {int(tri.max())} but pos has only {pos.shape[1]} vertices")
     return pos, h, w
 

@@ -105,8 +105,9 @@ class NvdiffrastBackend(RenderBackend):
 
             self._walker = TorchBackend(self.device)
 
-    def rasterize(self, pos: torch.Tensor, tri: torch.Tensor, resolution: tuple[int, int]) -> torch.Tensor:
-        pos, h, w = check_rasterize_inputs(pos, tri, resolution)
+    def rasterize(self, pos: torch.Tensor, tri: torch.Tensor, resolution: tuple[int, int],
+                  check_values: bool = True) -> torch.Tensor:
+        pos, h, w = check_rasterize_inputs(pos, tri, resolution, check_values)
         # grad_db=False: nothing here uses the barycentric derivatives (no mipmapped textures).
         rast, _ = self.dr.rasterize(self.ctx, pos.float().contiguous(), tri.int().contiguous(), (h, w), grad_db=False)
         return rast

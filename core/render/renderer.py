@@ -122,7 +122,7 @@ def render_mesh(
     verts_b = _as_batched(vertices, bsz, "vertices").expand(bsz, -1, -1)
     homo = torch.cat([verts_b, torch.ones_like(verts_b[..., :1])], dim=-1)
     clip = (homo @ cameras.full_projection().to(homo).transpose(1, 2)).contiguous()
-    rast = be.rasterize(clip, tri, (h, w))
+    rast = be.rasterize(clip, tri, (h, w), check_values=False)  # the face range was checked above (if asked)
     face_id = rast[..., 3].detach().round().long() - 1
     hard = (face_id >= 0).unsqueeze(-1)
     cover = hard.to(clip.dtype)

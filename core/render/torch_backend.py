@@ -119,8 +119,9 @@ class TorchBackend(RenderBackend):
         self.fused_walk = bool(fused_walk)
 
     # ------------------------------------------------------------------------------ rasterize
-    def rasterize(self, pos: torch.Tensor, tri: torch.Tensor, resolution: tuple[int, int]) -> torch.Tensor:
-        pos, h, w = check_rasterize_inputs(pos, tri, resolution)
+    def rasterize(self, pos: torch.Tensor, tri: torch.Tensor, resolution: tuple[int, int],
+                  check_values: bool = True) -> torch.Tensor:
+        pos, h, w = check_rasterize_inputs(pos, tri, resolution, check_values)
         bsz = pos.shape[0]
         tri_l = tri.long().to(pos.device)
         face_ids = self._visible_faces(pos.detach(), tri_l, h, w)  # [B*H*W] int64, -1 background

@@ -34,20 +34,31 @@ def depth_losses(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
     the target is mapped onto the prediction by the least-squares a·target + b (coefficients detached,
     as in the authors' code), and the correlation term is scale- and shift-free by construction.
     pred, target [H,W,1] or [B,H,W,1]; mask of the same shape.
+
+    Everything is a masked sum, with the 2×2 normal equations of the fit solved in float64: no boolean
+    indexing, no solver, so no host sync (each one stalled the sculpt step's CPU). Fewer than 3 masked
+    pixels give zero losses; a constant target fits its mean (a = 0), as the minimum-norm solution does.
     """
-    m = mask.reshape(-1) > 0.5
-    if int(m.sum()) < 3:
-        z = pred.sum() * 0
-        return z, z
-    p, t = pred.reshape(-1)[m], target.reshape(-1)[m]
+    m = (mask.reshape(-1) > 0.5).to(pred.dtype)
+    p, t = pred.reshape(-1), target.reshape(-1).to(pred.dtype)
+    n = m.sum()
+    enough = n >= 3
+    n_safe = n.clamp_min(1.0)
     with torch.no_grad():
-        a_mat = torch.stack([t, torch.ones_like(t)], -1)
-        coef = torch.linalg.lstsq(a_mat.double(), p.detach().double()[:, None]).solution.float().squeeze(1)
-    aligned = coef[0] * t + coef[1]
-    mse = ((p - aligned) ** 2).mean()
-    pc, tc = p - p.mean(), t - t.mean()
+        md, pd, td = m.double(), p.detach().double(), t.double()
+        nd = md.sum().clamp_min(1.0)
+        st, sp = (md * td).sum(), (md * pd).sum()
+        stt, stp = (md * td * td).sum(), (md * td * pd).sum()
+        var_t = stt - st * st / nd  # n · variance of the masked target
+        flat = var_t <= 1e-12 * stt.abs().clamp_min(1e-300)
+        a = torch.where(flat, torch.zeros_like(var_t), (stp - st * sp / nd) / torch.where(flat, torch.ones_like(var_t), var_t))
+        b = (sp - a * st) / nd
+    aligned = a.float() * t + b.float()
+    mse = (m * (p - aligned) ** 2).sum() / n_safe
+    pc, tc = (p - (m * p).sum() / n_safe) * m, (t - (m * t).sum() / n_safe) * m
     pearson = (pc * tc).sum() / (pc.norm() * tc.norm()).clamp_min(1e-8)
-    return mse, 1 - pearson
+    zero = pred.sum() * 0
+    return torch.where(enough, mse, zero), torch.where(enough, 1 - pearson, zero)
 
 
 def mask_iou(a: torch.Tensor, b: torch.Tensor, threshold: float = 0.5) -> float:

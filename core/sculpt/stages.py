@@ -260,15 +260,18 @@ class Sculptor:
             raise RuntimeError(f"DMTet sculpt: the surface vanished at step {step} (the SDF has no zero crossing); "
                                "lower lr or the guidance weight, or check that the initial mesh lies inside the grid")
         kind = self.kind(step)
+        regularize = step >= self.gan_steps or c.regularize_stage_a
+        # The surface's edges (for both regularisers) right after marching tets: finding them reads a count
+        # back from the GPU, which here waits for little; after the guidance it waited for the whole UNet.
+        edges = mesh_edges(f, v.shape[0]) if regularize else None
         if kind == "gan":
             terms = self.gan_loss(v, f)
         elif kind == "reference":
             terms = self.reference_loss(v, f)
         else:
             terms = self.guidance_loss(v, f, step)
-        if step >= self.gan_steps or c.regularize_stage_a:
+        if regularize:
             r = (step - self.gan_steps) / max(self.total - self.gan_steps - 1, 1)
-            edges = mesh_edges(f, v.shape[0])  # once for both regularisers
             terms["normal_consistency"] = _ramp(c.lambda_normal_consistency, r) * normal_consistency_loss(v, f, edges)
             terms["laplacian"] = _ramp(c.lambda_laplacian, r) * laplacian_loss(v, f, edges)
         loss = sum(terms.values())
