@@ -10,7 +10,15 @@ def _neg(x):
     return x.to(tl.int32, bitcast=True) < 0
 
 
-@triton.jit
+_POINTERS = ["sxy_ptr", "tri_ptr", "nbr_ptr", "opp_ptr", "b_ptr", "t_ptr", "tother_ptr", "offx_ptr", "offy_ptr", "ds_ptr",
+             "dn_ptr", "tobg_ptr", "edge_t_ptr", "edge_k_ptr", "ok_ptr"]
+
+
+# No specialisation on the sizes (divisible by 16 or not) or on the pointers' alignment: they change from
+# step to step as the surface changes, and each new combination compiled the kernel again (~35 s each
+# on the H100, inside the first sculpt steps: bench/bench_first_use.py). The loads are gathers, which
+# alignment does not speed up.
+@triton.jit(do_not_specialize=["n_pairs", "n_verts"], do_not_specialize_on_alignment=_POINTERS)
 def walk(sxy_ptr, tri_ptr, nbr_ptr, opp_ptr, b_ptr, t_ptr, tother_ptr, offx_ptr, offy_ptr, ds_ptr, dn_ptr,
          tobg_ptr, edge_t_ptr, edge_k_ptr, ok_ptr, n_pairs, n_verts, eps, WALK_STEPS: tl.constexpr,
          BACKGROUND: tl.constexpr, BLOCK: tl.constexpr):
@@ -30,7 +38,8 @@ def walk(sxy_ptr, tri_ptr, nbr_ptr, opp_ptr, b_ptr, t_ptr, tother_ptr, offx_ptr,
     edge_t = cur
     edge_k = tl.zeros([BLOCK], dtype=tl.int64)
     alive = live
-    for _step in tl.static_range(WALK_STEPS + 1):
+    # a loop, not unrolled: the unrolled body made a large kernel that was slow to compile
+    for _step in range(WALK_STEPS + 1):
         v0 = tl.load(tri_ptr + cur * 3 + 0, mask=live, other=0)
         v1 = tl.load(tri_ptr + cur * 3 + 1, mask=live, other=0)
         v2 = tl.load(tri_ptr + cur * 3 + 2, mask=live, other=0)
