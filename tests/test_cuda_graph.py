@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 import uuid
 
@@ -11,6 +10,9 @@ import pytest
 import torch
 
 from idsculpt.core.cuda_graph import GraphedCall
+
+sys.path.insert(0, os.path.dirname(__file__))
+from cuda_malloc_async import rerun_under_cuda_malloc_async  # noqa: E402
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 
@@ -167,10 +169,4 @@ def test_graph_memory_release_is_a_no_op_without_cuda(monkeypatch) -> None:
 def test_capture_failure_does_not_abort_under_cuda_malloc_async() -> None:
     """ComfyUI's default allocator: a host sync inside a capture used to kill the process (SIGABRT, on an
     H100); the warm-up now finds the sync first (core.cuda_graph.no_host_syncs) and the call stays eager."""
-    if os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "").replace(" ", "") == "backend:cudaMallocAsync":
-        pytest.skip("already running under cudaMallocAsync: the test above is this check")
-    env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="backend:cudaMallocAsync")
-    test = f"{os.path.abspath(__file__)}::test_capture_failure_falls_back_to_eager"
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    rerun_under_cuda_malloc_async(__file__, "test_capture_failure_falls_back_to_eager", timeout=300)

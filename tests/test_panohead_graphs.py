@@ -26,6 +26,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+from cuda_malloc_async import rerun_under_cuda_malloc_async  # noqa: E402
 from panohead_fixtures import tiny_generator  # noqa: E402
 from torch_threads import one_thread  # noqa: E402,F401  (autouse: this module runs single-threaded)
 
@@ -282,15 +283,7 @@ def test_invert_runs_both_stages_in_graph_mode():
 def test_graph_mode_under_cuda_malloc_async():
     """ComfyUI's default allocator: stage 1 is graphed there too (its graph memory is trimmed after each
     loop, core.cuda_graph.release_graph_memory): the graph-mode test above, in a cudaMallocAsync process."""
-    import subprocess
-
-    if os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "").replace(" ", "") == "backend:cudaMallocAsync":
-        pytest.skip("already running under cudaMallocAsync: the test above is this check")
-    env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="backend:cudaMallocAsync")
-    test = f"{os.path.abspath(__file__)}::test_invert_runs_both_stages_in_graph_mode"
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], env=env,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, (r.returncode, r.stdout[-3000:], r.stderr[-2000:])
+    rerun_under_cuda_malloc_async(__file__, "test_invert_runs_both_stages_in_graph_mode")
 
 
 def _run_with_patched_taps(monkeypatch, caplog, make_taps):
