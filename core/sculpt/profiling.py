@@ -4,7 +4,8 @@ Set ``IDSCULPT_PROFILE_SCULPT=<folder>`` (e.g. in the environment of a ComfyUI s
 profiles ``PROFILE_STEPS`` steps of stage B, starting ``PROFILE_AFTER`` steps into it (past the CUDA
 graph captures and the allocator's warm-up), then writes ``<folder>/sculpt_steps_profile.txt``: for
 each step kind, the wall time, the GPU kernel time, the number of kernel and graph launches and of host
-syncs per step, and torch.profiler's op tables. Benchmarks outside the server cannot show this: the
+syncs per step, torch.profiler's op tables, and the Python stacks of every host sync and host copy.
+Benchmarks outside the server cannot show this: the
 ISD step's cost in a server run includes ComfyUI's sampling code, the landmark hint and the render.
 """
 from __future__ import annotations
