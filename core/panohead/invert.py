@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -464,11 +465,15 @@ def _invert(G: TriPlaneGenerator, dev: torch.device, image: torch.Tensor, label:
     modes: dict = {"w": {}, "pti": {}}
     try:
         with torch.enable_grad():
+            t0 = time.perf_counter()  # each loop's wall seconds (capture included) go into modes: the node logs them
             ws, w_losses, w_avg, w_std = project_w(G, target, c, perceptual, cfg, progress, interrupt, 0, total, info=modes["w"])
             if not torch.isfinite(ws).all():
                 raise RuntimeError("W+ projection diverged (non-finite latent); lower the learning rate")
+            modes["w"]["seconds"] = round(time.perf_counter() - t0, 2)
+            t0 = time.perf_counter()
             Gt, pti_losses = pivotal_tuning(G, target, ws, c, perceptual, cfg, progress, interrupt, cfg.w_steps, total,
                                             info=modes["pti"])
+            modes["pti"]["seconds"] = round(time.perf_counter() - t0, 2)
     finally:
         G.rendering_kwargs["ray_start"] = old_start
     Gt.rendering_kwargs["ray_start"] = old_start

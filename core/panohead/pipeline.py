@@ -89,7 +89,8 @@ def run_stage1(portrait: np.ndarray, generator: Optional[TriPlaneGenerator] = No
     def _span(losses: list[float]) -> str:
         return f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "(0 steps)"
 
-    steps_mode = "/".join(res.modes.get(k, {}).get("mode", "eager") for k in ("w", "pti"))
+    steps_mode = "/".join(f"{res.modes.get(k, {}).get('mode', 'eager')} {res.modes.get(k, {}).get('seconds', 0.0):.1f} s"
+                          for k in ("w", "pti"))
     info = (f"init=panohead: W+ loss {_span(res.w_losses)}, PTI loss {_span(res.pti_losses)} (steps: {steps_mode}); "
             f"mesh {mesh.vertices.shape[0]} vertices at {mesh_resolution}^3; camera shift "
             f"{tuple(round(float(v), 3) for v in (res.label[0, [3, 7, 11]] - al.label[0, [3, 7, 11]].to(res.label)))}; pose yaw/pitch/roll {tuple(round(a, 1) for a in al.yaw_pitch_roll)}")
