@@ -210,9 +210,10 @@ def test_graphed_w_step_matches_the_same_step_run_eagerly():
     assert torch.isfinite(lg).all() and torch.isfinite(wg).all()
     assert abs(float(lg[0] - le[0])) <= 1e-5 * abs(float(le[0])), "first step (same state, same samples) differs"
     torch.testing.assert_close(lg, le, rtol=1e-2, atol=1e-6)  # atomics: eager is not bit-reproducible on a GPU
-    # 1.2e-2 measured on an H100: eager runs differ by ~0.3 % per step (atomics), compounding over 20
-    # steps; a wrong replay (stale inputs, frozen schedule, a skipped step) differs by tens of percent
-    assert _rel(wg - w_avg, we - w_avg) < 3e-2, "W+ updates of graph and eager steps differ"
+    # 1.2e-2 and 3.3e-2 measured on two H100 leases: eager runs differ by ~0.3 % per step (atomics),
+    # compounding over 20 steps; a wrong replay (stale inputs, frozen schedule, a skipped step) differs by
+    # tens of percent
+    assert _rel(wg - w_avg, we - w_avg) < 6e-2, "W+ updates of graph and eager steps differ"
     assert not torch.equal(we, w_avg)  # it did optimise
 
 
