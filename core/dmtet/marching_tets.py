@@ -99,8 +99,10 @@ def marching_tets(grid: TetGrid, positions: torch.Tensor, sdf: torch.Tensor) -> 
     crossing = dmask.reshape(-1).nonzero().squeeze(1)  # sorted edge ids
 
     va, vb = grid.edge_endpoints(crossing)
-    sa, sb = sdf[va][:, None], sdf[vb][:, None]
-    verts = (sb * positions[va] - sa * positions[vb]) / (sb - sa)
+    # index_select, not x[idx]: its backward is one index_add (x[idx]'s sorts the indices first: several
+    # kernels and a sync each, four times per step; docs/PERFORMANCE.md)
+    sa, sb = sdf.index_select(0, va)[:, None], sdf.index_select(0, vb)[:, None]
+    verts = (sb * positions.index_select(0, va) - sa * positions.index_select(0, vb)) / (sb - sa)
 
     # Triangles: table lookup → local edges → global edge ids → compact vertex indices.
     tri_local = TRIANGLE_TABLE.to(dev)[code]  # [T,2,3]

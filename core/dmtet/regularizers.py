@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ..render.renderer import vertex_normals  # the renderer's normals: one definition
+
 
 def mesh_edges(faces: torch.Tensor, num_vertices: int) -> torch.Tensor:
     """Unique undirected edges [E,2] of a triangle mesh."""
@@ -18,23 +20,13 @@ def mesh_edges(faces: torch.Tensor, num_vertices: int) -> torch.Tensor:
     return torch.stack([key // num_vertices, key % num_vertices], 1)
 
 
-def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Area-weighted unit vertex normals [N,3]."""
-    v = vertices[faces]
-    fn = torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)
-    vn = torch.zeros_like(vertices)
-    for k in range(3):
-        vn = vn.index_add(0, faces[:, k], fn)
-    return torch.nn.functional.normalize(vn, dim=-1, eps=1e-12)
-
-
 def normal_consistency_loss(vertices: torch.Tensor, faces: torch.Tensor, edges: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over mesh edges of (1 − cos) between the unit vertex normals at the edge's two ends."""
     if faces.shape[0] == 0:
         return vertices.sum() * 0
     n = vertex_normals(vertices, faces.long())
     e = mesh_edges(faces, vertices.shape[0]) if edges is None else edges
-    return (1 - (n[e[:, 0]] * n[e[:, 1]]).sum(-1)).mean()
+    return (1 - (n.index_select(0, e[:, 0]) * n.index_select(0, e[:, 1])).sum(-1)).mean()
 
 
 def laplacian_loss(vertices: torch.Tensor, faces: torch.Tensor, edges: torch.Tensor | None = None) -> torch.Tensor:
@@ -48,7 +40,7 @@ def laplacian_loss(vertices: torch.Tensor, faces: torch.Tensor, edges: torch.Ten
     e = mesh_edges(faces, nv) if edges is None else edges
     src = torch.cat([e[:, 0], e[:, 1]])
     dst = torch.cat([e[:, 1], e[:, 0]])
-    acc = torch.zeros_like(vertices).index_add(0, src, vertices[dst])
+    acc = torch.zeros_like(vertices).index_add(0, src, vertices.index_select(0, dst))
     deg = torch.zeros(nv, dtype=vertices.dtype, device=vertices.device).index_add(0, src, torch.ones_like(src, dtype=vertices.dtype))
     lap = acc / deg.clamp_min(1)[:, None] - vertices
     used = (deg > 0).to(vertices.dtype)[:, None]  # vertices on an edge (a mask, not an index: no host sync)

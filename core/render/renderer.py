@@ -53,7 +53,8 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Area-weighted unit vertex normals of [N,3] or [B,N,3] positions (differentiable)."""
     v = vertices
     f = faces.long()
-    p0, p1, p2 = v[..., f[:, 0], :], v[..., f[:, 1], :], v[..., f[:, 2], :]
+    d = v.dim() - 2  # index_select: its backward is one index_add (v[..., idx, :]'s sorts the indices first)
+    p0, p1, p2 = v.index_select(d, f[:, 0]), v.index_select(d, f[:, 1]), v.index_select(d, f[:, 2])
     fn = torch.cross(p1 - p0, p2 - p0, dim=-1)  # length = 2 * area: area weighting for free
     vn = torch.zeros_like(v)
     for k in range(3):

@@ -381,7 +381,7 @@ class TorchBackend(RenderBackend):
         dc = self._crossing(pos, tri, b[sel], edge_t[sel], edge_k[sel], rx[sel], ry[sel], ds[sel], dn[sel], h, w).clamp(0, 1)
         alpha = ds[sel] * (0.5 - dc)
         p0, p1 = pix0[sel], pix1[sel]
-        delta = alpha[:, None] * (flat_color[p1] - flat_color[p0])
+        delta = alpha[:, None] * (flat_color.index_select(0, p1) - flat_color.index_select(0, p0))
         target = torch.where(alpha.detach() > 0, p0, p1)
         return flat_color.index_add(0, target, delta).reshape(bsz, h, w, c)
 
@@ -481,7 +481,9 @@ class TorchBackend(RenderBackend):
     @staticmethod
     def _screen(pos, tri, b, t, rx, ry, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Corner screen positions [K,3] (pixels) of triangles ``t`` relative to the pair's reference pixel."""
-        pv = pos[b[:, None], tri[t]]  # [K,3,4]
+        # one flat index_select (its backward is one index_add; advanced indexing's sorts the indices first)
+        idx = (b[:, None] * pos.shape[1] + tri[t].long()).reshape(-1)
+        pv = pos.reshape(-1, pos.shape[-1]).index_select(0, idx).view(-1, 3, pos.shape[-1])  # [K,3,4]
         # Walked-into neighbours may reach behind the camera: keep w > 0 so no inf / NaN enters the
         # graph (unselected edges get zero gradient, and 0 * inf would be NaN).
         pw = pv[..., 3].clamp_min(1e-8)
