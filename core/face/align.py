@@ -293,7 +293,7 @@ class FaceLandmarks3D:
     fit: dict[str, Any] = field(default_factory=dict)
     log: str = ""
     portrait_landmarks: FaceLandmarks2D | None = None  # the 2D detection this came from
-    # the occluder (vertices, faces, tolerance) on each device it was used on (see _occluder)
+    # the occluder (vertices, faces, tolerance, centre) on each device it was used on (see _occluder)
     _occluder_on: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def to(self, device: torch.device | str) -> "FaceLandmarks3D":
@@ -307,20 +307,19 @@ class FaceLandmarks3D:
         pts = self.points.to(cameras.device)
         return cameras.project(pts), cameras.to_camera(pts)[..., 2]
 
-    def _occluder(self, device: torch.device, mesh: HeadMesh | None) -> tuple[torch.Tensor, torch.Tensor, float] | None:
-        """(vertices, faces, default tolerance) of the occlusion test on ``device``; the stored occluder
-        is cached per device (ISD draws landmarks every guidance step on the GPU, and copying the mesh
-        there or reading its size back each time cost more than the test itself)."""
+    def _occluder(self, device: torch.device, mesh: HeadMesh | None) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor] | None:
+        """(vertices, faces, default tolerance, bounding-box centre) of the occluder on ``device``: ``mesh``, else
+        the stored mesh, cached per device (ISD draws landmarks every guidance step on the GPU, and copying the
+        mesh there or reducing it and reading the result back each time cost more than the test itself)."""
         if mesh is not None:
             v = mesh.vertices.detach()
-            return v.to(device), mesh.faces.to(device), 0.02 * float((v.max(0).values - v.min(0).values).norm())
+            return v.to(device), mesh.faces.to(device), _tolerance(v), _centre(v)
         if self.mesh_vertices is None or self.mesh_faces is None:
             return None
         key = str(device)
         if key not in self._occluder_on:
             v = self.mesh_vertices.detach()
-            tol = 0.02 * float((v.max(0).values - v.min(0).values).norm())
-            self._occluder_on[key] = (v.to(device), self.mesh_faces.to(device), tol)
+            self._occluder_on[key] = (v.to(device), self.mesh_faces.to(device), _tolerance(v), _centre(v).to(device))
         return self._occluder_on[key]
 
     def visibility(
@@ -348,7 +347,7 @@ class FaceLandmarks3D:
         occ = self._occluder(dev, mesh) if occlusion else None
         if occ is None:
             return vis
-        verts, faces, tol = occ
+        verts, faces, tol, _ = occ
         tol = tolerance if tolerance is not None else tol
         if method == "auto":
             from ..render import get_backend
@@ -379,13 +378,24 @@ class FaceLandmarks3D:
         to the host without waiting; ``.result()`` draws (OpenCV, on the CPU) once the copy has landed.
         Started before a render, the GPU keeps working while the CPU draws."""
         px, _ = self.project(cameras)
+        stored = self._occluder(cameras.device, None) if mesh is None else None  # cached: no per-step reduction
         verts = mesh.vertices.detach() if mesh is not None else self.mesh_vertices
-        centre = None if verts is None else (verts.min(0).values + verts.max(0).values) / 2
+        centre = stored[3] if stored is not None else (None if verts is None else _centre(verts))
         az = camera_azimuth(cameras.cam2world, centre)
         vis = self.visibility(cameras, mesh=mesh, occlusion=occlusion, method=method)
         back = az.abs() > 90.0 + 1e-3
         vis = torch.where(back[:, None], torch.ones_like(vis), vis)
         return PendingLandmarkImages(px, vis, az, cameras.height, cameras.width, self.connections)
+
+
+def _tolerance(v: torch.Tensor) -> float:
+    """The occlusion test's default tolerance: 2 % of the bounding-box diagonal."""
+    return 0.02 * float((v.max(0).values - v.min(0).values).norm())
+
+
+def _centre(v: torch.Tensor) -> torch.Tensor:
+    """The bounding-box centre [3] (the azimuths of the landmark images are measured around it)."""
+    return (v.min(0).values + v.max(0).values) / 2
 
 
 class PendingLandmarkImages:
