@@ -1,13 +1,16 @@
 """Fast-path profiling (issue "Speed and memory"): where the time of a sculpt / ISD / refine step goes.
 
-    python bench/profile_fastpath.py --out DIR [--parts sculpt,isd,refine] [--tag base]
+    python bench/profile_fastpath.py --out DIR [--parts sculpt,isd,refine,panohead] [--tag base]
 
 sculpt: one stage-A and one reference step at 512² on the 256-equivalent grid (procedural head,
         analytic SDF init so no 16 s mesh-SDF init), their sub-parts, and torch.profiler tables
         (top ops by CUDA and by CPU time) written to DIR/sculpt_prof_<tag>.txt;
 isd:    the ISD step (1, 2, 4 views) through ComfyUI with full-size random-weight models, its parts
         (ControlNet copy + hint, process_conds, calc_cond_batch, VAE fwd+bwd) and a profiler table;
-refine: one SDEdit denoise of the texture refine step at 20 / 10 / 5 sampler steps.
+refine: one SDEdit denoise of the texture refine step at 20 / 10 / 5 sampler steps;
+panohead: one W+ and one PTI step of the inversion (release-size generator, random weights, neural
+        128², eager) and their profiler tables in DIR/panohead_prof_<tag>.txt: the step runs ~40× its
+        arithmetic floor (docs/PERFORMANCE.md), the largest ratio of any stage.
 Timings: warm-up, CUDA events, median. Results as JSON in DIR/fastpath_<tag>.json.
 """
 from __future__ import annotations
@@ -274,6 +277,62 @@ def part_refine(res: dict, models) -> None:
     print("refine", json.dumps(r), flush=True)
 
 
+def panohead_steps(device: torch.device, full: bool = True, neural: int = 128) -> dict:
+    """The inversion's eager W+ and PTI steps (core.panohead.invert's own render and loss functions,
+    plain Adam as in its eager loop) on a random generator: {"w_step": fn, "pti_step": fn}."""
+    import copy
+    import importlib
+
+    from bench_panohead import _random_generator
+    from idsculpt.core.camera import eg3d_frontal_label
+    from idsculpt.core.panohead.perceptual import VGG16Perceptual
+    from idsculpt.core.panohead.triplane import release_config, tiny_config
+
+    inv = importlib.import_module("idsculpt.core.panohead.invert")
+    g = _random_generator(release_config() if full else tiny_config(), device).requires_grad_(False)
+    vgg = VGG16Perceptual().to(device)
+    cfg = inv.InversionConfig(neural_rendering_resolution=neural)
+    lab = eg3d_frontal_label().to(device)
+    target = torch.rand(1, 3, g.img_resolution, g.img_resolution, device=device) * 2 - 1
+    with torch.no_grad():
+        taps = vgg.taps(target, cfg.perceptual_size)
+        w_avg = g.mapping(torch.randn(1, g.z_dim, device=device), lab).detach()
+    w_opt = w_avg.clone().requires_grad_(True)
+    w_adam = torch.optim.Adam([w_opt], betas=(0.9, 0.999), lr=cfg.w_lr)
+    gt = copy.deepcopy(g).train().requires_grad_(True)
+    p_adam = torch.optim.Adam(gt.parameters(), betas=(0.9, 0.999), lr=cfg.pti_lr)
+
+    def w_step() -> None:
+        with torch.enable_grad():
+            synth = inv._render(g, w_opt, lab, neural, cfg.seed, 0)
+            loss = inv._w_loss(vgg, target, taps, synth, w_opt, w_avg, cfg)
+            w_adam.zero_grad(set_to_none=True)
+            loss.backward()
+            w_adam.step()
+
+    def pti_step() -> None:
+        with torch.enable_grad():
+            synth = inv._render(gt, w_avg, lab, neural, cfg.seed + 1, 0)
+            loss = inv._pti_loss(vgg, target, taps, synth, cfg)
+            p_adam.zero_grad(set_to_none=True)
+            loss.backward()
+            p_adam.step()
+
+    return {"w_step": w_step, "pti_step": pti_step}
+
+
+def part_panohead(res: dict, out_dir: str, tag: str, neural: int = 128) -> None:
+    steps = panohead_steps(torch.device("cuda"), neural=neural)
+    out: dict = {"neural_rendering_resolution": neural}
+    tables = []
+    for name, fn in steps.items():
+        out[f"{name}_ms"] = timer(fn)
+        tables.append(prof_table(fn, 3, f"PanoHead {name} at neural {neural}²", rows=40))
+    res["panohead"] = out
+    with open(os.path.join(out_dir, f"panohead_prof_{tag}.txt"), "w") as fh:
+        fh.write("\n\n".join(tables))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -289,6 +348,8 @@ def main() -> None:
         try:
             if name == "sculpt":
                 part_sculpt(res, a.out, a.tag)
+            elif name == "panohead":
+                part_panohead(res, a.out, a.tag)
             else:
                 if models is None:
                     models = _models()
