@@ -16,6 +16,19 @@ import numpy as np
 import torch
 
 
+def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Area-weighted unit vertex normals of [N,3] or [B,N,3] positions (differentiable)."""
+    v = vertices
+    f = faces.long()
+    d = v.dim() - 2  # index_select: its backward is one index_add (v[..., idx, :]'s sorts the indices first)
+    p0, p1, p2 = v.index_select(d, f[:, 0]), v.index_select(d, f[:, 1]), v.index_select(d, f[:, 2])
+    fn = torch.cross(p1 - p0, p2 - p0, dim=-1)  # length = 2 * area: area weighting for free
+    vn = torch.zeros_like(v)
+    for k in range(3):
+        vn = vn.index_add(v.dim() - 2, f[:, k], fn)
+    return torch.nn.functional.normalize(vn, dim=-1, eps=1e-12)
+
+
 @dataclass
 class HeadMesh:
     vertices: torch.Tensor  # [N,3] float32
@@ -67,11 +80,7 @@ class HeadMesh:
 
     def vertex_normals(self) -> torch.Tensor:
         """Area-weighted unit vertex normals [N,3] (differentiable in the positions)."""
-        fn = self.face_normals(unit=False)  # length = 2 * area: area weighting for free
-        vn = torch.zeros_like(self.vertices)
-        for k in range(3):
-            vn = vn.index_add(0, self.faces[:, k], fn)
-        return torch.nn.functional.normalize(vn, dim=-1, eps=1e-12)
+        return vertex_normals(self.vertices, self.faces)
 
     def area(self) -> float:
         return float(self.face_normals(unit=False).norm(dim=-1).sum() / 2)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..render.renderer import vertex_normals  # the renderer's normals: one definition
+from ..mesh import vertex_normals  # one definition, shared with the renderer and HeadMesh
 
 
 def mesh_edges(faces: torch.Tensor, num_vertices: int) -> torch.Tensor:

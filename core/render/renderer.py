@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..camera import Cameras
+from ..mesh import vertex_normals
 from .backend import RenderBackend, get_backend
 
 
@@ -47,19 +48,6 @@ class RenderOutput:
         """
         bg = torch.as_tensor(background, dtype=self.normal_view.dtype, device=self.normal_view.device)
         return (0.5 * (self.normal_view + self.mask) + (1 - self.mask) * bg).clamp(0, 1)
-
-
-def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Area-weighted unit vertex normals of [N,3] or [B,N,3] positions (differentiable)."""
-    v = vertices
-    f = faces.long()
-    d = v.dim() - 2  # index_select: its backward is one index_add (v[..., idx, :]'s sorts the indices first)
-    p0, p1, p2 = v.index_select(d, f[:, 0]), v.index_select(d, f[:, 1]), v.index_select(d, f[:, 2])
-    fn = torch.cross(p1 - p0, p2 - p0, dim=-1)  # length = 2 * area: area weighting for free
-    vn = torch.zeros_like(v)
-    for k in range(3):
-        vn = vn.index_add(v.dim() - 2, f[:, k], fn)
-    return torch.nn.functional.normalize(vn, dim=-1, eps=1e-12)
 
 
 def _as_batched(x: torch.Tensor, bsz: int, what: str, n: Optional[int] = None) -> torch.Tensor:
