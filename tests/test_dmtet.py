@@ -158,6 +158,18 @@ def test_winding_number_matches_exact_sum():
     assert bool((fast[inside] > 0.9).all()) and bool((fast[outside].abs() < 0.1).all())
 
 
+def test_winding_number_chunking_changes_only_the_summation_order():
+    """The GPU's larger chunks (WindingNumber.chunk_sizes) sum the same terms: chunk sizes from one
+    query / one parent cluster up to everything at once give the same winding numbers."""
+    m = procedural_head_mesh(24)
+    wn = WindingNumber(m.vertices, m.faces, leaf=8, fanout=4)
+    q = torch.rand(500, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    ref = wn(q)
+    assert wn.chunk_sizes() == (2048, 8192)  # on the CPU: the sizes the tests always ran with
+    for chunk, pairs in ((1, 1), (37, 100), (500, 1 << 17), (4096, 1 << 20)):
+        assert torch.allclose(wn(q, chunk=chunk, pair_chunk=pairs), ref, atol=1e-5), (chunk, pairs)
+
+
 def _holey(m: HeadMesh, n_holes: int = 6, seed: int = 0) -> HeadMesh:
     """Remove a few small patches of faces (each a face and its neighbours): small holes."""
     g = torch.Generator().manual_seed(seed)

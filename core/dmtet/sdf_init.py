@@ -144,8 +144,21 @@ class WindingNumber:
         d = c - q
         return (n * d).sum(-1) / d.norm(dim=-1).clamp_min(1e-12) ** 3
 
-    def __call__(self, q: torch.Tensor, chunk: int = 2048, pair_chunk: int = 8192,
+    def chunk_sizes(self) -> tuple[int, int]:
+        """(queries per chunk, query × leaf pairs per inner chunk) for this device. On a CPU small chunks
+        stay in cache. On a GPU the loop is bound by launches and host syncs (~15 ops and 3 syncs per
+        inner chunk; ~17k inner chunks for a 2.3 M-face 512³ GAN mesh at the CPU sizes): the pair chunk
+        is 16× larger (~0.3 GB of temporaries) and a query chunk holds ~16 M query × cluster entries
+        (its [Q, clusters, 3] dipole temporary stays under ~200 MB). Same sums in another order."""
+        if self.tri.device.type != "cuda":
+            return 2048, 8192
+        return max(2048, min(65536, (1 << 24) // max(self.c2.shape[0], 1))), 1 << 17
+
+    def __call__(self, q: torch.Tensor, chunk: Optional[int] = None, pair_chunk: Optional[int] = None,
                  interrupt: Optional[InterruptFn] = None) -> torch.Tensor:
+        """Winding numbers [Q] at points q [Q,3]; ``chunk`` / ``pair_chunk`` default to :meth:`chunk_sizes`."""
+        auto_chunk, auto_pairs = self.chunk_sizes()
+        chunk, pair_chunk = chunk or auto_chunk, pair_chunk or auto_pairs
         qd = q.detach().float().to(self.tri.device)
         out = torch.zeros(qd.shape[0], dtype=torch.float32, device=qd.device)
         fan = torch.arange(self.fanout, device=qd.device)
@@ -156,11 +169,12 @@ class WindingNumber:
             dip = self._dipole(qs[:, None], self.c2[None], self.n2[None])
             acc = torch.where(near2, torch.zeros_like(dip), dip).sum(1)
             qi, ci = near2.nonzero(as_tuple=True)
-            for p in range(0, qi.shape[0], pair_chunk // self.fanout):
+            step = max(1, pair_chunk // self.fanout)  # (query, parent) pairs per inner chunk
+            for p in range(0, qi.shape[0], step):
                 if interrupt is not None:  # a chunk of query x leaf pairs: well under a second on a CPU
                     interrupt()
-                a = qi[p : p + pair_chunk // self.fanout, None].expand(-1, self.fanout).reshape(-1)
-                c = (ci[p : p + pair_chunk // self.fanout, None] * self.fanout + fan).reshape(-1)
+                a = qi[p : p + step, None].expand(-1, self.fanout).reshape(-1)
+                c = (ci[p : p + step, None] * self.fanout + fan).reshape(-1)
                 rq = (self.c1[c] - qs[a]).norm(dim=-1)
                 near1 = rq <= self.beta * self.r1[c]
                 far = ~near1
@@ -261,7 +275,9 @@ def _surface_band(vertices: torch.Tensor, faces: torch.Tensor, grid: TetGrid, ba
         raise ValueError("mesh lies outside the tet grid: normalise it into the grid first (normalize_mesh)")
     bidx = np.flatnonzero(band.reshape(-1))
     q = grid.vertices(torch.float64).cpu().numpy()[bidx]
-    d, idx = cKDTree(pts).query(q, k=k)
+    # A sliding-midpoint tree builds in half the time of the balanced one on millions of samples (the
+    # 512³ GAN mesh gives ~8 M) with the same exact k-nearest answers; the query uses every core.
+    d, idx = cKDTree(pts, balanced_tree=False, compact_nodes=False).query(q, k=k, workers=-1)
     cand = torch.from_numpy(fid[idx])  # [P,k]
     qt = torch.from_numpy(q)
     dist = torch.from_numpy(d[:, 0]).clone()
