@@ -201,7 +201,7 @@ def step_rows(results: dict[str, dict], counts: dict[str, int], rates: dict[str,
         row("DMTet Sculpt", "reference step", counts["reference"], sculpt_cfg, "sculpt.json", ("reference_step_ms.median_ms",),
             peak=("peak_mem_mib",), server_ms=get(step_ms, "reference.median_ms")),
         isd_row(),
-        # its own node in the workflow (Progressive Inpaint's stage timer starts after it)
+        # inside the Progressive Inpaint node, before its stage timer starts: a row of its own
         row("UV unwrap", "xatlas in surface patches (CPU)", 1, tx, "texture.json", ("unwrap.seconds",), scale=1000.0),
         row("Progressive Inpaint", "inpainted view (whole run / views)", counts["inpaint_views"], tx, "texture.json",
             graph_first("inpaint_full", ".seconds_per_view"), "inpaint_view", scale=1000.0, peak=graph_first("inpaint_full", ".peak_mem_mib")),

@@ -1,6 +1,6 @@
 """Arithmetic of each stage's steps at full size (FLOPs): the floor in docs/PERFORMANCE.md.
 
-FLOPs depend on shapes, not on weights, values or the device, so this runs on a CPU in about a minute:
+FLOPs depend on shapes, not on weights, values or the device, so this runs on a CPU in ~15 s:
 
 1. ``per_sample``: FLOPs per sample of every network at the method's sizes (512² views, 64² latents,
    VGG16 on 256², PanoHead at neural 64² and 128²), full-size models built from ComfyUI's own classes
