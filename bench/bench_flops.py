@@ -291,6 +291,9 @@ def main() -> None:
                         comfy=True, res=RESOLUTION)
     ap.add_argument("--workflow", default=os.path.join(_timing.ROOT, "workflows", "full_api.json"))
     args = ap.parse_args()
+    # Counts do not depend on the device: keep every model (the tiny ones of the call structure too) on
+    # the CPU, also on a GPU machine (set before ComfyUI first asks torch for CUDA devices).
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
     _timing.find_comfyui(args.comfy, "bench_flops.py")
     from tiny_models import import_comfy
 
