@@ -74,7 +74,7 @@ def _load_base():
 def part_sculpt(res: dict, out_dir: str, tag: str) -> None:
     from bench_sculpt import make_inputs
 
-    from idsculpt.core.dmtet import laplacian_loss, normal_consistency_loss, procedural_head_mesh
+    from idsculpt.core.dmtet import laplacian_loss, mesh_edges, normal_consistency_loss, procedural_head_mesh
     from idsculpt.core.dmtet.procedural import head_sdf
     from idsculpt.core.render import render_mesh
     from idsculpt.core.sculpt import SculptConfig, Sculptor
@@ -134,8 +134,9 @@ def part_sculpt(res: dict, out_dir: str, tag: str) -> None:
             (o.mask.sum() + o.normal_view.sum()).backward()
         r[f"render_fwd_bwd_{be}_ms"] = timer(rb)
 
-    def regs():
-        (normal_consistency_loss(vv, ff) + laplacian_loss(vv, ff)).backward()
+    def regs():  # as in Sculptor.step: the surface's edges found once for both regularisers
+        edges = mesh_edges(ff, vv.shape[0])
+        (normal_consistency_loss(vv, ff, edges) + laplacian_loss(vv, ff, edges)).backward()
     r["regularisers_fwd_bwd_ms"] = timer(regs)
     from idsculpt.core.render.torch_backend import TopologyHash
     r["topology_hash_ms"] = timer(lambda: TopologyHash(ff.int()))
