@@ -74,7 +74,8 @@ def stage_table(results: dict[str, dict], workflow: str, server_stages: str | No
                 card_source: str = "", sources: dict[str, list[str]] | None = None) -> str:
     """The generated stage table (see _projection) for these results at the workflow's default counts."""
     settings = workflow_settings(workflow)
-    rates = card_rates(None if "error" in results.get("card", {"error": 1}) else results["card"], card_tflops, card_source)
+    card = results.get("card")
+    rates = card_rates(card if card and "error" not in card else None, card_tflops, card_source)
     server = read_server_stages(server_stages)
     good = {k: v for k, v in results.items() if "error" not in v}
     rows = step_rows(good, default_counts(settings), rates, grid_resolution=int(settings["sculpt"]["grid_resolution"]), server=server)

@@ -147,7 +147,7 @@ class WindingNumber:
     def chunk_sizes(self) -> tuple[int, int]:
         """(queries per chunk, query × leaf pairs per inner chunk) for this device. On a CPU small chunks
         stay in cache. On a GPU the loop is bound by launches and host syncs (~15 ops and 3 syncs per
-        inner chunk; ~17k inner chunks for a 2.3 M-face 512³ GAN mesh at the CPU sizes): the pair chunk
+        inner chunk; ~10.5k inner chunks for a 2.3 M-face 512³ GAN mesh at the CPU sizes): the pair chunk
         is 16× larger (~0.3 GB of temporaries) and a query chunk holds ~16 M query × cluster entries
         (its [Q, clusters, 3] dipole temporary stays under ~200 MB). Same sums in another order."""
         if self.tri.device.type != "cuda":
