@@ -21,14 +21,11 @@ WORKFLOW = os.path.join(ROOT, "workflows", "full_api.json")
 
 
 def test_default_counts_are_the_methods_step_counts() -> None:
-    from idsculpt.core.texture import default_view_plan
-
     counts = proj.default_counts(proj.workflow_settings(WORKFLOW))
     # 500 + 500 inversion, 6000 sculpt steps (1000 GAN views, then reference / ISD alternating),
     # 15 inpainted views, 400 refine steps (random / reference alternating), two reference KSamplers
     assert counts == {"panohead_w": 500, "panohead_pti": 500, "reference_geometry": 2, "stage_a": 1000, "reference": 2500,
                       "isd": 2500, "isd_views": 1, "inpaint_views": 15, "refine_random": 200, "refine_reference": 200}
-    assert proj.DEFAULT_VIEW_PLAN_VIEWS == len(default_view_plan())
 
 
 def test_odd_step_counts_follow_the_schedules() -> None:
