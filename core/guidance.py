@@ -67,12 +67,22 @@ def elevation_of(cameras: Cameras) -> torch.Tensor:
     return torch.rad2deg(torch.atan2(p[:, 1], p[:, [0, 2]].norm(dim=-1)))
 
 
+#: The four prompt directions of threestudio's view-dependent prompting (ID-Sculpt's prompt processor).
+VIEW_DIRECTIONS = ("front", "side", "back", "overhead")
+#: Thresholds (degrees) of the authors' prompt processor for the geometry stage (ISD): front |az| < 45,
+#: back |az| > 180 - 60 = 120, overhead elevation > 60 (``prompt_processors/base.py`` defaults).
+ISD_VIEW_THRESHOLDS = {"front": 45.0, "back": 60.0, "overhead": 60.0}
+#: The texture stage's thresholds (its configs set front and back to 45): back |az| > 135.
+TEXTURE_VIEW_THRESHOLDS = {"front": 45.0, "back": 45.0, "overhead": 60.0}
+
+
 def view_direction(azimuth: torch.Tensor, elevation: torch.Tensor, front: float = 45.0, back: float = 45.0,
                    overhead: float = 60.0) -> list[str]:
     """View-dependent prompt key per view: "front" | "side" | "back" | "overhead".
 
-    threestudio's rule (which ID-Sculpt's prompt processor inherits): overhead above ``overhead``
-    degrees elevation, front within ``front`` degrees of azimuth 0, back within ``back`` of 180.
+    threestudio's rule (which ID-Sculpt's prompt processor inherits): every view starts as "side",
+    then front (|azimuth| < ``front``), back (|azimuth| > 180 - ``back``) and overhead (elevation >
+    ``overhead``) override in that order, so overhead wins. Azimuth 0 = the face.
     """
     az = (torch.as_tensor(azimuth, dtype=torch.float32).reshape(-1) + 180.0) % 360.0 - 180.0
     el = torch.as_tensor(elevation, dtype=torch.float32).reshape(-1).expand_as(az)
@@ -80,10 +90,10 @@ def view_direction(azimuth: torch.Tensor, elevation: torch.Tensor, front: float 
     for a, e in zip(az.tolist(), el.tolist()):
         if e > overhead:
             out.append("overhead")
-        elif abs(a) < front:
-            out.append("front")
         elif abs(a) > 180.0 - back:
             out.append("back")
+        elif abs(a) < front:
+            out.append("front")
         else:
             out.append("side")
     return out

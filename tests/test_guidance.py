@@ -169,3 +169,13 @@ def test_view_direction() -> None:
     d = view_direction(torch.tensor([0.0, 44.0, 46.0, -90.0, 134.0, 136.0, -180.0, 10.0]),
                        torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 61.0]))
     assert d == ["front", "front", "side", "side", "side", "back", "back", "overhead"]
+
+
+def test_view_direction_thresholds_of_the_two_stages() -> None:
+    """The authors' prompt processor: geometry back = |az| > 120 (back_threshold 60), texture |az| > 135."""
+    from idsculpt.core.guidance import ISD_VIEW_THRESHOLDS, TEXTURE_VIEW_THRESHOLDS, view_direction
+
+    az, el = torch.tensor([119.0, 121.0, -121.0, 134.0, 136.0, 44.9, 45.1]), torch.zeros(7)
+    assert view_direction(az, el, **ISD_VIEW_THRESHOLDS) == ["side", "back", "back", "back", "back", "front", "side"]
+    assert view_direction(az, el, **TEXTURE_VIEW_THRESHOLDS) == ["side", "side", "side", "side", "back", "front", "side"]
+    assert view_direction(torch.tensor([180.0]), torch.tensor([61.0]), **ISD_VIEW_THRESHOLDS) == ["overhead"]
