@@ -1,13 +1,27 @@
 """ID-aware Score Distillation (ISD) against an abstract noise predictor.
 
 Score distillation turns a 2D diffusion prior into a loss on a differentiable render. For a rendered
-image I (here the view-space normal map of the sculpted head) with latents z = E(I):
+image I (here the view-space normal map of the sculpted head) with latents z = E(I) (a sample of the
+VAE posterior, as the authors' ``posterior.sample()``):
 
     t ~ U[t_min, t_max]                    (default U[20, 500] of SD1.5's 1000 training steps)
     eps ~ N(0, 1),  z_t = z + sigma_t * eps            (sigma space, as ComfyUI samples; see below)
     eps_hat = eps_u + s * (eps_c - eps_u)              (CFG, s = 50 for ISD)
-    grad_z  = w(t) * (eps_hat - eps),   w(t) = 1 - alphabar_t
+    grad_z  = w(t) * (eps_hat - eps_est),   w(t) = 1 - alphabar_t
     loss    = 0.5 * || z - stopgrad(z - grad_z) ||^2 / B      => d loss / d z = grad_z / B
+
+eps_est, the "estimator" (``ISDConfig.estimator``):
+
+* "authors" (default): the conditional prediction of the same UNet with the positive prompt and ID
+  OFF. This is what the authors' code runs: its config sets ``use_sds: True``, which calls
+  ``compute_grad_vsd`` (threestudio/models/guidance/ip_controlnet.py), a VSD-style gradient whose
+  estimator is ``unet_lora`` at guidance scale 1 -- the plain (non-ID) UNet with zero-initialised LoRA
+  layers that no optimiser ever sees, i.e. the base UNet's conditional branch. So for views without ID
+  (|azimuth| >= 70) eps_est = eps_c and grad = (s - 1) * w * (eps_c - eps_u): no noise residual; for
+  views with ID one more UNet row (positive prompt, ID off) is needed. (Exactly, their base UNet at
+  |azimuth| < 70 receives the 16 ID tokens appended to the text context and attends them through its
+  plain text keys/values; here that row is the positive prompt alone: see docs/GUIDANCE.md.)
+* "sds": eps_est = eps, the injected noise (plain SDS, DreamFusion's form).
 
 and the gradient reaches the render through the (differentiable) encoder E. "ID-aware": the
 positive branch carries the IP-Adapter FaceID tokens of the subject, but only for views whose
@@ -107,6 +121,9 @@ class ViewBatch:
     cameras: the B cameras of the renders (None when the caller has none, e.g. 2D tests).
     azimuth / elevation: [B] degrees. id_enabled: [B] bool, ID tokens on for that view.
     t: [B] integer training timestep, sigma: [B] the matching sigma (both given for convenience).
+    cond_no_id: [B] bool or None: the views for which the predictor must also return the positive
+        prompt's prediction with ID off (``NoisePrediction.cond_no_id``); None = no view. ISD asks for
+        it on the views that have ID on (for the others ``cond`` already is that prediction).
     """
 
     azimuth: torch.Tensor
@@ -115,14 +132,26 @@ class ViewBatch:
     t: torch.Tensor
     sigma: torch.Tensor
     cameras: Cameras | None = None
+    cond_no_id: torch.Tensor | None = None
+
+    def wants_cond_no_id(self) -> list[bool]:
+        """``cond_no_id`` as a Python list of B bools (all False when None)."""
+        if self.cond_no_id is None:
+            return [False] * len(self.azimuth)
+        return [bool(v) for v in torch.as_tensor(self.cond_no_id).reshape(-1).tolist()]
 
 
 @dataclass
 class NoisePrediction:
-    """eps predicted for the positive (cond) and negative (uncond) prompts, each [B,C,h,w]."""
+    """eps predicted for the positive (cond) and negative (uncond) prompts, each [B,C,h,w].
+
+    cond_no_id: [B,C,h,w] or None: eps of the positive prompt with the ID tokens off, filled for the
+    views ``ViewBatch.cond_no_id`` asked for (other rows are not read; None when no view asked).
+    """
 
     cond: torch.Tensor
     uncond: torch.Tensor
+    cond_no_id: torch.Tensor | None = None
 
 
 @runtime_checkable
@@ -131,8 +160,9 @@ class NoisePredictor(Protocol):
 
     alphas_cumprod: [T] training schedule (defines t -> sigma).
     encode(images [B,H,W,3] in 0..1) -> latents [B,C,h,w], differentiable w.r.t. the images, already
-        scaled as the model expects (SD1.5: VAE mean x 0.18215).
-    predict_noise(x [B,C,h,w] = latents + sigma*eps, sigma [B], views) -> NoisePrediction, no grad.
+        scaled as the model expects (SD1.5: a VAE posterior sample (or its mean) x 0.18215).
+    predict_noise(x [B,C,h,w] = latents + sigma*eps, sigma [B], views) -> NoisePrediction, no grad;
+        with ``cond_no_id`` filled for the views ``views.cond_no_id`` marks.
     """
 
     alphas_cumprod: torch.Tensor
@@ -143,6 +173,54 @@ class NoisePredictor(Protocol):
 
 
 # ----------------------------------------------------------------------------- ISD
+#: "authors": eps_est = positive prompt with ID off (their compute_grad_vsd); "sds": eps_est = injected noise.
+ISD_ESTIMATORS = ("authors", "sds")
+
+
+def isd_gradient(pred: NoisePrediction, noise: torch.Tensor, weight: torch.Tensor, cfg: float, estimator: str,
+                 cond_no_id: torch.Tensor | None = None) -> torch.Tensor:
+    """grad_z = w * (eps_hat - eps_est), eps_hat = eps_u + cfg * (eps_c - eps_u) (module doc).
+
+    Written as w * ((eps_c - eps_est) + (cfg - 1) * (eps_c - eps_u)), the same sum without forming the
+    cfg-times-larger eps_hat first: for a view whose eps_est is eps_c itself the first term is exactly
+    zero. cond_no_id: [B] bool, the views whose eps_est is ``pred.cond_no_id`` ("authors"); the others
+    use ``pred.cond`` (ID off there already). weight: [B,1,1,1].
+    """
+    cond, uncond = pred.cond.float(), pred.uncond.float()
+    if estimator == "sds":
+        est = noise
+    elif estimator == "authors":
+        est = cond
+        if cond_no_id is not None and bool(cond_no_id.any()):
+            if pred.cond_no_id is None:
+                raise ValueError("the noise predictor returned no cond_no_id prediction (positive prompt, ID off) "
+                                 "although ISD asked for it: the 'authors' estimator needs it")
+            sel = to_device(cond_no_id.reshape(-1, 1, 1, 1), cond.device)
+            est = torch.where(sel, pred.cond_no_id.float(), cond)
+    else:
+        raise ValueError(f"ISD estimator must be one of {ISD_ESTIMATORS}, got {estimator!r}")
+    return weight * ((cond - est) + (cfg - 1.0) * (cond - uncond))
+
+
+def vae_posterior_latents(moments: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Latents [B,C,h,w] from a VAE's diagonal-Gaussian moments [B,2C,h,w] (mean, log-variance).
+
+    sample=True: mean + std * n with n ~ N(0, 1) drawn from ``generator`` (on the CPU, so a seed
+    reproduces it on any device), std = exp(logvar / 2) with logvar clamped to [-30, 20] as in
+    diffusers' and ComfyUI's DiagonalGaussianDistribution. Reparameterised: the gradient reaches the
+    image through both the mean and the log-variance. This is the authors' ``posterior.sample()``.
+    sample=False: the mean (what ComfyUI's VAE encode returns).
+    """
+    if moments.dim() != 4 or moments.shape[1] % 2:
+        raise ValueError(f"VAE posterior moments must be [B,2C,h,w], got shape {tuple(moments.shape)}")
+    mean, logvar = moments.float().chunk(2, dim=1)
+    if not sample:
+        return mean
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+    n = to_device(torch.randn(mean.shape, generator=generator), mean.device)
+    return mean + std * n
+
+
 @dataclass
 class ISDConfig:
     """ISD settings; defaults are ID-Sculpt's geometry stage (see docs/GUIDANCE.md).
@@ -151,6 +229,8 @@ class ISDConfig:
     t_max_final over the run (needs step/total_steps); "sqrt" follows HiFA's sqrt schedule.
     cfg: classifier-free guidance scale. grad_clip: clamp |grad_z| (None = off).
     id_azimuth_limit: ID tokens only for |azimuth| < this (degrees); None = ID on every view.
+    estimator: what the CFG prediction is compared with (module doc): "authors" = the positive
+        prompt's prediction with ID off (the authors' executed gradient), "sds" = the injected noise.
     """
 
     t_min: int = 20
@@ -161,12 +241,15 @@ class ISDConfig:
     grad_clip: float | None = None
     id_azimuth_limit: float | None = 70.0
     loss_weight: float = 1.0
+    estimator: str = "authors"
 
     def __post_init__(self) -> None:
         if not (0 <= self.t_min <= self.t_max):
             raise ValueError(f"ISD timestep range needs 0 <= t_min <= t_max, got [{self.t_min}, {self.t_max}]")
         if self.anneal not in ("none", "linear", "sqrt"):
             raise ValueError(f"ISD anneal must be 'none', 'linear' or 'sqrt', got {self.anneal!r}")
+        if self.estimator not in ISD_ESTIMATORS:
+            raise ValueError(f"ISD estimator must be one of {ISD_ESTIMATORS}, got {self.estimator!r}")
 
 
 @dataclass
@@ -274,16 +357,18 @@ class ISDGuidance:
         t = self.sample_t(b, step, total_steps)
         sigma64 = self.sigmas[t]
         sigma = to_device(sigma64, dev, torch.float32)  # (no host sync: the VAE encode is still queued)
-        views = ViewBatch(azimuth, elevation, self.id_mask(azimuth), t, sigma, cameras)
+        id_enabled = self.id_mask(azimuth)
+        # the "authors" estimator needs the positive prompt with ID off; views without ID have it in cond
+        cond_no_id = id_enabled.clone() if self.config.estimator == "authors" else None
+        views = ViewBatch(azimuth, elevation, id_enabled, t, sigma, cameras, cond_no_id)
 
         with torch.no_grad():
             z = latents.detach().float()
             noise = to_device(torch.randn(z.shape, generator=self.generator), dev)
             x = z + sigma.view(-1, 1, 1, 1) * noise
             pred = self.predictor.predict_noise(x, sigma, views)
-            eps_hat = pred.uncond.float() + self.config.cfg * (pred.cond.float() - pred.uncond.float())
             w = to_device(isd_weight(sigma64), dev, torch.float32).view(-1, 1, 1, 1)
-            grad = w * (eps_hat - noise)
+            grad = isd_gradient(pred, noise, w, self.config.cfg, self.config.estimator, cond_no_id)
             # a NaN/inf here would poison the whole mesh: drop those entries (no host sync: counts stay tensors)
             bad = ~torch.isfinite(grad)
             nonfinite = bad.sum()
@@ -292,6 +377,8 @@ class ISDGuidance:
                 grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
             target = (z - grad).to(latents.dtype)
         loss = 0.5 * ((latents - target) ** 2).sum() / b
-        self.last_stats = ISDStats(t, sigma64.float(), views.id_enabled, grad.norm(), nonfinite)
+        extra = {"estimator": self.config.estimator,
+                 "cond_no_id_rows": 0 if cond_no_id is None else int(cond_no_id.sum())}
+        self.last_stats = ISDStats(t, sigma64.float(), views.id_enabled, grad.norm(), nonfinite, extra)
         return self.config.loss_weight * loss
 
