@@ -6,12 +6,16 @@ the model exactly as ComfyUI's samplers do (route B of docs COMFYUI.md):
 
     convert_cond -> prepare_model_patcher -> prepare_sampling (load models) -> patcher.pre_run()
     per step: copy conds (+ a fresh ControlNet copy with this step's landmark hints)
-              -> process_conds -> calc_cond_batch([positive, negative]) -> eps = (x - x0) / sigma
+              -> process_conds -> calc_cond_batch([positive, negative(, positive with ID off)])
+              -> eps = (x - x0) / sigma
     patcher.cleanup() -> cleanup_models
 
-so LoRAs (weight patches), other packs' attention patches, hooks and wrappers are all active. The
-render -> latent step runs a private copy of the VAE encoder with autograd on (ComfyUI's weights are
-inference tensors), scaled by the model's latent format.
+so LoRAs (weight patches), other packs' attention patches, hooks and wrappers are all active. Each
+view gets the positive AND negative prompt of its direction (front / side / back / overhead). The third
+cond, run in the same batched UNet call, is the estimator of the authors' ISD gradient (core.guidance):
+the ID patch turns ID off for it (``ID_OFF_CONDS_KEY``). The render -> latent step runs a private copy
+of the VAE encoder with autograd on (ComfyUI's weights are inference tensors) and takes a posterior
+sample (the authors') or the mean, scaled by the model's latent format.
 
 Use from a node that optimises (the sculpt stage)::
 
@@ -35,10 +39,12 @@ import comfy.model_patcher
 import comfy.sampler_helpers
 import comfy.samplers
 
-from ..core.guidance import ISDConfig, ISDGuidance, NoisePrediction, ViewBatch, view_direction
+from ..core.guidance import (ISD_ESTIMATORS, ISD_VIEW_THRESHOLDS, VIEW_DIRECTIONS, ISDConfig, ISDGuidance, NoisePrediction,
+                             ViewBatch, vae_posterior_latents, view_direction)
 from ..core.transfer import to_device
 from .cuda_graphs import DiffusionGraphs, cuda_graphs_input
-from .id_adapter_nodes import ID_ENABLED_KEY, ID_MASK_KEY, IDAttentionPatch
+from .id_adapter_nodes import ID_ENABLED_KEY, ID_MASK_KEY, ID_OFF_CONDS_KEY, IDAttentionPatch
+from .view_prompts import view_conditioning, view_conditioning_inputs
 
 log = logging.getLogger("IDSculpt")
 
@@ -55,16 +61,26 @@ def has_id_adapter(model) -> bool:
 from .types import ISD_GUIDANCE, LANDMARKS
 
 
+#: "sample": z = mean + std * noise (the authors' posterior.sample()); "mean": ComfyUI's VAE encode.
+VAE_POSTERIORS = ("sample", "mean")
+
+
 class DifferentiableVAEEncoder(torch.nn.Module):
     """Image [B,H,W,3] 0..1 -> model-space latents, with autograd, from a ComfyUI VAE.
 
     Copies ``first_stage_model.encoder`` (+ ``quant_conv``) outside inference mode so the copy's
-    weights are ordinary tensors (backprop through inference tensors is refused), takes the
-    posterior mean (what ComfyUI's VAE encode returns) and applies the latent format's scale/shift.
+    weights are ordinary tensors (backprop through inference tensors is refused), turns the diagonal
+    Gaussian posterior into latents and applies the latent format's scale/shift. posterior: "sample"
+    (default; mean + std * noise, reparameterised, noise from ``generator``: the authors'
+    ``posterior.sample()``) or "mean" (what ComfyUI's VAE encode returns).
     """
 
-    def __init__(self, vae, latent_format, device: torch.device, dtype: torch.dtype | None = None, math_attention: bool = True):
+    def __init__(self, vae, latent_format, device: torch.device, dtype: torch.dtype | None = None, math_attention: bool = True,
+                 posterior: str = "sample", generator: torch.Generator | None = None):
         super().__init__()
+        if posterior not in VAE_POSTERIORS:
+            raise ValueError(f"VAE posterior must be one of {VAE_POSTERIORS}, got {posterior!r}")
+        self.posterior, self.generator = posterior, generator
         fsm = vae.first_stage_model
         if not hasattr(fsm, "encoder"):
             raise ValueError(f"VAE of type {type(fsm).__name__} has no 'encoder' module: an SD1.5 (AutoencoderKL) VAE is needed for ISD")
@@ -92,8 +108,8 @@ class DifferentiableVAEEncoder(torch.nn.Module):
         z = self.encoder(x)
         if self.quant_conv is not None:
             z = self.quant_conv(z)
-        if z.shape[1] == 2 * self.latent_channels:  # diagonal Gaussian moments: take the mean
-            z = z[:, : self.latent_channels]
+        if z.shape[1] == 2 * self.latent_channels:  # diagonal Gaussian moments (mean, log-variance)
+            z = vae_posterior_latents(z, self.posterior == "sample", self.generator)
         return self.latent_format.process_in(z.float())
 
 
@@ -139,9 +155,12 @@ class ComfyNoisePredictor:
 
     def __init__(self, model, positive, negative, vae, control_net=None, landmarks=None, control_strength: float = 1.0,
                  control_start: float = 0.0, control_end: float = 1.0, resolution: int | None = 512, max_views: int = 4,
-                 view_positive: dict | None = None, cuda_graphs: bool = True):
+                 view_positive: dict | None = None, cuda_graphs: bool = True, view_negative: dict | None = None,
+                 view_thresholds: dict | None = None, vae_posterior: str = "sample", generator: torch.Generator | None = None):
         if (control_net is None) != (landmarks is None):
             raise ValueError("connect both control_net (the MediaPipe-face ControlNet) and landmarks, or neither")
+        if vae_posterior not in VAE_POSTERIORS:
+            raise ValueError(f"vae_posterior must be one of {VAE_POSTERIORS}, got {vae_posterior!r}")
         self.model = model
         self.positive, self.negative = positive, negative
         self.vae = vae
@@ -149,11 +168,14 @@ class ComfyNoisePredictor:
         self.control_strength, self.control_range = float(control_strength), (float(control_start), float(control_end))
         self.resolution = resolution
         self.max_views = max_views
-        # view-dependent prompts: {"side": CONDITIONING, "back": ..., "overhead": ...}; "front" = positive
-        self.view_positive = {k: v for k, v in (view_positive or {}).items() if v is not None}
-        bad = set(self.view_positive) - {"front", "side", "back", "overhead"}
-        if bad:
-            raise ValueError(f"view-dependent prompt keys must be front/side/back/overhead, got {sorted(bad)}")
+        # view-dependent prompts {"front"|"side"|"back"|"overhead": CONDITIONING}; a missing direction
+        # uses the plain positive / negative
+        self.view_positive = _direction_dict(view_positive, positive, "positive")
+        self.view_negative = _direction_dict(view_negative, negative, "negative")
+        self.view_thresholds = dict(ISD_VIEW_THRESHOLDS if view_thresholds is None else view_thresholds)
+        self.vae_posterior, self.generator = vae_posterior, generator
+        # no ID patch on the MODEL: the "ID off" prediction is the plain positive one, no extra row needed
+        self.id_patched = has_id_adapter(model)
         ms = model.get_model_object("model_sampling")
         sig = getattr(ms, "sigmas", None)
         if sig is None or sig.dim() != 1 or sig.numel() < 2:
@@ -190,6 +212,8 @@ class ComfyNoisePredictor:
                  "negative": comfy.sampler_helpers.convert_cond(self.negative)}
         for name, c in self.view_positive.items():
             conds[f"positive_{name}"] = comfy.sampler_helpers.convert_cond(c)
+        for name, c in self.view_negative.items():
+            conds[f"negative_{name}"] = comfy.sampler_helpers.convert_cond(c)
         model_options = comfy.model_patcher.create_model_options_clone(model.model_options)
         model_options.setdefault("transformer_options", {})
         comfy.sampler_helpers.prepare_model_patcher(model, conds, model_options)
@@ -234,7 +258,8 @@ class ComfyNoisePredictor:
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         if self._encoder is None:
             dev = self.model.load_device
-            self._encoder = DifferentiableVAEEncoder(self.vae, self.model.get_model_object("latent_format"), dev)
+            self._encoder = DifferentiableVAEEncoder(self.vae, self.model.get_model_object("latent_format"), dev,
+                                                     posterior=self.vae_posterior, generator=self.generator)
         h, w = images.shape[1:3]
         if self.resolution and (h, w) != (self.resolution, self.resolution):
             images = F.interpolate(images.movedim(-1, 1), (self.resolution, self.resolution), mode="bilinear",
@@ -278,18 +303,20 @@ class ComfyNoisePredictor:
             # version counter"). The results are cloned back out, so the ISD loss can keep them for backward.
             with torch.inference_mode():
                 out = self._predict(x, sigma, views)
-            return NoisePrediction(out.cond.clone(), out.uncond.clone())
+            return NoisePrediction(out.cond.clone(), out.uncond.clone(),
+                                   None if out.cond_no_id is None else out.cond_no_id.clone())
         finally:
             if auto:
                 self.close()
 
-    def _positive_for(self, views: ViewBatch) -> list[list[dict]]:
-        """The positive cond list of each view (view-dependent prompts when given)."""
-        st = self._state
-        if not self.view_positive:
-            return [st["conds"]["positive"]] * len(views.azimuth)
-        names = view_direction(views.azimuth, views.elevation)
-        return [st["conds"].get(f"positive_{n}", st["conds"]["positive"]) for n in names]
+    def _prompt_keys(self, views: ViewBatch) -> list[tuple[str, str]]:
+        """The (positive, negative) cond key of each view: its direction's prompts, else the plain pair."""
+        n = len(views.azimuth)
+        if not self.view_positive and not self.view_negative:
+            return [("positive", "negative")] * n
+        names = view_direction(views.azimuth, views.elevation, **self.view_thresholds)
+        return [(f"positive_{d}" if d in self.view_positive else "positive",
+                 f"negative_{d}" if d in self.view_negative else "negative") for d in names]
 
     @staticmethod
     def _merge_rows(per_view: list[list[dict]]) -> list[dict] | None:
@@ -309,37 +336,71 @@ class ComfyNoisePredictor:
         return [merged]
 
     def _predict(self, x: torch.Tensor, sigma: torch.Tensor, views: ViewBatch) -> NoisePrediction:
+        """Batches the views into as few UNet calls as their prompts allow.
+
+        Views that need the "ID off" row (``views.cond_no_id``) and views that don't run in separate
+        calls, so the extra row is computed only where asked for; within each, views with different
+        prompts share one call when their token lengths match (row-wise cross_attn), else one call per
+        (positive, negative) pair."""
         st = self._state
         dev = st["device"]
         x = x.to(dev, torch.float32)
         sigma = sigma.to(dev, torch.float32).reshape(-1)
-        per_view = self._positive_for(views)
-        if all(p is per_view[0] for p in per_view):
-            return self._run(x, sigma, views, per_view[0])
-        merged = self._merge_rows(per_view)
-        if merged is not None:
-            return self._run(x, sigma, views, merged)
-        # prompts that cannot share a batch: one UNet call per group of views with the same prompt
-        cond = torch.empty_like(x)
-        uncond = torch.empty_like(x)
-        groups: dict[int, list[int]] = {}
-        for i, p in enumerate(per_view):
-            groups.setdefault(id(p), []).append(i)
-        for idx in groups.values():
-            sub = _slice_views(views, idx)
-            ii = torch.tensor(idx, device=dev)
-            out = self._run(x[ii], sigma[ii], sub, per_view[idx[0]])
-            cond[ii], uncond[ii] = out.cond, out.uncond
-        return NoisePrediction(cond, uncond)
+        conds = st["conds"]
+        keys = self._prompt_keys(views)
+        asked = views.wants_cond_no_id()
+        # without our ID patch the "ID off" prediction is cond itself: no extra row
+        extra = asked if self.id_patched else [False] * len(asked)
+        jobs: list[tuple[list[int], list[dict], list[dict], bool]] = []
+        parts: dict[bool, list[int]] = {}
+        for i, e in enumerate(extra):
+            parts.setdefault(e, []).append(i)
+        for e, idx in parts.items():
+            pairs = [keys[i] for i in idx]
+            if all(p == pairs[0] for p in pairs):
+                jobs.append((idx, conds[pairs[0][0]], conds[pairs[0][1]], e))
+                continue
+            pos = self._merge_rows([conds[p] for p, _ in pairs])
+            neg = self._merge_rows([conds[n] for _, n in pairs])
+            if pos is not None and neg is not None:
+                jobs.append((idx, pos, neg, e))
+                continue
+            # prompts that cannot share a batch: one UNet call per (positive, negative) pair
+            groups: dict[tuple[str, str], list[int]] = {}
+            for i, pair in zip(idx, pairs):
+                groups.setdefault(pair, []).append(i)
+            jobs += [(g, conds[pk], conds[nk], e) for (pk, nk), g in groups.items()]
 
-    def _run(self, x: torch.Tensor, sigma: torch.Tensor, views: ViewBatch, positive: list[dict]) -> NoisePrediction:
+        want_no_id = any(asked)
+        hint = self.landmark_hints(views) if self.control_net is not None else None  # drawn once for all calls
+        if len(jobs) == 1:  # the common case: every view in one call, nothing to scatter
+            _, pos, neg, e = jobs[0]
+            out = self._run(x, sigma, views, pos, neg, e, hint)
+            return NoisePrediction(out.cond, out.uncond, (out.cond_no_id if e else out.cond) if want_no_id else None)
+        cond, uncond = torch.empty_like(x), torch.empty_like(x)
+        no_id = torch.empty_like(x) if want_no_id else None
+        for idx, pos, neg, e in jobs:
+            ii = torch.tensor(idx, device=dev)
+            out = self._run(x[ii], sigma[ii], _slice_views(views, idx), pos, neg, e, None if hint is None else hint[ii])
+            cond[ii], uncond[ii] = out.cond, out.uncond
+            if no_id is not None:
+                no_id[ii] = out.cond_no_id if e else out.cond
+        return NoisePrediction(cond, uncond, no_id)
+
+    def _run(self, x: torch.Tensor, sigma: torch.Tensor, views: ViewBatch, positive: list[dict], negative: list[dict],
+             no_id_row: bool = False, hint: torch.Tensor | None = None) -> NoisePrediction:
+        """One calc_cond_batch: [positive, negative] (+ the positive again with ID off when ``no_id_row``);
+        ``hint``: these views' landmark images for the ControlNet (drawn here when None)."""
         st = self._state
         dev = st["device"]
         real_model = st["real_model"]
-        conds = {"positive": [c.copy() for c in positive], "negative": [c.copy() for c in st["conds"]["negative"]]}
+        names = ["positive", "negative"] + (["positive_no_id"] if no_id_row else [])
+        conds = {"positive": [c.copy() for c in positive], "negative": [c.copy() for c in negative]}
+        if no_id_row:
+            conds["positive_no_id"] = [c.copy() for c in positive]
         control = None
         if self.control_net is not None:
-            hint = self.landmark_hints(views)
+            hint = self.landmark_hints(views) if hint is None else hint
             control = self.control_net.copy().set_cond_hint(hint, self.control_strength, self.control_range, vae=self.vae)
             chained: dict = {}
             conds = {k: _attach_control(v, control, chained) for k, v in conds.items()}
@@ -348,9 +409,11 @@ class ComfyNoisePredictor:
         to = dict(model_options.get("transformer_options", {}))
         to[ID_MASK_KEY] = to_device(views.id_enabled, dev)
         to[ID_ENABLED_KEY] = True
+        # the third cond (index 2 in cond_or_uncond) runs with no ID tokens at all
+        to[ID_OFF_CONDS_KEY] = (2,) if no_id_row else ()
         model_options["transformer_options"] = to
         try:
-            x0_c, x0_u = comfy.samplers.calc_cond_batch(real_model, [conds["positive"], conds["negative"]], x, sigma, model_options)
+            x0 = comfy.samplers.calc_cond_batch(real_model, [conds[k] for k in names], x, sigma, model_options)
         finally:
             if control is not None:
                 for k in conds:
@@ -359,27 +422,42 @@ class ComfyNoisePredictor:
                             c["control"].cleanup()
         s = sigma.view(-1, 1, 1, 1)
         self.calls += 1
-        return NoisePrediction((x - x0_c) / s, (x - x0_u) / s)
+        eps = [(x - x0_k) / s for x0_k in x0]
+        return NoisePrediction(eps[0], eps[1], eps[2] if no_id_row else None)
+
+
+def _direction_dict(per_direction: dict | None, plain, what: str) -> dict:
+    """The directions with a prompt of their own (None or the plain prompt itself: left out)."""
+    out = {k: v for k, v in (per_direction or {}).items() if v is not None and v is not plain}
+    bad = set(out) - set(VIEW_DIRECTIONS)
+    if bad:
+        raise ValueError(f"view-dependent {what} prompt keys must be front/side/back/overhead, got {sorted(bad)}")
+    return out
 
 
 def _slice_views(v: ViewBatch, idx: list[int]) -> ViewBatch:
     ii = torch.tensor(idx)
     return ViewBatch(v.azimuth[ii], v.elevation[ii], v.id_enabled[ii], v.t[ii], v.sigma[ii.to(v.sigma.device)],
-                     None if v.cameras is None else v.cameras[idx])
+                     None if v.cameras is None else v.cameras[idx],
+                     None if v.cond_no_id is None else torch.as_tensor(v.cond_no_id)[ii])
 
 
 def build_isd_guidance(model, positive, negative, vae, control_net=None, landmarks=None, cfg: float = 50.0,
                        t_min: int = 20, t_max: int = 500, anneal: str = "none", t_max_final: int = 200,
                        id_azimuth_limit: float = 70.0, grad_clip: float = 0.0, control_strength: float = 1.0,
                        control_start: float = 0.0, control_end: float = 1.0, resolution: int = 512,
-                       seed: int | None = None, view_positive: dict | None = None, cuda_graphs: bool = True) -> ISDGuidance:
+                       seed: int | None = None, view_positive: dict | None = None, cuda_graphs: bool = True,
+                       view_negative: dict | None = None, view_thresholds: dict | None = None,
+                       estimator: str = "authors", vae_posterior: str = "sample") -> ISDGuidance:
+    # one generator for the whole step, in draw order: VAE posterior noise, timesteps, injected noise
+    gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
     predictor = ComfyNoisePredictor(model, positive, negative, vae, control_net, landmarks, control_strength,
                                     control_start, control_end, resolution, view_positive=view_positive,
-                                    cuda_graphs=cuda_graphs)
+                                    cuda_graphs=cuda_graphs, view_negative=view_negative, view_thresholds=view_thresholds,
+                                    vae_posterior=vae_posterior, generator=gen)
     config = ISDConfig(t_min=t_min, t_max=t_max, anneal=anneal, t_max_final=t_max_final, cfg=cfg,
                        grad_clip=grad_clip if grad_clip and grad_clip > 0 else None,
-                       id_azimuth_limit=id_azimuth_limit if id_azimuth_limit < 180 else None)
-    gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+                       id_azimuth_limit=id_azimuth_limit if id_azimuth_limit < 180 else None, estimator=estimator)
     return ISDGuidance(predictor, config, generator=gen)
 
 
@@ -411,13 +489,16 @@ class ISDGuidanceNode(io.ComfyNode):
                                tooltip="Clamp the latent gradient to ±this (0 = off, ID-Sculpt)."),
                 io.Int.Input("resolution", default=512, min=64, max=1024, step=64, optional=True,
                              tooltip="Renders are resized to this square size before VAE encoding (SD1.5: 512)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, optional=True, tooltip="Seed of the timestep and noise draws."),
-                io.Conditioning.Input("positive_side", optional=True,
-                                      tooltip="View-dependent prompt for side views (45° < |azimuth| < 135°), e.g. the positive prompt + ', side view'. Unconnected: positive."),
-                io.Conditioning.Input("positive_back", optional=True,
-                                      tooltip="View-dependent prompt for back views (|azimuth| > 135°), e.g. + ', back view'. Unconnected: positive."),
-                io.Conditioning.Input("positive_overhead", optional=True,
-                                      tooltip="View-dependent prompt for views from above (elevation > 60°), e.g. + ', overhead view'. Unconnected: positive."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, optional=True,
+                             tooltip="Seed of the VAE posterior sample, timestep and noise draws."),
+                io.Combo.Input("estimator", options=list(ISD_ESTIMATORS), default="authors", optional=True,
+                               tooltip="What the CFG prediction is compared with. 'authors' (ID-Sculpt's code): the positive "
+                                       "prompt's prediction with ID off (one more UNet row for views with ID; none for the "
+                                       "others, whose gradient is then (cfg-1)·w·(eps_c - eps_u)). 'sds': the injected noise "
+                                       "(plain score distillation)."),
+                io.Combo.Input("vae_posterior", options=list(VAE_POSTERIORS), default="sample", optional=True,
+                               tooltip="Latents of the render: a sample of the VAE posterior (ID-Sculpt's code) or its mean."),
+                *view_conditioning_inputs(ISD_VIEW_THRESHOLDS),
                 cuda_graphs_input(),
             ],
             outputs=[ISD_GUIDANCE.Output(display_name="guidance")],
@@ -427,7 +508,8 @@ class ISDGuidanceNode(io.ComfyNode):
     def execute(cls, model, positive, negative, vae, cfg: float, t_min: int, t_max: int, id_azimuth_limit: float,
                 control_net=None, landmarks=None, control_strength: float = 1.0, anneal: str = "none",
                 t_max_final: int = 200, grad_clip: float = 0.0, resolution: int = 512, seed: int = 0,
-                positive_side=None, positive_back=None, positive_overhead=None, cuda_graphs: bool = True) -> io.NodeOutput:
+                estimator: str = "authors", vae_posterior: str = "sample", cuda_graphs: bool = True,
+                **per_direction) -> io.NodeOutput:
         if t_min > t_max:
             raise ValueError(f"t_min ({t_min}) must not exceed t_max ({t_max})")
         if not math.isfinite(cfg):
@@ -435,10 +517,11 @@ class ISDGuidanceNode(io.ComfyNode):
         if not has_id_adapter(model):
             log.warning("IDSculpt ISD Guidance: the MODEL carries no ID adapter, so ISD runs without identity tokens; "
                         "put IDSculpt Apply ID Adapter between the model loader and this node for ID-aware guidance")
+        vc = view_conditioning(positive, negative, ISD_VIEW_THRESHOLDS, **per_direction)
         g = build_isd_guidance(model, positive, negative, vae, control_net, landmarks, cfg, t_min, t_max, anneal,
                                t_max_final, id_azimuth_limit, grad_clip, control_strength, resolution=resolution, seed=seed,
-                               view_positive={"side": positive_side, "back": positive_back, "overhead": positive_overhead},
-                               cuda_graphs=cuda_graphs)
+                               view_positive=vc.positive, view_negative=vc.negative, view_thresholds=vc.thresholds,
+                               cuda_graphs=cuda_graphs, estimator=estimator, vae_posterior=vae_posterior)
         return io.NodeOutput(g)
 
 

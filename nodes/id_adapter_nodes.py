@@ -7,7 +7,10 @@ and reads two per-call switches from ``transformer_options`` (set by whoever run
 
   ``idsculpt_id_enabled``: bool, False turns the ID branch off for the whole call;
   ``idsculpt_id_mask``:    bool tensor [B] (one per latent in the batch), False = no ID for that view
-                           (ISD uses it for views with |azimuth| >= 70 degrees).
+                           (ISD uses it for views with |azimuth| >= 70 degrees);
+  ``idsculpt_id_off_conds``: indices into the conds list of ``calc_cond_batch`` (the values of
+                           ComfyUI's ``cond_or_uncond``) whose rows run with no ID at all (ISD's third
+                           cond: the positive prompt with ID off, its gradient's estimator).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from .types import FACE_ID, ID_ADAPTER
 
 ID_ENABLED_KEY = "idsculpt_id_enabled"
 ID_MASK_KEY = "idsculpt_id_mask"
+ID_OFF_CONDS_KEY = "idsculpt_id_off_conds"
 IPADAPTER_FOLDER = "ipadapter"
 
 
@@ -49,6 +53,7 @@ class IDAttentionPatch:
     latent batch, chunk j positive when cond_or_uncond[j] == 0. Positive rows attend to the subject's
     ID tokens; negative rows attend to the zero-embedding tokens (``uncond="zero_id"``, as IP-Adapter
     is trained and run, and as ID-Sculpt runs it) or get no ID branch at all (``uncond="none"``).
+    Chunks whose cond index is listed in ``transformer_options[ID_OFF_CONDS_KEY]`` get no ID branch.
     """
 
     def __init__(self, adapter: IDAdapter, key: str, cond_tokens: torch.Tensor, uncond_tokens: torch.Tensor,
@@ -83,8 +88,9 @@ class IDAttentionPatch:
         cou = list(extra_options.get("cond_or_uncond", [0]))
         per = max(rows // max(len(cou), 1), 1)
         w = torch.full((len(cou), per), self.weight, device=device)
+        off = extra_options.get(ID_OFF_CONDS_KEY, ())
         for j, kind in enumerate(cou):
-            if kind != 0 and self.uncond == "none":
+            if (kind != 0 and self.uncond == "none") or kind in off:
                 w[j] = 0.0
         sig = extra_options.get("sigmas", None)
         if sig is not None:

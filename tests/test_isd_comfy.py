@@ -4,6 +4,7 @@ Needs COMFYUI_PATH and a Python that imports ComfyUI (run with its venv); skippe
 """
 from __future__ import annotations
 
+import math
 import types
 
 import pytest
@@ -217,12 +218,28 @@ def test_isd_gradient_through_vae(env) -> None:
     assert torch.isfinite(img.grad).all() and img.grad.abs().sum() > 0
     assert g.last_stats.id_enabled.tolist() == [True, False]
     assert 20 <= int(g.last_stats.t.min()) and int(g.last_stats.t.max()) <= 500
-    assert len(lm.calls) == 1 and not g.predictor.is_open
-    # the differentiable encoder is ComfyUI's VAE encode (posterior mean) in the model's latent scale
+    assert len(lm.calls) == 1 and not g.predictor.is_open  # hints drawn once although ID/no-ID views ran apart
+    assert g.config.estimator == "authors" and g.last_stats.extra["cond_no_id_rows"] == 1
+    # the posterior noise comes from the guidance's seeded generator
+    assert g.predictor.generator is g.generator and g.predictor.vae_posterior == "sample"
+    # posterior="mean": the differentiable encoder is ComfyUI's VAE encode in the model's latent scale
+    from idsculpt.nodes.guidance_nodes import DifferentiableVAEEncoder
+
+    lf = m1.get_model_object("latent_format")
     with torch.inference_mode(False):
-        ours = g.predictor.encode(img.detach()).detach()
-    ref = m1.get_model_object("latent_format").process_in(env.vae.encode(img.detach()))
-    assert ours.shape == (2, 4, RES // 8, RES // 8) and torch.allclose(ours, ref, atol=1e-4, rtol=1e-4)
+        img = img.detach()
+        ours = DifferentiableVAEEncoder(env.vae, lf, torch.device("cpu"), posterior="mean")(img).detach()
+        ref = lf.process_in(env.vae.encode(img))
+        assert ours.shape == (2, 4, RES // 8, RES // 8) and torch.allclose(ours, ref, atol=1e-4, rtol=1e-4)
+        # posterior="sample": mean + std * n for the generator's n, from the VAE's own moments
+        sampled = DifferentiableVAEEncoder(env.vae, lf, torch.device("cpu"), generator=torch.Generator().manual_seed(5))(img)
+        fsm = env.vae.first_stage_model
+        with torch.no_grad():
+            mean, logvar = fsm.quant_conv(fsm.encoder(img.movedim(-1, 1) * 2 - 1)).float().chunk(2, 1)
+        n = torch.randn(mean.shape, generator=torch.Generator().manual_seed(5))
+        expect = lf.process_in(mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * n)
+        assert torch.allclose(sampled.detach(), expect, atol=1e-4, rtol=1e-4)
+        assert (sampled.detach() - ours).abs().max() > 1e-3
 
 
 def test_patched_model_samples_in_ksampler(env) -> None:
@@ -320,3 +337,158 @@ def test_adapter_model_mismatch_is_refused(env, tmp_path) -> None:
         apply_id_adapter(env.model, wide, env.emb1)
     with pytest.raises(ValueError, match="512"):
         apply_id_adapter(env.model, env.adapter, torch.zeros(128))
+
+
+# ----------------------------------------------------------------------------- the authors' estimator row
+class CallRecorder:
+    """``model_function_wrapper`` recording each UNet call's cond_or_uncond (ComfyUI's batch layout)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+
+    def __call__(self, apply_model, args):
+        self.calls.append(list(args["cond_or_uncond"]))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+
+def _recorded(model, rec: CallRecorder):
+    m = model.clone()
+    m.model_options["model_function_wrapper"] = rec
+    return m
+
+
+def _views_no_id(b, id_enabled, cond_no_id, azimuth=None):
+    x, s, v = _views(b, id_enabled=id_enabled)
+    v.cond_no_id = torch.tensor(cond_no_id)
+    if azimuth is not None:
+        v.azimuth = torch.tensor(azimuth)
+    return x, s, v
+
+
+def test_third_row_runs_with_id_off_in_the_same_call(env, shared) -> None:
+    """cond_no_id of an ID view = the prediction without the ID patch; cond/uncond keep the ID (both
+    CFG rows), and all three conds run in ONE batched UNet call."""
+    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+
+    rec = CallRecorder()
+    x, s, v = _views_no_id(2, [True, True], [True, True])
+    p = ComfyNoisePredictor(_recorded(shared.m1, rec), env.pos, env.neg, env.vae, resolution=RES)
+    with torch.inference_mode(False):
+        out = p.predict_noise(x, s, v)
+    assert len(rec.calls) == 1 and sorted(rec.calls[0]) == [0, 1, 2]
+    assert torch.allclose(out.cond_no_id, shared.base.cond, atol=1e-5)  # = a call with the ID patch absent
+    assert torch.allclose(out.cond, shared.on.cond, atol=1e-5)  # ID still on the positive row
+    assert torch.allclose(out.uncond, shared.on.uncond, atol=1e-5)  # ... and the zero-ID negative row
+    assert (out.cond_no_id - out.cond).abs().max() > 1e-3
+
+
+def test_third_row_with_controlnet_and_mixed_views(env, shared) -> None:
+    """Landmark ControlNet on all three rows; a view without ID needs no extra row (own call, 2 conds)."""
+    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+
+    rec = CallRecorder()
+    x, s, v = _views_no_id(2, [True, False], [True, False])
+    ref_off = _predict(env, env.model, (x, s, v), control=True, landmarks=RandomLandmarks(1))  # no ID anywhere
+    ref_on = _predict(env, shared.m1, _views(2), control=True, landmarks=RandomLandmarks(1))  # ID on both views
+    lm = RandomLandmarks(1)
+    p = ComfyNoisePredictor(_recorded(shared.m1, rec), env.pos, env.neg, env.vae, env.controlnet, lm, resolution=RES)
+    with torch.inference_mode(False):
+        out = p.predict_noise(x, s, v)
+    assert sorted(map(sorted, rec.calls)) == [[0, 1], [0, 1, 2]] and len(lm.calls) == 1
+    assert torch.allclose(out.cond_no_id[0], ref_off.cond[0], atol=1e-5)
+    assert torch.allclose(out.cond[0], ref_on.cond[0], atol=1e-5) and torch.allclose(out.uncond[0], ref_on.uncond[0], atol=1e-5)
+    assert torch.allclose(out.cond[1], ref_off.cond[1], atol=1e-5) and torch.allclose(out.uncond[1], ref_off.uncond[1], atol=1e-5)
+    assert torch.equal(out.cond_no_id[1], out.cond[1])  # ID already off there
+
+
+def test_no_extra_row_without_an_id_patch(env, shared) -> None:
+    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+
+    rec = CallRecorder()
+    x, s, v = _views_no_id(2, [True, True], [True, True])
+    p = ComfyNoisePredictor(_recorded(env.model, rec), env.pos, env.neg, env.vae, resolution=RES)
+    with torch.inference_mode(False):
+        out = p.predict_noise(x, s, v)
+    assert [sorted(c) for c in rec.calls] == [[0, 1]]
+    assert torch.equal(out.cond_no_id, out.cond) and torch.allclose(out.cond, shared.base.cond, atol=1e-5)
+
+
+def test_view_dependent_negatives(env, shared) -> None:
+    """A back view (|az| > 120) runs with the back negative, a front view with the front positive,
+    in one UNet call (equal token lengths), each row equal to a plain call with that pair."""
+    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+
+    pos_front, neg_back = tiny_conditioning(11), tiny_conditioning(12)
+    x, s, v = _views(2)
+    v.azimuth = torch.tensor([10.0, 125.0])  # front, back (ISD thresholds: back |az| > 120)
+    rec = CallRecorder()
+    with torch.inference_mode(False):
+        ref_front = ComfyNoisePredictor(shared.m1, pos_front, env.neg, env.vae, resolution=RES).predict_noise(x, s, v)
+        ref_back = ComfyNoisePredictor(shared.m1, env.pos, neg_back, env.vae, resolution=RES).predict_noise(x, s, v)
+        p = ComfyNoisePredictor(_recorded(shared.m1, rec), env.pos, env.neg, env.vae, resolution=RES,
+                                view_positive={"front": pos_front, "side": env.pos}, view_negative={"back": neg_back})
+        out = p.predict_noise(x, s, v)
+    assert len(rec.calls) == 1
+    assert p.view_positive.keys() == {"front"}  # "side" is the plain positive: no separate cond
+    assert torch.allclose(out.cond[0], ref_front.cond[0], atol=1e-4) and torch.allclose(out.uncond[0], ref_front.uncond[0], atol=1e-4)
+    assert torch.allclose(out.cond[1], ref_back.cond[1], atol=1e-4) and torch.allclose(out.uncond[1], ref_back.uncond[1], atol=1e-4)
+    assert (out.uncond[1] - shared.on.uncond[1]).abs().max() > 1e-3  # the back negative did act
+
+
+def test_isd_node_per_direction_inputs(env, shared) -> None:
+    ci = env.ci
+    nodes = ci.load_pack_nodes()
+    node = nodes["IDSculptISDGuidance"]
+    names = [i.id for i in node.define_schema().inputs]
+    for sign in ("positive", "negative"):
+        for d in ("front", "side", "back", "overhead"):
+            assert f"{sign}_{d}" in names
+    assert names.index("estimator") < names.index("positive_front") and names[-1] == "cuda_graphs"
+    side, back_neg = tiny_conditioning(13), tiny_conditioning(14)
+    g = ci.run_node(node, model=shared.m1, positive=env.pos, negative=env.neg, vae=env.vae, cfg=50.0, t_min=20, t_max=500,
+                    id_azimuth_limit=70.0, resolution=RES, positive_side=side, negative_back=back_neg).result[0]
+    assert g.predictor.view_positive == {"side": side} and g.predictor.view_negative == {"back": back_neg}
+    assert g.predictor.view_thresholds == {"front": 45.0, "back": 60.0, "overhead": 60.0}
+    assert g.config.estimator == "authors" and g.predictor.vae_posterior == "sample"
+    g2 = ci.run_node(node, model=shared.m1, positive=env.pos, negative=env.neg, vae=env.vae, cfg=50.0, t_min=20, t_max=500,
+                     id_azimuth_limit=70.0, resolution=RES, estimator="sds", vae_posterior="mean").result[0]
+    assert g2.config.estimator == "sds" and g2.predictor.vae_posterior == "mean"
+
+
+class _StubMoments(torch.nn.Module):
+    """[B,3,H,W] in -1..1 -> moments [B,8,H/8,W/8]: mean = 8x8 average of channel 0 (x4 channels),
+    log-variance = log(0.25) + 0.5 * 8x8 average of channel 1, so std = 0.5 * exp(0.25 * avg1)."""
+
+    def forward(self, x):
+        p = F.avg_pool2d(x, 8)
+        return torch.cat([p[:, :1].expand(-1, 4, -1, -1), (math.log(0.25) + 0.5 * p[:, 1:2]).expand(-1, 4, -1, -1)], 1)
+
+
+def test_encoder_posterior_sample_on_a_stub_vae(comfy_inprocess) -> None:
+    """Known moments: the sample has their mean and std, the gradient reaches the image through both."""
+    from idsculpt.nodes.guidance_nodes import DifferentiableVAEEncoder
+
+    fsm = types.SimpleNamespace(encoder=_StubMoments(), quant_conv=None)
+    vae = types.SimpleNamespace(first_stage_model=fsm, vae_dtype=torch.float32, latent_channels=4,
+                                process_input=lambda im: im * 2.0 - 1.0)
+    lf = types.SimpleNamespace(process_in=lambda z: z * 0.18215)
+    img = torch.full((1, 512, 512, 3), 0.75)  # -1..1: 0.5 -> mean 0.5, std 0.5 * exp(0.125)
+    with torch.inference_mode(False):
+        enc = DifferentiableVAEEncoder(vae, lf, torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+        z = enc(img) / 0.18215
+        assert abs(z.mean().item() - 0.5) < 0.01 and abs(z.std().item() - 0.5 * math.exp(0.125)) < 0.01
+        # gradient: z = m + s n with dm/dimg0 = 2/64 per pixel, ds/dimg1 = s * 0.25 * 2/64
+        x = torch.rand(1, 16, 16, 3).requires_grad_(True)
+        enc = DifferentiableVAEEncoder(vae, lf, torch.device("cpu"), generator=torch.Generator().manual_seed(1))
+        (enc(x) / 0.18215).sum().backward()
+        n = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(1))
+        p1 = F.avg_pool2d(x.detach().movedim(-1, 1) * 2 - 1, 8)[:, 1:2]
+        std = 0.5 * torch.exp(0.25 * p1)
+        g_img0 = torch.full((1, 1, 2, 2), 4 * 2 / 64)  # 4 latent channels share the mean
+        g_img1 = (std * n * 0.25).sum(1, keepdim=True) * 2 / 64
+        up = lambda t: F.interpolate(t, scale_factor=8, mode="nearest")[0].movedim(0, -1)
+        assert torch.allclose(x.grad[0, ..., :1], up(g_img0), atol=1e-6)
+        assert torch.allclose(x.grad[0, ..., 1:2], up(g_img1), atol=1e-6)
+        assert x.grad[..., 1].abs().sum() > 0  # the log-variance path carries gradient too
+        with pytest.raises(ValueError, match="posterior"):
+            DifferentiableVAEEncoder(vae, lf, torch.device("cpu"), posterior="mode")
