@@ -23,9 +23,9 @@ eps_est, the "estimator" (``ISDConfig.estimator``):
   plain text keys/values; here that row is the positive prompt alone: see docs/GUIDANCE.md.)
 * "sds": eps_est = eps, the injected noise (plain SDS, DreamFusion's form).
 
-and the gradient reaches the render through the (differentiable) encoder E. "ID-aware": the
-positive branch carries the IP-Adapter FaceID tokens of the subject, but only for views whose
-|azimuth| < 70 degrees (a face seen from behind should not be pulled toward a frontal identity),
+The gradient reaches the render through the (differentiable) encoder E. "ID-aware": both CFG
+branches carry IP-Adapter FaceID tokens (the subject's on the positive, the zero-identity ones on the
+negative), but only for views whose |azimuth| < 70 degrees (a face seen from behind should not be pulled toward a frontal identity),
 and a landmark ControlNet conditions each view on the landmarks rendered from that camera. Both are
 the noise predictor's business: this module only decides *which* views get ID (``ViewBatch``).
 
