@@ -173,11 +173,21 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         note="needed when PanoHead is used",
     ),
     ModelSpec(
-        key="realesrgan_x2", role="texture deblur (RealESRGAN x2)",
-        locations=(("upscale_models", "RealESRGAN_x2plus.pth"), ("upscale_models", "RealESRGAN_x2.pth"),
+        key="lpips_vgg", role="learned LPIPS v0.1 channel weights for the VGG16 perceptual loss (inversion, texture refinement)",
+        locations=(("idsculpt", "lpips/vgg.pth"), ("idsculpt", "vgg.pth")),
+        source="PyPI `lpips` package, file `lpips/weights/v0.1/vgg.pth`", licence="BSD-2-Clause",
+        need=OPTIONAL, workflows=("geometry", "full"),
+        note="without it every VGG channel weighs 1, which is not the authors' LPIPS-VGG loss (the nodes say so in their info)",
+    ),
+    ModelSpec(
+        key="realesrgan_x2", role="texture deblur after inpainting (RealESRGAN x2)",
+        locations=(("upscale_models", "RealESRGAN_x2.pth"), ("upscale_models", "RealESRGAN_x2plus.pth"),
                    ("upscale_models", "*RealESRGAN*x2*")),
-        source="GitHub `xinntao/Real-ESRGAN` releases (v0.2.1 `RealESRGAN_x2plus.pth`)", licence="BSD-3-Clause",
-        need=OPTIONAL, workflows=("full",), note="the texture is kept as rendered without it",
+        source="Hugging Face `ai-forever/Real-ESRGAN` (`RealESRGAN_x2.pth`, the file the authors' code loads; "
+               "`xinntao/Real-ESRGAN`'s `RealESRGAN_x2plus.pth` also loads)",
+        licence="BSD-3-Clause (Real-ESRGAN code and weights)",
+        need=OPTIONAL, workflows=("full",),
+        note="without it the inpainted texture goes to refinement without the authors' downscale + x2 super-resolution pass",
     ),
     ModelSpec(
         key="mediapipe_task", role="landmarks for mediapipe > 0.10.21 (MediaPipe Face Landmarker)",

@@ -134,6 +134,11 @@ class LandmarkRender(io.ComfyNode):
                 io.Combo.Input("landmarker_model", options=_task_files(), default="(none)",
                                tooltip="Only for mediapipe > 0.10.21 (no built-in face mesh): a face_landmarker.task file "
                                "in models/mediapipe. Leave (none) with mediapipe 0.10.21."),
+                io.Boolean.Input("occlusion", default=False, optional=True,
+                                 tooltip="Off (ID-Sculpt): front and side views draw every landmark contour, hidden or not, "
+                                 "as the landmark ControlNet was trained; views from behind draw only the face oval. On (not "
+                                 "the authors'): front/side views drop landmarks turned away from the camera or hidden by the "
+                                 "mesh. Applies to the preview and to every hint drawn from these landmarks (ISD)."),
             ],
             outputs=[
                 LANDMARKS.Output(display_name="landmarks"),
@@ -144,14 +149,15 @@ class LandmarkRender(io.ComfyNode):
 
     @classmethod
     def execute(cls, image: torch.Tensor, head_mesh, reference_camera, face_index: int, preview_resolution: int,
-                landmarker_model: str = "(none)") -> io.NodeOutput:
+                landmarker_model: str = "(none)", occlusion: bool = False) -> io.NodeOutput:
         task = None if landmarker_model in (None, "", "(none)") else model_path(MEDIAPIPE_FOLDER, landmarker_model, key="mediapipe_task")
         lm2d = detect_landmarks(image, face_index=face_index, model_path=task)
         cam = reference_camera[0] if len(reference_camera) > 1 else reference_camera
         lm3d = align_landmarks_to_mesh(lm2d, head_mesh, cam)
+        lm3d.occlusion = bool(occlusion)
         cams = preview_cameras(head_mesh, PREVIEW_AZIMUTHS, resolution=preview_resolution)
         preview = lm3d.draw(cams)
-        info = f"{lm2d.log}; {lm3d.log}"
+        info = f"{lm2d.log}; {lm3d.log}; hints: {'occluded landmarks hidden (not the authors)' if occlusion else 'all contours on front/side views (authors)'}"
         return io.NodeOutput(lm3d, core_to_image(preview), info)
 
 

@@ -13,10 +13,11 @@ from comfy_api.latest import io
 
 from ..core.panohead.checkpoint import convert_pickle, load_generator
 from ..core.panohead.invert import InversionConfig
-from ..core.panohead.perceptual import VGG16Perceptual, load_vgg16
+from ..core.panohead.perceptual import VGG16Perceptual
 from ..core.panohead.pipeline import run_stage1
 from ..core.panohead.triplane import TriPlaneGenerator, build_generator
 from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core, model_files, model_path
+from .perceptual import AUTO, load_perceptual, lpips_weights_input
 from .types import CAMERA, GAN_VIEWS, HEAD_MESH, PANOHEAD
 from .vram import graphs_allowed, stage, vram_mode_input
 
@@ -65,12 +66,13 @@ class PanoHeadLoader(io.ComfyNode):
                 io.Combo.Input("vgg16", options=[NO_VGG] + _weights((".pth", ".pt", ".safetensors", ".bin")), default=NO_VGG,
                                tooltip="VGG16 weights for the inversion's perceptual loss (torchvision vgg16-397923af.pth or "
                                "an LPIPS vgg16 file) in models/idsculpt. Required when a checkpoint is chosen."),
+                lpips_weights_input(),
             ],
             outputs=[PANOHEAD.Output(display_name="panohead"), io.String.Output(display_name="info")],
         )
 
     @classmethod
-    def execute(cls, checkpoint: str, vgg16: str) -> io.NodeOutput:
+    def execute(cls, checkpoint: str, vgg16: str, lpips_weights: str = AUTO) -> io.NodeOutput:
         if checkpoint == NONE:
             return io.NodeOutput(PanoHeadModel(None, None, NONE), "no PanoHead checkpoint: Invert will use the template head")
         path = model_path(IDSCULPT_FOLDER, checkpoint, key="panohead")
@@ -84,8 +86,8 @@ class PanoHeadLoader(io.ComfyNode):
         else:
             info = f"loaded {checkpoint}"
         g = load_generator(path, "cpu")
-        vgg = load_vgg16(model_path(IDSCULPT_FOLDER, vgg16, key="vgg16"))
-        info += f"; VGG16 {'with LPIPS heads' if vgg.has_lpips_heads else 'features (unit channel weights)'}"
+        vgg = load_perceptual(vgg16, lpips_weights)
+        info += f"; {vgg.weights_note}"
         return io.NodeOutput(PanoHeadModel(g, vgg, checkpoint), info)
 
 
@@ -164,8 +166,9 @@ class PanoHeadInvert(io.ComfyNode):
                 del g, vgg
                 mm.soft_empty_cache()
         views = out.gan_views
-        log.info("IDSculpt PanoHead Invert: %s", out.info)
-        return io.NodeOutput(out.mesh, out.reference_camera, core_to_image(out.aligned), views, out.info)
+        info = out.info + (f"; {panohead.perceptual.weights_note}" if use_gan else "")
+        log.info("IDSculpt PanoHead Invert: %s", info)
+        return io.NodeOutput(out.mesh, out.reference_camera, core_to_image(out.aligned), views, info)
 
 
 NODES = [PanoHeadLoader, PanoHeadInvert]

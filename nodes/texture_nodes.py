@@ -37,7 +37,8 @@ from ..core.texture import (
     refine_texture,
     unwrap_uv,
 )
-from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core, model_files, model_path
+from .perceptual import load_perceptual, lpips_weights_input, texture_perceptual
+from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core, model_files
 from .cuda_graphs import DiffusionGraphs, cuda_graphs_input
 from .vram import graphs_allowed, stage, vram_mode_input
 from .types import CAMERA, HEAD_MESH
@@ -283,6 +284,7 @@ class TextureRefine(io.ComfyNode):
                 io.Int.Input("resolution", default=512, min=64, max=1024, step=64, tooltip="Random-view render size (SD1.5: 512)."),
                 io.Combo.Input("perceptual_model", options=["none"] + model_files(IDSCULPT_FOLDER), default="none",
                                tooltip="VGG16 weights in models/idsculpt for the perceptual term (50·LPIPS); 'none' skips it."),
+                lpips_weights_input(),
                 cuda_graphs_input(),
                 vram_mode_input(),
             ],
@@ -293,7 +295,7 @@ class TextureRefine(io.ComfyNode):
     def execute(cls, head, model, positive, negative, vae, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                 refine_steps: int, t_min: int, t_max: int, learning_rate: float, control_strength: float, resolution: int,
                 perceptual_model: str = "none", control_net=None, reference_image=None, reference_camera=None,
-                face_mask=None, cuda_graphs: bool = True, vram_mode: str = "offload") -> io.NodeOutput:
+                face_mask=None, cuda_graphs: bool = True, vram_mode: str = "offload", lpips_weights: str = "auto") -> io.NodeOutput:
         if not isinstance(head, HeadMesh) or not head.has_uv or head.texture is None:
             raise ValueError("Texture Refine needs a textured head with UVs: connect IDSculpt Progressive Inpaint's head output")
         if t_min >= t_max:
@@ -303,13 +305,8 @@ class TextureRefine(io.ComfyNode):
         reference = _reference(reference_image, reference_camera, face_mask, face_mask)
         perceptual = None  # loaded first: a missing file should stop the node before any model work
         if perceptual_model and perceptual_model != "none":
-            from ..core.panohead.perceptual import load_vgg16
-
             with torch.inference_mode(False):
-                net = load_vgg16(model_path(IDSCULPT_FOLDER, perceptual_model, key="vgg16")).to(dev)
-
-            def perceptual(a, b):  # LPIPS works on [-1, 1] images
-                return net(a * 2 - 1, b * 2 - 1)
+                perceptual = texture_perceptual(load_perceptual(perceptual_model, lpips_weights).to(dev))
 
         sampling = ComfySampling(model, positive, negative, vae, control_net, control_strength, steps, cfg, sampler_name, scheduler, seed,
                                  graphs_allowed(cuda_graphs, vram_mode))

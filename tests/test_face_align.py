@@ -265,11 +265,36 @@ def test_landmark_images_at_six_azimuths(synthetic, output_dir):
     assert xs[(front == reye).all(-1)].mean() < xs[(front == leye).all(-1)].mean()
     # behind: only the face oval
     assert _count(back, oval) > 100 and all(_count(back, c) == 0 for c in pal - {tuple(oval)})
-    # +90: camera on the subject's left, the right eye is hidden behind the head; -90 mirrored
-    assert _count(ims[3], reye) == 0 and _count(ims[4], leye) == 0
-    assert _count(ims[3], oval) > 0 and _count(ims[4], oval) > 0
-    # +-45: both halves of the face still partly visible, the near eye fully
-    assert _count(ims[1], leye) > _count(ims[1], reye) and _count(ims[2], reye) > _count(ims[2], leye)
+    # +-90 is still a side view: every contour is drawn, the far eye too (seen through the head)
+    assert all(_count(im, c) > 0 for im in ims[1:5] for c in (oval, reye, leye))
+    # with the (non-default) occlusion test: at +90 (camera on the subject's left) the right eye is
+    # hidden behind the head, -90 mirrored; at +-45 the near eye is fully drawn, the far one partly
+    occ = (l3.draw(cams, occlusion=True).numpy() * 255).round().astype(np.uint8)
+    assert _count(occ[3], reye) == 0 and _count(occ[4], leye) == 0
+    assert _count(occ[3], oval) > 0 and _count(occ[4], oval) > 0
+    assert _count(occ[1], leye) > _count(occ[1], reye) and _count(occ[2], reye) > _count(occ[2], leye)
+    assert np.array_equal(occ[5], back)  # behind: the oval alone either way
+
+
+def test_side_and_back_hints_as_the_authors_draw_them(synthetic):
+    """ID-Sculpt's DrawLaion: |azimuth| <= 90 draws all 478 landmarks' contours (no facing or hidden-
+    surface test), |azimuth| > 90 only the face oval. At 80 degrees (camera on the subject's left) the
+    far (right) eye is behind the head, yet drawn; the occlusion option removes it."""
+    mesh, cam, _, lm = synthetic
+    l3 = align_landmarks_to_mesh(lm, mesh, cam)
+    cams = preview_cameras(mesh, (80.0, 100.0), resolution=RES)
+    ims = (l3.draw(cams).numpy() * 255).round().astype(np.uint8)
+    oval, reye, leye = GROUP_COLORS_RGB["face_oval"], GROUP_COLORS_RGB["right_eye"], GROUP_COLORS_RGB["left_eye"]
+    side, behind = ims
+    assert _count(side, reye) > 0 and _count(side, leye) > 0 and _count(side, oval) > 0
+    assert _count(side, PUPIL_COLORS_RGB[468]) > 0  # the far pupil too
+    hidden = (l3.draw(cams, occlusion=True).numpy() * 255).round().astype(np.uint8)
+    assert _count(hidden[0], reye) == 0 and _count(hidden[0], leye) > 0
+    # the option also travels on the landmarks object (what the ISD hints use: draw() without arguments)
+    l3.occlusion = True
+    assert np.array_equal((l3.to("cpu").draw(cams).numpy() * 255).round().astype(np.uint8), hidden)
+    cols = {tuple(int(v) for v in c) for c in np.unique(behind.reshape(-1, 3), axis=0)} - {(0, 0, 0)}
+    assert cols == {tuple(oval)}
 
 
 def test_drawing_matches_mediapipe_drawing_utils(real_layout):

@@ -138,3 +138,46 @@ def test_id_tokens_depend_on_identity(tmp_path) -> None:
     # LayerNorm output: zero mean per token (before the affine part) -> check against manual
     x = ad.image_proj.proj(e1[None]).view(1, 16, 64)
     assert torch.allclose(t1, F.layer_norm(x, (64,), ad.image_proj.norm.weight, ad.image_proj.norm.bias), atol=1e-5)
+
+
+def _resampler(dim: int, in_dim: int, out_dim: int) -> dict[str, torch.Tensor]:
+    """image_proj of a Resampler-based IP-Adapter (Plus / Plus-Face / FaceID Portrait unnorm), cubiq's key names."""
+    return {"latents": torch.zeros(1, 16, dim), "proj_in.weight": torch.zeros(dim, in_dim), "proj_in.bias": torch.zeros(dim),
+            "proj_out.weight": torch.zeros(out_dim, dim), "proj_out.bias": torch.zeros(out_dim),
+            "norm_out.weight": torch.zeros(out_dim), "norm_out.bias": torch.zeros(out_dim),
+            "layers.0.0.to_q.weight": torch.zeros(dim, dim)}
+
+
+def _ip(width: int) -> dict[str, torch.Tensor]:
+    return {f"{k}.to_{x}_ip.weight": torch.zeros(640, width) for k in (1, 3) for x in "kv"}
+
+
+@pytest.mark.parametrize("name", ["ip-adapter-faceid-portrait_sdxl_unnorm.bin", "renamed.bin", "renamed.safetensors"])
+def test_portrait_unnorm_is_named(tmp_path, name: str) -> None:
+    """h94's ip-adapter-faceid-portrait_sdxl_unnorm: a Resampler (dim 1280, 16 queries, output 2048 = SDXL) over the
+    512-wide ArcFace embedding. Refused as Portrait unnorm by its shapes, whatever the file is called."""
+    sd = {"image_proj": _resampler(1280, 512, 2048), "ip_adapter": _ip(2048)}
+    obj = {f"{g}.{k}": v for g, d in sd.items() for k, v in d.items()} if name.endswith(".safetensors") else sd
+    with pytest.raises(ValueError, match=r"FaceID Portrait unnorm .*proj_in \(1280, 512\).*portrait-v11_sd15") as exc:
+        load_id_adapter(_bad(tmp_path, name, obj))
+    assert "Plus" not in str(exc.value)
+
+
+@pytest.mark.parametrize("name,image_proj,width", [
+    ("ip-adapter-plus_sdxl_vit-h.bin", _resampler(1280, 1280, 2048), 2048),  # CLIP ViT-H features, SDXL
+    ("ip-adapter-plus-face_sd15.bin", _resampler(768, 1024, 768), 768),  # CLIP ViT-H penultimate (1024), SD1.5
+])
+def test_clip_resamplers_stay_ip_adapter_plus(tmp_path, name: str, image_proj, width: int) -> None:
+    with pytest.raises(ValueError, match="IP-Adapter Plus") as exc:
+        load_id_adapter(_bad(tmp_path, name, {"image_proj": image_proj, "ip_adapter": _ip(width)}))
+    assert "unnorm" not in str(exc.value)
+
+
+def test_unnorm_flag_and_names(tmp_path) -> None:
+    """cubiq's dict flag "portraitunnorm" (set from the file name) is honoured on a Resampler; the name alone
+    never refuses a Portrait v11 MLP file."""
+    flagged = {"portraitunnorm": True, "image_proj": _resampler(1280, 1280, 2048), "ip_adapter": _ip(2048)}
+    with pytest.raises(ValueError, match="FaceID Portrait unnorm"):
+        detect_variant(flagged, "x.bin")
+    path = write_tiny_faceid_adapter(str(tmp_path / "my-unnorm-copy.bin"), "faceid-portrait")
+    assert load_id_adapter(path).variant == "faceid-portrait"

@@ -36,7 +36,8 @@ def test_table_is_complete_and_consistent():
     assert len(keys) == len(set(keys))
     # every model REFERENCE.md / README.md lists is in the table
     for k in ("normal_sd15", "depth_sd15", "controlnet_mediapipe_face", "controlnet_canny", "controlnet_normalbae",
-              "texture_sd15", "id_adapter", "insightface_det", "insightface_rec", "panohead", "vgg16", "realesrgan_x2"):
+              "texture_sd15", "id_adapter", "insightface_det", "insightface_rec", "panohead", "vgg16", "lpips_vgg",
+              "realesrgan_x2"):
         assert k in keys
     for m in M.MODEL_TABLE:
         assert m.need in (M.REQUIRED, M.OPTIONAL)
@@ -91,6 +92,31 @@ def test_vgg16_becomes_required_with_panohead(tmp_path):
     _touch(os.path.join(root, "idsculpt", "easy-khair-180-gpc0.8-trans10-025000.pkl"))
     rows = {r.spec.key: r for r in M.check_models(_lookup(root), "geometry")}
     assert rows["panohead"].present and rows["vgg16"].required and rows["vgg16"] in M.missing_required(rows.values())
+
+
+def test_lpips_vgg_weights_are_their_own_optional_row(tmp_path):
+    """LPIPS' vgg.pth (learned channel weights) sits beside the VGG16 backbone in models/idsculpt; neither
+    row takes the other's file, and it stays optional (the perceptual loss falls back to unit weights)."""
+    root = str(tmp_path)
+    _touch(os.path.join(root, "idsculpt", "easy-khair-180-gpc0.8-trans10-025000.pkl"))
+    _touch(os.path.join(root, "idsculpt", "lpips", "vgg.pth"))
+    rows = {r.spec.key: r for r in M.check_models(_lookup(root), "geometry")}
+    assert rows["lpips_vgg"].path == os.path.join(root, "idsculpt", "lpips", "vgg.pth")
+    assert not rows["vgg16"].present and not rows["lpips_vgg"].required
+    assert "lpips_vgg" not in {r.spec.key for r in M.missing_required(rows.values())}
+    _touch(os.path.join(root, "idsculpt", "vgg16-397923af.pth"))
+    os.remove(os.path.join(root, "idsculpt", "lpips", "vgg.pth"))
+    rows = {r.spec.key: r for r in M.check_models(_lookup(root), "full")}
+    assert rows["vgg16"].present and not rows["lpips_vgg"].present
+    spec = M.get_spec("lpips_vgg")
+    assert spec.filename == "lpips/vgg.pth" and spec.folder == "idsculpt" and "lpips/weights/v0.1/vgg.pth" in spec.source
+
+
+def test_realesrgan_row_names_the_file_the_authors_load():
+    """The authors' deblur loads ai-forever's RealESRGAN_x2.pth (threestudio/utils/sr.py HF_MODELS[2])."""
+    spec = M.get_spec("realesrgan_x2")
+    assert spec.filename == "RealESRGAN_x2.pth" and spec.folder == "upscale_models" and "ai-forever/Real-ESRGAN" in spec.source
+    assert ("upscale_models", "RealESRGAN_x2plus.pth") in spec.locations and spec.workflows == ("full",)
 
 
 def test_search_order_and_missing_folder_keys(tmp_path):

@@ -47,6 +47,18 @@ def test_vgg16_missing(tmp_path):
     assert "download.pytorch.org/models/vgg16-397923af.pth" in str(e.value)
 
 
+def test_lpips_vgg_weights_missing(tmp_path):
+    """A chosen but absent LPIPS vgg.pth names its own table row (not the backbone's)."""
+    from idsculpt.core.panohead.perceptual import VGG16Perceptual, load_vgg16
+
+    backbone = str(tmp_path / "vgg16-397923af.pth")
+    torch.save({"features." + k: v for k, v in VGG16Perceptual().features.state_dict().items()}, backbone)
+    with pytest.raises(FileNotFoundError) as e:
+        load_vgg16(backbone, str(tmp_path / "lpips" / "vgg.pth"))
+    assert_table_message(str(e.value), "lpips_vgg", "vgg.pth")
+    assert "lpips/weights/v0.1/vgg.pth" in str(e.value)
+
+
 def test_panohead_missing(tmp_path):
     from idsculpt.core.panohead.checkpoint import convert_pickle, load_generator, read_release_pickle
 

@@ -62,9 +62,54 @@ def test_loader_converts_release_pickle_and_invert_uses_it(comfy_inprocess, node
     save_file({f"features.{k}": v.half() for k, v in vgg.features.state_dict().items()}, os.path.join(folder, "vgg16.safetensors"))
     model, info = comfy_inprocess.run_node(nodes.PanoHeadLoader, checkpoint="tiny-panohead.pkl", vgg16="vgg16.safetensors").args
     assert "pickle code not executed" in info and not os.path.exists(marker)
+    assert not model.perceptual.has_lpips_heads and "NOT the authors' LPIPS-VGG" in info  # no lpips/vgg.pth here
     assert os.path.isfile(os.path.join(folder, "tiny-panohead.safetensors")) and os.path.isfile(os.path.join(folder, "tiny-panohead.json"))
     mesh, cam, aligned, views, info = comfy_inprocess.run_node(
         nodes.PanoHeadInvert, portrait=_portrait(portraits_dir), panohead=model, init="auto", w_steps=2, pti_steps=1,
         mesh_resolution=64, mesh_level=0.0, view_resolution=16, seed=0).args
-    assert info.startswith("init=panohead") and mesh.faces.shape[0] > 0
+    assert info.startswith("init=panohead") and mesh.faces.shape[0] > 0 and "NOT the authors' LPIPS-VGG" in info
     assert torch.isfinite(mesh.vertices).all() and views.normals.shape == (40, 16, 16, 3)
+
+
+def test_loader_takes_the_learned_lpips_weights(comfy_inprocess, nodes, tmp_path):
+    """lpips_weights='auto' picks models/idsculpt/lpips/vgg.pth when it is there; 'none' keeps unit weights."""
+    from safetensors.torch import save_file
+
+    from idsculpt.core.panohead.perceptual import VGG16Perceptual
+    from idsculpt.core.panohead.triplane import tiny_config
+
+    folder = comfy_inprocess.folder_paths.get_folder_paths("idsculpt")[0]
+    os.makedirs(os.path.join(folder, "lpips"), exist_ok=True)
+    with open(os.path.join(folder, "tiny-lpips-panohead.pkl"), "wb") as f:
+        f.write(dump_release_pickle(tiny_generator(seed=5), tiny_config(), "raise RuntimeError('pickled code ran')\n"))
+    save_file({f"features.{k}": v for k, v in VGG16Perceptual().features.state_dict().items()}, os.path.join(folder, "vgg16.safetensors"))
+    lins = [torch.full((1, c, 1, 1), 0.25 + k) for k, c in enumerate((64, 128, 256, 512, 512))]
+    lin_path = os.path.join(folder, "lpips", "vgg.pth")
+    torch.save({f"lin{k}.model.1.weight": v for k, v in enumerate(lins)}, lin_path)
+    try:
+        model, info = comfy_inprocess.run_node(nodes.PanoHeadLoader, checkpoint="tiny-lpips-panohead.pkl", vgg16="vgg16.safetensors").args
+        assert model.perceptual.has_lpips_heads and "learned LPIPS v0.1 channel weights" in info
+        assert all(torch.equal(w, v.flatten()) for w, v in zip(model.perceptual.lin, lins))
+        model, info = comfy_inprocess.run_node(nodes.PanoHeadLoader, checkpoint="tiny-lpips-panohead.pkl", vgg16="vgg16.safetensors",
+                                               lpips_weights="none").args
+        assert not model.perceptual.has_lpips_heads and "NOT the authors' LPIPS-VGG" in info
+    finally:
+        os.remove(lin_path)
+
+
+def test_texture_perceptual_is_the_authors_call(comfy_inprocess):
+    """Texture Refine's term: the 0..1 render and target go to LPIPS unchanged and at full size (the authors'
+    ip_controlnet_inpaint.py passes them straight to threestudio's PerceptualLoss), unlike the inversion's
+    256-px [-1,1] input."""
+    from idsculpt.core.panohead.perceptual import VGG16Perceptual
+    from idsculpt.nodes.perceptual import texture_perceptual
+
+    torch.manual_seed(0)
+    net = VGG16Perceptual()
+    a, b = torch.rand(2, 3, 48, 48), torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        got = texture_perceptual(net)(a, b)
+        want = net.distance(net.taps(a, None), net.taps(b, None))
+        assert torch.equal(got, want) and got.shape == (2,)
+        assert (got - net(a * 2 - 1, b * 2 - 1)).abs().max() > 1e-4  # the [-1,1] rescale would be a different loss
+        assert (got - net(a, b, max_size=32)).abs().max() > 1e-4  # and so would a resize

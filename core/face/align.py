@@ -293,6 +293,8 @@ class FaceLandmarks3D:
     fit: dict[str, Any] = field(default_factory=dict)
     log: str = ""
     portrait_landmarks: FaceLandmarks2D | None = None  # the 2D detection this came from
+    #: draw()'s default: False = all contours on front/side views (the authors'); True = hide occluded ones
+    occlusion: bool = False
     # the occluder (vertices, faces, tolerance, centre) on each device it was used on (see _occluder)
     _occluder_on: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -300,7 +302,7 @@ class FaceLandmarks3D:
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         return FaceLandmarks3D(self.points.to(device), self.connections, mv(self.normals), mv(self.mesh_vertices),
                                mv(self.mesh_faces), None if self.reference_camera is None else self.reference_camera.to(device),
-                               dict(self.fit), self.log, self.portrait_landmarks)
+                               dict(self.fit), self.log, self.portrait_landmarks, self.occlusion)
 
     def project(self, cameras: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixel positions [B,478,2] and camera-frame depths [B,478]."""
@@ -363,26 +365,33 @@ class FaceLandmarks3D:
             vis[b] &= t * dist >= dist - tol
         return vis
 
-    def draw(self, cameras: Cameras, mesh: HeadMesh | None = None, occlusion: bool = True, method: str = "auto") -> torch.Tensor:
+    def draw(self, cameras: Cameras, mesh: HeadMesh | None = None, occlusion: bool | None = None, method: str = "auto") -> torch.Tensor:
         """Landmark images [B,H,W,3] (0..1) for the MediaPipe-face ControlNet, one per camera.
 
-        Views from behind (|azimuth| > 90 degrees) show only the face oval, drawn without the
-        visibility test, as ID-Sculpt does: the oval outline tells the ControlNet where the face
-        is turned. Other views draw only landmarks visible from the camera (``method``: see ``visibility``).
+        As ID-Sculpt draws them (``threestudio/utils/draw_laion.py``): front and side views
+        (|azimuth| <= 90 degrees) show every contour of the 478 points, hidden or not, because the
+        ControlNet was trained on complete MediaPipe meshes; views from behind show only the face
+        oval (where the face is turned). ``occlusion=True`` (not the authors') draws on front/side
+        views only the landmarks on surfaces facing the camera and not hidden by the mesh (``method``:
+        see ``visibility``); None = the ``occlusion`` field (False unless set). Landmarks behind the
+        camera plane are never drawn.
         """
         return self.draw_async(cameras, mesh, occlusion, method).result()
 
-    def draw_async(self, cameras: Cameras, mesh: HeadMesh | None = None, occlusion: bool = True,
+    def draw_async(self, cameras: Cameras, mesh: HeadMesh | None = None, occlusion: bool | None = None,
                    method: str = "auto") -> "PendingLandmarkImages":
         """``draw``, started: the projection and visibility are queued on the cameras' device and copied
         to the host without waiting; ``.result()`` draws (OpenCV, on the CPU) once the copy has landed.
         Started before a render, the GPU keeps working while the CPU draws."""
-        px, _ = self.project(cameras)
+        px, depth = self.project(cameras)
         stored = self._occluder(cameras.device, None) if mesh is None else None  # cached: no per-step reduction
         verts = mesh.vertices.detach() if mesh is not None else self.mesh_vertices
         centre = stored[3] if stored is not None else (None if verts is None else _centre(verts))
         az = camera_azimuth(cameras.cam2world, centre)
-        vis = self.visibility(cameras, mesh=mesh, occlusion=occlusion, method=method)
+        if self.occlusion if occlusion is None else occlusion:
+            vis = self.visibility(cameras, mesh=mesh, occlusion=True, method=method)
+        else:  # the authors' drawing: no facing or hidden-surface test, only points in front of the camera
+            vis = depth > 1e-4
         back = az.abs() > 90.0 + 1e-3
         vis = torch.where(back[:, None], torch.ones_like(vis), vis)
         return PendingLandmarkImages(px, vis, az, cameras.height, cameras.width, self.connections)

@@ -52,6 +52,7 @@ SD15_ATTN2_BLOCKS: list[tuple[tuple[str, int], str]] = (
     + [(("middle", 0), "31")]
 )
 
+_ARCFACE_DIM = 512  # insightface ArcFace embedding width, the input of every FaceID projection
 _PROJ_KEYS = {"proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias", "norm.weight", "norm.bias"}
 _IP_KEY = re.compile(r"^(\d+)\.to_([kv])_ip\.weight$")
 
@@ -202,12 +203,31 @@ def read_state_dict(path: str) -> dict[str, dict[str, torch.Tensor]]:
     return {"image_proj": dict(obj["image_proj"]), "ip_adapter": dict(obj["ip_adapter"])}
 
 
+def _is_portrait_unnorm(sd: dict, name: str) -> bool:
+    """FaceID Portrait unnorm: image_proj is a Resampler (``latents``, ``proj_in``) like IP-Adapter Plus,
+    but its ``proj_in`` reads the 512-wide ArcFace embedding instead of CLIP-vision features (1024/1280
+    wide). cubiq's loader tells it by 'unnorm' in the file name (and marks the dict "portraitunnorm");
+    the shapes tell it without the name. A file name alone never refuses a non-Resampler file."""
+    proj = sd.get("image_proj", {})
+    if "latents" not in proj:
+        return False
+    if "portraitunnorm" in sd or "unnorm" in os.path.basename(name).lower():
+        return True
+    pin = proj.get("proj_in.weight")
+    return pin is not None and pin.dim() == 2 and int(pin.shape[1]) == _ARCFACE_DIM
+
+
 def detect_variant(sd: dict[str, dict[str, torch.Tensor]], name: str = "file") -> IDAdapterInfo:
     """Recognise a FaceID adapter from keys and shapes; raise ValueError naming what was found otherwise."""
     proj, ip = sd.get("image_proj", {}), sd.get("ip_adapter", {})
     pk = set(proj)
-    if "portraitunnorm" in sd:
-        raise ValueError(f"{name} is IP-Adapter FaceID Portrait *unnorm* (SDXL, CLIP-style resampler): not supported; use ip-adapter-faceid-portrait-v11_sd15.bin")
+    if _is_portrait_unnorm(sd, name):
+        pin = proj.get("proj_in.weight")
+        raise ValueError(
+            f"{name} is IP-Adapter FaceID Portrait unnorm (h94's ip-adapter-faceid-portrait_sdxl_unnorm: an SDXL adapter whose "
+            f"ID tokens come from a perceiver Resampler over the unnormalised ArcFace embedding"
+            + (f"; image_proj.proj_in {tuple(pin.shape)}" if pin is not None else "") + "): not supported; use "
+            "ip-adapter-faceid-portrait-v11_sd15.bin (ID-Sculpt's choice: an MLP over the normalised embedding)")
     if any(k.startswith("perceiver_resampler.") for k in pk):
         raise ValueError(f"{name} is IP-Adapter FaceID Plus/PlusV2 (needs CLIP-vision features): not supported; use ip-adapter-faceid-portrait-v11_sd15.bin or ip-adapter-faceid_sd15.bin")
     if pk != _PROJ_KEYS:

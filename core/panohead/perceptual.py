@@ -1,16 +1,25 @@
-"""LPIPS-style VGG16 perceptual distance for the PanoHead inversion.
+"""LPIPS-VGG perceptual distance for the PanoHead inversion and the texture refinement.
 
-PanoHead's projector uses NVIDIA's TorchScript ``vgg16.pt`` (LPIPS features of VGG16, downloaded
-at run time). Nothing is downloaded here: the user puts a VGG16 file in the pack's model folder.
-Accepted files (``.pth``/``.pt``/``.bin`` via ``torch.load(weights_only=True)``, or
-``.safetensors``):
-  * torchvision's ``vgg16-397923af.pth`` state dict (``features.N.weight``; ``classifier.*`` ignored);
-  * a features-only dict (``N.weight``) or LPIPS' backbone layout (``sliceK.N.weight``, any prefix);
-  * optionally LPIPS' linear heads (``lin0.model.1.weight`` ... ``lin4``) in the same file: then the
-    distance is exactly LPIPS(VGG); without them every channel weighs 1 (the "LPIPS features"
-    squared distance the projector uses).
-Distance: for the taps relu1_2, relu2_2, relu3_3, relu4_3, relu5_3, unit-normalise features along
-channels, take the (weighted) squared difference, average over pixels, sum over taps.
+Both of the authors' perceptual losses are LPIPS v0.1 over VGG16 with the learned per-channel
+weights: PanoHead's projector calls NVIDIA's TorchScript ``vgg16.pt`` with ``return_lpips=True``
+(LPIPS features derived from the pre-trained LPIPS weights), and the texture refinement calls
+threestudio's ``PerceptualLoss`` (VGG16 + ``lin0..lin4`` loaded from LPIPS' ``vgg.pth``).
+Nothing is downloaded here; two files in the pack's model folder make the network:
+
+* the VGG16 backbone (``.pth``/``.pt``/``.bin`` read with ``weights_only=True``, or
+  ``.safetensors``): torchvision's ``vgg16-397923af.pth`` (``features.N.*``; ``classifier.*``
+  ignored), a features-only dict (``N.*``) or LPIPS' layout (``sliceK.N.*``, any prefix);
+* the learned channel weights: LPIPS v0.1 ``vgg.pth`` from the PyPI ``lpips`` package
+  (``lpips/weights/v0.1/vgg.pth``: ``lin{0..4}.model.1.weight`` of shapes [1,C,1,1],
+  C = 64, 128, 256, 512, 512), given as a separate file (``lin_path``), or inside the backbone
+  file when that is a full LPIPS state dict.
+
+Distance (``lpips.LPIPS.forward``, v0.1, ``spatial=False``): scale the [-1,1] images by LPIPS'
+ScalingLayer, take VGG16's relu1_2, relu2_2, relu3_3, relu4_3, relu5_3, unit-normalise each along
+channels (norm + 1e-10), square the difference, weight channel c of tap k by lin_k[c] (the 1x1
+convolution), average over pixels and sum over the five taps. Without the weights every channel
+weighs 1: a plain normalised-VGG distance, NOT the authors' loss (``has_lpips_heads`` is False and
+``weights_note`` says so for the nodes to report).
 """
 from __future__ import annotations
 
@@ -28,10 +37,15 @@ _CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512,
 _TAPS = (3, 8, 15, 22, 29)  # indices of the ReLUs after conv1_2, conv2_2, conv3_3, conv4_3, conv5_3
 _CHANNELS = (64, 128, 256, 512, 512)
 VGG_FILENAMES = ("vgg16-397923af.pth", "vgg16.pth", "vgg16.safetensors")
+#: where the learned LPIPS v0.1 VGG weights go in models/idsculpt (table key ``lpips_vgg``)
+LPIPS_VGG_FILENAMES = ("lpips/vgg.pth", "vgg.pth")
+
+UNIT_WEIGHTS_NOTE = ("learned LPIPS channel weights absent (lpips/vgg.pth not given): every VGG channel weighs 1, "
+                     "so this perceptual loss is NOT the authors' LPIPS-VGG")
 
 
 class VGG16Perceptual(torch.nn.Module):
-    """torchvision-compatible ``features`` stack (same indices) + optional LPIPS heads."""
+    """torchvision-compatible ``features`` stack (same indices) + LPIPS' per-channel weights."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -44,6 +58,7 @@ class VGG16Perceptual(torch.nn.Module):
                 layers += [torch.nn.Conv2d(in_ch, v, 3, padding=1), torch.nn.ReLU(inplace=False)]
                 in_ch = v
         self.features = torch.nn.Sequential(*layers)
+        # lin[k][c] = LPIPS' lin_k 1x1-conv weight of channel c (1 for every channel without vgg.pth)
         self.lin = torch.nn.ParameterList([torch.nn.Parameter(torch.ones(c), requires_grad=False) for c in _CHANNELS])
         # LPIPS input scaling of [-1,1] images (equivalent to ImageNet mean/std normalisation)
         self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1))
@@ -51,10 +66,18 @@ class VGG16Perceptual(torch.nn.Module):
         self.has_lpips_heads = False
         self.requires_grad_(False)
 
-    def taps(self, images: torch.Tensor, max_size: int = 256) -> list[torch.Tensor]:
-        """images [B,3,H,W] in [-1,1] -> unit-normalised feature maps at the 5 taps (inputs larger
-        than ``max_size`` are area-downsampled first, 256 as in PanoHead's projector)."""
-        if images.shape[-1] > max_size:
+    @property
+    def weights_note(self) -> str:
+        """One line for node info / logs: which distance this is."""
+        if self.has_lpips_heads:
+            return "perceptual loss: LPIPS-VGG with the learned LPIPS v0.1 channel weights (as the authors)"
+        return "perceptual loss: " + UNIT_WEIGHTS_NOTE
+
+    def taps(self, images: torch.Tensor, max_size: Optional[int] = 256) -> list[torch.Tensor]:
+        """images [B,3,H,W] in [-1,1] -> unit-normalised feature maps at the 5 taps. Inputs wider
+        than ``max_size`` are area-downsampled to it first (256, as PanoHead's projector does);
+        None keeps the input size (the texture refinement's LPIPS runs at 512)."""
+        if max_size is not None and images.shape[-1] > max_size:
             images = F.interpolate(images, size=(max_size, max_size), mode="area")
         x = (images - self.shift) / self.scale
         outs = []
@@ -67,51 +90,87 @@ class VGG16Perceptual(torch.nn.Module):
         return outs
 
     def distance(self, a_taps: list[torch.Tensor], b_taps: list[torch.Tensor]) -> torch.Tensor:
-        """Per-sample perceptual distance [B] between precomputed tap lists."""
+        """Per-sample distance [B] between precomputed tap lists: sum over taps of the spatial mean
+        of the channel-weighted squared difference (LPIPS' lin 1x1 conv, then spatial_average)."""
         total = 0.0
         for k, (fa, fb) in enumerate(zip(a_taps, b_taps)):
             d = (fa - fb).square() * self.lin[k].view(1, -1, 1, 1)
             total = total + d.sum(1).mean(dim=(1, 2))
         return total
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.distance(self.taps(a), self.taps(b))
+    def forward(self, a: torch.Tensor, b: torch.Tensor, max_size: Optional[int] = None) -> torch.Tensor:
+        """LPIPS between [B,3,H,W] images in [-1,1] (at their own size unless ``max_size``) -> [B]."""
+        return self.distance(self.taps(a, max_size), self.taps(b, max_size))
+
+    def load_lin_weights(self, sd: dict, source: str = "LPIPS weights") -> None:
+        """Set the channel weights from an LPIPS state dict (``lin{k}.model.1.weight`` [1,C,1,1],
+        any prefix; other keys ignored). Raises ValueError unless all five have VGG16's shapes."""
+        lins = _lin_tensors(sd)
+        missing = [k for k in range(len(_CHANNELS)) if k not in lins]
+        if missing:
+            raise ValueError(f"{source} holds no LPIPS VGG channel weights lin{missing}.model.1.weight "
+                             f"(expected the lpips package's weights/v0.1/vgg.pth)")
+        for k, c in enumerate(_CHANNELS):
+            v = lins[k]
+            if v.numel() != c:
+                raise ValueError(f"{source}: lin{k}.model.1.weight has {v.numel()} channels, VGG16's tap {k} has {c} "
+                                 f"(an AlexNet/SqueezeNet alex.pth/squeeze.pth instead of vgg.pth?)")
+            self.lin[k].data.copy_(v.reshape(-1))
+        self.has_lpips_heads = True
 
 
-def load_vgg16(path: str) -> VGG16Perceptual:
-    """Build the perceptual net from a VGG16 weight file (see module docstring for layouts)."""
+def _lin_tensors(sd: dict) -> dict[int, torch.Tensor]:
+    out: dict[int, torch.Tensor] = {}
+    for k, v in sd.items():
+        m = re.search(r"(?:^|\.)lin(\d)\.model\.1\.weight$", k)
+        if m and torch.is_tensor(v):
+            out[int(m.group(1))] = v.float()
+    return out
+
+
+def load_vgg16(path: str, lin_path: Optional[str] = None) -> VGG16Perceptual:
+    """The perceptual net from a VGG16 backbone file and, optionally, LPIPS' ``vgg.pth`` channel
+    weights (``lin_path``). Without ``lin_path`` the weights come from the backbone file when it is
+    a full LPIPS state dict, else every channel weighs 1 (``weights_note`` says so)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
             missing_model_message(os.path.basename(path), "idsculpt", [os.path.dirname(path) or "."], key="vgg16")
             + " (An LPIPS vgg16 file works too.)")
+    if lin_path is not None and not os.path.isfile(lin_path):
+        raise FileNotFoundError(missing_model_message(os.path.basename(lin_path), "idsculpt",
+                                                      [os.path.dirname(lin_path) or "."], key="lpips_vgg"))
     sd = read_state_dict(path)
     net = VGG16Perceptual()
     feats: dict[str, torch.Tensor] = {}
-    lins: dict[int, torch.Tensor] = {}
     for k, v in sd.items():
         m = re.search(r"(?:^|\.)(?:features|slice\d)\.(\d+)\.(weight|bias)$", k) or re.fullmatch(r"(\d+)\.(weight|bias)", k)
         if m:
             feats[f"{m.group(1)}.{m.group(2)}"] = v.float()
-            continue
-        m = re.search(r"lin(\d)\.model\.1\.weight$", k)
-        if m:
-            lins[int(m.group(1))] = v.float().reshape(-1)
     try:
         net.features.load_state_dict(feats, strict=True)
     except RuntimeError as e:
         raise ValueError(f"{os.path.basename(path)} does not hold VGG16 conv weights in torchvision/LPIPS layout: {e}") from e
-    if len(lins) == 5:
-        for k, v in lins.items():
-            net.lin[k].data.copy_(v)
-        net.has_lpips_heads = True
+    if lin_path is not None:
+        net.load_lin_weights(read_state_dict(lin_path), os.path.basename(lin_path))
+    elif len(_lin_tensors(sd)) == len(_CHANNELS):
+        net.load_lin_weights(sd, os.path.basename(path))
     return net.eval()
 
 
 def find_vgg16(folder: Optional[str]) -> Optional[str]:
+    return _first_file(folder, VGG_FILENAMES)
+
+
+def find_lpips_vgg(folder: Optional[str]) -> Optional[str]:
+    """LPIPS' ``vgg.pth`` in a model folder (``lpips/vgg.pth`` first), else None."""
+    return _first_file(folder, LPIPS_VGG_FILENAMES)
+
+
+def _first_file(folder: Optional[str], names: tuple[str, ...]) -> Optional[str]:
     if not folder or not os.path.isdir(folder):
         return None
-    for name in VGG_FILENAMES:
-        p = os.path.join(folder, name)
+    for name in names:
+        p = os.path.join(folder, *name.split("/"))
         if os.path.isfile(p):
             return p
     return None
