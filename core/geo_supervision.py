@@ -26,6 +26,7 @@ Conventions (read from the authors' code, not guessed):
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from .camera import Cameras
+
+log = logging.getLogger("IDSculpt")
 
 # Where a decoded normal is trusted: a real unit normal stored as (n+1)/2 decodes to length ~1; the
 # black background (0,0,0) decodes to length sqrt(3) and mid-grey to 0.
@@ -51,8 +54,11 @@ class ReferenceGeometry:
     image: the aligned portrait [H,W,3] (0..1). camera: its reference camera (1 camera).
     normal_view: [H,W,3] unit camera-frame normals (x right, y up, z toward the camera), zero
     outside ``mask``. disparity: [H,W,1] relative disparity 0..1 (larger = nearer), 0 outside.
-    mask: [H,W,1] head (silhouette) mask. face_mask: [H,W,1] face region (normal loss domain).
-    depth_mask: [H,W,1] where the disparity is supervised (mask and disparity > 0.2).
+    mask: [H,W,1] head mask of the portrait (the authors' face-parsing ``mask``: the whole person).
+    face_mask: [H,W,1] the normal loss domain: the face region inside the head mask where the normal
+    map decodes to a valid normal. depth_mask: [H,W,1] where the disparity is supervised (mask and
+    disparity > 0.2). face_region: [H,W,1] the face region inside the head mask, not cut by the
+    normal map's invalid pixels (the face mask handed to the texture stage); None = face_mask.
     sources: how each part was obtained (mask source, face mask source, resizes) -- shown to the user.
     """
 
@@ -64,6 +70,7 @@ class ReferenceGeometry:
     face_mask: torch.Tensor
     depth_mask: torch.Tensor
     sources: dict[str, str] = field(default_factory=dict)
+    face_region: torch.Tensor | None = None
 
     @property
     def height(self) -> int:
@@ -76,7 +83,13 @@ class ReferenceGeometry:
     def to(self, device: torch.device | str) -> "ReferenceGeometry":
         return ReferenceGeometry(self.image.to(device), self.camera.to(device), self.normal_view.to(device),
                                  self.disparity.to(device), self.mask.to(device), self.face_mask.to(device),
-                                 self.depth_mask.to(device), dict(self.sources))
+                                 self.depth_mask.to(device), dict(self.sources),
+                                 None if self.face_region is None else self.face_region.to(device))
+
+    @property
+    def texture_face_mask(self) -> torch.Tensor:
+        """[H,W,1] the face region for the texture stage (``face_region``, else ``face_mask``)."""
+        return self.face_region if self.face_region is not None else self.face_mask
 
     def normal_world(self) -> torch.Tensor:
         """[H,W,3] world-frame unit normals (zero outside the mask)."""
@@ -178,16 +191,20 @@ def face_mask_from_landmarks(landmarks: Any, height: int, width: int) -> torch.T
     ``landmarks``: a ``core.face.landmarks.FaceLandmarks2D`` (any image size: its normalised
     positions are used, so it must come from the portrait itself).
     """
-    import cv2
+    from .face.segment import face_oval_mask
 
-    from .face.landmarks import face_oval_polygon
+    return torch.from_numpy(face_oval_mask(landmarks, height, width).astype(np.float32))[..., None]
 
-    loop = face_oval_polygon(landmarks.connections)
-    norm = landmarks.normalized[:, :2].numpy()
-    poly = np.round(norm[loop] * np.array([width, height]) - 0.5).astype(np.int32)
-    m = np.zeros((height, width), np.uint8)
-    cv2.fillPoly(m, [poly], 1)
-    return torch.from_numpy(m).float()[..., None]
+
+HEAD_MASK_SOURCES = ("portrait", "generated_maps")
+
+
+def _maps_estimate(n_valid: torch.Tensor, disp: torch.Tensor, depth_convention: str) -> torch.Tensor:
+    """The head mask read off the generated maps: valid normals with non-zero depth (the fallback)."""
+    fg = disp > 0.02
+    if depth_convention == "far_is_bright":
+        fg &= disp < 0.98
+    return (n_valid & fg).float()
 
 
 def build_reference_geometry(
@@ -200,19 +217,28 @@ def build_reference_geometry(
     landmarks: Any | None = None,
     depth_convention: str = "near_is_bright",
     depth_mask_threshold: float = DEPTH_MASK_THRESHOLD,
+    head_mask_source: str = "portrait",
+    segmenter: Any | None = None,
 ) -> ReferenceGeometry:
     """Reference geometry from the generated normal and depth maps of the aligned portrait.
 
     portrait: [H,W,3] or [B,H,W,C] IMAGE (defines H x W). camera: its reference camera (resized
     to H x W if its resolution differs). normal_image / depth_image: IMAGEs from the normal- and
     depth-adapted models, resized to H x W when needed. head_mask / face_mask: optional MASKs
-    (1 = inside). Without a head mask: pixels with a valid decoded normal and non-zero depth.
+    (1 = inside; e.g. from a face-parsing model), used as given.
+    Without a head mask, ``head_mask_source`` decides: "portrait" (default, the authors' face-parsing
+    ``mask``): the portrait's person segmentation ∪ the face oval of ``landmarks``, eroded
+    (``core.face.segment``; ``segmenter`` overrides MediaPipe's); where no segmenter can run it falls
+    back to the generated maps and says so in ``sources["mask"]``. "generated_maps": pixels with a
+    valid decoded normal and non-zero depth ∪ the face oval.
     Without a face mask: the face oval of ``landmarks`` (a ``FaceLandmarks2D`` of the portrait),
     else the head mask. depth_convention: "near_is_bright" (HumanNorm/ID-Sculpt disparity, the
     default) or "far_is_bright" (a depth map; inverted inside the mask).
     """
     if depth_convention not in ("near_is_bright", "far_is_bright"):
         raise ValueError(f"depth_convention must be 'near_is_bright' or 'far_is_bright', got {depth_convention!r}")
+    if head_mask_source not in HEAD_MASK_SOURCES:
+        raise ValueError(f"head_mask_source must be one of {HEAD_MASK_SOURCES}, got {head_mask_source!r}")
     img = _as_hwc(portrait, "portrait")
     if img.shape[-1] == 1:
         img = img.expand(-1, -1, 3)
@@ -250,15 +276,32 @@ def build_reference_geometry(
     if float(disp.max()) < 0.02:
         raise ValueError("The depth map is all black: check the KSampler of the depth-adapted model and connect its decoded IMAGE.")
 
+    oval = face_mask_from_landmarks(landmarks, h, w) if landmarks is not None else None
+    mask = None
+    fallback = ""
     if head_mask is not None:
         mask = _mask_input(head_mask, "head mask", h, w, notes)
         sources["mask"] = "head MASK input"
-    else:
-        fg = disp > 0.02
-        if depth_convention == "far_is_bright":
-            fg &= disp < 0.98
-        mask = (n_valid & fg).float()
-        sources["mask"] = "estimated: valid normals with non-zero depth (no head MASK given)"
+    elif head_mask_source == "portrait":
+        from .face.segment import SegmenterUnavailable, head_mask_from_portrait
+
+        try:
+            found = head_mask_from_portrait(img, landmarks, segmenter)
+            mask = found.mask
+            sources["mask"] = found.source
+        except (SegmenterUnavailable, ValueError) as e:  # no segmenter here, or it found no person
+            fallback = str(e)
+            log.warning("IDSculpt Geo Supervision: no head mask from the portrait (%s); using the generated maps instead", e)
+    if mask is None:
+        mask = _maps_estimate(n_valid, disp, depth_convention)
+        what = "generated maps: valid normals with non-zero depth"
+        if oval is not None:
+            mask = torch.maximum(mask, oval)
+            what += " ∪ face oval"
+        if fallback:
+            sources["mask"] = f"fallback to the {what} (portrait segmentation unavailable: {fallback})"
+        else:
+            sources["mask"] = f"{what} (head_mask_source = generated_maps)"
     if float(mask.sum()) < 16:
         raise ValueError(
             "The head mask is empty. Connect a head MASK that covers the head in the portrait (white = head), "
@@ -285,13 +328,16 @@ def build_reference_geometry(
     if face_mask is not None:
         fmask = _mask_input(face_mask, "face mask", h, w, notes)
         sources["face_mask"] = "face MASK input"
-    elif landmarks is not None:
-        fmask = face_mask_from_landmarks(landmarks, h, w)
+    elif oval is not None:
+        fmask = oval
         sources["face_mask"] = "estimated: MediaPipe face oval of the portrait (no face MASK given)"
     else:
         fmask = mask.clone()
         sources["face_mask"] = "head mask (no face MASK and no landmarks given)"
-    fmask = fmask * mask * n_valid.float()
+    face_region = fmask * mask
+    # the normal loss only where the normal map holds a normal: invalid pixels would be supervised
+    # toward garbage directions (the texture stage gets face_region, which they do not cut)
+    fmask = face_region * n_valid.float()
     if float(fmask.sum()) < 16:
         raise ValueError(
             "The face mask is empty (or does not overlap the head mask / valid normals). Connect a face MASK "
@@ -301,8 +347,9 @@ def build_reference_geometry(
     normal_view = torch.where(mask > 0.5, n_view, torch.zeros_like(n_view))
     depth_mask = mask * (disp > depth_mask_threshold).float()
     sources["notes"] = "; ".join(notes)
+    log.info("IDSculpt Geo Supervision: head mask from %s", sources["mask"])
     return ReferenceGeometry(image=img, camera=camera, normal_view=normal_view, disparity=disp, mask=mask,
-                             face_mask=fmask, depth_mask=depth_mask, sources=sources)
+                             face_mask=fmask, depth_mask=depth_mask, sources=sources, face_region=face_region)
 
 
 def preview_reference_geometry(ref: ReferenceGeometry) -> torch.Tensor:

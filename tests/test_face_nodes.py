@@ -88,10 +88,11 @@ def test_landmark_render_and_geo_supervision(comfy_inprocess, face_nodes, portra
         geo_nodes.GeoSupervision, portrait=p128, reference_camera=cam, normal_map=nimg, depth_map=dimg, landmarks=lm,
         depth_convention="near_is_bright").args
     assert "MediaPipe face oval" in text and prev.shape == (3, 128, 128, 3)
+    assert "mask: portrait: MediaPipe selfie segmentation ∪ face oval" in text  # the head mask comes from the portrait
     # the masks it settled on come out as ComfyUI MASKs for the texture stage
     assert head_mask.shape == face_mask.shape == (1, 128, 128)
-    assert torch.equal(head_mask[0], ref.mask[..., 0].cpu()) and torch.equal(face_mask[0], ref.face_mask[..., 0].cpu())
-    sel = ref.mask[..., 0] > 0.5
+    assert torch.equal(head_mask[0], ref.mask[..., 0].cpu()) and torch.equal(face_mask[0], ref.texture_face_mask[..., 0].cpu())
+    sel = ref.face_mask[..., 0] > 0.5  # the normal-loss domain: where the (sphere's) normal map holds normals
     assert float((ref.normal_view[sel] * out.normal_view[0][sel]).sum(-1).mean()) > 0.99
     assert 0 < float(ref.face_mask.sum()) < float(ref.mask.sum())
     with pytest.raises(ValueError, match="all black"):

@@ -59,13 +59,13 @@ def _cos(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> float:
 
 def test_recovers_camera_frame_normals(scene):
     mesh, cam, out, mask, nimg, dimg, portrait = scene
-    ref = build_reference_geometry(portrait, cam, nimg, dimg)
+    ref = build_reference_geometry(portrait, cam, nimg, dimg, head_mask_source="generated_maps")
     assert isinstance(ref, ReferenceGeometry) and ref.normal_view.shape == (RES, RES, 3)
-    # the estimated head mask is the silhouette (valid normals with non-zero disparity)
+    # the head mask read off the maps is the silhouette (valid normals with non-zero disparity)
     inter = float((ref.mask * mask).sum())
     union = float(((ref.mask + mask) > 0.5).float().sum())
     assert inter / union > 0.97
-    assert "estimated" in ref.sources["mask"] and ref.sources["face_mask"].startswith("head mask")
+    assert ref.sources["mask"].startswith("generated maps") and ref.sources["face_mask"].startswith("head mask")
     common = ref.mask * mask
     assert _cos(ref.normal_view, out.normal_view[0], common) >= 0.99
     # and in the world: the interpolated vertex normals at the ray hits, computed independently
@@ -135,16 +135,29 @@ def test_face_mask_from_landmarks(scene):
     pts[loop, 0] = 64 + 20 * torch.cos(ang)  # a circle of radius 20 px around the centre
     pts[loop, 1] = 64 + 20 * torch.sin(ang)
     lm = FaceLandmarks2D(pts * 2, (256, 256), conns)  # detected on a 2x portrait: normalised coords count
-    ref = build_reference_geometry(portrait, cam, nimg, dimg, landmarks=lm)
+    ref = build_reference_geometry(portrait, cam, nimg, dimg, landmarks=lm, head_mask_source="generated_maps")
     assert ref.sources["face_mask"].startswith("estimated: MediaPipe face oval")
     area = float(ref.face_mask.sum())
     assert abs(area - math.pi * 20**2) < 0.1 * math.pi * 20**2
     assert float((ref.face_mask * (1 - ref.mask)).sum()) == 0.0
+    # an artefact of the normal map (a black hole in the face) cuts the maps' silhouette; with the
+    # landmarks the head mask is that silhouette united with the face oval, so the hole is filled
+    holed = nimg.clone()
+    holed[:, 60:68, 60:68] = 0.0
+    alone = build_reference_geometry(portrait, cam, holed, dimg, head_mask_source="generated_maps")
+    assert float(alone.mask[60:68, 60:68].sum()) == 0.0
+    ref = build_reference_geometry(portrait, cam, holed, dimg, landmarks=lm, head_mask_source="generated_maps")
+    assert ref.sources["mask"].startswith("generated maps: valid normals with non-zero depth ∪ face oval")
+    oval = ref.texture_face_mask
+    assert abs(float(oval.sum()) - math.pi * 20**2) < 0.1 * math.pi * 20**2 and float(oval[60:68, 60:68].min()) == 1.0
+    assert torch.equal(ref.mask, torch.maximum(alone.mask, oval))
+    # the normal loss avoids the hole (no normal there); the face region for the texture stage does not
+    assert float(ref.face_mask[60:68, 60:68].sum()) == 0.0 and torch.equal(ref.face_mask, oval * alone.mask)
 
 
 def test_far_is_bright_inverts(scene):
     mesh, cam, out, mask, nimg, dimg, portrait = scene
-    near = build_reference_geometry(portrait, cam, nimg, dimg)
+    near = build_reference_geometry(portrait, cam, nimg, dimg, head_mask_source="generated_maps")
     far_img = torch.where(dimg > 0, 1 - dimg, dimg)
     far_img = torch.where(mask[None].expand_as(far_img) > 0.5, far_img.clamp_min(1 / 255), far_img)
     far = build_reference_geometry(portrait, cam, nimg, far_img, head_mask=mask[..., 0][None], depth_convention="far_is_bright")
@@ -161,10 +174,13 @@ def test_bad_inputs_have_clear_messages(scene):
     with pytest.raises(ValueError, match="head mask is empty"):
         build_reference_geometry(portrait, cam, nimg, dimg, head_mask=torch.zeros(1, RES, RES))
     with pytest.raises(ValueError, match="face mask is empty"):
-        build_reference_geometry(portrait, cam, nimg, dimg, face_mask=torch.zeros(1, RES, RES))
+        build_reference_geometry(portrait, cam, nimg, dimg, face_mask=torch.zeros(1, RES, RES), head_mask_source="generated_maps")
+    with pytest.raises(ValueError, match="head_mask_source"):
+        build_reference_geometry(portrait, cam, nimg, dimg, head_mask_source="parsing")
     with pytest.raises(ValueError, match="does not look like a normal map"):
         build_reference_geometry(portrait, cam, torch.full_like(nimg, 0.5), dimg, head_mask=mask[..., 0][None])
     with pytest.raises(ValueError, match="flat inside the head mask"):
-        build_reference_geometry(portrait, cam, nimg, torch.where(dimg > 0, torch.full_like(dimg, 0.6), dimg))
+        build_reference_geometry(portrait, cam, nimg, torch.where(dimg > 0, torch.full_like(dimg, 0.6), dimg),
+                                 head_mask_source="generated_maps")
     with pytest.raises(ValueError, match="one reference camera"):
         build_reference_geometry(portrait, Cameras.cat([cam, cam]), nimg, dimg)

@@ -7,5 +7,6 @@ without insightface or MediaPipe):
   * ``align``          -- ray casting onto a mesh and the robust similarity fit that places the 478
                           points on the head mesh -> ``FaceLandmarks3D``
   * ``landmark_image`` -- landmark images as the MediaPipe-face ControlNet expects them
+  * ``segment``        -- the portrait's head mask (person segmentation ∪ face oval, as face parsing > 0)
   * ``id_adapter``     -- IP-Adapter FaceID projection models and their attention maths
 """
