@@ -3,8 +3,8 @@
 The texture is optimised in logit space (texture = sigmoid(θ), so colours stay in 0..1 without
 clamping and gradients never die at the bounds) with AdamW, lr 0.02. Steps alternate as in the authors'
 code (threestudio/systems/IDsculpt_tex.py, ``n_ref: 2``):
-  * even steps — a random view (azimuth ±180°, elevation [−20°, 45°], distance [2.5, 3.5], FoV [30°,
-    45°], white background) is rendered, noised to t ~ U[50, 200) and restored by the ``Denoiser``
+  * even steps — a random view (azimuth ±180°, elevation [−20°, 45°] drawn as threestudio's random
+    cameras, distance [2.5, 3.5], FoV [30°, 45°], white background) is rendered, noised to t ~ U[50, 200) and restored by the ``Denoiser``
     (SDEdit: 20 DDIM steps, CFG 10, normal ControlNet, ID adapter, the prompt pair of the view's
     direction). The restored image is a fixed target:
     0.1·(0.5·Σ(render − target)²/B) + 50·Σ_b LPIPS_b/B  (random_view_loss; sums, as their guidance);
@@ -131,8 +131,18 @@ def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=gen))
 
 
+def sample_elevation(lo: float, hi: float, gen: torch.Generator) -> float:
+    """An elevation (degrees) as threestudio's random cameras draw it: with probability ½ uniform in
+    degrees, else uniform on the sphere (sin(elevation) uniform) — CDF ½·(e−lo)/(hi−lo) +
+    ½·(sin e − sin lo)/(sin hi − sin lo)."""
+    if float(torch.rand((), generator=gen)) < 0.5:
+        return _uniform(gen, lo, hi)
+    s_lo, s_hi = math.sin(math.radians(lo)), math.sin(math.radians(hi))
+    return math.degrees(math.asin(_uniform(gen, s_lo, s_hi)))
+
+
 def sample_refine_camera(config: RefineConfig, gen: torch.Generator) -> RefineView:
-    el = _uniform(gen, *config.elevation_range)
+    el = sample_elevation(*config.elevation_range, gen)
     az = _uniform(gen, *config.azimuth_range)
     d = _uniform(gen, *config.distance_range)
     fov = _uniform(gen, *config.fov_range)
