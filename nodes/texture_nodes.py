@@ -198,6 +198,8 @@ def _device_mesh(head: HeadMesh) -> HeadMesh:
 
 def _check_head_frame(head: HeadMesh, node: str) -> Optional[str]:
     """Log (and return) a warning when the head is not in the frame the texture cameras assume."""
+    if not isinstance(head, HeadMesh):
+        raise ValueError(f"head must be an IDSCULPT_HEAD_MESH, got {type(head).__name__}")
     note = head_frame_warning(head.vertices)
     if note:
         log.warning("[IDSculpt] %s: %s", node, note)
