@@ -12,9 +12,15 @@ on"), other packs' patches and every sampler/scheduler work unchanged:
 * ``ComfyDenoiser`` (core.texture.Denoiser): SDEdit for refinement — the same call without a mask and
   with ``denoise = t / 1000`` (ComfyUI then runs the last ``steps`` steps of a ``steps / denoise`` step
   schedule, i.e. starts at ≈ timestep t).
+
+Both sample every view with the prompt pair of its direction (nodes/view_prompts.py, the texture
+thresholds core.guidance.TEXTURE_VIEW_THRESHOLDS: front |az| < 45°, back |az| > 135°, overhead
+elevation > 60°), as the authors' texture guidance does: a view of the back of the head gets the back
+prompt and the "face, nose, eyes, …" negative, never the front prompt.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional
 
@@ -26,22 +32,29 @@ import comfy.sample
 import comfy.samplers
 
 from ..core.camera import Cameras
+from ..core.guidance import TEXTURE_VIEW_THRESHOLDS
 from ..core.mesh import HeadMesh
 from ..core.texture import (
     InpaintConfig,
     ReferenceView,
     RefineConfig,
     check_texture_size,
+    head_frame_warning,
     parse_view_plan,
     progressive_inpaint,
     refine_texture,
     unwrap_uv,
 )
+from ..core.texture.deblur import deblur_texture
 from .perceptual import load_perceptual, lpips_weights_input, texture_perceptual
+from .upscale import comfy_upscaler
 from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core, model_files
 from .cuda_graphs import DiffusionGraphs, cuda_graphs_input
 from .vram import graphs_allowed, stage, vram_mode_input
 from .types import CAMERA, HEAD_MESH
+from .view_prompts import ViewConditioning, view_conditioning, view_conditioning_inputs
+
+log = logging.getLogger("IDSculpt")
 
 
 def attach_control(conditioning: list, control, cache: dict) -> list:
@@ -66,7 +79,7 @@ class ComfySampling:
 
     def __init__(self, model, positive, negative, vae, control_net=None, control_strength: float = 1.0, steps: int = 20,
                  cfg: float = 10.0, sampler_name: str = "ddim", scheduler: str = "ddim_uniform", seed: int = 0,
-                 cuda_graphs: bool = True) -> None:
+                 cuda_graphs: bool = True, views: Optional[ViewConditioning] = None) -> None:
         if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
             raise ValueError(f"unknown sampler {sampler_name!r}")
         if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
@@ -74,6 +87,7 @@ class ComfySampling:
         if steps < 1 or not math.isfinite(cfg):
             raise ValueError("steps must be ≥ 1 and cfg a finite number")
         self.model, self.positive, self.negative, self.vae = model, positive, negative, vae
+        self.views = views  # per-direction prompt pairs; None = positive/negative for every view
         self.control_net, self.control_strength = control_net, float(control_strength)
         self.steps, self.cfg, self.sampler_name, self.scheduler = int(steps), float(cfg), sampler_name, scheduler
         self.seed = int(seed)
@@ -86,28 +100,41 @@ class ComfySampling:
         """Free the CUDA graphs (their memory pools) once the node's sampling is over."""
         self.graphs.close()
 
-    def conds(self, normal_control: Optional[torch.Tensor]) -> tuple[list, list]:
-        if self.control_net is None or normal_control is None or self.control_strength == 0:
+    def pair(self, direction: Optional[str]) -> tuple[list, list]:
+        """The (positive, negative) CONDITIONING of a view direction (None: the plain pair)."""
+        if direction is None or self.views is None:
             return self.positive, self.negative
+        return self.views.pair(direction)
+
+    def direction(self, azimuth: float, elevation: float) -> Optional[str]:
+        return None if self.views is None else self.views.directions([azimuth], [elevation])[0]
+
+    def conds(self, normal_control: Optional[torch.Tensor], direction: Optional[str] = None) -> tuple[list, list]:
+        positive, negative = self.pair(direction)
+        if self.control_net is None or normal_control is None or self.control_strength == 0:
+            return positive, negative
         hint = normal_control[None].permute(0, 3, 1, 2).float().cpu()  # [1,3,H,W] 0..1
         control = self.control_net.copy().set_cond_hint(hint, self.control_strength, (0.0, 1.0), vae=self.vae)
         cache: dict = {}
-        return attach_control(self.positive, control, cache), attach_control(self.negative, control, cache)
+        return attach_control(positive, control, cache), attach_control(negative, control, cache)
 
     @torch.no_grad()  # sampling targets are never differentiated; ComfyUI's weights are inference tensors
-    def run(self, image: torch.Tensor, normal_control: Optional[torch.Tensor], denoise: float, noise_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """image [H,W,3] 0..1 → sampled image [H,W,3] 0..1 (same size; H, W multiples of 8)."""
+    def run(self, image: torch.Tensor, normal_control: Optional[torch.Tensor], denoise: float, noise_mask: Optional[torch.Tensor],
+            direction: Optional[str] = None) -> torch.Tensor:
+        """image [H,W,3] 0..1 → sampled image [H,W,3] 0..1 (same size; H, W multiples of 8), with the prompt
+        pair of ``direction`` ("front" | "side" | "back" | "overhead"; None = the plain pair)."""
         # under inference mode as in ComfyUI's own samplers (the weights are inference tensors); the result
         # is cloned back out because the texture optimisation keeps it for its loss's backward
         with torch.inference_mode():
-            out = self._sample(image, normal_control, denoise, noise_mask)
+            out = self._sample(image, normal_control, denoise, noise_mask, direction)
         return out.clone()
 
-    def _sample(self, image: torch.Tensor, normal_control: Optional[torch.Tensor], denoise: float, noise_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def _sample(self, image: torch.Tensor, normal_control: Optional[torch.Tensor], denoise: float, noise_mask: Optional[torch.Tensor],
+                direction: Optional[str] = None) -> torch.Tensor:
         h, w = image.shape[:2]
         if h % 8 or w % 8:
             raise ValueError(f"views must be multiples of 8 pixels for the VAE, got {h}x{w}: change the resolution")
-        pos, neg = self.conds(normal_control)
+        pos, neg = self.conds(normal_control, direction)
         latent = self.vae.encode(image[None].float().cpu())
         latent = comfy.sample.fix_empty_latent_channels(self.model, latent)
         noise = comfy.sample.prepare_noise(latent, self.seed + self.calls)
@@ -133,7 +160,10 @@ class ComfyInpainter:
         self.sampling, self.denoise = sampling, float(denoise)
 
     def inpaint(self, image, generate_mask, normal_control, context):
-        return self.sampling.run(image, normal_control, self.denoise, generate_mask)
+        # context (core.texture.ViewContext) carries the view's angles: its direction picks the prompt pair
+        view = getattr(context, "view", None)
+        direction = None if view is None else self.sampling.direction(view.azimuth, view.elevation)
+        return self.sampling.run(image, normal_control, self.denoise, generate_mask, direction)
 
 
 class ComfyDenoiser:
@@ -142,12 +172,15 @@ class ComfyDenoiser:
     def __init__(self, sampling: ComfySampling) -> None:
         self.sampling = sampling
 
-    def denoise(self, image, normal_control, camera, t):
-        return self.sampling.run(image, normal_control, max(int(t), 1) / 1000.0, None)
+    def denoise(self, image, normal_control, view, t):
+        # view (core.texture.RefineView) carries the random view's angles: its direction picks the prompt pair
+        az, el = getattr(view, "azimuth", None), getattr(view, "elevation", None)
+        direction = None if az is None or el is None else self.sampling.direction(az, el)
+        return self.sampling.run(image, normal_control, max(int(t), 1) / 1000.0, None, direction)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _reference(image, camera, mask, face_mask=None) -> Optional[ReferenceView]:
+def _reference(image, camera, mask) -> Optional[ReferenceView]:
     if image is None and camera is None:
         return None
     if image is None or camera is None:
@@ -157,14 +190,23 @@ def _reference(image, camera, mask, face_mask=None) -> Optional[ReferenceView]:
     img = image_to_core(image)[0]
     cam = camera[0] if len(camera) > 1 else camera
     m = None if mask is None else mask.reshape(-1, *mask.shape[-2:])[0].float().clone()
-    fm = None if face_mask is None else face_mask.reshape(-1, *face_mask.shape[-2:])[0].float().clone()
-    return ReferenceView(img, cam, m, fm)
+    return ReferenceView(img, cam, m)
 
 
 def _device_mesh(head: HeadMesh) -> HeadMesh:
     if not isinstance(head, HeadMesh):
         raise ValueError(f"head must be an IDSCULPT_HEAD_MESH, got {type(head).__name__}")
     return head.detach().to(comfy.model_management.get_torch_device())
+
+
+def _check_head_frame(head: HeadMesh, node: str) -> Optional[str]:
+    """Log (and return) a warning when the head is not in the frame the texture cameras assume."""
+    if not isinstance(head, HeadMesh):
+        raise ValueError(f"head must be an IDSCULPT_HEAD_MESH, got {type(head).__name__}")
+    note = head_frame_warning(head.vertices)
+    if note:
+        log.warning("[IDSculpt] %s: %s", node, note)
+    return note
 
 
 def _sampler_inputs(steps: int, cfg: float) -> list:
@@ -179,20 +221,21 @@ def _sampler_inputs(steps: int, cfg: float) -> list:
 
 def _model_inputs() -> list:
     return [
-        HEAD_MESH.Input("head", tooltip="The sculpted head mesh (IDSculpt DMTet Sculpt)."),
+        HEAD_MESH.Input("head", tooltip="The sculpted head mesh (IDSculpt DMTet Sculpt: vertex mean 0, max |coordinate| 0.9, the frame the texture cameras assume)."),
         io.Model.Input("model", tooltip="Texture SD1.5 MODEL (e.g. Realistic Vision; swap it to restyle), through IDSculpt Apply ID Adapter."),
         io.Conditioning.Input("positive", tooltip="Prompt describing the person (caption)."),
         io.Conditioning.Input("negative", tooltip="Negative prompt."),
         io.Vae.Input("vae", tooltip="SD1.5 VAE used to encode the views and decode the results."),
         io.ControlNet.Input("control_net", optional=True, tooltip="control_v11p_sd15_normalbae: each view's rendered normals are its hint. Unconnected: no geometry control."),
-    ]
+    ] + view_conditioning_inputs(TEXTURE_VIEW_THRESHOLDS)
 
 
 def _reference_inputs() -> list:
     return [
-        io.Image.Input("reference_image", optional=True, tooltip="The aligned portrait (stage-1 crop) painted into the texture first."),
-        CAMERA.Input("reference_camera", optional=True, tooltip="The portrait's camera (stage 1)."),
-        io.Mask.Input("reference_mask", optional=True, tooltip="Head mask of the portrait (face parsing > 0): only these pixels are projected / fitted."),
+        io.Image.Input("reference_image", optional=True, tooltip="The aligned portrait (stage-1 crop): painted into the texture first (Progressive Inpaint), fitted on odd steps (Texture Refine)."),
+        CAMERA.Input("reference_camera", optional=True, tooltip="The portrait's camera in the head's frame (IDSculpt DMTet Sculpt's reference_camera)."),
+        io.Mask.Input("reference_mask", optional=True, tooltip="Head mask of the portrait (face parsing > 0): only these pixels are projected "
+                      "(Progressive Inpaint) and fitted by the reference L1 (Texture Refine)."),
     ]
 
 
@@ -213,10 +256,13 @@ class ProgressiveInpaint(io.ComfyNode):
                 io.String.Input("view_plan", default="default", multiline=True,
                                 tooltip="'default' (ID-Sculpt's 15 views) or 'elevation, azimuth[, distance[, fov]]' per line or ';', in order."),
                 io.Int.Input("resolution", default=512, min=64, max=1024, step=64, tooltip="Size of each view crop fed to the model (SD1.5: 512); views are rendered at twice this size before cropping."),
-                io.Int.Input("erode_iterations", default=8, min=0, max=32, tooltip="Erosion of the back-projection mask (iterations of a 5×5 kernel at 512 px): drops grazing/silhouette pixels."),
+                io.Int.Input("erode_iterations", default=8, min=0, max=32, tooltip="Erosion of the back-projection mask (iterations of a 5×5 kernel on the 512-px crop, as ID-Sculpt: 8 = 16 px): drops grazing/silhouette pixels."),
                 io.Float.Input("cos_threshold", default=0.0, min=-1.0, max=0.99, step=0.01, tooltip="Back-project only texels whose normal faces the camera more than this cosine."),
                 io.Combo.Input("policy", options=["first", "best_cosine"], default="first",
                                tooltip="first: a texel keeps its first colour (paper); best_cosine: later, more head-on views overwrite (never the portrait)."),
+                io.UpscaleModel.Input("upscale_model", optional=True,
+                                      tooltip="RealESRGAN x2 (Load Upscale Model): the authors' deblur of the finished texture "
+                                      "(8-bit, half-size bicubic, then x2 super-resolution) before refinement. Unconnected: no deblur."),
                 cuda_graphs_input(),
                 vram_mode_input(),
             ],
@@ -227,9 +273,12 @@ class ProgressiveInpaint(io.ComfyNode):
     def execute(cls, head, model, positive, negative, vae, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                 denoise: float, control_strength: float, texture_size: str, max_faces: int, view_plan: str, resolution: int,
                 erode_iterations: int, cos_threshold: float, policy: str, control_net=None, reference_image=None,
-                reference_camera=None, reference_mask=None, cuda_graphs: bool = True, vram_mode: str = "offload") -> io.NodeOutput:
+                reference_camera=None, reference_mask=None, upscale_model=None, cuda_graphs: bool = True,
+                vram_mode: str = "offload", **per_direction) -> io.NodeOutput:
         size = check_texture_size(int(texture_size))
         plan = parse_view_plan(view_plan)
+        views = view_conditioning(positive, negative, TEXTURE_VIEW_THRESHOLDS, **per_direction)
+        _check_head_frame(head, "Progressive Inpaint")
         mesh = head.detach()
         note = ""
         if not mesh.has_uv:
@@ -239,7 +288,7 @@ class ProgressiveInpaint(io.ComfyNode):
         mesh = _device_mesh(mesh)
         reference = _reference(reference_image, reference_camera, reference_mask)
         sampling = ComfySampling(model, positive, negative, vae, control_net, control_strength, steps, cfg, sampler_name, scheduler, seed,
-                                 graphs_allowed(cuda_graphs, vram_mode))
+                                 graphs_allowed(cuda_graphs, vram_mode), views)
         # views are rendered at twice the crop size: the head's alpha box covers only part of the frame, so the
         # crop handed to the model (resolution²) is then a downscale of the render, not a blurry upscale
         config = InpaintConfig(render_resolution=min(2 * resolution, 2048), crop_size=resolution, erode_iterations=erode_iterations,
@@ -258,6 +307,10 @@ class ProgressiveInpaint(io.ComfyNode):
         finally:
             sampling.close()
         out = result.mesh.to("cpu")
+        if upscale_model is not None:  # IDsculpt_tex.py initialize_texture: dilate, then deblur, then refine
+            upscale, scale = comfy_upscaler(upscale_model)
+            with torch.inference_mode(False):
+                out = out.with_(texture=deblur_texture(out.texture, upscale, scale))
         texture = core_to_image(out.texture)
         view_batch = core_to_image(torch.stack(views)) if views else texture
         return io.NodeOutput(out, texture, view_batch)
@@ -271,11 +324,7 @@ class TextureRefine(io.ComfyNode):
             display_name="IDSculpt Texture Refine",
             category="IDSculpt/texture",
             description="Optimises the texture against SDEdit-denoised random views and the portrait (ID-Sculpt §3.3, Eq. 8–9).",
-            inputs=_model_inputs() + [
-                io.Image.Input("reference_image", optional=True, tooltip="The aligned portrait: odd steps fit it (L1 inside the face mask)."),
-                CAMERA.Input("reference_camera", optional=True, tooltip="The portrait's camera (stage 1)."),
-                io.Mask.Input("face_mask", optional=True, tooltip="Face region of the portrait (no hair/ears/neck): where the L1 term applies."),
-            ] + _sampler_inputs(20, 10.0) + [
+            inputs=_model_inputs() + _reference_inputs() + _sampler_inputs(20, 10.0) + [
                 io.Int.Input("refine_steps", default=400, min=0, max=5000, tooltip="Optimisation steps (ID-Sculpt: 400; even = random view, odd = reference)."),
                 io.Int.Input("t_min", default=50, min=1, max=998, tooltip="Smallest SDEdit start timestep (of 1000)."),
                 io.Int.Input("t_max", default=200, min=2, max=999, tooltip="Largest SDEdit start timestep (exclusive)."),
@@ -295,21 +344,25 @@ class TextureRefine(io.ComfyNode):
     def execute(cls, head, model, positive, negative, vae, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                 refine_steps: int, t_min: int, t_max: int, learning_rate: float, control_strength: float, resolution: int,
                 perceptual_model: str = "none", control_net=None, reference_image=None, reference_camera=None,
-                face_mask=None, cuda_graphs: bool = True, vram_mode: str = "offload", lpips_weights: str = "auto") -> io.NodeOutput:
+                reference_mask=None, cuda_graphs: bool = True, vram_mode: str = "offload", lpips_weights: str = "auto",
+                **per_direction) -> io.NodeOutput:
         if not isinstance(head, HeadMesh) or not head.has_uv or head.texture is None:
             raise ValueError("Texture Refine needs a textured head with UVs: connect IDSculpt Progressive Inpaint's head output")
         if t_min >= t_max:
             raise ValueError(f"t_min ({t_min}) must be below t_max ({t_max})")
+        views = view_conditioning(positive, negative, TEXTURE_VIEW_THRESHOLDS, **per_direction)
+        _check_head_frame(head, "Texture Refine")
         mesh = _device_mesh(head)
         dev = mesh.vertices.device
-        reference = _reference(reference_image, reference_camera, face_mask, face_mask)
+        # odd steps fit the portrait inside its whole-head mask (the authors' mask.png), not the face oval
+        reference = _reference(reference_image, reference_camera, reference_mask)
         perceptual = None  # loaded first: a missing file should stop the node before any model work
         if perceptual_model and perceptual_model != "none":
             with torch.inference_mode(False):
                 perceptual = texture_perceptual(load_perceptual(perceptual_model, lpips_weights).to(dev))
 
         sampling = ComfySampling(model, positive, negative, vae, control_net, control_strength, steps, cfg, sampler_name, scheduler, seed,
-                                 graphs_allowed(cuda_graphs, vram_mode))
+                                 graphs_allowed(cuda_graphs, vram_mode), views)
         config = RefineConfig(steps=refine_steps, lr=learning_rate, t_range=(t_min, t_max), resolution=resolution, seed=seed)
         bar = ComfyProgress(max(refine_steps, 1), preview_size=resolution)
         try:

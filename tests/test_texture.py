@@ -292,9 +292,9 @@ class OracleDenoiser:
         self.gt = gt
         self.ts: list[int] = []
 
-    def denoise(self, image, normal_control, camera, t):
+    def denoise(self, image, normal_control, view, t):
         self.ts.append(t)
-        out, _ = render_textured(self.gt, self.gt.texture, camera)
+        out, _ = render_textured(self.gt, self.gt.texture, view.camera, background=1.0)  # the refine views' white
         return out.color[0]
 
 
@@ -324,7 +324,7 @@ def test_refinement_reference_steps_fit_the_portrait(scene):
     cam = Cameras.orbit(0.0, 0.0, 2.7, 20.0, 64)
     ref_img, _ = render_textured(gt, gt.texture, cam)
     face = (ref_img.mask[0, ..., 0] > 0.5).float()
-    ref = ReferenceView(ref_img.color[0], cam, mask=face, face_mask=face)
+    ref = ReferenceView(ref_img.color[0], cam, mask=face)
     start = torch.full_like(gt.texture, 0.5)
     den = OracleDenoiser(gt)
     res = refine_texture(mesh.with_(texture=start), den, ref, RefineConfig(steps=10, resolution=48, lr=0.2, seed=0))

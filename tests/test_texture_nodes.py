@@ -69,7 +69,7 @@ def test_progressive_inpaint_then_refine_change_the_texture(env):
 
     refined = env.ci.run_node(
         env.nodes["IDSculptTextureRefine"], head=head, model=env.model, positive=env.pos, negative=env.neg, vae=env.vae,
-        control_net=env.controlnet, reference_image=env.portrait, reference_camera=env.camera, face_mask=None,
+        control_net=env.controlnet, reference_image=env.portrait, reference_camera=env.camera, reference_mask=None,
         refine_steps=3, t_min=50, t_max=200, learning_rate=0.05, control_strength=1.0, resolution=RES, perceptual_model="none",
         **_sampler(),
     )
@@ -118,3 +118,109 @@ def test_bad_inputs_give_clear_errors(env):
             env.nodes["IDSculptTextureRefine"], head=env.head, model=env.model, positive=env.pos, negative=env.neg, vae=env.vae,
             refine_steps=2, t_min=50, t_max=200, learning_rate=0.02, control_strength=1.0, resolution=RES, **_sampler(),
         )
+
+
+# ------------------------------------------------------------------------------------ view-dependent prompts
+DIRECTIONS = ("front", "side", "back", "overhead")
+
+
+def _rule(azimuth: float, elevation: float) -> str:
+    """The authors' texture prompt processor (front_threshold 45, back_threshold 45, overhead 60),
+    written out here: side unless front |az| < 45, back |az| > 135, overhead el > 60 (overhead wins)."""
+    a = (azimuth + 180.0) % 360.0 - 180.0
+    if elevation > 60:
+        return "overhead"
+    if abs(a) > 135:
+        return "back"
+    if abs(a) < 45:
+        return "front"
+    return "side"
+
+
+@pytest.fixture
+def recorder(env, monkeypatch):
+    """comfy.sample.sample replaced by a recorder (returns the encoded latent); every Inpainter / Denoiser
+    call records the view it was asked for, so each sampling call pairs with its view."""
+    import comfy.sample
+    from tiny_models import tiny_conditioning
+
+    from idsculpt.nodes import texture_nodes
+
+    conds = {f"{s}_{d}": tiny_conditioning(10 + k) for k, (s, d) in enumerate((s, d) for s in ("positive", "negative") for d in DIRECTIONS)}
+    name = {id(c[0][0]): key for key, c in conds.items()}
+    name[id(env.pos[0][0])], name[id(env.neg[0][0])] = "positive", "negative"
+    rec = types.SimpleNamespace(views=[], pairs=[], conds=conds)
+
+    def fake_sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, **kw):
+        rec.pairs.append((name[id(positive[0][0])], name[id(negative[0][0])]))
+        return latent_image
+
+    inpaint, denoise = texture_nodes.ComfyInpainter.inpaint, texture_nodes.ComfyDenoiser.denoise
+
+    def rec_inpaint(self, image, generate_mask, normal_control, context):
+        rec.views.append((context.view.azimuth, context.view.elevation))
+        return inpaint(self, image, generate_mask, normal_control, context)
+
+    def rec_denoise(self, image, normal_control, view, t):
+        rec.views.append((view.azimuth, view.elevation))
+        return denoise(self, image, normal_control, view, t)
+
+    monkeypatch.setattr(comfy.sample, "sample", fake_sample)
+    monkeypatch.setattr(texture_nodes.ComfyInpainter, "inpaint", rec_inpaint)
+    monkeypatch.setattr(texture_nodes.ComfyDenoiser, "denoise", rec_denoise)
+    return rec
+
+
+def test_inpaint_views_sample_with_their_directions_prompt_pair(env, recorder):
+    expected_views = [(a, -15.0) for a in (-45, 45, 0, -90, 90, 120, -120, 150, -150, 180)] + [(a, 45.0) for a in (0, 90, -90, 135, -135)]
+    expected = [_rule(a, e) for a, e in expected_views]
+    assert expected.count("back") == 3 and expected.count("front") == 2  # 150, -150, 180; 0 at both elevations
+    env.ci.run_node(
+        env.nodes["IDSculptProgressiveInpaint"], head=env.head, model=env.model, positive=env.pos, negative=env.neg, vae=env.vae,
+        control_net=env.controlnet, denoise=0.95, control_strength=1.0, texture_size="256", max_faces=100000, view_plan="default",
+        resolution=RES, erode_iterations=8, cos_threshold=0.99, policy="first", **_sampler(), **recorder.conds,
+    )  # cos_threshold 0.99 paints almost nothing, so every view has a region to generate and samples
+    assert [(float(a), float(e)) for a, e in recorder.views] == [(float(a), e) for a, e in expected_views]
+    assert recorder.pairs == [(f"positive_{d}", f"negative_{d}") for d in expected]
+
+
+def test_refine_random_views_sample_with_their_directions_prompt_pair(env, recorder):
+    from idsculpt.core.texture import unwrap_uv
+
+    head, _ = unwrap_uv(env.head, 256)
+    env.ci.run_node(
+        env.nodes["IDSculptTextureRefine"], head=head, model=env.model, positive=env.pos, negative=env.neg, vae=env.vae,
+        control_net=env.controlnet, refine_steps=8, t_min=50, t_max=200, learning_rate=0.02, control_strength=1.0,
+        resolution=RES, perceptual_model="none", **_sampler(seed=4), **recorder.conds,
+    )
+    assert len(recorder.views) == 8 == len(recorder.pairs)  # no reference: every step is a random view
+    expected = [_rule(a, e) for a, e in recorder.views]
+    assert {"front", "side", "back"} <= set(expected)  # the sampled azimuths cover the directions
+    assert recorder.pairs == [(f"positive_{d}", f"negative_{d}") for d in expected]
+
+
+def test_unconnected_directions_fall_back_to_the_plain_prompts(env, recorder):
+    env.ci.run_node(
+        env.nodes["IDSculptProgressiveInpaint"], head=env.head, model=env.model, positive=env.pos, negative=env.neg, vae=env.vae,
+        denoise=0.95, control_strength=1.0, texture_size="256", max_faces=100000, view_plan="-15, 180; -15, 0",
+        resolution=RES, erode_iterations=8, cos_threshold=0.99, policy="first", **_sampler(),
+        negative_back=recorder.conds["negative_back"],
+    )
+    assert recorder.pairs == [("positive", "negative_back"), ("positive", "negative")]
+
+
+def test_reference_mask_replaces_face_mask_and_the_head_frame_is_checked(env, caplog):
+    schema = env.nodes["IDSculptTextureRefine"].GET_SCHEMA()
+    names = [i.id for i in schema.inputs]
+    assert "reference_mask" in names and "face_mask" not in names
+    assert names.index("reference_image") < names.index("reference_camera") < names.index("reference_mask")
+    for nid in ("IDSculptProgressiveInpaint", "IDSculptTextureRefine"):
+        ids = [i.id for i in env.nodes[nid].GET_SCHEMA().inputs]
+        assert all(f"{s}_{d}" in ids for s in ("positive", "negative") for d in DIRECTIONS), nid
+    from idsculpt.nodes.texture_nodes import _check_head_frame
+
+    small = HeadMesh(env.head.vertices * (0.4 / 0.9), env.head.faces)
+    with caplog.at_level("WARNING", logger="IDSculpt"):
+        assert _check_head_frame(env.head, "Progressive Inpaint") is None
+        note = _check_head_frame(small, "Progressive Inpaint")
+    assert note and "DMTet Sculpt" in note and any("normalised frame" in r.getMessage() for r in caplog.records)

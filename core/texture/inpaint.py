@@ -1,12 +1,15 @@
 """Progressive texture inpainting (paper §3.3, Eq. 6–7), independent of any diffusion backend.
 
 The loop: paint the reference portrait into the texture first (``project_reference``), then walk the
-view plan; at each view render the current texture, crop the head (alpha box × 1.1 → 512), ask an
+view plan; at each view render the current texture (painted texels, grey 0.5 where nothing is painted
+yet, on a white background: the authors' renderer), crop the head (alpha box × 1.1 → 512), ask an
 ``Inpainter`` to generate the not-yet-painted region under the view's normal control image, and
 back-project the result into the texels that are still unpainted (project.backproject). Finally fill
 the holes and the gutters between UV charts (project.fill_holes).
 
-The ``Inpainter`` is anything with ``inpaint(image, generate_mask, normal_control, context) -> image``:
+The ``Inpainter`` is anything with ``inpaint(image, generate_mask, normal_control, context) -> image``;
+``context`` (ViewContext) carries the view's camera and orbit angles, so an inpainter picks the prompt
+pair of the view's direction (a back view gets the back prompt and the "face" negative).
 nodes/texture_nodes.py implements it with ComfyUI sampling (blended latents + normalbae ControlNet),
 tests implement it with an oracle that renders a ground-truth textured mesh.
 """
@@ -31,7 +34,7 @@ class ViewContext:
     """Everything an inpainter may want to know about the view besides the three images."""
 
     index: int  # position in the view plan
-    view: TextureView
+    view: TextureView  # elevation / azimuth (degrees) choose the view-dependent prompt
     camera: Cameras  # the full (uncropped) view camera, one camera
     crop: CropBox  # where the crop sits in the full view (pixels)
     crop_size: int
@@ -52,8 +55,9 @@ class ReferenceView:
 
     image: torch.Tensor  # [H,W,3] 0..1
     camera: Cameras  # one camera at the image's resolution
-    mask: Optional[torch.Tensor] = None  # [H,W] head mask (face parsing > 0), restricts the projection
-    face_mask: Optional[torch.Tensor] = None  # [H,W] face without hair/ears/neck: refinement's L1 region
+    # [H,W] the portrait's whole-head mask (face parsing > 0: face, hair, ears, neck): restricts the
+    # projection, and is the region of refinement's reference L1 (the authors' mask.png)
+    mask: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         img = self.image
@@ -67,13 +71,12 @@ class ReferenceView:
         h, w = img.shape[:2]
         if (self.camera.height, self.camera.width) != (h, w):
             self.camera = self.camera.with_resolution(h, w)
-        for name in ("mask", "face_mask"):
-            m = getattr(self, name)
-            if m is not None:
-                m = m.float().reshape(-1, *m.shape[-2:])[0] if m.dim() == 3 else m.float()
-                if m.shape != (h, w):
-                    m = torch.nn.functional.interpolate(m[None, None], size=(h, w), mode="nearest")[0, 0]
-                setattr(self, name, m)
+        m = self.mask
+        if m is not None:
+            m = m.float().reshape(-1, *m.shape[-2:])[0] if m.dim() == 3 else m.float()
+            if m.shape != (h, w):
+                m = torch.nn.functional.interpolate(m[None, None], size=(h, w), mode="nearest")[0, 0]
+            self.mask = m
 
 
 @dataclass
@@ -82,17 +85,24 @@ class InpaintConfig:
     crop_size: int = 512  # the crop handed to the inpainter (SD1.5's native size)
     crop_scale: float = 1.1  # alpha box enlargement
     cos_threshold: float = 0.0  # back-project only where cos(view, normal) exceeds this
-    erode_iterations: int = 8  # erosion of the back-projection mask: iterations of a 5×5 kernel at 512 px
+    erode_iterations: int = 8  # erosion of the back-projection mask: iterations of a 5×5 kernel at 512 px (see erosion_radius)
     generate_threshold: float = 0.2  # a pixel is to be generated where its painted coverage is below this
     depth_tolerance: float = 0.01  # relative depth-test tolerance of the texel visibility test
     edge_slope: float = 8.0  # depth slope above which a pixel counts as an occlusion edge (eroded like the silhouette)
     policy: str = "first"  # overwrite-or-blend policy, see project.py
-    background: float = 0.0  # render background (the prompts say "black background")
+    background: float = 1.0  # render background: white, as the authors' texture renderer (nvdiff_rasterizer_inpaint)
+    unpainted_grey: float = 0.5  # colour of texels no view has painted yet, as rendered to the next views
     backend: Optional[str] = None  # renderer backend, None = auto
 
-    def erosion_radius(self, resolution: int) -> int:
-        # n iterations of a 5×5 square = one (4n+1)² square: radius 2n at 512 px, scaled to the render size
-        return int(round(2 * self.erode_iterations * resolution / 512.0))
+    def erosion_radius(self, resolution: float) -> int:
+        """Erosion radius in pixels of an image whose head region is ``resolution`` pixels across.
+
+        n iterations of a 5×5 square = one (4n+1)² square: radius 2n at 512 px. The authors erode their
+        512² render (cv2.erode, 8 iterations: 16 px), in which the normalised head's alpha box × 1.1
+        spans about the whole frame; so it is 16 px of the 512 crop. The inpaint views pass the crop
+        box's side in render pixels (the same 16 crop pixels whatever the render size or head size),
+        the reference projection its image size (16 px of the 512 portrait, as theirs)."""
+        return int(round(2 * self.erode_iterations * float(resolution) / 512.0))
 
 
 @dataclass
@@ -147,6 +157,15 @@ def shade(geometry, texture: torch.Tensor, background: float = 0.0, backend: Opt
     return col * m + background * (1 - m)
 
 
+def view_backprojection_mask(out, camera: Cameras, box: CropBox, config: InpaintConfig) -> torch.Tensor:
+    """[H,W] bool: the pixels of an inpaint view (a one-camera render) that may be back-projected:
+    covered ∧ cos(view, normal) > threshold ∧ off occlusion edges, eroded by 2n pixels of the crop the
+    model sees (``box`` is the view's crop box; its side in render pixels maps to the crop)."""
+    cos = view_cosine(out.normal_world, camera)[0]
+    return backprojection_mask(out.mask[0, ..., 0], cos, out.depth[0, ..., 0], float(camera.focal_pixels()[0]), config.cos_threshold,
+                               config.erosion_radius(box.size), config.edge_slope)
+
+
 def project_reference(mesh: HeadMesh, state: TextureState, texels: TexelGeometry, reference: ReferenceView, config: InpaintConfig) -> torch.Tensor:
     """Paint the reference portrait into ``state`` (the first view of the plan). Returns written texels."""
     cam = reference.camera.to(mesh.vertices.device)
@@ -158,6 +177,10 @@ def project_reference(mesh: HeadMesh, state: TextureState, texels: TexelGeometry
         pixmask = pixmask & (reference.mask.to(pixmask.device) > 0.5)
     proj = project_texels(texels, cam, out.depth[0, ..., 0], config.depth_tolerance)
     sample = sample_at(reference.image.to(mesh.vertices.device), proj.pixel)
+    seen = out.mask[0, ..., 0] > 0.5
+    if reference.mask is not None:
+        seen = seen & (reference.mask.to(seen.device) > 0.5)
+    state.show(proj, sample, seen)  # the next views render the whole visible portrait, not only its eroded part
     return backproject(state, proj, sample, pixmask, config.cos_threshold, config.policy, lock=True)
 
 
@@ -198,8 +221,10 @@ def progressive_inpaint(
         if interrupt:
             interrupt()
         cam = Cameras.orbit(view.elevation, view.azimuth, view.distance, view.fov, r).to(dev)
-        filled = state.filled()
-        out, painted_px = render_textured(mesh, filled, cam, config.background, config.backend, extra=state.painted.float()[..., None])
+        # the authors render their inpainting texture: grey 0.5 where nothing is painted yet (not colours
+        # continued from painted texels, which would leak skin tone into the back of the head)
+        working = state.working(texels.covered, config.unpainted_grey)
+        out, painted_px = render_textured(mesh, working, cam, config.background, config.backend, extra=state.painted.float()[..., None])
         alpha = out.mask[0, ..., 0]
         covered_px = alpha > 0.5
         generate = covered_px & (painted_px[0, ..., 0] < config.generate_threshold)
@@ -217,10 +242,10 @@ def progressive_inpaint(
         ctx = ViewContext(k, view, cam, box, s, alpha_crop)
         result = _check_image(inpainter.inpaint(image, gen_crop, normal_crop, ctx), s, "the inpainter")
         composite = result * gen_crop[..., None] + image * (1 - gen_crop[..., None])
-        cos = view_cosine(out.normal_world, cam)[0]
-        pixmask = backprojection_mask(alpha, cos, out.depth[0, ..., 0], float(cam.focal_pixels()[0]), config.cos_threshold, config.erosion_radius(r), config.edge_slope)
+        pixmask = view_backprojection_mask(out, cam, box, config)
         proj = project_texels(texels, cam, out.depth[0, ..., 0], config.depth_tolerance)
         sample = sample_in_crop(composite, box, proj.pixel)
+        state.show(proj, sample, generate)  # later views render the whole generated region (authors' albedo_inpaint)
         written = backproject(state, proj, sample, pixmask, config.cos_threshold, config.policy)
         stats.append({"view": k, "painted": int(written.sum()), "generated_fraction": float(generate.float().sum() / covered_px.float().sum().clamp_min(1))})
         done += 1

@@ -16,9 +16,13 @@ Overwrite-or-blend policy (documented in docs/TEXTURE.md):
     (larger view–normal cosine by ``best_cosine_margin``); texels the reference painted are never
     overwritten. Useful for oracles and view plans with redundant views.
 The back-projection mask of a view is: covered texel ∧ in frame ∧ depth-visible ∧ cosine > threshold ∧
-inside the view's eroded (visible ∧ cosine > threshold) pixel mask. The erosion (8× a 5×5 kernel at 512
-px, i.e. 16 px, scaled with the render size) drops grazing-angle and silhouette pixels, whose colours
-are blurred by the renderer and the diffusion model; later views paint those texels head-on.
+inside the view's eroded (visible ∧ cosine > threshold) pixel mask. The erosion (8× a 5×5 kernel, i.e.
+16 px of the 512 crop the model sees; InpaintConfig.erosion_radius) drops grazing-angle and silhouette
+pixels, whose colours are blurred by the renderer and the diffusion model; later views paint those
+texels head-on.
+
+While views are inpainted, texels no view has painted yet render grey 0.5 (TextureState.working, the
+authors' initialisation); only the final texture fills them from painted neighbours (fill_holes).
 
 Holes (texels no view painted) and the space between UV charts are filled by two rings of dilation
 from each chart's own border, then push-pull (masked mip-map averaging, then coarse-to-fine fill):
@@ -28,6 +32,7 @@ nor the chart across the gutter under bilinear filtering.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -212,12 +217,26 @@ def _grow_known(s: torch.Tensor, w: torch.Tensor, rings: int) -> tuple[torch.Ten
 
 @dataclass
 class TextureState:
-    """The texture being painted: colours, which texels are painted, and by how head-on a view."""
+    """The texture being painted: colours, which texels are painted, and by how head-on a view.
+
+    Two textures, as the authors' texture system keeps them: ``texture``/``painted`` is what
+    back-projection wrote (the eroded, head-on part of each view: the final texture), and
+    ``shown``/``shown_mask`` is what the next views render where nothing is painted: the colour a texel
+    had in the latest view whose generated (or portrait) region saw it, even where the erosion kept it
+    from being painted. Texels neither painted nor shown render grey 0.5."""
 
     texture: torch.Tensor  # [T,T,3]
     painted: torch.Tensor  # [T,T] bool
     cosine: torch.Tensor  # [T,T] view–normal cosine of the view that painted the texel (-1 unpainted)
     locked: torch.Tensor  # [T,T] bool: painted from the reference portrait (never overwritten)
+    shown: Optional[torch.Tensor] = None  # [T,T,3] latest generated colour of each texel (for rendering)
+    shown_mask: Optional[torch.Tensor] = None  # [T,T] bool: ``shown`` holds a colour
+
+    def __post_init__(self) -> None:
+        if self.shown is None:
+            self.shown = self.texture.clone()
+        if self.shown_mask is None:
+            self.shown_mask = torch.zeros_like(self.painted)
 
     @staticmethod
     def blank(size: int, device: torch.device | str = "cpu", grey: float = 0.5) -> "TextureState":
@@ -227,6 +246,26 @@ class TextureState:
             torch.full((size, size), -1.0, device=device),
             torch.zeros(size, size, dtype=torch.bool, device=device),
         )
+
+    def show(self, proj: "TexelProjection", sample: torch.Tensor, pixel_mask: torch.Tensor) -> None:
+        """Record ``sample`` [N,3] as the shown colour of the visible texels landing in ``pixel_mask`` [H,W]
+        (the view's generated region), in place."""
+        h, w = pixel_mask.shape
+        j = proj.pixel[:, 0].floor().long().clamp(0, w - 1)
+        i = proj.pixel[:, 1].floor().long().clamp(0, h - 1)
+        ok = proj.visible & pixel_mask[i, j]
+        idx = proj.index[ok]
+        self.shown.view(-1, 3)[idx] = sample[ok].to(self.shown).clamp(0, 1)
+        self.shown_mask.view(-1)[idx] = True
+
+    def working(self, covered: torch.Tensor, grey: float = 0.5) -> torch.Tensor:
+        """The texture the inpainting views render: painted texels' colours, else the shown colour, else
+        ``grey`` (the authors' 0.5 initialisation: no colour continued from painted texels), and the
+        gutters between UV charts continued from each chart's own border (so a bilinear lookup at a seam
+        reads no foreign colour: a region nothing has reached renders exactly ``grey``)."""
+        base = torch.where(self.shown_mask[..., None], self.shown, torch.full_like(self.texture, float(grey)))
+        tex = torch.where(self.painted[..., None], self.texture, base)
+        return fill_holes(tex, covered)
 
     def filled(self) -> torch.Tensor:
         """The texture with holes and gutters filled (what gets rendered and saved)."""

@@ -2,17 +2,20 @@
 
 The texture is optimised in logit space (texture = sigmoid(θ), so colours stay in 0..1 without
 clamping and gradients never die at the bounds) with AdamW, lr 0.02. Steps alternate as in the authors'
-code:
-  * even steps — a random view (azimuth ±180°, elevation [−20°, 45°], distance [2.5, 3.5], FoV [30°,
-    45°]) is rendered, noised to t ~ U[50, 200) and restored by the ``Denoiser`` (SDEdit: 20 DDIM steps,
-    CFG 10, normal ControlNet, ID adapter). The restored image is a fixed target:
-    0.05·MSE + 50·perceptual(render, target);
-  * odd steps — the reference view: 1000·L1 inside the face mask + 5e-4·TV of the render.
+code (threestudio/systems/IDsculpt_tex.py, ``n_ref: 2``):
+  * even steps — a random view (azimuth ±180°, elevation [−20°, 45°] drawn as threestudio's random
+    cameras, distance [2.5, 3.5], FoV [30°, 45°], white background) is rendered, noised to t ~ U[50, 200) and restored by the ``Denoiser``
+    (SDEdit: 20 DDIM steps, CFG 10, normal ControlNet, ID adapter, the prompt pair of the view's
+    direction). The restored image is a fixed target:
+    0.1·(0.5·Σ(render − target)²/B) + 50·Σ_b LPIPS_b/B  (random_view_loss; sums, as their guidance);
+  * odd steps — the reference view: 1000·mean L1 inside the portrait's whole-head mask
+    + 5e-4·tv_loss(render), threestudio's TV being a sum of squared neighbour differences
+    (reference_loss).
 (The paper writes MSE + LPIPS for the reference term; the code uses L1 + TV — we follow the code.)
 
-The perceptual term takes any callable ``perceptual(a, b) -> scalar`` on [B,3,H,W] images in 0..1
-(VGG16 LPIPS in the authors' code). Without one, that term is skipped (weight 0), which the node
-reports; the MSE term still pulls toward the denoised views.
+The perceptual term takes any callable ``perceptual(a, b)`` on [B,3,H,W] images in 0..1 returning one
+value per image (LPIPS-VGG in the authors' code). Without one, that term is skipped (weight 0), which the
+node reports; the squared-error term still pulls toward the denoised views.
 """
 from __future__ import annotations
 
@@ -31,10 +34,24 @@ from .views import normalbae_control
 PerceptualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+@dataclass
+class RefineView:
+    """One random view of refinement: its camera and the orbit angles it was drawn from (degrees).
+
+    The angles travel with the camera so a denoiser can pick the view-dependent prompt of its direction
+    (front / side / back / overhead, as the authors' prompt processor does for every random view)."""
+
+    camera: Cameras
+    elevation: float
+    azimuth: float
+    distance: float
+    fov: float
+
+
 class Denoiser(Protocol):
-    def denoise(self, image: torch.Tensor, normal_control: torch.Tensor, camera: Cameras, t: int) -> torch.Tensor:
-        """image [H,W,3] 0..1 (a render), normal_control [H,W,3] (normalbae hint), t in 0..999 (the noise
-        level SDEdit starts from) → the restored image [H,W,3] 0..1."""
+    def denoise(self, image: torch.Tensor, normal_control: torch.Tensor, view: RefineView, t: int) -> torch.Tensor:
+        """image [H,W,3] 0..1 (a render), normal_control [H,W,3] (normalbae hint), ``view`` the random view
+        (camera + angles), t in 0..999 (the noise level SDEdit starts from) → the restored image [H,W,3] 0..1."""
         ...
 
 
@@ -51,11 +68,13 @@ class RefineConfig:
     distance_range: tuple[float, float] = (2.5, 3.5)
     fov_range: tuple[float, float] = (30.0, 45.0)
     resolution: int = 512  # random-view render size (SD1.5's native size)
-    w_mse: float = 0.05
+    # loss weights as the authors' texture config (lambda_l2, lambda_p, lambda_rgb, lambda_tv) on the terms
+    # as their code reduces them: see random_view_loss and reference_loss
+    w_l2: float = 0.1
     w_perceptual: float = 50.0
     w_ref_l1: float = 1000.0
     w_tv: float = 5e-4
-    background: float = 0.0
+    background: float = 1.0  # white, the authors' texture renderer background
     seed: int = 0
     preview_every: int = 10
     backend: Optional[str] = None
@@ -68,22 +87,66 @@ class RefineResult:
 
 
 def tv_loss(img: torch.Tensor) -> torch.Tensor:
-    """Squared total variation of [B,H,W,C], averaged per neighbour pair."""
-    dh = (img[:, 1:] - img[:, :-1]).pow(2).mean()
-    dw = (img[:, :, 1:] - img[:, :, :-1]).pow(2).mean()
-    return 2 * (dh + dw)
+    """threestudio's ``tv_loss`` of a [B,H,W,C] image: the SUM over the batch, channels and pixels of the
+    squared differences to the pixel below and to the pixel on the right (the last row / column compare
+    with themselves: zero). A sum, not a mean: at 512² its weight 5e-4 is a real smoothness term."""
+    dh = (img[:, 1:] - img[:, :-1]).pow(2).sum()
+    dw = (img[:, :, 1:] - img[:, :, :-1]).pow(2).sum()
+    return dh + dw
+
+
+def random_view_loss(render: torch.Tensor, target: torch.Tensor, perceptual: Optional[PerceptualFn], w_l2: float = 0.1,
+                     w_perceptual: float = 50.0) -> tuple[torch.Tensor, dict]:
+    """The random-view loss as the authors' guidance computes it, for [B,H,W,3] images in 0..1:
+    ``w_l2 · 0.5 · Σ(render − target)² / B + w_perceptual · Σ_b perceptual_b / B``.
+
+    The squared error is a SUM over pixels and channels (0.5·SSE, threestudio's SDS-style reduction),
+    not a mean: at 512² it is 786,432× a mean, so colour drift from the denoised view is penalised as
+    strongly as the perceptual term. ``perceptual(a, b)`` takes [B,3,H,W] images in 0..1 and returns one
+    value per image (or their mean, identical at B = 1); without it that term is left out."""
+    b = render.shape[0]
+    target = target.detach()
+    l2 = 0.5 * (render - target).pow(2).sum() / b
+    loss = w_l2 * l2
+    parts = {"l2": float(l2.detach())}
+    if perceptual is not None and w_perceptual > 0:
+        perc = perceptual(render.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)).sum() / b
+        loss = loss + w_perceptual * perc
+        parts["perceptual"] = float(perc.detach())
+    return loss, parts
+
+
+def reference_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, w_l1: float = 1000.0, w_tv: float = 5e-4) -> tuple[torch.Tensor, dict]:
+    """The reference-view loss as the authors' texture system computes it, for [B,H,W,3] images:
+    ``w_l1 · mean|gt·m − pred·m| + w_tv · tv_loss(pred)`` with m = (mask > 0.5), the portrait's head
+    mask [B,H,W,1] (face parsing > 0: face, hair, ears and neck are all held). The L1 mean runs over
+    every element, the masked-out zeros included (F.l1_loss's default); the TV is over the whole render."""
+    m = (mask > 0.5).to(pred.dtype)
+    l1 = F.l1_loss(pred * m, gt * m)
+    tv = tv_loss(pred)
+    return w_l1 * l1 + w_tv * tv, {"l1": float(l1.detach()), "tv": float(tv.detach())}
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=gen))
 
 
-def sample_refine_camera(config: RefineConfig, gen: torch.Generator) -> Cameras:
-    el = _uniform(gen, *config.elevation_range)
+def sample_elevation(lo: float, hi: float, gen: torch.Generator) -> float:
+    """An elevation (degrees) as threestudio's random cameras draw it: with probability ½ uniform in
+    degrees, else uniform on the sphere (sin(elevation) uniform) — CDF ½·(e−lo)/(hi−lo) +
+    ½·(sin e − sin lo)/(sin hi − sin lo)."""
+    if float(torch.rand((), generator=gen)) < 0.5:
+        return _uniform(gen, lo, hi)
+    s_lo, s_hi = math.sin(math.radians(lo)), math.sin(math.radians(hi))
+    return math.degrees(math.asin(_uniform(gen, s_lo, s_hi)))
+
+
+def sample_refine_camera(config: RefineConfig, gen: torch.Generator) -> RefineView:
+    el = sample_elevation(*config.elevation_range, gen)
     az = _uniform(gen, *config.azimuth_range)
     d = _uniform(gen, *config.distance_range)
     fov = _uniform(gen, *config.fov_range)
-    return Cameras.orbit(el, az, d, fov, config.resolution)
+    return RefineView(Cameras.orbit(el, az, d, fov, config.resolution), el, az, d, fov)
 
 
 def refine_texture(
@@ -113,16 +176,15 @@ def refine_texture(
         # autograd refuses to save; clones made here are ordinary tensors
         geo = HeadMesh(mesh.vertices.detach().clone(), mesh.faces.clone(), mesh.uvs.detach().clone(), mesh.uv_faces.clone())
         if reference is not None:
-            reference = ReferenceView(reference.image.detach().clone(), reference.camera, None if reference.mask is None else reference.mask.clone(),
-                                      None if reference.face_mask is None else reference.face_mask.clone())
+            reference = ReferenceView(reference.image.detach().clone(), reference.camera, None if reference.mask is None else reference.mask.clone())
         tex0 = mesh.texture.detach().clone().float().to(dev)
         logits = torch.logit(tex0.clamp(1e-4, 1 - 1e-4)).clone().requires_grad_(True)
         opt = torch.optim.AdamW([logits], lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
         ref_cam = reference.camera.to(dev) if reference is not None else None
         region = None
         if reference is not None:
-            region = reference.face_mask if reference.face_mask is not None else reference.mask
-            region = region.to(dev)[None, ..., None] if region is not None else None
+            # the portrait's whole-head mask (the authors' mask.png); without one, the render's own silhouette
+            region = reference.mask.to(dev)[None, ..., None] if reference.mask is not None else None
         losses: list[dict] = []
         ref_geometry = None
         for step in range(config.steps):
@@ -133,25 +195,22 @@ def refine_texture(
             record: dict = {"step": step}
             preview = None
             if use_random:
-                cam = sample_refine_camera(config, gen).to(dev)
+                view = sample_refine_camera(config, gen)
+                cam = view.camera.to(dev)
+                view = RefineView(cam, view.elevation, view.azimuth, view.distance, view.fov)
                 t = int(torch.randint(lo, hi, (), generator=gen))
                 out, _ = render_textured(geo, texture, cam, config.background, config.backend)
                 image = out.color
                 with torch.no_grad():
                     control = normalbae_control(out.normal_view[0], out.mask[0])
-                    target = denoiser.denoise(image[0].detach().clone(), control, cam, t)
+                    target = denoiser.denoise(image[0].detach().clone(), control, view, t)
                     if target.dim() == 4:
                         target = target[0]
                     target = target.to(image).clamp(0, 1)
                     if not bool(torch.isfinite(target).all()):
                         raise RuntimeError("the denoiser returned NaN/inf: lower the CFG or check the model")
-                mse = F.mse_loss(image[0], target)
-                loss = config.w_mse * mse
-                record.update(kind="random", t=t, mse=float(mse.detach()))
-                if perceptual is not None and config.w_perceptual > 0:
-                    perc = perceptual(image.permute(0, 3, 1, 2), target[None].permute(0, 3, 1, 2)).mean()
-                    loss = loss + config.w_perceptual * perc
-                    record["perceptual"] = float(perc.detach())
+                loss, parts = random_view_loss(image, target[None], perceptual, config.w_l2, config.w_perceptual)
+                record.update(kind="random", t=t, elevation=view.elevation, azimuth=view.azimuth, **parts)
                 preview = target
             else:
                 if ref_geometry is None:  # the reference camera never moves: rasterise it once
@@ -160,10 +219,8 @@ def refine_texture(
                 out = ref_geometry
                 gt = reference.image.to(dev)[None]
                 m = region if region is not None else out.mask.detach()
-                l1 = F.l1_loss(pred * m, gt * m)
-                tv = tv_loss(pred)
-                loss = config.w_ref_l1 * l1 + config.w_tv * tv
-                record.update(kind="reference", l1=float(l1.detach()), tv=float(tv.detach()))
+                loss, parts = reference_loss(pred, gt, m, config.w_ref_l1, config.w_tv)
+                record.update(kind="reference", **parts)
                 preview = pred[0].detach()
             opt.zero_grad(set_to_none=True)
             loss.backward()
