@@ -100,9 +100,10 @@ class SculptConfig:
     # a number or [start_step, start_value, end_value, end_step]. The authors': a step after step 1000.
     lambda_normal_consistency: Weight = (1000, 500.0, 10000.0, 1001)
     lambda_laplacian: Weight = (1000, 1e5, 1.5e5, 1001)
-    # Mask losses need silhouette gradients. nvdiffrast's antialiasing gives dense meshes almost
-    # none (0.3 % of the analytic value, docs/PERFORMANCE.md), so on CUDA the steps with mask losses
-    # use nvdiffrast's rasteriser with the pack's walking antialiaser; the torch backend (CPU) always
+    # Losses that fit a silhouette (the reference mask; stage A's normals composited over the background)
+    # need silhouette gradients. nvdiffrast's antialiasing gives dense meshes almost none (0.3 % of the
+    # analytic value, docs/PERFORMANCE.md), so on CUDA the GAN and reference steps use nvdiffrast's
+    # rasteriser with the pack's walking antialiaser; the torch backend (CPU) always
     # walks. False = plain nvdiffrast everywhere (the authors' behaviour, faster).
     silhouette_gradients: bool = True
     seed: int = 0
