@@ -335,7 +335,7 @@ def test_laplacian_matches_dense_d_minus_a_reference():
     assert abs(float(loss.detach()) - float(ref)) < 1e-12 * float(ref) + 1e-14
     assert torch.allclose(x.grad, ref_grad, rtol=1e-10, atol=1e-14)
     # Not the squared form: on this mesh the two differ by orders of magnitude.
-    assert float(loss) > 100 * float(laplacian_loss_squared_mean(v, f))
+    assert float(loss.detach()) > 100 * float(laplacian_loss_squared_mean(v, f))
 
 
 def test_normal_consistency_matches_reference_with_degenerate_vertex():
