@@ -6,10 +6,10 @@ import dataclasses
 import torch
 from comfy_api.latest import io
 
-from ..core.sculpt import RandomViewRanges, SculptConfig, preview_cameras, render_previews, sculpt
+from ..core.sculpt import RandomViewRanges, SculptConfig, preview_cameras, render_previews, sculpt, step_schedule
 from .common import progress_callbacks
 from .vram import check_mode, graphs_allowed, stage, vram_mode_input
-from .types import GAN_VIEWS, HEAD_MESH, ISD_GUIDANCE, REFERENCE_GEOMETRY
+from .types import CAMERA, GAN_VIEWS, HEAD_MESH, ISD_GUIDANCE, REFERENCE_GEOMETRY
 
 
 def _fresh(x):
@@ -28,16 +28,19 @@ class DMTetSculpt(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         d = SculptConfig()
+        nc, lap = d.lambda_normal_consistency, d.lambda_laplacian  # (1000, before, after, 1001)
         return io.Schema(
             node_id="IDSculptDMTetSculpt",
             display_name="IDSculpt DMTet Sculpt",
             category="IDSculpt/geometry",
             description="Sculpts the head geometry on a deformable tet grid (DMTet): first fits the PanoHead GAN views' "
-            "normals and masks, then alternates reference-view steps (mask, normals, depth) with ISD guidance steps at "
-            "random cameras. Without guidance it fits the reference view only.",
+            "normals, then alternates reference-view steps (mask, normals, depth) with ISD guidance steps at "
+            "random cameras; normal-consistency and Laplacian regularisers in every step. Without guidance it fits "
+            "the reference view only. Works in the authors' normalised head frame (vertex mean at the origin, largest "
+            "|coordinate| 0.9) and outputs the head and the reference camera in that frame, for the texture stage.",
             inputs=[
-                HEAD_MESH.Input("head_mesh", tooltip="Initial head mesh (the PanoHead mesh). Its SDF initialises the grid; "
-                                "it is normalised to a 0.9 radius for sculpting and the result is returned in its frame."),
+                HEAD_MESH.Input("head_mesh", tooltip="Initial head mesh (the PanoHead mesh). Its SDF initialises the grid "
+                                "after the authors' normalisation: vertex mean to the origin, largest |coordinate| 0.9."),
                 REFERENCE_GEOMETRY.Input("reference_geometry", tooltip="Reference-view targets from IDSculpt Geo "
                                          "Supervision (camera, normal map, depth, head and face masks)."),
                 GAN_VIEWS.Input("gan_views", optional=True, tooltip="Multi-view normals and masks rendered by PanoHead; "
@@ -46,7 +49,8 @@ class DMTetSculpt(io.ComfyNode):
                                    "every other stage-B step. Without it: reference-view-only sculpting."),
                 io.Int.Input("steps", default=d.steps, min=1, max=100000, tooltip="Total optimisation steps (authors: 6000)."),
                 io.Int.Input("gan_steps", default=d.gan_steps, min=0, max=100000,
-                             tooltip="Steps of stage A (GAN-view normals and masks) at the start (authors: 1000)."),
+                             tooltip="Steps of stage A (GAN-view normals, 10000·(1 − cos)) at the start (authors: 1000). "
+                             "Also the last step of the first regulariser weights (authors: step 1000)."),
                 io.Int.Input("grid_resolution", default=d.grid_resolution, min=32, max=512, step=32,
                              tooltip="Tet grid resolution (Quartet-equivalent; n = res/2 cubes per side over [-1,1]^3). "
                              "256 matches the authors' 512 over radius 2 in cell size. Memory and time grow with res^3."),
@@ -64,21 +68,30 @@ class DMTetSculpt(io.ComfyNode):
                                "(1 - Pearson) (authors: 100 each)."),
                 io.Float.Input("ref_mask_weight", default=d.lambda_ref_mask, min=0.0, max=1e6, step=1.0,
                                tooltip="Reference mask MSE (authors: 100)."),
-                io.Float.Input("normal_consistency_start", default=d.lambda_normal_consistency[0], min=0.0, max=1e7, step=1.0,
-                               tooltip="Normal-consistency weight at the start of stage B (authors: 500)."),
-                io.Float.Input("normal_consistency_end", default=d.lambda_normal_consistency[1], min=0.0, max=1e7, step=1.0,
-                               tooltip="Normal-consistency weight at the end, linear ramp (authors: 10000)."),
-                io.Float.Input("laplacian_start", default=d.lambda_laplacian[0], min=0.0, max=1e8, step=1.0,
-                               tooltip="Laplacian smoothing weight at the start of stage B (authors: 1e5)."),
-                io.Float.Input("laplacian_end", default=d.lambda_laplacian[1], min=0.0, max=1e8, step=1.0,
-                               tooltip="Laplacian smoothing weight at the end, linear ramp (authors: 1.5e5)."),
+                io.Float.Input("normal_consistency_start", default=nc[1], min=0.0, max=1e7, step=1.0,
+                               tooltip="Normal-consistency weight in steps 0 … gan_steps, i.e. during the GAN-view fit and "
+                               "the first reference step (authors: 500 up to step 1000)."),
+                io.Float.Input("normal_consistency_end", default=nc[2], min=0.0, max=1e7, step=1.0,
+                               tooltip="Normal-consistency weight from step gan_steps + 1 on: a step, not a ramp "
+                               "(authors: 10000 from step 1001)."),
+                io.Float.Input("laplacian_start", default=lap[1], min=0.0, max=1e8, step=1.0,
+                               tooltip="Laplacian weight (mean ‖(D − A)v‖, threestudio's form) in steps 0 … gan_steps "
+                               "(authors: 1e5 up to step 1000)."),
+                io.Float.Input("laplacian_end", default=lap[2], min=0.0, max=1e8, step=1.0,
+                               tooltip="Laplacian weight from step gan_steps + 1 on: a step, not a ramp "
+                               "(authors: 1.5e5 from step 1001)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the view sampling (and of the guidance noise when it has no own seed)."),
                 vram_mode_input(),
             ],
             outputs=[
-                HEAD_MESH.Output(display_name="head_mesh"),
+                HEAD_MESH.Output(display_name="head_mesh", tooltip="The sculpted head in the authors' normalised frame "
+                                 "(vertex mean of the input mesh at the origin, its largest |coordinate| 0.9, up +y, front "
+                                 "+z): the size the texture stage's cameras assume. Use it with reference_camera."),
                 io.Image.Output(display_name="preview"),
+                CAMERA.Output(display_name="reference_camera", tooltip="The reference (portrait) camera in the same "
+                              "normalised frame: it sees head_mesh exactly as the input camera saw the input head. "
+                              "Connect it to the texture nodes."),
             ],
         )
 
@@ -99,8 +112,9 @@ class DMTetSculpt(io.ComfyNode):
             steps=steps, gan_steps=gan_steps, grid_resolution=grid_resolution, lr=lr, guidance_batch=guidance_views,
             lambda_guidance=guidance_weight, lambda_ref_normal=ref_normal_weight, lambda_ref_depth=ref_depth_weight,
             lambda_ref_depth_pearson=ref_depth_weight, lambda_ref_mask=ref_mask_weight,
-            lambda_normal_consistency=(normal_consistency_start, normal_consistency_end),
-            lambda_laplacian=(laplacian_start, laplacian_end), seed=seed,
+            # threestudio's C([1000, a, b, 1001]) with 1000 = gan_steps: a through step gan_steps, b after
+            lambda_normal_consistency=step_schedule(normal_consistency_start, normal_consistency_end, gan_steps),
+            lambda_laplacian=step_schedule(laplacian_start, laplacian_end, gan_steps), seed=seed,
             views=RandomViewRanges(resolution=render_resolution),
         )
         progress, interrupt = progress_callbacks(steps)
@@ -118,10 +132,11 @@ class DMTetSculpt(io.ComfyNode):
                                                              for k, v in result.step_ms.items()))
                 m = result.mesh_normalized.to(device)
                 previews = render_previews(m.vertices, m.faces, preview_cameras(8, 512).to(device))
+                camera = result.normalization.apply_cameras(reference_geometry.camera.to("cpu"))  # CPU, as the mesh
         finally:
             if graphs_before is not None:
                 predictor.cuda_graphs = graphs_before  # the guidance object is ComfyUI's cached node output
-        return io.NodeOutput(result.mesh, previews)
+        return io.NodeOutput(result.mesh_normalized, previews, camera)
 
 
 NODES = [DMTetSculpt]

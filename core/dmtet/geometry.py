@@ -7,9 +7,13 @@ from ..mesh import HeadMesh
 from .grid import TetGrid
 from .marching_tets import marching_tets
 
-# Largest offset as a fraction of the cell size. The shortest altitude of a Kuhn tet is h/√2, so
-# offsets below h/(2√2) ≈ 0.35 h can never invert a tet (inversion would flip marching-tets faces).
-DEFAULT_DEFORM_FRACTION = 0.25
+# Largest offset as a fraction of the cell size: threestudio bounds each coordinate by tanh at 1/res on
+# its [0,1] grid ("half tet size is approximately 1/resolution"), and its Quartet "res" grids have about
+# res/2 cells per side (tested on its 32_tets: 5034 ≈ 17³ vertices), i.e. half a cell. At this bound a
+# Kuhn tet (shortest altitude h/√2) can invert, as threestudio's can; marching tets then emits that tet's
+# triangles reversed. Fractions below h/(2√2) ≈ 0.35 h never invert (an option, not the authors').
+DEFAULT_DEFORM_FRACTION = 0.5
+MAX_DEFORM_FRACTION = 0.5
 
 
 class DMTetGeometry(torch.nn.Module):
@@ -24,8 +28,9 @@ class DMTetGeometry(torch.nn.Module):
         super().__init__()
         self.grid = grid
         self.deform_fraction = float(deform_fraction)
-        if not 0 <= self.deform_fraction < 0.35:
-            raise ValueError(f"deform_fraction must be in [0, 0.35) of a cell (larger can invert tets), got {deform_fraction}")
+        if not 0 <= self.deform_fraction <= MAX_DEFORM_FRACTION:
+            raise ValueError(f"deform_fraction must be in [0, {MAX_DEFORM_FRACTION}] of a cell (the authors' bound is 0.5), "
+                             f"got {deform_fraction}")
         dev = grid.device
         if sdf is None:
             sdf = torch.ones(grid.num_vertices, device=dev)

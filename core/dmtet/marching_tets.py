@@ -13,7 +13,8 @@ Which triangles a tet emits depends only on its inside/outside pattern (16 cases
 is derived here, not typed in: for every case the triangles are oriented on a positively oriented
 reference tet so that their normals point from the inside corners to the outside ones. An affine map
 with positive determinant keeps orientation, so the table is valid for every positively oriented tet
-(the grid guarantees that, and the deformation is bounded tightly enough not to invert a tet).
+(the undeformed grid guarantees that; the authors' deformation bound of half a cell can invert a tet,
+whose triangles then come out reversed, exactly as in threestudio's marching tets).
 Surface vertices are shared by the tets around an edge (they are indexed by global edge id), so the
 mesh is watertight wherever the surface does not touch the grid boundary.
 

@@ -11,8 +11,9 @@
   takes the sign of its nearest shell vertex (see :func:`mesh_sdf_on_grid` for why that is exact).
 * Magnitude: exact point-to-triangle distance in the shell (candidate faces = faces of the k nearest
   dense surface samples), a distance-transform upper bound elsewhere.
-* Frame: :func:`normalize_mesh` maps the mesh to the sculpting frame (scaled to a 0.9 radius, up +y,
-  front +z, as the authors' ``shape_init`` does) and returns the similarity, so cameras can follow.
+* Frame: :func:`normalize_mesh` maps the mesh to the sculpting frame exactly as the authors'
+  ``shape_init`` does (vertex mean to the origin, largest |coordinate| 0.9, up +y, front +z) and
+  returns the similarity, so cameras can follow.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class MeshNormalization:
     """Similarity x' = scale · R (x − center) from the input frame to the sculpting frame."""
 
     rotation: torch.Tensor  # [3,3]
-    center: torch.Tensor  # [3]
+    center: torch.Tensor  # [3] (float64 from normalize_mesh; cast to the points' dtype when applied)
     scale: float
 
     def apply(self, points: torch.Tensor) -> torch.Tensor:
@@ -56,6 +57,16 @@ class MeshNormalization:
         m[:, :3, 3] = self.apply(cameras.cam2world[:, :3, 3])
         return Cameras(m, cameras.fov.clone(), cameras.height, cameras.width)
 
+    def invert_cameras(self, cameras):
+        """Cameras of the sculpting frame expressed in the input frame (the inverse of ``apply_cameras``)."""
+        from ..camera import Cameras
+
+        m = cameras.cam2world.clone()
+        r = self.rotation.to(m)
+        m[:, :3, :3] = r.T @ m[:, :3, :3]
+        m[:, :3, 3] = self.invert(cameras.cam2world[:, :3, 3])
+        return Cameras(m, cameras.fov.clone(), cameras.height, cameras.width)
+
     @staticmethod
     def identity() -> "MeshNormalization":
         return MeshNormalization(torch.eye(3), torch.zeros(3), 1.0)
@@ -73,18 +84,23 @@ def axis_rotation(up: str = "+y", front: str = "+z") -> torch.Tensor:
 
 
 def normalize_mesh(vertices: torch.Tensor, radius: float = 0.9, up: str = "+y", front: str = "+z") -> MeshNormalization:
-    """Similarity putting the mesh's bounding-box centre at the origin, its farthest vertex at
-    ``radius`` and its up/front axes on +y/+z. (Box centre, not vertex mean: the mean is biased by
-    tessellation density.)"""
+    """The authors' ``shape_init`` normalisation (threestudio ``tetrahedra_sdf_grid.py``): subtract
+    the VERTEX MEAN, scale so that the largest |coordinate| (L∞ over all vertices and axes) is
+    ``radius`` (0.9), and turn the mesh's up/front axes to +y/+z. Every texture and ISD camera
+    distance of the method assumes a head of that size. (The vertex mean depends on tessellation
+    density; it is what the authors compute, and the head keeps that placement through texturing.)
+    Computed in float64, so the scaled mesh reaches ``radius`` to float32 rounding."""
     if vertices.numel() == 0:
         raise ValueError("cannot normalise an empty mesh")
-    v = vertices.detach().float().cpu()
-    rot = axis_rotation(up, front)
-    center = (v.min(0).values + v.max(0).values) / 2
-    extent = float((v - center).norm(dim=-1).max())
-    if not math.isfinite(extent) or extent <= 0:
-        raise ValueError("mesh has no extent (all vertices coincide or are not finite)")
-    return MeshNormalization(rot, center, radius / extent)
+    v = vertices.detach().double().cpu()
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError("cannot normalise a mesh with NaN/inf vertices")
+    rot = axis_rotation(up, front)  # a signed axis permutation: it keeps the L∞ extent
+    center = v.mean(0)
+    extent = float((v - center).abs().max())
+    if extent <= 0:
+        raise ValueError("mesh has no extent (all vertices coincide)")
+    return MeshNormalization(rot, center, radius / extent)  # centre kept in float64 (apply casts)
 
 
 # ---------------------------------------------------------------------- winding numbers

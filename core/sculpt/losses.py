@@ -8,13 +8,30 @@ def _masked_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return (x * m).sum() / m.sum().clamp_min(1.0)
 
 
-def normal_cosine_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean (1 − cos) between rendered and target normals [B,H,W,3] inside ``mask`` [B,H,W,1]
-    (stage A: GAN-view normals). The renderer premultiplies silhouette normals by coverage, so both
-    sides are renormalised first."""
-    p = torch.nn.functional.normalize(pred, dim=-1, eps=1e-8)
-    t = torch.nn.functional.normalize(target, dim=-1, eps=1e-8)
-    return _masked_mean(1 - (p * t).sum(-1, keepdim=True), mask)
+# The normal the authors' renderer composites outside the surface, in world coordinates: their normal
+# image is (n + 1)/2 over a background of 0 (threestudio nvdiff_rasterizer), read back as 2·x − 1.
+# Axis permutations between their frame and ours leave it unchanged.
+GAN_NORMAL_BACKGROUND = (-1.0, -1.0, -1.0)
+
+
+def gan_normal_loss(normal_premult: torch.Tensor, coverage: torch.Tensor, target: torch.Tensor, target_mask: torch.Tensor,
+                    background: tuple[float, float, float] = GAN_NORMAL_BACKGROUND) -> torch.Tensor:
+    """Stage A as the authors run it (``IDsculpt_geo.py``, ``guidance == "ref"``): mean over the pixels
+    inside the GAN mask (> 0.5) of 1 − cos(rendered normal, GAN normal), where the rendered normal is
+    composited over ``background`` with the antialiased coverage. GAN-mask pixels the surface does not
+    cover cost 1 − cos(background, target), and partly covered silhouette pixels blend toward it: this
+    is what pulls the silhouette onto the GAN mask (there is no mask term).
+
+    normal_premult: [B,H,W,3] coverage-premultiplied world normals (``RenderOutput.normal_world``);
+    coverage: [B,H,W,1] antialiased coverage (``RenderOutput.mask``); target [B,H,W,3]; target_mask
+    [B,H,W,1] or [B,H,W].
+    """
+    bg = torch.as_tensor(background, dtype=normal_premult.dtype, device=normal_premult.device)
+    pred = normal_premult + (1 - coverage) * bg
+    m = target_mask if target_mask.dim() == 4 else target_mask[..., None]
+    m = (m > 0.5).to(pred.dtype)
+    cos = torch.nn.functional.cosine_similarity(pred, target.to(pred.dtype), dim=-1, eps=1e-8)[..., None]
+    return _masked_mean(1 - cos, m)
 
 
 def mask_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

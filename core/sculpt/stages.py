@@ -1,16 +1,19 @@
 """Stage 2 of ID-Sculpt: sculpt a DMTet surface from the GAN mesh.
 
-Stage A (steps [0, gan_steps)): fit the normals (1 − cos inside the GAN mask) and masks of the GAN
-views — one random view per step, as the authors do.
+Stage A (steps [0, gan_steps)): fit the normals of the GAN views, 10000·(1 − cos) over the GAN mask
+with the render composited over the authors' background normal (no mask term) — one random view per
+step, as the authors do.
 Stage B (the rest): even steps fit the reference view (mask MSE, camera-frame normal MSE inside the
 face mask, depth MSE after least-squares scale/shift + (1 − Pearson)); odd steps render the normal
 image at random cameras and ask the guidance (ISD) for a loss. Without guidance every stage-B step is
-a reference step ("reference-only mode"). Normal-consistency and Laplacian regularisers ramp up over
-stage B.
+a reference step ("reference-only mode").
+Regularisers (normal consistency, Laplacian) in EVERY step, stage A included, with threestudio's
+step schedule: 500 / 1e5 up to step 1000, 10000 / 1.5e5 from step 1001 (``schedule.py``).
 
-Frames: the input mesh is mapped to the sculpting frame (0.9 radius, up +y, front +z); the GAN and
-reference cameras are mapped with it, so their images are unchanged, and the result is mapped back
-to the input frame — downstream stages keep using the original cameras.
+Frames: the input mesh is mapped to the sculpting frame exactly as the authors' ``shape_init`` does
+(vertex mean to the origin, largest |coordinate| 0.9, up +y, front +z); the GAN and reference cameras
+are mapped with it, so their images are unchanged. ``SculptResult.mesh_normalized`` is the head in
+that frame (what the authors' texture stage runs on), ``SculptResult.mesh`` the same head mapped back.
 """
 from __future__ import annotations
 
@@ -28,8 +31,9 @@ from ..dmtet import (DMTetGeometry, TetGrid, laplacian_loss, mesh_edges, mesh_sd
 from ..dmtet.sdf_init import MeshNormalization
 from ..mesh import HeadMesh
 from ..render import render_mesh
-from .losses import depth_losses, mask_loss, masked_mse, normal_cosine_loss
+from .losses import depth_losses, gan_normal_loss, mask_loss, masked_mse
 from . import profiling
+from .schedule import Weight, check_weight, scheduled_weight
 from .views import GanViews, RandomViewRanges, ReferenceGeometry, check_gan_views, check_reference, random_views
 
 ProgressFn = Callable[[int, int, Optional[torch.Tensor]], None]
@@ -41,8 +45,10 @@ class Guidance(Protocol):
     """What the sculpt stage asks of a score-distillation guidance (``core.guidance.ISDGuidance``).
 
     images: [B,H,W,3] normal images in 0..1 ((normal_view + 1)/2 over background (0.5, 0.5, 1)),
-        row 0 at the top, differentiable; cameras: the B cameras (sculpting frame, looking at the
-        origin); azimuth/elevation: [B] degrees (0 azimuth = front, +90 = the subject's left);
+        row 0 at the top, differentiable; cameras: the B cameras expressed in the INPUT mesh's frame
+        (the frame of the landmarks placed on that mesh; the renders were made with the same cameras in
+        the sculpting frame, so the images agree); azimuth/elevation: [B] degrees in the sculpting
+        frame (0 azimuth = front, +90 = the subject's left);
         step/total_steps: the sculpt step, for timestep annealing.
     Returns a scalar loss whose gradient w.r.t. ``images`` is the guidance gradient. An optional
     ``__enter__``/``__exit__`` pair keeps models loaded for the whole loop; an optional
@@ -66,17 +72,21 @@ class SculptConfig:
     # per head as their 512 over radius 2 — at an eighth of the vertices.
     grid_resolution: int = 256
     grid_radius: float = 1.0
-    deform_fraction: float = 0.25
-    # Mesh normalisation (the authors' shape_init: 0.9, up +y, front +z).
+    # Tet offsets bounded by tanh at half a cell: threestudio's 1/res on its [0,1] grid with cells of
+    # about 2/res (core/dmtet/geometry.py).
+    deform_fraction: float = 0.5
+    # Mesh normalisation (the authors' shape_init: vertex mean, L∞ 0.9, up +y, front +z).
     init_radius: float = 0.9
     mesh_up: str = "+y"
     mesh_front: str = "+z"
     lr: float = 0.005
     betas: tuple[float, float] = (0.9, 0.99)
-    # Stage A (GAN views).
+    adam_eps: float = 1e-15  # the authors' optimizer config (torch's default is 1e-8)
+    # Stage A (GAN views): the authors' lambda_normal 10000 on 1 − cos; no mask term (lambda_gan_mask
+    # > 0 adds a mask MSE on the GAN masks: an option, not the authors').
     gan_batch: int = 1
-    lambda_gan_normal: float = 1.0
-    lambda_gan_mask: float = 1.0
+    lambda_gan_normal: float = 10000.0
+    lambda_gan_mask: float = 0.0
     # Stage B, reference view.
     lambda_ref_normal: float = 10000.0
     lambda_ref_depth: float = 100.0
@@ -86,13 +96,14 @@ class SculptConfig:
     guidance_batch: int = 1
     lambda_guidance: float = 1.0
     views: RandomViewRanges = field(default_factory=RandomViewRanges)
-    # Regularisers, linearly ramped from stage B's first to its last step.
-    lambda_normal_consistency: tuple[float, float] = (500.0, 10000.0)
-    lambda_laplacian: tuple[float, float] = (1e5, 1.5e5)
-    regularize_stage_a: bool = False
-    # Mask losses need silhouette gradients. nvdiffrast's antialiasing gives dense meshes almost
-    # none (0.3 % of the analytic value, docs/PERFORMANCE.md), so on CUDA the steps with mask losses
-    # use nvdiffrast's rasteriser with the pack's walking antialiaser; the torch backend (CPU) always
+    # Regularisers, in every step (stage A too), as threestudio's C() schedules (core/sculpt/schedule.py):
+    # a number or [start_step, start_value, end_value, end_step]. The authors': a step after step 1000.
+    lambda_normal_consistency: Weight = (1000, 500.0, 10000.0, 1001)
+    lambda_laplacian: Weight = (1000, 1e5, 1.5e5, 1001)
+    # Losses that fit a silhouette (the reference mask; stage A's normals composited over the background)
+    # need silhouette gradients. nvdiffrast's antialiasing gives dense meshes almost none (0.3 % of the
+    # analytic value, docs/PERFORMANCE.md), so on CUDA the GAN and reference steps use nvdiffrast's
+    # rasteriser with the pack's walking antialiaser; the torch backend (CPU) always
     # walks. False = plain nvdiffrast everywhere (the authors' behaviour, faster).
     silhouette_gradients: bool = True
     seed: int = 0
@@ -111,12 +122,16 @@ class SculptConfig:
             raise ValueError(f"init_radius ({self.init_radius}) must be inside the grid radius ({self.grid_radius})")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.adam_eps > 0:
+            raise ValueError(f"adam_eps must be > 0, got {self.adam_eps}")
+        check_weight(self.lambda_normal_consistency, "lambda_normal_consistency")
+        check_weight(self.lambda_laplacian, "lambda_laplacian")
 
 
 @dataclass
 class SculptResult:
     mesh: HeadMesh  # in the input mesh's frame
-    mesh_normalized: HeadMesh  # in the sculpting frame
+    mesh_normalized: HeadMesh  # in the sculpting (authors' normalised) frame: what texturing runs on
     normalization: MeshNormalization
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
@@ -128,11 +143,8 @@ class SculptResult:
     step_ms: dict = field(default_factory=dict)
 
 
-def _ramp(pair: tuple[float, float], r: float) -> float:
-    return pair[0] + (pair[1] - pair[0]) * min(max(r, 0.0), 1.0)
-
-
-def preview_cameras(n: int = 4, resolution: int = 256, distance: float = 3.2, fov: float = 40.0, elevation: float = 10.0) -> Cameras:
+def preview_cameras(n: int = 4, resolution: int = 256, distance: float = 3.8, fov: float = 40.0, elevation: float = 10.0) -> Cameras:
+    """n orbit cameras around the normalised head (largest |coordinate| 0.9: it fits at 3.8 and 40°)."""
     az = torch.linspace(0, 360, n + 1)[:-1]
     az = torch.where(az > 180, az - 360, az)
     return Cameras.orbit(elevation, az, distance, fov, resolution)
@@ -190,7 +202,7 @@ class Sculptor:
             # the initial SDF takes seconds to minutes on big grids: it honours Cancel too
             sdf = mesh_sdf_on_grid(v, initial_mesh.faces, self.grid, interrupt=interrupt)
         self.geometry = DMTetGeometry(self.grid, sdf.to(self.device), c.deform_fraction)
-        self.optimizer = torch.optim.Adam(self.geometry.parameters(), lr=c.lr, betas=c.betas)
+        self.optimizer = torch.optim.Adam(self.geometry.parameters(), lr=c.lr, betas=c.betas, eps=c.adam_eps)
         self.generator = torch.Generator().manual_seed(int(c.seed))
 
         self.total = c.steps
@@ -223,11 +235,13 @@ class Sculptor:
         cams, normals, masks = self.gan
         c = self.config
         idx = torch.randint(0, len(cams), (c.gan_batch,), generator=self.generator).tolist()
+        # The silhouette is fitted through the composited normals (see gan_normal_loss): it needs the
+        # silhouette gradients of the walking antialiaser just as a mask term would.
         out = render_mesh(v, f, cams[idx], backend=self._mask_backend(), check_inputs=False)
-        return {
-            "gan_normal": c.lambda_gan_normal * normal_cosine_loss(out.normal_world, normals[idx], masks[idx] * out.coverage),
-            "gan_mask": c.lambda_gan_mask * mask_loss(out.mask, masks[idx]),
-        }
+        terms = {"gan_normal": c.lambda_gan_normal * gan_normal_loss(out.normal_world, out.mask, normals[idx], masks[idx])}
+        if c.lambda_gan_mask > 0:
+            terms["gan_mask"] = c.lambda_gan_mask * mask_loss(out.mask, masks[idx])
+        return terms
 
     def reference_loss(self, v: torch.Tensor, f: torch.Tensor) -> dict[str, torch.Tensor]:
         r, c = self.ref, self.config
@@ -246,12 +260,21 @@ class Sculptor:
         c = self.config
         cams, az, el = random_views(c.guidance_batch, c.views, self.generator)
         cams = cams.to(self.device)
+        # The guidance draws its landmark hints from the cameras, and the landmarks live in the input
+        # mesh's frame (placed on the PanoHead mesh): it gets the same views expressed in that frame
+        # (same images). One object for both calls: the predictor matches its prefetch by identity.
+        input_frame_cams = self.norm.invert_cameras(cams)
         prefetch = getattr(self.guidance, "prefetch", None)
         if prefetch is not None:  # e.g. start drawing the landmark hints while the GPU renders
-            prefetch(cams)
+            prefetch(input_frame_cams)
         out = render_mesh(v, f, cams, check_inputs=False)
-        loss = self.guidance(out.normal_image(), cams, azimuth=az, elevation=el, step=step, total_steps=self.total)
+        loss = self.guidance(out.normal_image(), input_frame_cams, azimuth=az, elevation=el, step=step, total_steps=self.total)
         return {"guidance": c.lambda_guidance * loss}
+
+    def regularizer_weights(self, step: int) -> tuple[float, float]:
+        """(normal consistency, Laplacian) weights at ``step`` (threestudio's C(), see schedule.py)."""
+        c = self.config
+        return scheduled_weight(c.lambda_normal_consistency, step), scheduled_weight(c.lambda_laplacian, step)
 
     # ------------------------------------------------------------------ one step
     def step(self) -> dict:
@@ -261,20 +284,21 @@ class Sculptor:
             raise RuntimeError(f"DMTet sculpt: the surface vanished at step {step} (the SDF has no zero crossing); "
                                "lower lr or the guidance weight, or check that the initial mesh lies inside the grid")
         kind = self.kind(step)
-        regularize = step >= self.gan_steps or c.regularize_stage_a
+        w_nc, w_lap = self.regularizer_weights(step)
         # The surface's edges (for both regularisers) right after marching tets: finding them reads a count
         # back from the GPU, which here waits for little; after the guidance it waited for the whole UNet.
-        edges = mesh_edges(f, v.shape[0]) if regularize else None
+        edges = mesh_edges(f, v.shape[0]) if (w_nc > 0 or w_lap > 0) else None
         if kind == "gan":
             terms = self.gan_loss(v, f)
         elif kind == "reference":
             terms = self.reference_loss(v, f)
         else:
             terms = self.guidance_loss(v, f, step)
-        if regularize:
-            r = (step - self.gan_steps) / max(self.total - self.gan_steps - 1, 1)
-            terms["normal_consistency"] = _ramp(c.lambda_normal_consistency, r) * normal_consistency_loss(v, f, edges)
-            terms["laplacian"] = _ramp(c.lambda_laplacian, r) * laplacian_loss(v, f, edges)
+        # Every step, stage A included; a zero weight skips the term, as threestudio's `if C(λ) > 0` does.
+        if w_nc > 0:
+            terms["normal_consistency"] = w_nc * normal_consistency_loss(v, f, edges)
+        if w_lap > 0:
+            terms["laplacian"] = w_lap * laplacian_loss(v, f, edges)
         loss = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
