@@ -108,8 +108,8 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         key="vae_ft_mse", role="VAE for ISD and decoding (sd-vae-ft-mse)",
         locations=(("vae", "vae-ft-mse-840000-ema-pruned.safetensors"), ("vae", "vae-ft-mse-840000-ema-pruned.ckpt"),
                    ("vae", "*sd-vae-ft-mse*"), ("vae", "*vae-ft-mse*")),
-        source="Hugging Face `stabilityai/sd-vae-ft-mse-original`", licence="MIT", need=OPTIONAL, workflows=("geometry", "full"),
-        note="what ID-Sculpt uses; the checkpoint's own VAE works too",
+        source="Hugging Face `stabilityai/sd-vae-ft-mse-original`", licence="MIT", need=REQUIRED, workflows=("geometry", "full"),
+        note="the authors encode the ISD renders and code the texture views with it; the shipped workflows load it",
     ),
     ModelSpec(
         key="controlnet_mediapipe_face", role="landmark ControlNet for ISD (MediaPipe face, SD1.5)",
@@ -186,8 +186,8 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         source="Hugging Face `ai-forever/Real-ESRGAN` (`RealESRGAN_x2.pth`, the file the authors' code loads; "
                "`xinntao/Real-ESRGAN`'s `RealESRGAN_x2plus.pth` also loads)",
         licence="BSD-3-Clause (Real-ESRGAN code and weights)",
-        need=OPTIONAL, workflows=("full",),
-        note="without it the inpainted texture goes to refinement without the authors' downscale + x2 super-resolution pass",
+        need=REQUIRED, workflows=("full",),
+        note="the authors' deblur of the inpainted texture (half-size bicubic, then x2 super-resolution) before refinement",
     ),
     ModelSpec(
         key="mediapipe_task", role="landmarks for mediapipe > 0.10.21 (MediaPipe Face Landmarker)",

@@ -62,6 +62,7 @@ FILE_INPUTS = {
     ("VAELoader", "vae_name"), ("IDSculptIDAdapterLoader", "adapter_name"), ("IDSculptPanoHeadLoader", "checkpoint"),
     ("IDSculptPanoHeadLoader", "vgg16"), ("IDSculptTextureRefine", "perceptual_model"),
     ("IDSculptInsightFaceLoader", "model_name"), ("IDSculptLandmarkRender", "landmarker_model"),
+    ("UpscaleModelLoader", "model_name"),
 }
 
 # --------------------------------------------------------------------------- model file names
@@ -77,6 +78,8 @@ CN_FACE = "control_v2p_sd15_mediapipe_face.safetensors"
 ID_ADAPTER = "ip-adapter-faceid-portrait-v11_sd15.bin"
 PANOHEAD = "easy-khair-180-gpc0.8-trans10-025000.pkl"
 VGG16 = "vgg16-397923af.pth"
+VAE_FT_MSE = "vae-ft-mse-840000-ema-pruned.safetensors"
+REALESRGAN_X2 = "RealESRGAN_x2.pth"
 INSIGHTFACE = "buffalo_l"
 
 #: ``properties.models`` entries: the frontend's missing-model dialog offers these (on the user's click).
@@ -87,6 +90,9 @@ MODEL_URLS = {
               "controlnet"),
     ID_ADAPTER: ("https://huggingface.co/h94/IP-Adapter-FaceID/resolve/main/ip-adapter-faceid-portrait-v11_sd15.bin", "ipadapter"),
     STYLISED_SD15: ("https://huggingface.co/Lykon/DreamShaper/resolve/main/DreamShaper_8_pruned.safetensors", "checkpoints"),
+    VAE_FT_MSE: ("https://huggingface.co/stabilityai/sd-vae-ft-mse-original/resolve/main/vae-ft-mse-840000-ema-pruned.safetensors",
+                 "vae"),
+    REALESRGAN_X2: ("https://huggingface.co/ai-forever/Real-ESRGAN/resolve/main/RealESRGAN_x2.pth", "upscale_models"),
 }
 
 # --------------------------------------------------------------------------- defaults (docs REFERENCE.md)
@@ -98,10 +104,25 @@ CANNY_LOW, CANNY_HIGH = 0.2, 0.4
 REF_STEPS, REF_CFG = 30, 7.5
 REF_ID_WEIGHT_NORMAL, REF_ID_WEIGHT_DEPTH = 0.5, 0.1
 ISD_ID_WEIGHT, TEXTURE_ID_WEIGHT = 1.0, 1.0
+# The reference maps (preprocess/get_facenormal.py, get_facedepth.py): "<caption>black background, normal map, head
+# only" (their code joins without a separator; we keep ", ") and IP-Adapter's default negative (negative_prompt=None).
+REF_SUFFIX = {"normal": "black background, normal map, head only", "depth": "black background, depth map, head only"}
+REF_NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"
+# View-dependent negatives of the authors' prompt processor (prompt_processors/base.py): they REPLACE the negative
+# for views from behind and above; front and side views keep the plain negative.
+BACK_NEGATIVE = "face, nose, eyes, mouth, front face, facial"
+OVERHEAD_NEGATIVE = BACK_NEGATIVE + ", overexposure, Warm light"
+VIEW_SUFFIX = {"front": "front view", "side": "side view", "back": "back view", "overhead": "overhead view"}
 SAMPLER, SCHEDULER = "ddim", "ddim_uniform"
-TEXTURE_STYLE_REALISTIC = "photorealistic, detailed skin texture, soft even lighting"
 TEXTURE_STYLE_PAINTERLY = "digital painting, painterly brush strokes, stylized, vibrant colors, artstation"
-TEXTURE_NEGATIVE = "low quality, blurry, deformed, strong shadows, oversaturated, watermark, text"
+# The authors' texture negative (their run script, passed to the texture prompt processor). Their diffusers text
+# encoder reads "(...:1.4)" as plain text; ComfyUI's CLIPTextEncode would read it as a 1.4 weight, so the
+# parentheses are escaped to send the same tokens.
+AUTHORS_TEXTURE_NEGATIVE = (r"\(face painting, artifact, flag, decorative design,deformed iris, dark, white hair, deformed pupils, "
+                            r"semi-realistic, cgi, 3d, render, sketch, cartoon, drawing, anime:1.4\), worst quality, low quality, "
+                            r"jpeg artifacts, bad anatomy")
+# The stylised variant drops the photo-only terms (cgi, render, drawing, ...) that would fight the style.
+STYLISED_NEGATIVE = "low quality, blurry, deformed, strong shadows, oversaturated, watermark, text"
 
 COLORS = {  # litegraph's palette (title colour, body colour)
     "positive": ("#232", "#353"), "negative": ("#322", "#533"), "caption": ("#432", "#653"), "loader": ("#223", "#335"),
@@ -461,13 +482,28 @@ def _concat(wf: Workflow, a, b, delimiter: str, group: int, col: int, title: str
     return wf.add("StringConcatenate", title, group, col, string_a=a, string_b=b, delimiter=delimiter)
 
 
+def view_prompts(wf: Workflow, prompt, clip, group: int, col: int, stage: str) -> dict:
+    """The authors' view-dependent prompting as graph inputs: ``positive_<d>`` = prompt + ", <d> view" for the four
+    directions, ``negative_back`` / ``negative_overhead`` = their replacement negatives (front and side views keep
+    the node's plain negative). Returns the keyword inputs for the node."""
+    out = {}
+    for d, suffix in VIEW_SUFFIX.items():
+        text = _concat(wf, prompt, suffix, ", ", group, col - 1, f"prompt: {stage} {suffix}")
+        out[f"positive_{d}"] = wf.add("CLIPTextEncode", f"{stage} prompt ({d})", group, col, color="positive",
+                                      text=text["STRING"], clip=clip)["CONDITIONING"]
+    for d, text in (("back", BACK_NEGATIVE), ("overhead", OVERHEAD_NEGATIVE)):
+        out[f"negative_{d}"] = wf.add("CLIPTextEncode", f"{stage} negative ({d})", group, col, color="negative",
+                                      text=text, clip=clip)["CONDITIONING"]
+    return out
+
+
 def _reference_map(wf: Workflow, g: int, kind: str, ckpt: str, weight: float, text, aligned, canny, cn, adapter, face_id, col: int):
     """Canny -> canny ControlNet on the normal- (or depth-) adapted SD1.5 with the ID adapter -> KSampler -> image."""
     loader = wf.add("CheckpointLoaderSimple", f"{kind.capitalize()}-adapted SD1.5 (HumanNorm)", g, col, color="loader", ckpt_name=ckpt)
     model = wf.add("IDSculptApplyIDAdapter", f"ID adapter ({kind} map, weight {weight})", g, col, model=loader["MODEL"],
                    id_adapter=adapter, face_id=face_id, weight=weight, start_percent=0.0, end_percent=1.0, negative_branch="zero_id")
     pos = wf.add("CLIPTextEncode", f"{kind} map prompt", g, col + 1, color="positive", text=text, clip=loader["CLIP"])
-    neg = wf.add("CLIPTextEncode", f"{kind} map negative", g, col + 1, color="negative", text="", clip=loader["CLIP"])
+    neg = wf.add("CLIPTextEncode", f"{kind} map negative", g, col + 1, color="negative", text=REF_NEGATIVE, clip=loader["CLIP"])
     ctl = wf.add("ControlNetApplyAdvanced", f"Canny control ({kind})", g, col + 1, positive=pos["CONDITIONING"],
                  negative=neg["CONDITIONING"], control_net=cn, image=canny, strength=1.0, start_percent=0.0, end_percent=1.0)
     latent = wf.add("EmptyLatentImage", f"{kind} map size (= aligned portrait, 512)", g, col + 2, width=512, height=512, batch_size=1)
@@ -495,25 +531,23 @@ def geometry_stages(wf: Workflow) -> dict:
     insight = wf.add("IDSculptInsightFaceLoader", None, g1, 1, color="loader", model_name=INSIGHTFACE, provider="CPU")
     id_embed = wf.add("IDSculptIDEmbed", None, g1, 1, image=portrait["IMAGE"], insightface=insight["insightface"], face_index=0)
     wf.add("PreviewImage", "ArcFace crop", g1, 1, images=id_embed["aligned_face"])
-    pano = wf.add("IDSculptPanoHeadLoader", None, g1, 2, color="loader", checkpoint=PANOHEAD, vgg16=VGG16)
+    pano = wf.add("IDSculptPanoHeadLoader", None, g1, 2, color="loader", checkpoint=PANOHEAD, vgg16=VGG16, lpips_weights="auto")
     invert = wf.add("IDSculptPanoHeadInvert", None, g1, 2, portrait=portrait["IMAGE"], panohead=pano["panohead"], init="auto",
                     w_steps=500, pti_steps=500, mesh_resolution=512, mesh_level=20.0, view_resolution=256, seed=0)
     wf.add("PreviewImage", "Aligned portrait (PanoHead crop)", g1, 2, images=invert["aligned_portrait"])
     lms = wf.add("IDSculptLandmarkRender", None, g1, 3, image=invert["aligned_portrait"], head_mesh=invert["head_mesh"],
-                 reference_camera=invert["reference_camera"], face_index=0, preview_resolution=512, landmarker_model="(none)")
+                 reference_camera=invert["reference_camera"], face_index=0, preview_resolution=512, landmarker_model="(none)",
+                 occlusion=False)
     wf.add("PreviewImage", "Landmarks on the head (ControlNet hints)", g1, 3, images=lms["preview"])
     adapter = wf.add("IDSculptIDAdapterLoader", None, g1, 3, color="loader", adapter_name=ID_ADAPTER)
 
     g2 = wf.group("2 · Geometry sculpting: reference normal + depth (ID-adapted SD1.5) → ISD guidance → DMTet")
     # prompts from the caption (docs/REFERENCE.md: "<caption>, black background, normal map" for the reference
     # maps; "a DSLR portrait of <caption>, black background, normal map" + view suffixes for ISD)
-    p_normal = _concat(wf, caption["STRING"], "black background, normal map", ", ", g2, 0, "prompt: reference normal")
-    p_depth = _concat(wf, caption["STRING"], "black background, depth map", ", ", g2, 0, "prompt: reference depth")
+    p_normal = _concat(wf, caption["STRING"], REF_SUFFIX["normal"], ", ", g2, 0, "prompt: reference normal")
+    p_depth = _concat(wf, caption["STRING"], REF_SUFFIX["depth"], ", ", g2, 0, "prompt: reference depth")
     subject = _concat(wf, "a DSLR portrait of", caption["STRING"], " ", g2, 0, "prompt: subject")
     p_isd = _concat(wf, subject["STRING"], "black background, normal map", ", ", g2, 0, "prompt: ISD")
-    p_side = _concat(wf, p_isd["STRING"], "side view", ", ", g2, 0, "prompt: ISD side view")
-    p_back = _concat(wf, p_isd["STRING"], "back view", ", ", g2, 0, "prompt: ISD back view")
-    p_top = _concat(wf, p_isd["STRING"], "overhead view", ", ", g2, 0, "prompt: ISD overhead view")
     canny_cn = wf.add("ControlNetLoader", "Canny ControlNet", g2, 1, color="loader", control_net_name=CN_CANNY)
     canny = wf.add("Canny", "Canny edges (≈ OpenCV 100/200)", g2, 1, image=invert["aligned_portrait"],
                    low_threshold=CANNY_LOW, high_threshold=CANNY_HIGH)
@@ -526,25 +560,24 @@ def geometry_stages(wf: Workflow) -> dict:
                                               adapter["id_adapter"], id_embed["face_id"], 2)
     geo = wf.add("IDSculptGeoSupervision", None, g2, 5, portrait=invert["aligned_portrait"], reference_camera=invert["reference_camera"],
                  normal_map=normal_map["IMAGE"], depth_map=depth_map["IMAGE"], landmarks=lms["landmarks"],
-                 depth_convention="near_is_bright")
+                 depth_convention="near_is_bright", head_mask_source="portrait")
     wf.add("PreviewImage", "Reference geometry (normal, depth, masks)", g2, 5, images=geo["preview"])
     face_cn = wf.add("ControlNetLoader", "Landmark ControlNet (MediaPipe face)", g2, 6, color="loader", control_net_name=CN_FACE)
     isd_model = wf.add("IDSculptApplyIDAdapter", f"ID adapter (ISD, weight {ISD_ID_WEIGHT})", g2, 6, model=normal_loader["MODEL"],
                        id_adapter=adapter["id_adapter"], face_id=id_embed["face_id"], weight=ISD_ID_WEIGHT, start_percent=0.0,
                        end_percent=1.0, negative_branch="zero_id")
-    enc = {}
-    for key, text in (("front", p_isd), ("side", p_side), ("back", p_back), ("overhead", p_top)):
-        enc[key] = wf.add("CLIPTextEncode", f"ISD prompt ({key})", g2, 7, color="positive", text=text["STRING"], clip=normal_loader["CLIP"])
+    isd_pos = wf.add("CLIPTextEncode", "ISD prompt", g2, 7, color="positive", text=p_isd["STRING"], clip=normal_loader["CLIP"])
     isd_neg = wf.add("CLIPTextEncode", "ISD negative", g2, 7, color="negative", text="", clip=normal_loader["CLIP"])
-    isd = wf.add("IDSculptISDGuidance", None, g2, 8, model=isd_model["model"], positive=enc["front"]["CONDITIONING"],
-                 negative=isd_neg["CONDITIONING"], vae=normal_loader["VAE"], cfg=50.0, t_min=20, t_max=500, id_azimuth_limit=70.0,
+    views = view_prompts(wf, p_isd["STRING"], normal_loader["CLIP"], g2, 7, "ISD")
+    vae = wf.add("VAELoader", "VAE sd-vae-ft-mse (ISD, as the authors)", g2, 6, color="loader", vae_name=VAE_FT_MSE)
+    isd = wf.add("IDSculptISDGuidance", None, g2, 8, model=isd_model["model"], positive=isd_pos["CONDITIONING"],
+                 negative=isd_neg["CONDITIONING"], vae=vae["VAE"], cfg=50.0, t_min=20, t_max=500, id_azimuth_limit=70.0,
                  control_net=face_cn["CONTROL_NET"], landmarks=lms["landmarks"], control_strength=1.0, anneal="none",
-                 t_max_final=200, grad_clip=0.0, resolution=512, seed=0, positive_side=enc["side"]["CONDITIONING"],
-                 positive_back=enc["back"]["CONDITIONING"], positive_overhead=enc["overhead"]["CONDITIONING"])
+                 t_max_final=200, grad_clip=0.0, resolution=512, seed=0, estimator="authors", vae_posterior="sample", **views)
     sculpt = wf.add("IDSculptDMTetSculpt", None, g2, 8, head_mesh=invert["head_mesh"], reference_geometry=geo["reference_geometry"],
                     gan_views=invert["gan_views"], guidance=isd["guidance"], seed=0)
     return {"caption": caption, "subject": subject, "portrait": portrait, "invert": invert, "id_embed": id_embed,
-            "adapter": adapter, "sculpt": sculpt, "geo": geo, "g2": g2}
+            "adapter": adapter, "sculpt": sculpt, "geo": geo, "g2": g2, "vae": vae}
 
 
 def build_geometry() -> Workflow:
@@ -558,8 +591,10 @@ def build_geometry() -> Workflow:
     return wf
 
 
-def build_full(name: str = "full", texture_ckpt: str = TEXTURE_SD15, style: str = TEXTURE_STYLE_REALISTIC,
+def build_full(name: str = "full", texture_ckpt: str = TEXTURE_SD15, style: Optional[str] = None,
+               negative: str = AUTHORS_TEXTURE_NEGATIVE,
                description: str = "ID-Sculpt end to end: one portrait -> textured head (GLB)") -> Workflow:
+    """Stages 1-3. ``style`` None = the authors' texture prompt ("a DSLR portrait of <caption>") and negative."""
     wf = Workflow(name, description)
     s = geometry_stages(wf)
     g2 = s["g2"]
@@ -567,25 +602,34 @@ def build_full(name: str = "full", texture_ckpt: str = TEXTURE_SD15, style: str 
     wf.add("IDSculptSaveHead", "Save sculpted head (untextured)", g2, 9, head=s["sculpt"]["head_mesh"],
            filename_prefix="IDSculpt/head_geometry", save_obj=False)
 
-    g3 = wf.group("3 · Texture: progressive inpainting (ID adapter + normal ControlNet) → refinement → GLB")
-    p_tex = _concat(wf, s["subject"]["STRING"], style, ", ", g3, 0, "prompt: texture (edit the style here)")
+    g3 = wf.group("3 · Texture: progressive inpainting (ID adapter + normal ControlNet) → deblur → refinement → GLB")
+    if style is None:
+        p_tex = s["subject"]
+    else:
+        p_tex = _concat(wf, s["subject"]["STRING"], style, ", ", g3, 0, "prompt: texture (edit the style here)")
     loader = wf.add("CheckpointLoaderSimple", "Texture model (any SD1.5: swap it to restyle)", g3, 1, color="loader", ckpt_name=texture_ckpt)
     model = wf.add("IDSculptApplyIDAdapter", f"ID adapter (texture, weight {TEXTURE_ID_WEIGHT})", g3, 1, model=loader["MODEL"],
                    id_adapter=s["adapter"]["id_adapter"], face_id=s["id_embed"]["face_id"], weight=TEXTURE_ID_WEIGHT,
                    start_percent=0.0, end_percent=1.0, negative_branch="zero_id")
     cn = wf.add("ControlNetLoader", "Normal ControlNet (normalbae)", g3, 1, color="loader", control_net_name=CN_NORMALBAE)
+    upscaler = wf.add("UpscaleModelLoader", "RealESRGAN x2 (texture deblur)", g3, 1, color="loader", model_name=REALESRGAN_X2)
     pos = wf.add("CLIPTextEncode", "Texture prompt", g3, 2, color="positive", text=p_tex["STRING"], clip=loader["CLIP"])
-    neg = wf.add("CLIPTextEncode", "Texture negative", g3, 2, color="negative", text=TEXTURE_NEGATIVE, clip=loader["CLIP"])
-    invert = s["invert"]
-    common = dict(model=model["model"], positive=pos["CONDITIONING"], negative=neg["CONDITIONING"], vae=loader["VAE"],
-                  control_net=cn["CONTROL_NET"], reference_image=invert["aligned_portrait"], reference_camera=invert["reference_camera"],
-                  seed=0, steps=20, cfg=10.0, sampler_name=SAMPLER, scheduler=SCHEDULER, control_strength=1.0, resolution=512)
-    inpaint = wf.add("IDSculptProgressiveInpaint", None, g3, 3, head=s["sculpt"]["head_mesh"], denoise=0.95, texture_size="1024",
+    neg = wf.add("CLIPTextEncode", "Texture negative", g3, 2, color="negative", text=negative, clip=loader["CLIP"])
+    views = view_prompts(wf, p_tex["STRING"], loader["CLIP"], g3, 2, "texture")
+    sculpt = s["sculpt"]
+    # the sculpted head and the portrait's camera in the authors' normalised frame: every texture camera
+    # (radius 3.8 / 2.5-3.5) assumes a head of max |coordinate| 0.9
+    common = dict(model=model["model"], positive=pos["CONDITIONING"], negative=neg["CONDITIONING"], vae=s["vae"]["VAE"],
+                  control_net=cn["CONTROL_NET"], reference_image=s["invert"]["aligned_portrait"],
+                  reference_camera=sculpt["reference_camera"], reference_mask=s["geo"]["head_mask"],
+                  seed=0, steps=20, cfg=10.0, sampler_name=SAMPLER, scheduler=SCHEDULER, control_strength=1.0, resolution=512,
+                  **views)
+    inpaint = wf.add("IDSculptProgressiveInpaint", None, g3, 3, head=sculpt["head_mesh"], denoise=0.95, texture_size="1024",
                      max_faces=100000, view_plan="default", erode_iterations=8, cos_threshold=0.0, policy="first",
-                     reference_mask=s["geo"]["head_mask"], **common)
+                     upscale_model=upscaler["UPSCALE_MODEL"], **common)
     wf.add("PreviewImage", "Inpainted views", g3, 3, images=inpaint["views"])
     refine = wf.add("IDSculptTextureRefine", None, g3, 4, head=inpaint["head"], refine_steps=400, t_min=50, t_max=200,
-                    learning_rate=0.02, perceptual_model=VGG16, face_mask=s["geo"]["face_mask"], **common)
+                    learning_rate=0.02, perceptual_model=VGG16, lpips_weights="auto", **common)
     wf.add("PreviewImage", "Texture (UV)", g3, 4, images=refine["texture"])
     save = wf.add("IDSculptSaveHead", "Save textured head", g3, 5, head=refine["head"], filename_prefix=f"IDSculpt/head_{name}",
                   save_obj=False)
@@ -594,7 +638,7 @@ def build_full(name: str = "full", texture_ckpt: str = TEXTURE_SD15, style: str 
 
 
 def build_full_stylised() -> Workflow:
-    return build_full("full_stylised", STYLISED_SD15, TEXTURE_STYLE_PAINTERLY,
+    return build_full("full_stylised", STYLISED_SD15, TEXTURE_STYLE_PAINTERLY, STYLISED_NEGATIVE,
                       "ID-Sculpt end to end with a stylised texture model (identity kept by the ID adapter)")
 
 

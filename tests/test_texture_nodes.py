@@ -224,3 +224,33 @@ def test_reference_mask_replaces_face_mask_and_the_head_frame_is_checked(env, ca
         assert _check_head_frame(env.head, "Progressive Inpaint") is None
         note = _check_head_frame(small, "Progressive Inpaint")
     assert note and "DMTet Sculpt" in note and any("normalised frame" in r.getMessage() for r in caplog.records)
+
+
+class _NearestX2:
+    """An UPSCALE_MODEL stand-in (spandrel's interface as ComfyUI uses it: ``scale``, ``to``, a call on
+    [B,3,h,w]) with a closed form: nearest-neighbour x2."""
+
+    scale = 2
+
+    def to(self, device):
+        return self
+
+    def __call__(self, x):
+        return x.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+
+
+def test_progressive_inpaint_deblurs_the_finished_texture_with_the_upscale_model(env, recorder):
+    """The authors' order (IDsculpt_tex.py initialize_texture): inpaint and fill, then deblur, then refine. With
+    the sampler recorded (deterministic), the node's texture with an upscale model equals core's deblur of the
+    texture the node gives without one."""
+    from idsculpt.core.texture.deblur import deblur_texture
+
+    kw = dict(head=env.head, model=env.model, positive=env.pos, negative=env.neg, vae=env.vae, denoise=0.95,
+              control_strength=1.0, texture_size="256", max_faces=100000, view_plan="-15, 0; -15, 180", resolution=RES,
+              erode_iterations=8, cos_threshold=0.0, policy="first", **_sampler())
+    plain = env.ci.run_node(env.nodes["IDSculptProgressiveInpaint"], **kw).args[0]
+    deblurred = env.ci.run_node(env.nodes["IDSculptProgressiveInpaint"], upscale_model=_NearestX2(), **kw).args[0]
+    expected = deblur_texture(plain.texture, _NearestX2(), 2)
+    assert not torch.equal(expected, plain.texture)  # the deblur changes this texture (8-bit, bicubic half size)
+    assert (deblurred.texture - expected).abs().max() <= 1.5 / 255
+    assert torch.equal(deblurred.uvs, plain.uvs)

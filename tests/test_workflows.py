@@ -236,11 +236,36 @@ def _one(api: dict, cls: str, title: str | None = None) -> tuple[str, dict]:
     return hits[0]
 
 
+def _assert_view_prompts(texts: dict, inputs: dict, prompt: str) -> None:
+    """The authors' view-dependent prompting: "<prompt>, <d> view" for every direction; back and overhead views
+    REPLACE the negative (prompt_processors/base.py), front and side views keep the plain one (not wired)."""
+    for d in ("front", "side", "back", "overhead"):
+        assert texts[inputs[f"positive_{d}"][0]] == f"{prompt}, {d} view"
+    assert texts[inputs["negative_back"][0]] == "face, nose, eyes, mouth, front face, facial"
+    assert texts[inputs["negative_overhead"][0]] == "face, nose, eyes, mouth, front face, facial, overexposure, Warm light"
+    assert "negative_front" not in inputs and "negative_side" not in inputs
+
+
+@pytest.mark.comfy
+def test_authors_texture_negative_reaches_clip_as_plain_text(comfy_inprocess):
+    """Their diffusers encoder has no weight syntax: ComfyUI's parser (escape, split by weight, unescape, as
+    SDTokenizer.tokenize_with_weights does) must give the authors' literal text, all at weight 1."""
+    from comfy.sd1_clip import escape_important, token_weights, unescape_important
+
+    parsed = token_weights(escape_important(MW.AUTHORS_TEXTURE_NEGATIVE), 1.0)
+    assert [w for _, w in parsed] == [1.0] * len(parsed)
+    text = "".join(unescape_important(t) for t, _ in parsed)
+    assert text.startswith("(face painting, artifact") and "anime:1.4), worst quality" in text
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_settings_follow_the_reference(name):
-    """docs REFERENCE.md: reference maps (canny ControlNet, 30 steps, CFG 7.5, ID 0.5 / 0.1), ISD (CFG 50,
-    t in [20, 500], ID only below 70 deg, landmark ControlNet), DMTet 6000/1000 steps, texture 20 DDIM
-    steps CFG 10 from t=950 with normalbae + ID always on, 400 refinement steps."""
+    """docs/FIDELITY.md, the rows that live in the workflows: reference maps (canny ControlNet, 30 steps, CFG 7.5,
+    ID 0.5 / 0.1, "head only" prompts, IP-Adapter's default negative), ISD (CFG 50, t in [20, 500], ID only below
+    70 deg, landmark ControlNet, the authors' estimator on a posterior sample of sd-vae-ft-mse, view-dependent
+    prompts and negatives), DMTet 6000/1000 steps, texture in the sculpt's normalised frame with 20 DDIM steps CFG 10
+    from t=950, normalbae + ID always on, the authors' prompt/negative per direction, RealESRGAN deblur, 400
+    refinement steps with LPIPS-VGG against the whole-head mask."""
     api = load(f"{name}_api.json")
     texts, _ = _strings(api)
     caption = _one(api, "PrimitiveStringMultiline")[1]["inputs"]["value"]
@@ -254,7 +279,8 @@ def test_settings_follow_the_reference(name):
         assert ctl["class_type"] == "ControlNetApplyAdvanced" and ks["inputs"]["negative"] == [ks["inputs"]["positive"][0], 1]
         assert api[ctl["inputs"]["control_net"][0]]["inputs"]["control_net_name"] == MW.CN_CANNY
         assert api[ctl["inputs"]["image"][0]]["class_type"] == "Canny"
-        assert texts[ctl["inputs"]["positive"][0]] == f"{caption}, black background, {kind} map"
+        assert texts[ctl["inputs"]["positive"][0]] == f"{caption}, black background, {kind} map, head only"
+        assert texts[ctl["inputs"]["negative"][0]] == "monochrome, lowres, bad anatomy, worst quality, low quality"
     isd_id, isd = _one(api, "IDSculptISDGuidance")
     i = isd["inputs"]
     assert (i["cfg"], i["t_min"], i["t_max"], i["id_azimuth_limit"]) == (50.0, 20, 500, 70.0)
@@ -262,10 +288,11 @@ def test_settings_follow_the_reference(name):
     assert api[i["landmarks"][0]]["class_type"] == "IDSculptLandmarkRender"
     assert api[i["model"][0]]["inputs"]["weight"] == 1.0
     assert api[api[i["model"][0]]["inputs"]["model"][0]]["inputs"]["ckpt_name"] == MW.NORMAL_SD15
-    front = f"a DSLR portrait of {caption}, black background, normal map"
-    assert texts[i["positive"][0]] == front
-    for view in ("side", "back", "overhead"):
-        assert texts[i[f"positive_{view}"][0]] == f"{front}, {view} view"
+    assert (i["estimator"], i["vae_posterior"]) == ("authors", "sample")
+    assert api[i["vae"][0]]["inputs"]["vae_name"] == MW.VAE_FT_MSE
+    isd_prompt = f"a DSLR portrait of {caption}, black background, normal map"
+    assert texts[i["positive"][0]] == isd_prompt and texts[i["negative"][0]] == ""
+    _assert_view_prompts(texts, i, isd_prompt)
     sid, sculpt = _one(api, "IDSculptDMTetSculpt")
     assert (sculpt["inputs"]["steps"], sculpt["inputs"]["gan_steps"]) == (6000, 1000)
     assert sculpt["inputs"]["guidance"] == [isd_id, 0]
@@ -283,21 +310,33 @@ def test_settings_follow_the_reference(name):
     assert (inpaint["inputs"]["steps"], inpaint["inputs"]["cfg"], inpaint["inputs"]["denoise"]) == (20, 10.0, 0.95)
     assert (inpaint["inputs"]["sampler_name"], refine["inputs"]["refine_steps"]) == ("ddim", 400)
     assert inpaint["inputs"]["head"] == [sid, 0] and refine["inputs"]["head"] == [pid, 0]
+    assert api[inpaint["inputs"]["upscale_model"][0]]["inputs"]["model_name"] == MW.REALESRGAN_X2
+    assert (refine["inputs"]["perceptual_model"], refine["inputs"]["lpips_weights"]) == (MW.VGG16, "auto")
+    gid = api[sid]["inputs"]["reference_geometry"][0]
+    subject = f"a DSLR portrait of {caption}"
+    positive = {"full": subject, "full_stylised": f"{subject}, {MW.TEXTURE_STYLE_PAINTERLY}"}[name]
+    negative = {"full": MW.AUTHORS_TEXTURE_NEGATIVE, "full_stylised": MW.STYLISED_NEGATIVE}[name]
     for node in (inpaint, refine):
-        assert api[node["inputs"]["control_net"][0]]["inputs"]["control_net_name"] == MW.CN_NORMALBAE
-        adapter = api[node["inputs"]["model"][0]]
+        inp = node["inputs"]
+        assert api[inp["control_net"][0]]["inputs"]["control_net_name"] == MW.CN_NORMALBAE
+        adapter = api[inp["model"][0]]
         assert adapter["class_type"] == "IDSculptApplyIDAdapter" and adapter["inputs"]["weight"] == 1.0
-        assert node["inputs"]["reference_image"] == [invert_id, 2]
+        assert inp["reference_image"] == [invert_id, 2]
+        # the sculpt's normalised frame: its head and its reference camera (output 2), never PanoHead's camera
+        assert inp["reference_camera"] == [sid, 2]
+        assert inp["reference_mask"] == [gid, 3]  # the whole-head mask (Geo Supervision's head_mask)
+        assert api[inp["vae"][0]]["inputs"]["vae_name"] == MW.VAE_FT_MSE
+        assert texts[inp["positive"][0]] == positive and texts[inp["negative"][0]] == negative
+        _assert_view_prompts(texts, inp, positive)
     ckpt = api[api[inpaint["inputs"]["model"][0]]["inputs"]["model"][0]]["inputs"]["ckpt_name"]
     assert ckpt == {"full": MW.TEXTURE_SD15, "full_stylised": MW.STYLISED_SD15}[name]
-    style = {"full": MW.TEXTURE_STYLE_REALISTIC, "full_stylised": MW.TEXTURE_STYLE_PAINTERLY}[name]
-    assert texts[inpaint["inputs"]["positive"][0]] == f"a DSLR portrait of {caption}, {style}"
     assert "IDSculptSaveHead" in {api[k]["class_type"] for k, inp in _feeds(api, rid) if api[k]["inputs"][inp] == [rid, 0]}
 
 
 LOADER_FOLDERS = {("CheckpointLoaderSimple", "ckpt_name"): "checkpoints", ("ControlNetLoader", "control_net_name"): "controlnet",
                   ("IDSculptIDAdapterLoader", "adapter_name"): "ipadapter", ("IDSculptPanoHeadLoader", "checkpoint"): "idsculpt",
-                  ("IDSculptPanoHeadLoader", "vgg16"): "idsculpt", ("IDSculptTextureRefine", "perceptual_model"): "idsculpt"}
+                  ("IDSculptPanoHeadLoader", "vgg16"): "idsculpt", ("IDSculptTextureRefine", "perceptual_model"): "idsculpt",
+                  ("VAELoader", "vae_name"): "vae", ("UpscaleModelLoader", "model_name"): "upscale_models"}
 
 
 def referenced_files(api: dict) -> list[tuple[str, str, str, str]]:
@@ -352,7 +391,7 @@ def _models_cache() -> str:
 
 
 BUILDER_KEYS = ("normal_sd15", "depth_sd15", "texture_sd15", "controlnet_canny", "controlnet_normalbae", "controlnet_mediapipe_face",
-                "id_adapter", "insightface", "panohead", "vgg16")
+                "id_adapter", "insightface", "panohead", "vgg16", "vae_ft_mse", "realesrgan_x2")
 
 
 def _panohead_seed_offset() -> int:
@@ -474,7 +513,7 @@ def test_api_twins_pass_prompt_validation(comfy_server, workflow_models):
             time.sleep(0.05)
         for name in NAMES:
             status, resp = comfy_server._request("POST", "/prompt", {"prompt": load(f"{name}_api.json"), "client_id": comfy_server.client_id})
-            assert status == 200 and not resp.get("node_errors"), f"{name}_api.json refused: {ch._format_validation(resp)}"
+            assert status == 200 and not resp.get("node_errors"), f"{name}_api.json refused: {json.dumps(resp)[:3000]}"
             queued.append(resp["prompt_id"])
         # the same validation refuses a wrong link type and a missing model file (so the check above is live)
         api = load("geometry_api.json")
