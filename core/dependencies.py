@@ -360,6 +360,12 @@ def python_packages_report(packages: Sequence[PythonPackage] = PACKAGES) -> list
     return [package_status(p) for p in packages]
 
 
+def missing_required_packages(packages: Sequence[PythonPackage] = PACKAGES) -> list[PythonPackage]:
+    """Required packages whose module cannot even be found: no import, so cheap enough for the pack's load
+    (``find_spec`` only; a package that is present but fails to import shows in the full report)."""
+    return [p for p in packages if p.need == REQUIRED and not is_installed(p.module)]
+
+
 def format_packages_table(rows: Sequence[PackageStatus | dict]) -> str:
     """The report as text: one line per package, then the fixes for the required ones that fail."""
     dicts = [r.as_dict() if isinstance(r, PackageStatus) else r for r in rows]

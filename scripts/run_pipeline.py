@@ -19,7 +19,8 @@ Steps:
     --cpu by itself when that Python's torch has no GPU (CUDA/ROCm, MPS or XPU); --gpu turns that off;
  2. model check (core/models.py, with ComfyUI's own folder resolution): stops with the table, exit
     code 1, before anything heavy when a required file is missing; also checks every model file the
-    workflow names in a loader input (ckpt_name, control_net_name, ...);
+    workflow names in a loader input (ckpt_name, control_net_name, ...), and that the pack's Python
+    packages import in ComfyUI's Python (core/dependencies.py: names the module really missing);
  3. starts ComfyUI headless (``main.py --disable-auto-launch``, its log in <out>/comfyui.log), or
     uses the running server given with --url;
  4. uploads the portrait into ComfyUI's input folder and points the workflow's LoadImage node at
@@ -36,8 +37,8 @@ as JSON when they parse (numbers, true/false, ["4", 0] links), else kept as stri
 The workflow is any API-format graph ("Save (API)" in ComfyUI) with a LoadImage node and an
 IDSculpt Save Head node.
 
-Exit codes: 0 ok; 1 required model missing; 2 bad arguments / workflow / no Python that runs ComfyUI;
-3 ComfyUI failed.
+Exit codes: 0 ok; 1 required model file or Python package missing; 2 bad arguments / workflow / no
+Python that runs ComfyUI; 3 ComfyUI failed.
 """
 from __future__ import annotations
 
@@ -344,7 +345,8 @@ def write_quick_yaml(models_dir: str, keys: Sequence[str], path: str) -> str:
 
 # --------------------------------------------------------------------------- model check
 def model_check(args, wf: dict) -> tuple[bool, str]:
-    """(ok, report). Table rows of the selected workflow + every file the graph names."""
+    """(ok, report). Table rows of the selected workflow + every file the graph names + the Python
+    packages of ComfyUI's Python (core/dependencies.py)."""
     models = check_models.load_models_module()
     folders, how = check_models.comfy_folders(args.comfyui, args.extra_model_paths_config, args.python, args.base_directory,
                                               keys=sorted({f for m in models.MODEL_TABLE for f, _ in m.locations}
@@ -364,6 +366,10 @@ def model_check(args, wf: dict) -> tuple[bool, str]:
     if missing:
         ok = False
         lines += ["", "files the workflow names that ComfyUI cannot find:", *missing]
+    if not args.url:  # the packages of the Python that will run ComfyUI (a --url server has its own)
+        packages_ok, text = check_models.packages_report(args.python)
+        ok = ok and packages_ok
+        lines += ["", text]
     return ok, "\n".join(lines)
 
 
@@ -417,7 +423,8 @@ class StageTimes:
             sec = self.seconds.get(nid, 0.0)
             if timed(cls):
                 title = str(wf.get(nid, {}).get("_meta", {}).get("title") or "")
-                rows.append((nid, cls, title if title and title != cls else "", sec))
+                same = title.replace(" ", "") == cls  # the display name ("IDSculpt DMTet Sculpt") says nothing new
+                rows.append((nid, cls, "" if same else title, sec))
             else:
                 other += sec
         total = sum(self.seconds.values())
@@ -533,7 +540,7 @@ def turntable_any_python(glb: str, out_prefix: str, python: Optional[str], frame
             raise
         cmd = [python, os.path.abspath(__file__), "--turntable-only", glb, "--out", os.path.dirname(out_prefix) or ".",
                "--frames", str(frames), "--size", str(size)]
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)  # it prints the two paths we print
         return out_prefix + "_turntable.png", out_prefix + "_turntable.gif"
     return render_turntable(glb, out_prefix, frames, size)
 
@@ -564,8 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--comfy-arg", action="append", default=[], help="extra argument for main.py (repeatable), e.g. --comfy-arg=--lowvram")
     ap.add_argument("--url", help="use this running ComfyUI instead of starting one (its folders must match --comfyui for the check)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds to wait for the workflow (default: no limit)")
-    ap.add_argument("--frames", type=int, default=24, help="turntable frames (default 24)")
-    ap.add_argument("--size", type=int, default=256, help="turntable frame size in px (default 256)")
+    ap.add_argument("--frames", type=int, default=None, help="turntable frames (default 24; 8 with --quick)")
+    ap.add_argument("--size", type=int, default=None, help="turntable frame size in px (default 256; 128 with --quick)")
     ap.add_argument("--turntable-only", metavar="GLB", help=argparse.SUPPRESS)
     return ap
 
@@ -639,6 +646,9 @@ def prepare(args) -> tuple[dict, str, Optional[PythonProbe]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    # --quick: a smaller turntable (the CPU rasteriser renders a textured frame in seconds, not milliseconds)
+    args.frames = args.frames or (8 if args.quick else 24)
+    args.size = args.size or (128 if args.quick else 256)
     os.makedirs(args.out, exist_ok=True)
     if args.turntable_only:
         prefix = os.path.join(args.out, os.path.splitext(os.path.basename(args.turntable_only))[0])
@@ -656,8 +666,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ok, report = model_check(args, wf)
     print(report)
     if not ok:
-        print("\nstopped before starting ComfyUI: put the missing files in place (see docs/MODELS.md) and run again"
-              " (or try the pipeline first with --quick: random-weight test models).", file=sys.stderr)
+        print("\nstopped before starting ComfyUI: put the missing files in place (see docs/MODELS.md) or install the "
+              "missing Python packages (see the lists above) and run again (or try the pipeline first with --quick: "
+              "random-weight test models).", file=sys.stderr)
         return 1
     return run_comfy(args, wf, load_node, t_start)
 

@@ -162,6 +162,8 @@ def test_packages_report_statuses(fake_site):
     assert "idsc-fake-broken 1.5 is installed but cannot be imported because the module 'onnx_idsc_absent_module' is missing" in text
     assert "idsc-fake-gone is not installed, needed for a missing one: pip install idsc-fake-gone" in text
     assert "idsc-fake-opt" in text and "pip install idsc-fake-opt" not in text
+    # the cheap load-time check (find_spec only) sees the absent one, not the broken one (that needs an import)
+    assert [p.module for p in D.missing_required_packages(table)] == ["idsc_fake_gone"]
     # the JSON form check_models.py reads back formats the same
     assert D.format_packages_table([r.as_dict() for r in rows]) == text
 
@@ -239,3 +241,31 @@ def test_pack_import_sites_name_the_missing_module(tmp_path):
         "module 'onnx' is missing" in face and face.endswith("pip install onnx")
     assert align.startswith("MissingDependency|matplotlib|mediapipe ") and "the module 'matplotlib' is missing (PanoHead " \
         "alignment" in align and align.endswith("pip install matplotlib")
+
+
+def _requirement_names(lines) -> list[str]:
+    import re
+
+    return [re.split(r"[<>=!~; ]", ln.strip(), maxsplit=1)[0].lower() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+
+
+def test_requirements_pyproject_and_package_table_agree():
+    """requirements.txt (the README's install) and pyproject's dependencies (a registry install) list the
+    same packages, and every required package of the report is installed by one of: requirements.txt,
+    the --no-deps line, or ComfyUI (torch)."""
+    import tomllib
+
+    with open(os.path.join(ROOT, "requirements.txt"), encoding="utf-8") as fh:
+        req_lines = [ln for ln in fh.read().splitlines() if ln.strip() and not ln.startswith("#")]
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        deps = tomllib.load(fh)["project"]["dependencies"]
+    assert [ln.strip() for ln in req_lines] == deps
+    names = set(_requirement_names(req_lines))
+    for p in D.PACKAGES:
+        if p.need != D.REQUIRED:
+            continue
+        if p.install == D.NO_DEPS_LINE:
+            assert p.dist not in names, f"{p.dist} must not be in requirements.txt: pip would install its dependencies"
+        elif p.dist != "torch":
+            assert p.dist.lower() in names, f"{p.dist} is required but not in requirements.txt"
+    assert "torch" not in names  # ComfyUI's own torch is never replaced

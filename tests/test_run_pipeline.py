@@ -442,3 +442,44 @@ def test_geometry_workflow_end_to_end_on_test_models(tmp_path, comfy_path, comfy
     ext = (head.vertices.max(0).values - head.vertices.min(0).values)
     assert (ext > 0.2).all() and (ext < 5).all()  # a head-sized object, not a collapsed or exploded mesh
     assert os.path.isfile(out / (glbs[0][:-4] + "_turntable.gif"))
+
+
+@pytest.mark.comfy
+@pytest.mark.slow
+def test_quick_run_end_to_end_on_cpu(tmp_path, comfy_path, comfy_python, portraits_dir):
+    """``run_pipeline.py --quick`` exactly as a new user runs it (no --python, no --cpu, no --workflow): it
+    picks this Python (which imports ComfyUI), adds --cpu when torch has no GPU, builds or reuses the
+    random-weight test models, runs the shipped full workflow lowered, and writes a textured GLB; the
+    stage table lists the IDSculpt nodes and the samplers; no temporary folder is left behind.
+    The pack comes in through the test sandbox (its YAML's custom_nodes entry): the user's install is a clone
+    into ComfyUI/custom_nodes. First run builds the test models (~1.5 min, cached in $IDSCULPT_TEST_MODELS_DIR
+    or tests/output/test_models, shared with tests/test_model_builder.py)."""
+    import torch
+
+    sandbox = ch.ComfySandbox(str(tmp_path / "sandbox"))
+    test_models = os.environ.get("IDSCULPT_TEST_MODELS_DIR") or os.path.join(ROOT, "tests", "output", "test_models")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "out"
+    cmd = [comfy_python, SCRIPT, "--comfyui", comfy_path, "--portrait", os.path.join(portraits_dir, "bezos_1.jpg"), "--out", str(out),
+           "--quick", "--test-models", test_models, "--base-directory", sandbox.base, "--extra-model-paths-config", sandbox.yaml_path,
+           "--comfy-arg=--database-url", "--comfy-arg=sqlite:///:memory:", "--frames", "4", "--size", "64"]
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=dict(os.environ, TMPDIR=str(tmp)))
+    wall = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    assert "the Python running this script imports ComfyUI" in r.stdout
+    if not torch.cuda.is_available():
+        assert "has no CUDA/MPS/XPU device: adding --cpu" in r.stdout and "main.py --cpu" in r.stdout
+    assert "all required model files found" in r.stdout and "all required Python packages import" in r.stdout
+    table = r.stdout.split("== seconds per stage", 1)[1].split("== results", 1)[0]
+    for cls in ("IDSculptPanoHeadInvert", "IDSculptDMTetSculpt", "IDSculptProgressiveInpaint", "IDSculptTextureRefine", "KSampler"):
+        assert cls in table, f"{cls} missing from the stage table:\n{table}"
+    full = sorted(f for f in os.listdir(out) if f.startswith("head_full") and f.endswith(".glb"))
+    assert len(full) == 1, os.listdir(out)
+    head = HeadMesh.load(str(out / full[0]))
+    assert head.uvs is not None and head.texture is not None and head.texture.shape[0] >= 256
+    assert torch.isfinite(head.vertices).all() and torch.isfinite(head.texture).all()
+    assert os.path.isfile(out / (full[0][:-4] + "_turntable.png"))
+    assert [n for n in os.listdir(tmp) if n.startswith("idsculpt_fe_")] == []
+    print(f"run_pipeline --quick: exit 0 in {wall:.0f} s wall")
