@@ -75,10 +75,10 @@ PACKAGES: tuple[PythonPackage, ...] = (
     PythonPackage("opencv-python-headless", "cv2", REQUIRED, "image warps, Canny, inpainting", "pip install -r requirements.txt"),
     PythonPackage("onnxruntime", "onnxruntime", REQUIRED, "runs insightface's ONNX models", "pip install -r requirements.txt"),
     PythonPackage("fast-simplification", "fast_simplification", REQUIRED, "mesh decimation", "pip install -r requirements.txt"),
-    PythonPackage("onnx", "onnx", REQUIRED, "imported by insightface", "pip install -r requirements.txt"),
+    PythonPackage("onnx", "onnx", REQUIRED, "insightface imports it", "pip install -r requirements.txt"),
     PythonPackage("insightface", "insightface", REQUIRED, "face detection + ArcFace identity (ID Embed, ID adapter)",
                   NO_DEPS_LINE, probe=("app", "utils.face_align")),
-    PythonPackage("matplotlib", "matplotlib", REQUIRED, "imported by mediapipe 0.10.21's legacy solutions", "pip install -r requirements.txt"),
+    PythonPackage("matplotlib", "matplotlib", REQUIRED, "mediapipe 0.10.21's legacy solutions import it", "pip install -r requirements.txt"),
     PythonPackage("protobuf", "google.protobuf", REQUIRED, "mediapipe's graph configs", "pip install -r requirements.txt"),
     PythonPackage("mediapipe", "mediapipe", REQUIRED, "478 face landmarks (PanoHead alignment, Landmark Render)", NO_DEPS_LINE,
                   probe=("python.solutions.face_mesh",), fallback_probe=("tasks.python.vision",),
@@ -335,7 +335,7 @@ def package_status(p: PythonPackage) -> PackageStatus:
     version = installed_version(p.module, p.dist)
     if not is_installed(p.module):
         return PackageStatus(p, MISSING if p.need == REQUIRED else ABSENT, version,
-                             f"{p.dist} is not installed, needed for {p.role}: {p.install}")
+                             f"{p.dist} is not installed ({p.role}): {p.install}")
     if not p.import_check:
         return PackageStatus(p, OK, version)
     try:

@@ -638,7 +638,8 @@ def prepare(args) -> tuple[dict, str, Optional[PythonProbe]]:
         keys = quick_model_keys(wf)
         print(f"\n== quick run: random-weight test models ({', '.join(keys)}), lowered settings, template head")
         ensure_test_models(models_dir, keys, args.python, args.comfyui)
-        yaml_path = write_quick_yaml(models_dir, keys, os.path.join(models_dir, "extra_model_paths.yaml"))
+        # beside the size folder, not in it: that folder holds only ComfyUI model folders (tests link them one by one)
+        yaml_path = write_quick_yaml(models_dir, keys, os.path.join(os.path.abspath(args.test_models), "quick_extra_model_paths.yaml"))
         args.extra_model_paths_config = [*args.extra_model_paths_config, yaml_path]
         print(f"test models: {yaml_path} points ComfyUI at them (first in each folder)")
     return wf, load_node, probe

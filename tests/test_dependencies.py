@@ -160,7 +160,7 @@ def test_packages_report_statuses(fake_site):
     text = D.format_packages_table(rows)
     assert "2 required Python package(s) missing or broken:" in text
     assert "idsc-fake-broken 1.5 is installed but cannot be imported because the module 'onnx_idsc_absent_module' is missing" in text
-    assert "idsc-fake-gone is not installed, needed for a missing one: pip install idsc-fake-gone" in text
+    assert "idsc-fake-gone is not installed (a missing one): pip install idsc-fake-gone" in text
     assert "idsc-fake-opt" in text and "pip install idsc-fake-opt" not in text
     # the cheap load-time check (find_spec only) sees the absent one, not the broken one (that needs an import)
     assert [p.module for p in D.missing_required_packages(table)] == ["idsc_fake_gone"]
@@ -269,3 +269,43 @@ def test_requirements_pyproject_and_package_table_agree():
         elif p.dist != "torch":
             assert p.dist.lower() in names, f"{p.dist} is required but not in requirements.txt"
     assert "torch" not in names  # ComfyUI's own torch is never replaced
+
+
+def test_check_models_script_lists_a_broken_package(tmp_path):
+    """scripts/check_models.py runs the package report in ComfyUI's Python: with onnx blocked there (as after
+    `pip install --no-deps insightface` alone) it lists onnx as missing and insightface as broken because of
+    onnx, and exits 1 although every model file of the checked workflow is present."""
+    if importlib.util.find_spec("insightface") is None:
+        pytest.skip("insightface is not installed")
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    (comfy / "main.py").write_text("")
+    pack = comfy / "models" / "insightface" / "models" / "buffalo_l"
+    pack.mkdir(parents=True)
+    for f in ("det_10g.onnx", "w600k_r50.onnx"):
+        (pack / f).write_bytes(b"x")
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text("import sys\nsys.modules['onnx'] = None\n")
+    script = os.path.join(ROOT, "scripts", "check_models.py")
+    cmd = [sys.executable, script, "--comfyui", str(comfy), "--workflow", "eval", "--python", sys.executable]
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-2000:]
+    assert "all required model files found" in ok.stdout and "all required Python packages import" in ok.stdout
+    env = dict(os.environ, PYTHONPATH=str(block) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert bad.returncode == 1, bad.stdout[-3000:] + bad.stderr[-2000:]
+    assert "all required model files found" in bad.stdout
+    assert "- onnx is not installed (insightface imports it): pip install -r requirements.txt" in bad.stdout
+    assert "because the module 'onnx' is missing: pip install onnx" in bad.stdout
+
+
+@pytest.mark.comfy
+def test_model_check_node_lists_python_packages(comfy_server):
+    """The IDSculpt Model Check node's report ends with the package list of the server's Python."""
+    hist = comfy_server.submit({"1": {"class_type": "IDSculptModelCheck", "inputs": {"workflow": "geometry", "fail_if_missing": False}}})
+    report = hist["outputs"]["1"]["text"][0]
+    assert "python package" in report
+    for p in D.PACKAGES:
+        assert p.dist in report
+    assert "all required Python packages import" in report or "required Python package(s) missing or broken" in report
