@@ -8,7 +8,7 @@
 
 --quick, the first run for a new user: the whole graph with random-weight stand-ins of every model
 (tests/build_test_models.py --size small, built once into --test-models, default
-~/.cache/comfyui-idsculpt/test_models: ~2.4 GB, 1-2 min) and lowered steps/resolutions
+~/.cache/comfyui-idsculpt/test_models: ~2.2 GB, 1-2 min) and lowered steps/resolutions
 (scripts/make_workflows.py QUICK_TEST) on the template head; a few minutes on a 2-core CPU. The GLB
 shows that everything runs, not a likeness (random weights). Nothing of the real models is needed.
 
