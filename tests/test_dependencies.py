@@ -253,7 +253,7 @@ def test_requirements_pyproject_and_package_table_agree():
     """requirements.txt (the README's install) and pyproject's dependencies (a registry install) list the
     same packages, and every required package of the report is installed by one of: requirements.txt,
     the --no-deps line, or ComfyUI (torch)."""
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     with open(os.path.join(ROOT, "requirements.txt"), encoding="utf-8") as fh:
         req_lines = [ln for ln in fh.read().splitlines() if ln.strip() and not ln.startswith("#")]

@@ -243,7 +243,9 @@ def test_quick_workflow_models_and_yaml(tmp_path):
     quick = RP.quick_workflow(full)
     samplers = [n for n in quick.values() if n["class_type"] == "KSampler"]
     assert samplers and all(n["inputs"]["steps"] == MW.QUICK_TEST["KSampler"]["steps"] for n in samplers)
-    assert all(n["inputs"]["init"] == "template" for n in quick.values() if n["class_type"] == "IDSculptPanoHeadInvert")
+    for cls, values in MW.TEMPLATE_HEAD.items():  # the template head (the random PanoHead has no surface)
+        nodes = [n for n in quick.values() if n["class_type"] == cls]
+        assert nodes and all(n["inputs"][k] == v for n in nodes for k, v in values.items())
     keys = RP.quick_model_keys(quick)
     models = RP.check_models.load_models_module()
     loaded = {n["inputs"][k] for n in quick.values() for k in ("ckpt_name", "control_net_name", "adapter_name")
