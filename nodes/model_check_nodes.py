@@ -1,7 +1,9 @@
-"""IDSculpt Model Check: which of the pack's model files this ComfyUI can see, as a text report.
+"""IDSculpt Model Check: which of the pack's model files this ComfyUI can see, and which of its Python
+packages import in ComfyUI's Python, as a text report.
 
-Thin: the table and the search live in core/models.py; this node only hands it ComfyUI's folder
-list (``folder_paths.get_folder_paths``, which includes extra_model_paths.yaml entries).
+Thin: the table and the search live in core/models.py, the package report in core/dependencies.py;
+this node only hands the first ComfyUI's folder list (``folder_paths.get_folder_paths``, which
+includes extra_model_paths.yaml entries).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from comfy_api.latest import io, ui
 
 import folder_paths
 
+from ..core.dependencies import format_packages_table, python_packages_report
 from ..core.models import WORKFLOWS, check_models, format_table, missing_required
 
 
@@ -32,16 +35,19 @@ class ModelCheck(io.ComfyNode):
             display_name="IDSculpt Model Check",
             category="IDSculpt/loaders",
             description="Lists every model file the IDSculpt workflows load, whether ComfyUI finds it and where to get "
-                        "the missing ones (the same table as docs/MODELS.md and scripts/check_models.py).",
+                        "the missing ones (the same table as docs/MODELS.md and scripts/check_models.py), then the "
+                        "pack's Python packages: present, missing, or installed but failing to import (with the "
+                        "module that is really missing and the pip command).",
             inputs=[
                 io.Combo.Input("workflow", options=[*WORKFLOWS, "all"], default="full",
                                tooltip="Which workflow's models to check: geometry (portrait to sculpted head), full "
                                        "(geometry + texture), eval (metric models), or all."),
                 io.Boolean.Input("fail_if_missing", default=False,
-                                 tooltip="Stop the prompt with the table as the error when a required file is missing "
-                                         "(put this node first in a workflow to fail before any heavy work)."),
+                                 tooltip="Stop the prompt with the report as the error when a required file or Python "
+                                         "package is missing (put this node first in a workflow to fail before any "
+                                         "heavy work)."),
             ],
-            outputs=[io.String.Output(display_name="report", tooltip="The table as text.")],
+            outputs=[io.String.Output(display_name="report", tooltip="The model table and the package list as text.")],
             is_output_node=True,
         )
 
@@ -52,9 +58,13 @@ class ModelCheck(io.ComfyNode):
     @classmethod
     def execute(cls, workflow: str, fail_if_missing: bool = False) -> io.NodeOutput:
         rows = check_models(comfy_folder_lookup, workflow)
-        report = format_table(rows)
-        if fail_if_missing and missing_required(rows):
-            raise RuntimeError("IDSculpt: required model files are missing.\n" + report)
+        packages = python_packages_report()
+        report = format_table(rows) + "\n\n" + format_packages_table(packages)
+        if fail_if_missing:
+            if missing_required(rows):
+                raise RuntimeError("IDSculpt: required model files are missing.\n" + report)
+            if any(p.problem for p in packages):
+                raise RuntimeError("IDSculpt: required Python packages are missing or broken.\n" + report)
         return io.NodeOutput(report, ui=ui.PreviewText(report))
 
 

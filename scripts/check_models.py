@@ -5,8 +5,9 @@
         [--workflow geometry|full|eval|all] [--python /path/to/comfy/python] [--base-directory DIR]
     python scripts/check_models.py --write-docs docs/MODELS.md     # regenerate the docs from the table
 
-Prints the table of core/models.py with what was found where; exit code 1 when a required file is
-missing (2 on bad arguments).
+Prints the table of core/models.py with what was found where, then the pack's Python packages as
+ComfyUI's Python sees them (core/dependencies.py: present, missing, or installed but broken with the
+module really missing); exit code 1 when a required file or package is missing (2 on bad arguments).
 
 Folder resolution is ComfyUI's own: a subprocess runs ComfyUI's Python, imports its ``folder_paths``
 (cheap: no torch) and loads ``<ComfyUI>/extra_model_paths.yaml`` plus each ``--extra-model-paths-
@@ -144,6 +145,43 @@ def _folders_without_comfy(comfy_path: str, extra_yaml: Sequence[str], base_dire
     return out
 
 
+def python_packages(python: str, timeout: float = 300.0) -> tuple[Optional[list[dict]], str]:
+    """(rows of core/dependencies.python_packages_report as dicts, or None when it could not run; note).
+    Runs core/dependencies.py by path in ``python`` (standard library only: no pack import needed)."""
+    script = os.path.join(ROOT, "core", "dependencies.py")
+    try:
+        proc = subprocess.run([python, script, "--json"], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"could not run {python}: {type(exc).__name__}: {exc}"
+    for line in proc.stdout.splitlines():
+        if line.startswith("IDSCULPT_PACKAGES="):
+            return json.loads(line.split("=", 1)[1]), f"python {python}"
+    why = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+    return None, f"{python} could not list its packages: {why[0]}"
+
+
+def packages_report(python: str) -> tuple[bool, str]:
+    """(no required package missing or broken, text) for ComfyUI's Python."""
+    deps = load_dependencies_module()
+    rows, how = python_packages(python)
+    if rows is None:
+        return False, f"Python packages: {how}"
+    ok = not any(r["need"] == deps.REQUIRED and r["status"] in (deps.MISSING, deps.BROKEN) for r in rows)
+    return ok, f"Python packages ({how}):\n{deps.format_packages_table(rows)}"
+
+
+def load_dependencies_module():
+    """core/dependencies.py without importing the pack (standard library only)."""
+    name = "idsculpt_core_dependencies"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "core", "dependencies.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def lookup_from(folders: dict[str, list[str]]) -> Callable[[str], list[str]]:
     return lambda key: folders.get(key, [])
 
@@ -166,6 +204,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--python", help="ComfyUI's Python (default: its venv, found like the test harness does)")
     ap.add_argument("--base-directory", help="ComfyUI's --base-directory, if it runs with one")
     ap.add_argument("--write-docs", metavar="MD", help="write the table as markdown (docs/MODELS.md) and exit")
+    ap.add_argument("--no-packages", action="store_true", help="check model files only, not ComfyUI's Python packages")
     args = ap.parse_args(argv)
     models = load_models_module()
     if args.write_docs:
@@ -182,7 +221,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     print(f"IDSculpt models for workflow '{args.workflow}' in {os.path.abspath(args.comfyui)} (folders from {how}):\n")
     print(table)
-    return 1 if models.missing_required(rows) else 0
+    packages_ok = True
+    if not args.no_packages:
+        packages_ok, text = packages_report(args.python or find_comfy_python(args.comfyui))
+        print("\n" + text)
+    return 1 if models.missing_required(rows) or not packages_ok else 0
 
 
 if __name__ == "__main__":

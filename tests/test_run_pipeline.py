@@ -1,12 +1,16 @@
-"""scripts/run_pipeline.py: workflow patching (no ComfyUI), the pre-flight model check, and one real run
-(LoadImage + IDSculpt Load Head -> IDSculpt Save Head) through a headless ComfyUI it starts itself."""
+"""scripts/run_pipeline.py: workflow patching (no ComfyUI), the choice of ComfyUI's Python and of --cpu,
+the stage-seconds table, --quick's test-model plumbing, temp-folder cleanup, the pre-flight model check,
+and real runs through a headless ComfyUI it starts itself (a tiny graph, the geometry workflow, and
+``--quick`` on the full workflow)."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -23,6 +27,7 @@ def _module():
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     spec = importlib.util.spec_from_file_location("idsculpt_run_pipeline", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
@@ -100,6 +105,247 @@ def test_turntable_renders_the_mesh(tmp_path):
     assert front[2] > back[2] + 0.2  # +z face is bluer (colour = position + 0.5)
     g = Image.open(gif)
     assert g.n_frames == 8
+
+
+# --------------------------------------------------------------------------- ComfyUI's Python and --cpu
+def _probe_table(results: dict):
+    """A probe that answers from ``results`` {python: (ok, error, info)} and records its calls."""
+    calls = []
+
+    def probe(python, comfy_path):
+        calls.append(python)
+        ok, err, info = results[python]
+        return RP.PythonProbe(python, ok, err, info)
+
+    return probe, calls
+
+
+def test_choose_python_order_and_reasons(monkeypatch, tmp_path):
+    here, venv = sys.executable, str(tmp_path / "venv" / "bin" / "python")
+    gpu = {"ok": True, "torch": "2.14", "cuda": True}
+    # 1. --python wins, without looking elsewhere
+    probe, calls = _probe_table({"/x/python": (True, "", gpu)})
+    p, why = RP.choose_python("/comfy", "/x/python", probe)
+    assert p.python == "/x/python" and why == "given with --python" and calls == ["/x/python"]
+    # 2. the running Python, when it imports ComfyUI
+    probe, calls = _probe_table({here: (True, "", gpu)})
+    p, why = RP.choose_python("/comfy", None, probe)
+    assert p.python == here and "running this script imports ComfyUI" in why and calls == [here]
+    # 3. else the venv check_models.find_comfy_python finds, saying why
+    monkeypatch.setattr(RP.check_models, "find_comfy_python", lambda comfy: venv)
+    probe, calls = _probe_table({here: (False, "No module named 'PIL'", {}), venv: (True, "", gpu)})
+    p, why = RP.choose_python("/comfy", None, probe)
+    assert p.python == venv and calls == [here, venv]
+    assert "cannot run ComfyUI (No module named 'PIL')" in why and "found ComfyUI's venv" in why
+    # 4. neither: no choice, both reasons named
+    probe, _ = _probe_table({here: (False, "No module named 'PIL'", {}), venv: (False, "No module named 'aiohttp'", {})})
+    p, why = RP.choose_python("/comfy", None, probe)
+    assert p is None and "'PIL'" in why and "'aiohttp'" in why and venv in why
+    # 5. no venv found (find_comfy_python falls back to this Python): says where it looked
+    monkeypatch.setattr(RP.check_models, "find_comfy_python", lambda comfy: here)
+    probe, calls = _probe_table({here: (False, "No module named 'torch'", {})})
+    p, why = RP.choose_python("/comfy", None, probe)
+    assert p is None and calls == [here] and "no ComfyUI venv was found" in why and "comfyvenv" in why
+
+
+def _stub_checkout(root, with_folder_paths: bool = True) -> str:
+    """A ComfyUI checkout stand-in with the modules the probe imports (comfy.options, comfy.cli_args, folder_paths)."""
+    (root / "comfy").mkdir(parents=True)
+    (root / "comfy" / "__init__.py").write_text("")
+    (root / "comfy" / "options.py").write_text("def enable_args_parsing(enable=False):\n    pass\n")
+    (root / "comfy" / "cli_args.py").write_text("args = None\n")
+    if with_folder_paths:
+        (root / "folder_paths.py").write_text("models_dir = 'models'\n")
+    (root / "main.py").write_text("")
+    return str(root)
+
+
+def test_probe_python_really_runs_the_candidate(tmp_path):
+    """The probe runs the candidate interpreter in the checkout: this test's Python has torch, aiohttp,
+    yaml, PIL and safetensors; a checkout without folder_paths.py fails naming that module."""
+    import torch
+
+    ok = RP.probe_python(sys.executable, _stub_checkout(tmp_path / "good"))
+    assert ok.ok and ok.info["torch"] == torch.__version__ and ok.info["cuda"] == torch.cuda.is_available()
+    bad = RP.probe_python(sys.executable, _stub_checkout(tmp_path / "bad", with_folder_paths=False))
+    assert not bad.ok and bad.error == "No module named 'folder_paths'" and bad.info.get("missing") == "folder_paths"
+    gone = RP.probe_python(str(tmp_path / "no-such-python"), str(tmp_path / "good"))
+    assert not gone.ok and "FileNotFoundError" in gone.error
+
+
+def test_auto_cpu_decision():
+    cpu_only = RP.PythonProbe("/py", True, "", {"ok": True, "torch": "2.14.1+cpu", "cuda": False, "mps": False, "xpu": False})
+    cuda = RP.PythonProbe("/py", True, "", {"ok": True, "torch": "2.14.1", "cuda": True})
+    mps = RP.PythonProbe("/py", True, "", {"ok": True, "torch": "2.14.1", "cuda": False, "mps": True})
+    use, why = RP.cpu_decision(cpu_only, cpu=False, gpu=False, url=None)
+    assert use and "has no CUDA/MPS/XPU device: adding --cpu" in why and "2.14.1+cpu" in why
+    assert RP.cpu_decision(cuda, False, False, None)[0] is False
+    assert RP.cpu_decision(mps, False, False, None) == (False, "torch 2.14.1 sees a GPU (MPS)")  # Apple: no --cpu
+    assert RP.cpu_decision(cpu_only, False, True, None) == (False, "--gpu given: no --cpu added")
+    assert RP.cpu_decision(cuda, True, False, None) == (True, "--cpu given")
+    assert RP.cpu_decision(cpu_only, False, False, "http://h:1")[0] is False  # a running server keeps its own device
+    # --cpu and --gpu exclude each other on the command line
+    with pytest.raises(SystemExit):
+        RP.build_parser().parse_args(["--out", "x", "--cpu", "--gpu"])
+
+
+# --------------------------------------------------------------------------- stage seconds
+def test_stage_seconds_from_recorded_events():
+    """A recorded event sequence with known times: each node runs from its 'executing' to the next one's
+    (or the prompt's end); cached nodes get no time; samplers and IDSculpt nodes get rows, the rest is summed."""
+    wf = {"3": {"class_type": "LoadImage", "inputs": {}}, "8": {"class_type": "IDSculptPanoHeadInvert", "inputs": {}},
+          "29": {"class_type": "KSampler", "inputs": {}, "_meta": {"title": "Reference normal map"}},
+          "30": {"class_type": "VAEDecode", "inputs": {}}, "51": {"class_type": "IDSculptDMTetSculpt", "inputs": {}},
+          "7": {"class_type": "IDSculptPanoHeadLoader", "inputs": {}}}
+    events = [(0.0, "execution_start", {}), (0.0, "execution_cached", {"nodes": ["7"]}),
+              (0.5, "executing", {"node": "3"}), (1.0, "executing", {"node": "8"}), (1.5, "progress", {"node": "8", "value": 1, "max": 2}),
+              (4.0, "executing", {"node": "29"}), (6.5, "executing", {"node": "30"}), (7.0, "executing", {"node": "51"}),
+              (17.25, "execution_success", {}), (17.3, "executing", {"node": None})]
+    clock = iter([0.0] + [t for t, _, _ in events])  # the printer reads the clock once at start, once per event
+    out = []
+
+    class _Stream:
+        def write(self, text):
+            out.append(text)
+
+        def flush(self):
+            pass
+
+    printer = RP.ProgressPrinter(wf, stream=_Stream(), clock=lambda: next(clock))
+    for _, kind, data in events:
+        printer(kind, data)
+    st = printer.times
+    assert st.seconds == {"3": 0.5, "8": 3.0, "29": 2.5, "30": 0.5, "51": 10.25} and st.cached == ["7"]
+    lines = st.table(wf).splitlines()
+    assert lines[0].split() == ["node", "class", "seconds", "title"]
+    rows = [ln.split() for ln in lines[1:]]
+    assert rows[0] == ["8", "IDSculptPanoHeadInvert", "3.0"]
+    assert rows[1] == ["29", "KSampler", "2.5", "Reference", "normal", "map"]
+    assert rows[2] == ["51", "IDSculptDMTetSculpt", "10.2"]  # 10.25 shown with one decimal
+    assert rows[3] == ["other", "nodes", "1.0"]  # LoadImage 0.5 + VAEDecode 0.5
+    assert rows[4][:2] == ["total", "16.8"]  # 16.75
+    assert "(1 node(s) cached)" in lines[-1]
+    assert any("running node 51 IDSculptDMTetSculpt" in t for t in out)
+    # a failure ends the running node too
+    st2 = RP.StageTimes()
+    st2.on_event("executing", {"node": "8"}, 1.0)
+    st2.on_event("execution_error", {"node_id": "8"}, 3.0)
+    assert st2.seconds == {"8": 2.0} and st2.current is None
+
+
+# --------------------------------------------------------------------------- --quick plumbing
+def test_quick_workflow_models_and_yaml(tmp_path):
+    """--quick patches the shipped full workflow with make_workflows' QUICK_TEST on the template head,
+    builds the stand-ins of exactly the files it then loads, and puts them first in ComfyUI's folders."""
+    import make_workflows as MW
+
+    full = RP.load_workflow(os.path.join(ROOT, "workflows", "full_api.json"))
+    quick = RP.quick_workflow(full)
+    samplers = [n for n in quick.values() if n["class_type"] == "KSampler"]
+    assert samplers and all(n["inputs"]["steps"] == MW.QUICK_TEST["KSampler"]["steps"] for n in samplers)
+    for cls, values in MW.TEMPLATE_HEAD.items():  # the template head (the random PanoHead has no surface)
+        nodes = [n for n in quick.values() if n["class_type"] == cls]
+        assert nodes and all(n["inputs"][k] == v for n in nodes for k, v in values.items())
+    keys = RP.quick_model_keys(quick)
+    models = RP.check_models.load_models_module()
+    loaded = {n["inputs"][k] for n in quick.values() for k in ("ckpt_name", "control_net_name", "adapter_name")
+              if isinstance(n["inputs"].get(k), str)}
+    expect_keys = {m.key for m in models.MODEL_TABLE if m.filename in loaded}
+    assert expect_keys <= set(keys) and "insightface" in keys
+    assert "panohead" not in keys and "realesrgan_x2" not in keys  # the template head; no upscaler in the graph
+    files = RP.quick_model_files(str(tmp_path), keys)
+    assert os.path.join(str(tmp_path), "insightface", "models", "buffalo_l", "det_10g.onnx") in files
+    yaml_path = RP.write_quick_yaml(str(tmp_path), keys, str(tmp_path / "extra.yaml"))
+    import yaml
+
+    with open(yaml_path, encoding="utf-8") as fh:
+        conf = yaml.safe_load(fh)
+    (entry,) = conf.values()
+    # is_default: ComfyUI puts these folders FIRST, so real models of the same names do not shadow them
+    assert entry.pop("base_path") == str(tmp_path) and entry.pop("is_default") is True
+    assert entry == {f: f for f in ("checkpoints", "controlnet", "idsculpt", "insightface", "ipadapter")}
+    # every model file of the quick graph lies in one of those folders
+    assert all(os.path.relpath(f, str(tmp_path)).split(os.sep)[0] in entry for f in files)
+
+
+class _FakeServer:
+    """Stands in for ComfyServer: records the command line, fails at start or returns one GLB."""
+
+    last = None
+    fail = False
+    glb = b""
+
+    def __init__(self, comfy_path, python, extra_args, log_path=None, url=None):
+        self.extra_args, self.stopped = list(extra_args), False
+        self.log_path = log_path
+        _FakeServer.last = self
+
+    def start(self):
+        if _FakeServer.fail:
+            raise RP.ComfyError("ComfyUI exited with code 1 during start-up")
+        return self
+
+    def object_info(self):
+        return {"LoadImage": {}, "IDSculptLoadHead": {}, "IDSculptSaveHead": {}, "PreviewImage": {}}
+
+    def upload_image(self, path):
+        return "p.png"
+
+    def connect_ws(self):
+        return None
+
+    def queue(self, wf):
+        return "pid"
+
+    def wait(self, prompt_id, ws, on_event, timeout=None):
+        for kind, data in (("executing", {"node": "3"}), ("executing", {"node": "4"}), ("execution_success", {})):
+            on_event(kind, data)
+        return {"outputs": {"4": {"3d": [{"filename": "rp_00001_.glb", "subfolder": "IDSculpt", "type": "output"}]},
+                            "2": {"images": [{"filename": "pv.png", "subfolder": "", "type": "temp"}]}}}
+
+    def view(self, f):
+        return _FakeServer.glb
+
+    def stop(self):
+        self.stopped = True
+
+    def log_tail(self, n=0):
+        return ""
+
+
+def _fe_dirs(d) -> list[str]:
+    return [n for n in os.listdir(d) if n.startswith("idsculpt_fe_")]
+
+
+def test_front_end_folder_removed_after_failure_and_success(tmp_path, monkeypatch, capsys):
+    """The empty --front-end-root run_pipeline makes for ComfyUI is gone when it returns, whether ComfyUI
+    failed to start or the run succeeded (which also prints the stage table and the files)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(RP.tempfile, "tempdir", str(tmp))
+    monkeypatch.setattr(RP, "ComfyServer", _FakeServer)
+    glb = coloured_cube().save(str(tmp_path / "cube.glb"))
+    with open(glb, "rb") as fh:
+        _FakeServer.glb = fh.read()
+    portrait = tmp_path / "p.png"
+    portrait.write_bytes(b"png")
+    args = argparse.Namespace(url=None, extra_model_paths_config=[], base_directory=None, cpu=False, use_cpu=True, comfy_arg=[],
+                              out=str(tmp_path / "out"), comfyui=str(tmp_path), python=sys.executable, portrait=str(portrait),
+                              timeout=None, quick=False, workflow="tiny_api.json", frames=2, size=32)
+    os.makedirs(args.out)
+    _FakeServer.fail = True
+    assert RP.run_comfy(args, tiny_workflow(), "1", time.monotonic()) == 3
+    srv = _FakeServer.last
+    fe = srv.extra_args[srv.extra_args.index("--front-end-root") + 1]
+    assert os.path.dirname(fe) == str(tmp) and srv.stopped and "--cpu" in srv.extra_args
+    assert not os.path.exists(fe) and _fe_dirs(tmp) == []
+    _FakeServer.fail = False
+    assert RP.run_comfy(args, tiny_workflow(), "1", time.monotonic()) == 0
+    assert _fe_dirs(tmp) == []
+    text = capsys.readouterr().out
+    assert "== seconds per stage" in text and "IDSculptSaveHead" in text
+    assert os.path.isfile(os.path.join(args.out, "rp_00001_.glb")) and os.path.isfile(os.path.join(args.out, "rp_00001__turntable.gif"))
+    assert "IDSculpt/rp_00001_.glb" in text and "pv.png" not in text  # ComfyUI's saved files; temp previews are not
 
 
 @pytest.mark.comfy
@@ -198,3 +444,44 @@ def test_geometry_workflow_end_to_end_on_test_models(tmp_path, comfy_path, comfy
     ext = (head.vertices.max(0).values - head.vertices.min(0).values)
     assert (ext > 0.2).all() and (ext < 5).all()  # a head-sized object, not a collapsed or exploded mesh
     assert os.path.isfile(out / (glbs[0][:-4] + "_turntable.gif"))
+
+
+@pytest.mark.comfy
+@pytest.mark.slow
+def test_quick_run_end_to_end_on_cpu(tmp_path, comfy_path, comfy_python, portraits_dir):
+    """``run_pipeline.py --quick`` exactly as a new user runs it (no --python, no --cpu, no --workflow): it
+    picks this Python (which imports ComfyUI), adds --cpu when torch has no GPU, builds or reuses the
+    random-weight test models, runs the shipped full workflow lowered, and writes a textured GLB; the
+    stage table lists the IDSculpt nodes and the samplers; no temporary folder is left behind.
+    The pack comes in through the test sandbox (its YAML's custom_nodes entry): the user's install is a clone
+    into ComfyUI/custom_nodes. First run builds the test models (~1.5 min, cached in $IDSCULPT_TEST_MODELS_DIR
+    or tests/output/test_models, shared with tests/test_model_builder.py)."""
+    import torch
+
+    sandbox = ch.ComfySandbox(str(tmp_path / "sandbox"))
+    test_models = os.environ.get("IDSCULPT_TEST_MODELS_DIR") or os.path.join(ROOT, "tests", "output", "test_models")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "out"
+    cmd = [comfy_python, SCRIPT, "--comfyui", comfy_path, "--portrait", os.path.join(portraits_dir, "bezos_1.jpg"), "--out", str(out),
+           "--quick", "--test-models", test_models, "--base-directory", sandbox.base, "--extra-model-paths-config", sandbox.yaml_path,
+           "--comfy-arg=--database-url", "--comfy-arg=sqlite:///:memory:", "--frames", "4", "--size", "64"]
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=dict(os.environ, TMPDIR=str(tmp)))
+    wall = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    assert "the Python running this script imports ComfyUI" in r.stdout
+    if not torch.cuda.is_available():
+        assert "has no CUDA/MPS/XPU device: adding --cpu" in r.stdout and "main.py --cpu" in r.stdout
+    assert "all required model files found" in r.stdout and "all required Python packages import" in r.stdout
+    table = r.stdout.split("== seconds per stage", 1)[1].split("== results", 1)[0]
+    for cls in ("IDSculptPanoHeadInvert", "IDSculptDMTetSculpt", "IDSculptProgressiveInpaint", "IDSculptTextureRefine", "KSampler"):
+        assert cls in table, f"{cls} missing from the stage table:\n{table}"
+    full = sorted(f for f in os.listdir(out) if f.startswith("head_full") and f.endswith(".glb"))
+    assert len(full) == 1, os.listdir(out)
+    head = HeadMesh.load(str(out / full[0]))
+    assert head.uvs is not None and head.texture is not None and head.texture.shape[0] >= 256
+    assert torch.isfinite(head.vertices).all() and torch.isfinite(head.texture).all()
+    assert os.path.isfile(out / (full[0][:-4] + "_turntable.png"))
+    assert [n for n in os.listdir(tmp) if n.startswith("idsculpt_fe_")] == []
+    print(f"run_pipeline --quick: exit 0 in {wall:.0f} s wall")

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..dependencies import import_optional
 from ..models import missing_model_message
 
 log = logging.getLogger("IDSculpt")
@@ -159,13 +160,8 @@ def load_face_analysis(root: str, name: str = "buffalo_l", provider: str = "CPU"
     needed for the identity and would triple the load time.
     """
     model_dir = insightface_model_dir(root, name)
-    try:
-        from insightface.app import FaceAnalysis
-    except ImportError as e:  # pragma: no cover - depends on the user's install
-        raise RuntimeError(
-            "insightface is not installed. Install it with `pip install insightface` (it needs onnxruntime; "
-            "on systems with opencv-python-headless use `pip install --no-deps insightface`)."
-        ) from e
+    # names the module really missing: "insightface 2.1 is installed but ... the module 'onnx' is missing"
+    FaceAnalysis = import_optional("insightface", "app", purpose="face detection and the ArcFace identity").app.FaceAnalysis
     try:
         app = FaceAnalysis(name=name, root=root, providers=onnx_providers(provider),
                            allowed_modules=["detection", "recognition"])
@@ -252,7 +248,8 @@ def face_id_from_image(
     ``face_index``: which face when there are several, counted by box area, largest first.
     """
     import cv2
-    from insightface.utils import face_align
+
+    face_align = import_optional("insightface", "utils.face_align", purpose="the ArcFace face crop").utils.face_align
 
     rgb, notes = to_rgb_uint8(image)
     h0, w0 = rgb.shape[:2]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..camera import EG3D_FOCAL, EG3D_RADIUS, Cameras
-from ..face.landmarks import import_mediapipe
+from ..dependencies import import_optional
 
 # MediaPipe indices standing in for dlib-68 points used by PanoHead
 MP_EYE_IMG_LEFT = (33, 160, 158, 133, 153, 144)  # dlib 36-41 (subject's right eye, image left)
@@ -68,10 +68,12 @@ _FACE_MESH = None
 def detect_landmarks(image: np.ndarray) -> np.ndarray:
     """MediaPipe FaceMesh (refined, 478 points) of the largest face: [478,3] pixels (x, y, z·width)."""
     global _FACE_MESH
-    try:
-        mp = import_mediapipe("python.solutions.face_mesh")
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise RuntimeError("PanoHead alignment needs mediapipe<=0.10.21 (FaceMesh ships inside that wheel)") from e
+    # the error names the module really missing (mediapipe itself, matplotlib, or the legacy solutions of
+    # mediapipe > 0.10.21); on a fresh thread so the import keeps none of this frame alive
+    mp = import_optional("mediapipe", "python.solutions.face_mesh", purpose="PanoHead alignment",
+                         install="the legacy FaceMesh ships inside mediapipe<=0.10.21 only: "
+                                 "pip install --no-deps mediapipe==0.10.21 (see the README install)",
+                         fresh_thread=True)
     if image.dtype != np.uint8:
         image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
     if _FACE_MESH is None:
