@@ -209,6 +209,57 @@ class HeadMesh:
         return HeadMesh.from_trimesh(tm)
 
 
+# ---------------------------------------------------------------------- GLB extras
+_GLB_MAGIC, _GLB_JSON = 0x46546C67, 0x4E4F534A  # "glTF", "JSON"
+
+
+def _glb_chunks(path: str) -> tuple[dict, bytes]:
+    """(the JSON chunk parsed, every byte after it) of a binary glTF file."""
+    import json
+    import struct
+
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 20:
+        raise ValueError(f"{path} is not a GLB file (too short)")
+    magic, version, _length = struct.unpack_from("<III", data, 0)
+    chunk_len, chunk_type = struct.unpack_from("<II", data, 12)
+    if magic != _GLB_MAGIC or version != 2 or chunk_type != _GLB_JSON:
+        raise ValueError(f"{path} is not a glTF 2.0 binary file")
+    return json.loads(data[20:20 + chunk_len].decode("utf-8")), data[20 + chunk_len:]
+
+
+def write_glb_extras(path: str, extras: dict) -> None:
+    """Merge ``extras`` into the GLB's ``asset.extras`` (glTF's place for application data), in place.
+
+    Used to keep the portrait's camera with a saved head: the head is saved in the sculpting frame, and a
+    later evaluation needs the camera in that same frame."""
+    import json
+    import struct
+
+    doc, rest = _glb_chunks(path)
+    asset = doc.setdefault("asset", {"version": "2.0"})
+    asset.setdefault("extras", {}).update(extras)
+    text = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 4)  # chunks are 4-byte aligned, JSON padded with spaces
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<III", _GLB_MAGIC, 2, 12 + 8 + len(text) + len(rest)))
+        fh.write(struct.pack("<II", len(text), _GLB_JSON))
+        fh.write(text)
+        fh.write(rest)
+
+
+#: ``asset.extras`` key of a saved head's reference camera: {"eg3d_label": 25 floats, "height": H, "width": W}
+REFERENCE_CAMERA_EXTRA = "idsculpt_reference_camera"
+
+
+def read_glb_extras(path: str) -> dict:
+    """The GLB's ``asset.extras`` ({} when it has none)."""
+    doc, _ = _glb_chunks(path)
+    extras = doc.get("asset", {}).get("extras", {})
+    return extras if isinstance(extras, dict) else {}
+
+
 def decimate(mesh: HeadMesh, max_faces: int) -> HeadMesh:
     """Quadric decimation (geometry only) to at most about ``max_faces`` faces; the mesh itself when it
     is already that small. Used where a dense mesh only needs its shape: UV unwrapping (xatlas time grows

@@ -81,7 +81,8 @@ class EvaluateHead(io.ComfyNode):
                 HEAD_MESH.Input("head", tooltip="The textured head to evaluate (texture + UVs, or vertex colours)."),
                 io.Image.Input("portrait", tooltip="The input portrait as the reference camera sees it (the pipeline's aligned crop)."),
                 CAMERA.Input("reference_camera", optional=True,
-                             tooltip="Camera of the portrait. Left empty: reference_label, else EG3D's frontal camera."),
+                             tooltip="Camera of the portrait in the head's frame: DMTet Sculpt's reference_camera (the sculpted head "
+                                     "is in its normalised frame). Left empty: reference_label, else EG3D's frontal camera (PanoHead's frame)."),
                 io.String.Input("reference_label", default="", optional=True,
                                 tooltip="EG3D 25-float camera label of the portrait (cam2world 16 + intrinsics 9), used when no camera is connected. Empty = frontal."),
                 io.ClipVision.Input("clip_vision", optional=True,

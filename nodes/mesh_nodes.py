@@ -20,8 +20,8 @@ import torch
 import folder_paths
 from comfy_api.latest import io
 
-from ..core.mesh import HeadMesh
-from .types import HEAD_MESH
+from ..core.mesh import REFERENCE_CAMERA_EXTRA, HeadMesh, write_glb_extras
+from .types import CAMERA, HEAD_MESH
 
 MESH_EXTENSIONS = (".glb", ".gltf", ".obj")
 
@@ -118,6 +118,9 @@ class SaveHead(io.ComfyNode):
                                         "and %date:yyyy-MM-dd%-style formatting. A counter is appended."),
                 io.Boolean.Input("save_obj", default=False,
                                  tooltip="Also write an OBJ with its MTL material and PNG texture beside the GLB (for Blender, ZBrush, ...)."),
+                CAMERA.Input("reference_camera", optional=True,
+                             tooltip="The portrait's camera in the head's frame (DMTet Sculpt's reference_camera): kept in the GLB "
+                                     "(asset.extras), so scripts/evaluate_head.py renders the reference view without being told."),
             ],
             outputs=[
                 io.String.Output(display_name="model_file", tooltip="GLB path relative to the output folder: the input core Preview3D takes."),
@@ -127,7 +130,7 @@ class SaveHead(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, head: HeadMesh, filename_prefix: str, save_obj: bool = False) -> io.NodeOutput:
+    def execute(cls, head: HeadMesh, filename_prefix: str, save_obj: bool = False, reference_camera=None) -> io.NodeOutput:
         if not isinstance(head, HeadMesh):
             raise ValueError(f"head must be an IDSCULPT_HEAD_MESH, got {type(head).__name__}")
         if head.faces.numel() == 0:
@@ -139,6 +142,10 @@ class SaveHead(io.ComfyNode):
         base = f"{filename}_{counter:05}_"
         head = head.detach().to("cpu")
         glb = head.save(os.path.join(full_folder, base + ".glb"))
+        if reference_camera is not None:
+            cam = reference_camera[0] if len(reference_camera) > 1 else reference_camera
+            label = [round(float(x), 7) for x in cam.eg3d_label()[0].tolist()]
+            write_glb_extras(glb, {REFERENCE_CAMERA_EXTRA: {"eg3d_label": label, "height": cam.height, "width": cam.width}})
         results = [{"filename": os.path.basename(glb), "subfolder": subfolder, "type": "output"}]
         if save_obj:
             obj = head.save(os.path.join(full_folder, base + ".obj"))

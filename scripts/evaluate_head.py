@@ -34,6 +34,17 @@ def _load_pack():
     return ev, HeadMesh
 
 
+def saved_reference_label(mesh_path: str):
+    """The portrait's camera IDSculpt Save Head keeps in a GLB (asset.extras), or None. Heads leave the sculpt stage
+    in its normalised frame, where EG3D's frontal camera would see the head at the wrong size."""
+    if not mesh_path.lower().endswith(".glb"):
+        return None
+    from idsculpt.core.mesh import REFERENCE_CAMERA_EXTRA, read_glb_extras
+
+    saved = read_glb_extras(mesh_path).get(REFERENCE_CAMERA_EXTRA)
+    return saved.get("eg3d_label") if isinstance(saved, dict) else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mesh", required=True, help="textured head: .glb/.gltf/.obj with UVs and texture (or vertex colours)")
@@ -41,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report JSON path; the curve PNG is written next to it")
     p.add_argument("--curve", default=None, help="curve PNG path (default: <out>_curve.png)")
     p.add_argument("--views", default=None, help="optional PNG contact sheet of the reference render + sweep renders")
-    p.add_argument("--reference-label", default=None, help="EG3D 25-float camera label of the portrait (default: frontal)")
+    p.add_argument("--reference-label", default=None,
+                   help="EG3D 25-float camera label of the portrait in the mesh's frame (default: the camera IDSculpt Save Head "
+                        "kept in the GLB, else EG3D's frontal camera)")
     p.add_argument("--reference-label-file", default=None, help="JSON file holding the 25-float label (a list, or {'label': [...]})")
     p.add_argument("--lpips-dir", default=None, help="folder with alexnet-owt-7be5be79.pth (torchvision) and alex.pth (lpips)")
     p.add_argument("--insightface-root", default=None, help="insightface root (holds models/<name>/*.onnx), e.g. ComfyUI/models/insightface")
@@ -75,6 +88,10 @@ def main(argv: list[str] | None = None) -> dict:
         with open(args.reference_label_file, encoding="utf-8") as fh:
             data = json.load(fh)
         label = data.get("label", data) if isinstance(data, dict) else data
+    if label is None:
+        label = saved_reference_label(args.mesh)
+        if label is not None:
+            print(f"reference camera: the one saved with {os.path.basename(args.mesh)} (the head's own frame)")
 
     skipped: dict[str, str] = {}
     lpips_model = None

@@ -586,7 +586,7 @@ def build_geometry() -> Workflow:
     g2 = s["g2"]
     wf.add("SaveImage", "Sculpted head: turntable", g2, 9, images=s["sculpt"]["preview"], filename_prefix="IDSculpt/turntable")
     save = wf.add("IDSculptSaveHead", None, g2, 9, head=s["sculpt"]["head_mesh"], filename_prefix="IDSculpt/head_geometry",
-                  save_obj=False)
+                  save_obj=False, reference_camera=s["sculpt"]["reference_camera"])
     wf.add("Preview3D", "3D view", g2, 9, model_file=save["model_file"])
     return wf
 
@@ -600,7 +600,7 @@ def build_full(name: str = "full", texture_ckpt: str = TEXTURE_SD15, style: Opti
     g2 = s["g2"]
     wf.add("SaveImage", "Sculpted head: turntable", g2, 9, images=s["sculpt"]["preview"], filename_prefix="IDSculpt/turntable")
     wf.add("IDSculptSaveHead", "Save sculpted head (untextured)", g2, 9, head=s["sculpt"]["head_mesh"],
-           filename_prefix="IDSculpt/head_geometry", save_obj=False)
+           filename_prefix="IDSculpt/head_geometry", save_obj=False, reference_camera=s["sculpt"]["reference_camera"])
 
     g3 = wf.group("3 · Texture: progressive inpainting (ID adapter + normal ControlNet) → deblur → refinement → GLB")
     if style is None:
@@ -632,7 +632,7 @@ def build_full(name: str = "full", texture_ckpt: str = TEXTURE_SD15, style: Opti
                     learning_rate=0.02, perceptual_model=VGG16, lpips_weights="auto", **common)
     wf.add("PreviewImage", "Texture (UV)", g3, 4, images=refine["texture"])
     save = wf.add("IDSculptSaveHead", "Save textured head", g3, 5, head=refine["head"], filename_prefix=f"IDSculpt/head_{name}",
-                  save_obj=False)
+                  save_obj=False, reference_camera=sculpt["reference_camera"])
     wf.add("Preview3D", "3D view", g3, 5, model_file=save["model_file"])
     return wf
 

@@ -147,3 +147,25 @@ def test_load_head_reports_corrupt_and_missing_files(comfy_server):
         comfy_server.submit({"1": {"class_type": "IDSculptLoadHead", "inputs": {"file": "no_such_head.glb"}},
                              "2": {"class_type": "IDSculptSaveHead", "inputs": {"head": ["1", 0], "filename_prefix": "x", "save_obj": False}}},
                             timeout=120)
+
+
+def test_save_head_keeps_the_reference_camera_for_evaluation(comfy_inprocess, tmp_path):
+    """Heads leave the sculpt in its normalised frame: Save Head keeps the portrait's camera (in that frame) in the
+    GLB, and scripts/evaluate_head.py finds it there without being told."""
+    import importlib.util
+
+    from idsculpt.core.camera import Cameras
+
+    nodes = comfy_inprocess.load_pack_nodes()
+    cam = Cameras.orbit(5.0, -12.0, 3.1, 17.0, 256)
+    out = comfy_inprocess.run_node(nodes["IDSculptSaveHead"], head=textured_sphere(), filename_prefix="extras/head",
+                                   save_obj=False, reference_camera=cam)
+    glb = os.path.join(comfy_inprocess.folder_paths.get_output_directory(), out.args[0])
+    spec = importlib.util.spec_from_file_location("evaluate_head", os.path.join(ch.ROOT, "scripts", "evaluate_head.py"))
+    evaluate_head = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate_head)
+    label = evaluate_head.saved_reference_label(glb)
+    back = Cameras.from_eg3d_label(torch.tensor([label]), 256)
+    assert torch.allclose(back.cam2world, cam.cam2world, atol=1e-5) and torch.allclose(back.fov, cam.fov, atol=1e-4)
+    plain = comfy_inprocess.run_node(nodes["IDSculptSaveHead"], head=textured_sphere(), filename_prefix="extras/plain", save_obj=False)
+    assert evaluate_head.saved_reference_label(os.path.join(comfy_inprocess.folder_paths.get_output_directory(), plain.args[0])) is None

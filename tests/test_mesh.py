@@ -82,3 +82,30 @@ def test_glb_carries_smooth_vertex_normals(tmp_path):
     path = m.save(str(tmp_path / "s.glb"))
     gltf = pygltflib.GLTF2().load(path)
     assert gltf.meshes[0].primitives[0].attributes.NORMAL is not None
+
+
+def test_glb_extras_round_trip_keeps_the_mesh(tmp_path):
+    """asset.extras written into a saved GLB come back, and the mesh (positions, UVs, texture) is unchanged."""
+    import pytest
+    import trimesh
+
+    from idsculpt.core.mesh import read_glb_extras, write_glb_extras
+
+    m = _textured_cube()
+    path = m.save(str(tmp_path / "cube.glb"))
+    assert read_glb_extras(path) == {}
+    label = [float(i) / 7 for i in range(25)]
+    write_glb_extras(path, {"idsculpt_reference_camera": {"eg3d_label": label, "height": 512, "width": 512}})
+    write_glb_extras(path, {"other": 1})  # merged, not replaced
+    extras = read_glb_extras(path)
+    assert extras["idsculpt_reference_camera"]["eg3d_label"] == label and extras["other"] == 1
+    back = HeadMesh.load(path)
+    ref = HeadMesh.load(m.save(str(tmp_path / "plain.glb")))
+    assert torch.equal(back.vertices, ref.vertices) and torch.equal(back.faces, ref.faces)
+    assert torch.equal(back.uvs, ref.uvs) and torch.equal(back.texture, ref.texture)
+    with open(path, "rb") as fh:
+        assert len(fh.read()) % 4 == 0  # the GLB stays 4-byte aligned
+    assert isinstance(trimesh.load(path), trimesh.Scene)
+    (tmp_path / "x.glb").write_bytes(b"not a glb file at all")
+    with pytest.raises(ValueError, match="not a glTF 2.0 binary"):
+        read_glb_extras(str(tmp_path / "x.glb"))

@@ -299,6 +299,8 @@ def test_settings_follow_the_reference(name):
     assert api[sculpt["inputs"]["reference_geometry"][0]]["class_type"] == "IDSculptGeoSupervision"
     invert_id = sculpt["inputs"]["head_mesh"][0]
     assert api[invert_id]["class_type"] == "IDSculptPanoHeadInvert" and sculpt["inputs"]["gan_views"] == [invert_id, 3]
+    for _, save in (kv for kv in api.items() if kv[1]["class_type"] == "IDSculptSaveHead"):
+        assert save["inputs"]["reference_camera"] == [sid, 2]  # kept in the GLB for evaluation in the head's frame
     consumers = {api[k]["class_type"] for k, _ in _feeds(api, sid)}
     assert "IDSculptSaveHead" in consumers and "SaveImage" in consumers  # GLB + turntable preview
     assert api[api[invert_id]["inputs"]["portrait"][0]]["class_type"] == "LoadImage"
