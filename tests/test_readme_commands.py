@@ -44,7 +44,8 @@ def _code_lines(markdown: str) -> list[str]:
 
 
 def _pipeline_command(readme: str) -> list[str]:
-    cmds = [shlex.split(line) for line in _code_lines(readme) if line.startswith("python scripts/run_pipeline.py")]
+    cmds = [shlex.split(line) for line in _code_lines(readme)
+            if line.startswith("python scripts/run_pipeline.py") and "--quick" not in line]  # the real run, not the quick one
     assert cmds, "README.md shows no `python scripts/run_pipeline.py ...` command in a code block"
     return cmds[0]
 
