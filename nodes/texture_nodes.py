@@ -309,8 +309,7 @@ class ProgressiveInpaint(io.ComfyNode):
         out = result.mesh.to("cpu")
         if upscale_model is not None:  # IDsculpt_tex.py initialize_texture: dilate, then deblur, then refine
             upscale, scale = comfy_upscaler(upscale_model)
-            with torch.inference_mode(False):
-                out = out.with_(texture=deblur_texture(out.texture, upscale, scale))
+            out = out.with_(texture=deblur_texture(out.texture, upscale, scale))  # no autograd: node's inference mode
         texture = core_to_image(out.texture)
         view_batch = core_to_image(torch.stack(views)) if views else texture
         return io.NodeOutput(out, texture, view_batch)

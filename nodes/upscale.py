@@ -19,7 +19,8 @@ def comfy_upscaler(upscale_model) -> tuple[Callable[[torch.Tensor], torch.Tensor
     scale = int(upscale_model.scale)
     device = mm.get_torch_device()
 
-    def upscale(x: torch.Tensor) -> torch.Tensor:
+    @torch.inference_mode()  # as ComfyUI's own upscale node runs: the loader's weights are inference tensors, and
+    def upscale(x: torch.Tensor) -> torch.Tensor:  # moving them to the GPU outside inference mode fails there
         upscale_model.to(device)
         try:
             tile = 512

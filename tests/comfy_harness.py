@@ -378,7 +378,9 @@ def _import_comfy(comfy_path: str, sandbox: Optional[ComfySandbox]):
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    # CPU unless IDSCULPT_INPROCESS_GPU=1 (on the GPU machine: CUDA-only failures, e.g. weights moved outside
+    # inference mode, never show on the CPU, where moving a tensor to the CPU is a no-op)
+    comfy.cli_args.args.cpu = os.environ.get("IDSCULPT_INPROCESS_GPU", "") != "1"
     comfy.cli_args.args.disable_metadata = False
     import comfy.model_management  # noqa: F401  (after args.cpu)
     import comfy.utils  # noqa: F401

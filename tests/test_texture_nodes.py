@@ -254,3 +254,52 @@ def test_progressive_inpaint_deblurs_the_finished_texture_with_the_upscale_model
     assert not torch.equal(expected, plain.texture)  # the deblur changes this texture (8-bit, bicubic half size)
     assert (deblurred.texture - expected).abs().max() <= 1.5 / 255
     assert torch.equal(deblurred.uvs, plain.uvs)
+
+
+def test_progressive_inpaint_deblurs_with_comfyuis_upscale_model(env, recorder):
+    """The real path: a (tiny, random) RealESRGAN x2 file through ComfyUI's own Load Upscale Model into the node,
+    run as ComfyUI runs nodes (under inference mode; the loader's weights are inference tensors, which an
+    autograd-recording forward cannot save: it must run without autograd)."""
+    import os
+
+    from build_test_models import write_realesrgan_x2
+    from comfy_extras.nodes_upscale_model import UpscaleModelLoader
+
+    folder = env.ci.folder_paths.get_folder_paths("upscale_models")[0]
+    write_realesrgan_x2(os.path.join(folder, "RealESRGAN_x2_node_test.pth"), "small", 3)
+    try:
+        (model,) = env.ci.run_node(UpscaleModelLoader, model_name="RealESRGAN_x2_node_test.pth").args
+        head = env.ci.run_node(
+            env.nodes["IDSculptProgressiveInpaint"], head=env.head, model=env.model, positive=env.pos, negative=env.neg,
+            vae=env.vae, denoise=0.95, control_strength=1.0, texture_size="256", max_faces=100000, view_plan="-15, 0",
+            resolution=RES, erode_iterations=8, cos_threshold=0.0, policy="first", upscale_model=model, **_sampler(),
+        ).args[0]
+    finally:
+        os.remove(os.path.join(folder, "RealESRGAN_x2_node_test.pth"))
+    tex = head.texture
+    assert tex.shape == (256, 256, 3) and bool(torch.isfinite(tex).all())
+    assert torch.equal(tex * 255, (tex * 255).round())  # the deblur's 8-bit grid: it ran
+
+
+def test_upscale_model_moves_and_runs_only_under_inference_mode():
+    """ComfyUI's upscale-model weights are inference tensors: moving them to the GPU (or running them with autograd)
+    outside inference mode fails on CUDA ("Inference tensors do not track version counter"; seen on an H100, a CPU
+    move is a no-op and hides it). The wrapper must do both under inference mode, whatever mode its caller is in."""
+    from idsculpt.nodes.upscale import comfy_upscaler
+
+    seen = []
+
+    class Strict(_NearestX2):
+        def to(self, device):
+            seen.append(("to", torch.is_inference_mode_enabled()))
+            return self
+
+        def __call__(self, x):
+            seen.append(("call", torch.is_inference_mode_enabled()))
+            return super().__call__(x)
+
+    upscale, scale = comfy_upscaler(Strict())
+    with torch.inference_mode(False), torch.enable_grad():
+        out = upscale(torch.rand(1, 3, 8, 8))
+    assert out.shape == (1, 3, 16, 16) and scale == 2
+    assert seen and all(inference for _, inference in seen), seen
