@@ -111,12 +111,15 @@ def unsafe_error(path: str, names: list[str], expected: Optional[str] = None) ->
         "file from that source (or its .safetensors version).", "unsafe", path)
 
 
-def wrong_model_error(name: str, weights: Mapping[str, Any], expected: Optional[str], detail: str = "") -> ModelFileError:
-    """The file holds readable weights, but not the expected model: say what it is (when recognised)."""
+def wrong_model_error(name: str, weights: Mapping[str, Any], expected: Optional[str], detail: str = "",
+                      kind: Optional[str] = None) -> ModelFileError:
+    """The file holds readable weights, but not the expected model: say what it is (when recognised).
+    ``expected``: a table key or free text; ``kind``: the describe_weights kind the caller wants
+    (default: the key's, from EXPECTED_KIND)."""
     name = os.path.basename(name)
     found = describe_weights(weights)
-    want_kind = EXPECTED_KIND.get(expected or "", ("", ""))[0]
-    phrase = _expected_phrase(expected)
+    want_kind = kind or EXPECTED_KIND.get(expected or "", ("", ""))[0]
+    phrase = {k: p for k, p in EXPECTED_KIND.values()}.get(want_kind) or _expected_phrase(expected)
     if found is not None and found[0] == want_kind:  # the right kind, but it does not fit (size, missing parts)
         head = f"{name} looks like {found[1]} but does not load" + (f": {detail}" if detail else "")
     elif found is not None:
@@ -124,7 +127,8 @@ def wrong_model_error(name: str, weights: Mapping[str, Any], expected: Optional[
     else:
         keys = sorted(weights)[:6]
         head = f"{name} is not {phrase}" + (f": {detail}" if detail else "") + f" (its keys: e.g. {keys})"
-    return ModelFileError(f"{head}. Expected {expected_text(expected)}; choose that file for this input.", "wrong")
+    tail = "; choose that file for this input" if expected in EXPECTED_KIND else ""
+    return ModelFileError(f"{head}. Expected {expected_text(expected)}{tail}.", "wrong")
 
 
 def _size(path: str) -> int:
