@@ -303,7 +303,9 @@ def load_weights(path: str, expected: Optional[str] = None) -> Any:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; the refusal is explained below
             warnings.simplefilter("ignore", UserWarning)
             # weights_only=True: tensors and plain containers only; no code stored in the file runs.
-            return torch.load(path, map_location="cpu", weights_only=True)
+            # A file object, not the path: torch picks a reader by the extension (.safetensors) otherwise.
+            with open(path, "rb") as fh:
+                return torch.load(fh, map_location="cpu", weights_only=True)
     except Exception as e:
         raise _classify_torch_failure(path, fmt, e, expected) from None
 
