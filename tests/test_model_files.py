@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import re
+import uuid
 
 import pytest
 import torch
@@ -423,11 +424,27 @@ def pack_nodes(comfy_inprocess):
     return comfy_inprocess.load_pack_nodes()
 
 
+_PLACED: list[str] = []
+
+
 def _place(comfy_inprocess, folder: str, name: str, write) -> str:
+    """Write a model file into the (session-wide) sandbox folder; removed again after the test."""
     path = os.path.join(comfy_inprocess.sandbox.model_dir(folder), name)
     write(path)
+    _PLACED.append(path)
     comfy_inprocess.folder_paths.filename_list_cache.clear()
     return path
+
+
+@pytest.fixture(autouse=True)
+def _remove_placed():
+    """Other tests list the sandbox folders: leave them as found."""
+    yield
+    while _PLACED:
+        p = _PLACED.pop()
+        for q in (p, os.path.splitext(p)[0] + ".safetensors", os.path.splitext(p)[0] + ".json"):
+            if os.path.isfile(q) and (q == p or p.endswith(".pkl")):
+                os.remove(q)
 
 
 def _node_error(comfy_inprocess, node, **inputs) -> S.ModelFileError:
@@ -453,15 +470,12 @@ def test_id_adapter_node(comfy_inprocess, pack_nodes, tmp_path):
     assert_wrong(str(_node_error(comfy_inprocess, node, adapter_name=name)), name, "a ControlNet (Stable Diffusion 1.x)", "id_adapter")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def placed_panohead(comfy_inprocess):
     """A valid tiny release pickle and VGG16 in the sandbox's models/idsculpt (for the VGG cases)."""
     ckpt = _place(comfy_inprocess, "idsculpt", "files-test-panohead.pkl", release_pickle)
     vgg = _place(comfy_inprocess, "idsculpt", "files-test-vgg16.pth", lambda p: torch.save(vgg16_sd(), p))
-    yield os.path.basename(ckpt), os.path.basename(vgg)
-    for p in (ckpt, vgg, ckpt[:-4] + ".safetensors", ckpt[:-4] + ".json"):
-        if os.path.exists(p):
-            os.remove(p)
+    return os.path.basename(ckpt), os.path.basename(vgg)
 
 
 @pytest.mark.comfy
@@ -518,19 +532,25 @@ def test_bad_files_through_the_server(comfy_server):
     from comfy_harness import ComfyPromptError
 
     folder = comfy_server.sandbox.model_dir("ipadapter")
-    random_bytes(os.path.join(folder, "server-corrupt.bin"))
-    torch.save(controlnet_sd(), os.path.join(folder, "server-controlnet.pth"))
+    tag = uuid.uuid4().hex[:8]  # names no model folder of the user's can hold
+    corrupt, other = f"corrupt-{tag}.bin", f"controlnet-{tag}.pth"
+    random_bytes(os.path.join(folder, corrupt))
+    torch.save(controlnet_sd(), os.path.join(folder, other))
 
     def run(name: str) -> str:
         prompt = {"1": {"class_type": "IDSculptIDAdapterLoader", "inputs": {"adapter_name": name}},
-                  "2": {"class_type": "HarnessLiveObjects", "inputs": {"nonce": hash(name) % 1000, "after": ["1", 0]}}}
+                  "2": {"class_type": "HarnessLiveObjects", "inputs": {"nonce": 0, "after": ["1", 0]}}}
         with pytest.raises(ComfyPromptError) as e:
             comfy_server.submit(prompt, timeout=120)
         return str(e.value).split("\n")[0]
 
-    msg = run("server-corrupt.bin")
-    assert "ModelFileError: server-corrupt.bin (5,000 bytes) is corrupt or truncated" in msg, msg
-    assert not any(b in msg for b in BANNED), msg
-    msg = run("server-controlnet.pth")
-    assert "server-controlnet.pth is a ControlNet (Stable Diffusion 1.x), not an IP-Adapter FaceID file" in msg, msg
+    try:
+        msg = run(corrupt)
+        assert f"ModelFileError: {corrupt} (5,000 bytes) is corrupt or truncated" in msg, msg
+        assert not any(b in msg for b in BANNED), msg
+        msg = run(other)
+        assert f"{other} is a ControlNet (Stable Diffusion 1.x), not an IP-Adapter FaceID file" in msg, msg
+    finally:
+        for name in (corrupt, other):
+            os.remove(os.path.join(folder, name))
 
