@@ -5,7 +5,8 @@ One source of truth for four consumers:
     ``IDSculpt Model Check`` node, ``scripts/check_models.py`` and ``scripts/run_pipeline.py``;
   * ``format_table(rows)`` -> the plain-text table those print;
   * ``missing_model_message(role_or_filename, folder)`` -> the text every loader's "file not found"
-    error should carry, so a user always lands on the same table;
+    error should carry, so a user always lands on the same table (reading a file that IS there, and
+    the corrupt / unsafe / wrong-model messages, live in core/state_dict.py);
   * ``models_markdown()`` -> docs/MODELS.md (a test keeps the two in sync).
 
 Core stays ComfyUI-free: the caller passes ``folder_lookup(folder_key) -> list of directories``
@@ -422,24 +423,6 @@ def missing_model_message(role_or_filename: str, folder: Optional[str] = None, s
             f"(accepted names include {alts}); get it from {spec.source} (licence: {spec.licence})."
             + (f" Note: {spec.note}." if spec.note else "")
             + " See docs/MODELS.md, or run the 'IDSculpt Model Check' node or `python scripts/check_models.py` to check every model.")
-
-
-def read_state_dict(path: str) -> dict:
-    """A flat tensor state dict from a weight file: ``.safetensors``, or a torch pickle read with
-    ``weights_only=True`` (a checkpoint must not run code on load); a top-level ``state_dict`` entry
-    (Lightning-style checkpoints) is unwrapped. Raises ValueError when the file holds no dict."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    import torch  # here, not at the top: the table itself is read by torch-free scripts
-
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{os.path.basename(path)} does not hold a state dict")
-    return sd
 
 
 # --------------------------------------------------------------------------- docs

@@ -392,11 +392,26 @@ def _import_comfy(comfy_path: str, sandbox: Optional[ComfySandbox]):
         folder_paths.set_output_directory(sandbox.output_dir)
         folder_paths.set_input_directory(sandbox.input_dir)
         folder_paths.set_temp_directory(sandbox.temp_dir)
+        isolate_model_folders(folder_paths, sandbox)
         for name in MODEL_FOLDERS:
             folder_paths.add_model_folder_path(name, sandbox.model_dir(name), is_default=True)
     import comfy_api.latest  # noqa: F401
 
     return folder_paths
+
+
+def isolate_model_folders(folder_paths, sandbox: ComfySandbox) -> None:
+    """Point every model folder under the checkout's ``models/`` at the sandbox's, as ``--base-directory``
+    does for the server: in-process tests then never see (nor depend on) models the user installed.
+    (The server still reads a ``extra_model_paths.yaml`` in the checkout itself: ComfyUI has no switch for it.)"""
+    old = os.path.abspath(folder_paths.models_dir)
+    for name, (paths, exts) in list(folder_paths.folder_names_and_paths.items()):
+        if name == "configs":  # ComfyUI's own model configs (yaml), not user models
+            continue
+        moved = [sandbox.models_dir + p[len(old):] if os.path.abspath(p).startswith(old + os.sep) else p for p in paths]
+        folder_paths.folder_names_and_paths[name] = (moved, exts)
+    folder_paths.models_dir = sandbox.models_dir
+    folder_paths.filename_list_cache.clear()
 
 
 def run_node(node_cls, hidden: Optional[dict] = None, **inputs):

@@ -159,3 +159,21 @@ def test_texture_refine_perceptual_missing(comfy_inprocess, pack_nodes):
                       learning_rate=0.02, control_strength=1.0, resolution=64, perceptual_model="vgg16-397923af.pth")
     assert_table_message(msg, "vgg16", "vgg16-397923af.pth")
     assert comfy_inprocess.sandbox.model_dir("idsculpt") in msg
+
+
+@pytest.mark.comfy
+def test_inprocess_model_folders_are_the_sandbox_only(comfy_inprocess, pack_nodes):
+    """The missing-file tests above hold whatever the user installed: in-process ComfyUI reads every
+    model folder from the test sandbox, never from the checkout's models/ (tests/comfy_harness.py)."""
+    fp = comfy_inprocess.folder_paths
+    real = os.path.realpath(os.path.join(comfy_inprocess.comfy_path, "models"))
+    checked = 0
+    for name in ("checkpoints", "controlnet", "ipadapter", "idsculpt", "vae", "upscale_models", "clip_vision", "insightface",
+                 "mediapipe", "loras", "diffusers"):
+        if name not in fp.folder_names_and_paths:
+            continue
+        for p in fp.get_folder_paths(name):
+            assert not os.path.realpath(p).startswith(real + os.sep), (name, p)
+            checked += 1
+    assert checked >= 9
+    assert os.path.realpath(fp.models_dir) == os.path.realpath(comfy_inprocess.sandbox.models_dir)

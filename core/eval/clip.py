@@ -8,12 +8,20 @@ short side to the model's image size, centre crop, OpenAI mean/std.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from ..state_dict import ModelFileError, check_weight_file, read_state_dict, safetensors_shapes, wrong_model_error
+
+#: weight files of a saved Hugging Face model, in the order transformers prefers them
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+#: what this loader wants (ComfyUI's CLIP-I node instead takes models/clip_vision's single file)
+CLIP_FOLDER = ("a CLIPVisionModelWithProjection folder (config.json + model.safetensors) saved from Hugging Face "
+               "`openai/clip-vit-large-patch14`")
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -32,18 +40,56 @@ def clip_preprocess(images: torch.Tensor, size: int, mean=OPENAI_CLIP_MEAN, std=
     return (x - m) / sd
 
 
+def _weight_file(model_dir: str) -> str:
+    return next((os.path.join(model_dir, n) for n in HF_WEIGHT_FILES if os.path.isfile(os.path.join(model_dir, n))), "")
+
+
+def check_clip_folder(model_dir: str) -> None:
+    """A saved CLIP vision folder, checked before transformers reads it: config.json readable and of a
+    CLIP model, and the weight file whole (a corrupt or truncated file gets the pack's message)."""
+    cfg_path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(
+            f"CLIP vision model folder {model_dir!r} has no config.json: give a Hugging Face "
+            "CLIPVisionModelWithProjection folder (e.g. openai/clip-vit-large-patch14) saved locally"
+        )
+    try:
+        with open(cfg_path, encoding="utf-8") as fh:
+            cfg = json.load(fh)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{cfg_path} is corrupt or truncated: not valid JSON ({e}). "
+                             f"Expected {CLIP_FOLDER}.", "corrupt", cfg_path) from None
+    kind = cfg.get("model_type") if isinstance(cfg, dict) else None
+    if kind not in ("clip", "clip_vision_model"):
+        raise ModelFileError(f"{model_dir!r} holds a {kind or 'model without a model_type'} model (config.json), not a "
+                             f"CLIP vision model. Expected {CLIP_FOLDER}.", "wrong", cfg_path)
+    weights = _weight_file(model_dir)
+    if not weights:
+        raise FileNotFoundError(f"CLIP vision model folder {model_dir!r} has no {' or '.join(HF_WEIGHT_FILES)}. "
+                                f"Expected {CLIP_FOLDER}.")
+    check_weight_file(weights, CLIP_FOLDER)
+
+
 class HFClipImageEmbedder:
     """Callable: images [B,H,W,3] 0..1 → projected CLIP image embeddings [B,D] (what CLIP-I compares)."""
 
     def __init__(self, model_dir: str, device: torch.device | str = "cpu", dtype: Optional[torch.dtype] = None) -> None:
-        if not os.path.isfile(os.path.join(model_dir, "config.json")):
-            raise FileNotFoundError(
-                f"CLIP vision model folder {model_dir!r} has no config.json: give a Hugging Face "
-                "CLIPVisionModelWithProjection folder (e.g. openai/clip-vit-large-patch14) saved locally"
-            )
+        check_clip_folder(model_dir)
         from transformers import CLIPVisionModelWithProjection
 
-        self.model = CLIPVisionModelWithProjection.from_pretrained(model_dir, local_files_only=True)
+        try:
+            self.model, info = CLIPVisionModelWithProjection.from_pretrained(model_dir, local_files_only=True,
+                                                                              output_loading_info=True)
+        except (OSError, ValueError, RuntimeError) as e:  # files the checks above could not see into
+            raise ModelFileError(f"CLIP vision model folder {model_dir!r} could not be loaded "
+                                 f"({str(e).splitlines()[0]}). Expected {CLIP_FOLDER}.", "corrupt") from None
+        # transformers fills weights the file lacks with random values and only logs it: refuse instead
+        missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
+        if missing:
+            weights = _weight_file(model_dir)
+            raise wrong_model_error(weights, safetensors_shapes(weights) if weights.endswith(".safetensors") else
+                                    read_state_dict(weights, CLIP_FOLDER), CLIP_FOLDER,
+                                    f"{len(missing)} CLIP vision weights missing, e.g. {missing[:3]}", kind="clip_vision")
         self.model.to(device=device, dtype=dtype or torch.float32).eval().requires_grad_(False)
         self.size = int(self.model.config.image_size)
         self.device = torch.device(device)

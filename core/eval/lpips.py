@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models import missing_model_message, read_state_dict
+from ..models import missing_model_message
+from ..state_dict import read_state_dict, wrong_model_error
 
 # Channel counts of the five AlexNet taps (after features.1, .4, .7, .9, .11).
 ALEX_CHANNELS = (64, 192, 384, 256, 256)
@@ -106,9 +107,14 @@ class LPIPSAlex(nn.Module):
                 "LPIPS backbone file holds no AlexNet feature weights (expected torchvision keys "
                 "'features.0.weight' ... or lpips keys 'net.slice1.0.weight' ...)"
             )
-        missing, unexpected = self.features.load_state_dict(feats, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"LPIPS backbone keys do not match AlexNet: missing {missing}, unexpected {unexpected}")
+        own = self.features.state_dict()
+        missing, unexpected = sorted(set(own) - set(feats)), sorted(set(feats) - set(own))
+        shapes = [f"{k} {tuple(feats[k].shape)} (AlexNet: {tuple(own[k].shape)})" for k in own
+                  if k in feats and feats[k].shape != own[k].shape]
+        if missing or unexpected or shapes:
+            raise ValueError(f"LPIPS backbone keys do not match AlexNet: missing {missing}, unexpected {unexpected}"
+                             + (f", shapes differ: {shapes[:2]}" if shapes else ""))
+        self.features.load_state_dict(feats, strict=True)
 
     def load_lin_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         """Load the lpips package's ``alex.pth`` (``lin{i}.model.1.weight``)."""
@@ -116,6 +122,10 @@ class LPIPSAlex(nn.Module):
         want = {f"lin{i}.model.1.weight" for i in range(len(ALEX_CHANNELS))}
         if set(lins) != want:
             raise ValueError(f"LPIPS linear-layer file must hold exactly {sorted(want)}, found {sorted(lins)}")
+        for i, c in enumerate(ALEX_CHANNELS):
+            got = tuple(lins[f"lin{i}.model.1.weight"].shape)
+            if got != (1, c, 1, 1):
+                raise ValueError(f"lin{i}.model.1.weight has shape {got}, AlexNet's tap {i} needs (1, {c}, 1, 1)")
         self.load_state_dict(lins, strict=False)
 
     # ------------------------------------------------------------------ maths
@@ -205,8 +215,15 @@ def load_lpips_alex(folders: Iterable[str] | str, device: torch.device | str = "
             need.append(missing_model_message(LIN_FILE, "idsculpt", folders, key="lpips_lin"))
         raise FileNotFoundError("LPIPS(AlexNet) weights missing. " + " ".join(need))
     model = LPIPSAlex()
-    model.load_backbone_state_dict(read_state_dict(backbone))
-    lin_sd = read_state_dict(lin)
+    backbone_sd = read_state_dict(backbone, "lpips_alex")
+    try:
+        model.load_backbone_state_dict(backbone_sd)
+    except ValueError as e:
+        raise wrong_model_error(backbone, backbone_sd, "lpips_alex", str(e)) from None
+    lin_sd = read_state_dict(lin, "lpips_lin")
     # A full lpips model file may also serve as the backbone; its lin keys are read from alex.pth only.
-    model.load_lin_state_dict(lin_sd)
+    try:
+        model.load_lin_state_dict(lin_sd)
+    except ValueError as e:
+        raise wrong_model_error(lin, lin_sd, "lpips_lin", str(e)) from None
     return model.to(device)

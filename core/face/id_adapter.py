@@ -36,13 +36,15 @@ Nothing here imports ComfyUI; the ComfyUI attention patch lives in nodes/id_adap
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..state_dict import read_state_dict as read_weights
+from ..state_dict import wrong_model_error
 
 # ComfyUI SD1.5 cross-attention blocks -> IP-Adapter processor key (attn2 of transformer 0).
 # Order: diffusers down blocks (= ComfyUI input 1,2,4,5,7,8), up blocks (output 3..11), mid block.
@@ -162,45 +164,22 @@ def decoupled_cross_attention(
 
 # ----------------------------------------------------------------------------- file reading
 def read_state_dict(path: str) -> dict[str, dict[str, torch.Tensor]]:
-    """Read an IP-Adapter file into {"image_proj": {...}, "ip_adapter": {...}} without running pickles."""
+    """Read an IP-Adapter file into {"image_proj": {...}, "ip_adapter": {...}} without running pickles.
+
+    The pack's one reader (core/state_dict.py) reads the file: the .bin's nested dicts and the
+    .safetensors' flat ``image_proj.<key>`` names come out the same; a corrupt, unsafe or other-model
+    file raises its ModelFileError (what it is, and that the FaceID Portrait file was expected)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ID adapter file not found: {path}")
-    name = os.path.basename(path)
-    if path.lower().endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        try:
-            flat = load_file(path, device="cpu")
-        except Exception as e:  # corrupt header, not a safetensors file
-            raise ValueError(f"{name}: not a readable safetensors file ({e})") from e
-        sd: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
-        other = []
-        for k, v in flat.items():
-            head, _, rest = k.partition(".")
-            if head in sd and rest:
-                sd[head][rest] = v
-            else:
-                other.append(k)
-        if not sd["image_proj"] and not sd["ip_adapter"]:
-            raise ValueError(
-                f"{name} is not an IP-Adapter file: expected keys 'image_proj.*' and 'ip_adapter.*', "
-                f"found e.g. {sorted(flat)[:5]}"
-            )
-        return sd
-    try:
-        # weights_only=True: tensors and plain containers only, no code from the pickle is run.
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"{name}: refused to unpickle (it contains objects other than tensors, so loading it would "
-            f"execute code). Use the official .bin / .safetensors release. Detail: {str(e).splitlines()[0]}"
-        ) from e
-    except Exception as e:
-        raise ValueError(f"{name}: cannot read as a torch checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(obj, dict) or "image_proj" not in obj or "ip_adapter" not in obj:
-        found = sorted(obj)[:6] if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{name} is not an IP-Adapter file: expected top-level 'image_proj' and 'ip_adapter', found {found}")
-    return {"image_proj": dict(obj["image_proj"]), "ip_adapter": dict(obj["ip_adapter"])}
+    flat = read_weights(path, "id_adapter")
+    sd: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+    for k, v in flat.items():
+        head, _, rest = k.partition(".")
+        if head in sd and rest:
+            sd[head][rest] = v
+    if not sd["image_proj"] and not sd["ip_adapter"]:
+        raise wrong_model_error(path, flat, "id_adapter", "no 'image_proj' and 'ip_adapter' weights")
+    return sd
 
 
 def _is_portrait_unnorm(sd: dict, name: str) -> bool:

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from ..models import missing_model_message
+from ..state_dict import (ModelFileError, check_weight_file, corrupt_error, expected_text, file_format, flatten_tensors,
+                          read_state_dict, scan_pickle, wrong_model_error)
 from .triplane import TriPlaneGenerator
 
 RELEASE_FILENAME = "easy-khair-180-gpc0.8-trans10-025000.pkl"
@@ -218,19 +220,38 @@ def read_release_pickle(path: str, network: str = "G_ema") -> tuple[dict[str, An
     """(config, state_dict) of one network of a PanoHead/EG3D training pickle, without running its code."""
     if not os.path.isfile(path):
         raise FileNotFoundError(_missing(path))
+    name = os.path.basename(path)
+    fmt = file_format(path)
+    if fmt in ("safetensors", "torch-zip", "torch-legacy"):
+        # a weights file of some model under a .pkl name: read it safely and say what it is
+        sd = read_state_dict(path, "panohead")
+        raise wrong_model_error(path, sd, "panohead", "a bare weights file, not the release pickle with its network "
+                                "configuration" if fmt != "safetensors" else "a safetensors file without its .json config")
+    if fmt != "pickle":
+        check_weight_file(path, "panohead")  # raises the corrupt-or-truncated message
     with open(path, "rb") as f:
         try:
             data = SafeUnpickler(f).load()
-        except (pickle.UnpicklingError, EOFError, ValueError) as e:
-            raise ValueError(f"{os.path.basename(path)} is not a readable PanoHead pickle ({e})") from e
+        except Exception as e:  # damaged bytes can surface as any exception type while unpickling
+            with open(path, "rb") as g:
+                _, problem = scan_pickle(g)
+            if problem:
+                raise corrupt_error(path, problem, "panohead") from None
+            raise corrupt_error(path, f"its pickle cannot be read ({type(e).__name__}: {e})", "panohead") from None
     if not isinstance(data, dict) or network not in data:
-        keys = list(data) if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{os.path.basename(path)} has no '{network}' network (found {keys}); expected a PanoHead training pickle")
+        keys = list(data)[:8] if isinstance(data, dict) else type(data).__name__
+        weights = flatten_tensors(data) if isinstance(data, dict) else {}
+        if weights:
+            raise wrong_model_error(path, weights, "panohead", f"no '{network}' network")
+        raise ModelFileError(f"{name} has no '{network}' network (found {keys}): not a PanoHead training pickle. "
+                             f"Expected {expected_text('panohead')}.", "wrong", path)
     rec = data[network]
     if not isinstance(rec, PersistentRecord):
-        raise ValueError(f"'{network}' in {os.path.basename(path)} is not a torch_utils.persistence object")
+        raise ModelFileError(f"'{network}' in {name} is not a torch_utils.persistence object: not a PanoHead training "
+                             f"pickle. Expected {expected_text('panohead')}.", "wrong", path)
     if rec.class_name != "TriPlaneGenerator":
-        raise ValueError(f"'{network}' is a {rec.class_name}, expected PanoHead's TriPlaneGenerator")
+        raise ModelFileError(f"'{network}' in {name} is a {rec.class_name}, not PanoHead's TriPlaneGenerator. "
+                             f"Expected {expected_text('panohead')}.", "wrong", path)
     st = rec.state
     init_args = list(st.get("_init_args") or ())
     init_kwargs = _to_plain(dict(st.get("_init_kwargs") or {}))
@@ -308,6 +329,8 @@ def check_state_dict(g: TriPlaneGenerator, sd: dict[str, torch.Tensor], name: st
     extra = sorted(set(sd) - set(own))
     shapes = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
     if missing or extra or shapes:
+        if not set(sd) & set(own):  # no PanoHead key at all: another model; say which
+            raise wrong_model_error(name, sd, "panohead", "none of its keys is a TriPlaneGenerator weight")
         raise ValueError(f"{name} does not match PanoHead's TriPlaneGenerator: missing {missing[:5]}, unexpected {extra[:5]}, "
                          f"shape mismatch {shapes[:5]} (is it a different PanoHead/EG3D variant?)")
     g.load_state_dict(sd, strict=True)
@@ -327,8 +350,6 @@ def build_from_config(config: dict[str, Any]) -> TriPlaneGenerator:
 def load_generator(path: str, device: str | torch.device = "cpu", convert_dir: Optional[str] = None) -> TriPlaneGenerator:
     """Load a PanoHead generator from the release ``.pkl`` (converted on first use) or a converted
     ``.safetensors`` (with its ``.json`` beside it). Returns it in eval mode, gradients off."""
-    from safetensors.torch import load_file
-
     if path.endswith(".pkl"):
         path, js = convert_pickle(path, convert_dir)
     elif path.endswith(".safetensors"):
@@ -342,7 +363,7 @@ def load_generator(path: str, device: str | torch.device = "cpu", convert_dir: O
     with open(js) as f:
         config = json.load(f)
     g = build_from_config(config)
-    check_state_dict(g, load_file(path), os.path.basename(path))
+    check_state_dict(g, read_state_dict(path, "panohead"), os.path.basename(path))
     return g.eval().requires_grad_(False).to(device)
 
 

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from ..eval.lpips import LPIPS_SCALE, LPIPS_SHIFT, unit_normalize
-from ..models import missing_model_message, read_state_dict
+from ..models import missing_model_message
+from ..state_dict import read_state_dict, wrong_model_error
 
 _CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 _TAPS = (3, 8, 15, 22, 29)  # indices of the ReLUs after conv1_2, conv2_2, conv3_3, conv4_3, conv5_3
@@ -139,21 +140,34 @@ def load_vgg16(path: str, lin_path: Optional[str] = None) -> VGG16Perceptual:
     if lin_path is not None and not os.path.isfile(lin_path):
         raise FileNotFoundError(missing_model_message(os.path.basename(lin_path), "idsculpt",
                                                       [os.path.dirname(lin_path) or "."], key="lpips_vgg"))
-    sd = read_state_dict(path)
+    sd = read_state_dict(path, "vgg16")
     net = VGG16Perceptual()
     feats: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         m = re.search(r"(?:^|\.)(?:features|slice\d)\.(\d+)\.(weight|bias)$", k) or re.fullmatch(r"(\d+)\.(weight|bias)", k)
         if m:
             feats[f"{m.group(1)}.{m.group(2)}"] = v.float()
-    try:
-        net.features.load_state_dict(feats, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{os.path.basename(path)} does not hold VGG16 conv weights in torchvision/LPIPS layout: {e}") from e
+    own = net.features.state_dict()
+    missing = [k for k in own if k not in feats]
+    shapes = [f"{k} {tuple(feats[k].shape)} (VGG16: {tuple(own[k].shape)})" for k in own if k in feats and feats[k].shape != own[k].shape]
+    extra = [k for k in feats if k not in own]
+    if missing or shapes or extra:
+        detail = ("no VGG16 conv weights in torchvision/LPIPS layout (features.N.weight)" if not feats else
+                  f"conv weights missing: {missing[:4]}" if missing else f"shapes differ: {shapes[:2]}" if shapes
+                  else f"layers VGG16 does not have: {extra[:4]}")
+        raise wrong_model_error(path, sd, "vgg16", detail)
+    net.features.load_state_dict(feats, strict=True)
     if lin_path is not None:
-        net.load_lin_weights(read_state_dict(lin_path), os.path.basename(lin_path))
+        lin_sd = read_state_dict(lin_path, "lpips_vgg")
+        try:
+            net.load_lin_weights(lin_sd, os.path.basename(lin_path))
+        except ValueError as e:
+            raise wrong_model_error(lin_path, lin_sd, "lpips_vgg", str(e)) from None
     elif len(_lin_tensors(sd)) == len(_CHANNELS):
-        net.load_lin_weights(sd, os.path.basename(path))
+        try:
+            net.load_lin_weights(sd, os.path.basename(path))
+        except ValueError as e:
+            raise wrong_model_error(path, sd, "vgg16", str(e)) from None
     return net.eval()
 
 
