@@ -25,6 +25,7 @@ WEIGHT_NAMES = {
             "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin"),
     "text_encoder": ("model.safetensors", "pytorch_model.bin", "model.fp16.safetensors", "pytorch_model.fp16.bin"),
 }
+CLIP_TOP_LEVEL = ("embeddings", "encoder", "final_layer_norm")
 UNET_PREFIX, VAE_PREFIX, CLIP_PREFIX = "model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer."
 
 UnetKeyMap = Callable[[dict], Mapping[str, str]]  # comfy.utils.unet_to_diffusers: LDM config -> {diffusers key: LDM key}
@@ -103,7 +104,10 @@ def convert_sd15(unet_sd: Mapping, vae_sd: Mapping, text_sd: Mapping, unet_confi
     for k, v in vae_convert(dict(vae_sd)).items():
         out[VAE_PREFIX + k] = v
     for k, v in text_sd.items():
-        # transformers' CLIPTextModel keys are "text_model.*", exactly what SD1.5 checkpoints carry
+        # transformers' CLIPTextModel keys are "text_model.*", exactly what SD1.5 checkpoints carry;
+        # transformers 5 writes them without the "text_model." level
+        if k.split(".", 1)[0] in CLIP_TOP_LEVEL:
+            k = "text_model." + k
         if not k.startswith("text_model."):
             raise ValueError(f"text encoder weight {k!r} is not a CLIPTextModel key (text_model.*)")
         out[CLIP_PREFIX + k] = v
@@ -124,18 +128,24 @@ def _independent(sd: dict) -> dict:
     return out
 
 
-def convert_folder(folder: str, out_path: str, unet_key_map: UnetKeyMap, vae_convert: VaeConvert,
-                   metadata: Optional[dict] = None) -> str:
-    """Convert a diffusers SD1.5 folder and write ``out_path`` (.safetensors), atomically; tensors
-    keep their stored dtype. Returns ``out_path``."""
+def convert_files(unet: str, vae: str, text_encoder: str, unet_config: str, out_path: str, unet_key_map: UnetKeyMap,
+                  vae_convert: VaeConvert, metadata: Optional[dict] = None) -> str:
+    """Convert the three component weight files (+ ``unet/config.json``) and write ``out_path``
+    (.safetensors) atomically; tensors keep their stored dtype. Returns ``out_path``."""
     from safetensors.torch import save_file
 
-    with open(os.path.join(folder, "unet", "config.json"), encoding="utf-8") as fh:
-        unet_config = json.load(fh)
-    sd = convert_sd15(read_weights(find_weights(folder, "unet")), read_weights(find_weights(folder, "vae")),
-                      read_weights(find_weights(folder, "text_encoder")), unet_config, unet_key_map, vae_convert)
+    with open(unet_config, encoding="utf-8") as fh:
+        config = json.load(fh)
+    sd = convert_sd15(read_weights(unet), read_weights(vae), read_weights(text_encoder), config, unet_key_map, vae_convert)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = out_path + ".part"
     save_file(_independent(sd), tmp, metadata={"format": "pt", **(metadata or {})})
     os.replace(tmp, out_path)
     return out_path
+
+
+def convert_folder(folder: str, out_path: str, unet_key_map: UnetKeyMap, vae_convert: VaeConvert,
+                   metadata: Optional[dict] = None) -> str:
+    """Convert a diffusers SD1.5 folder (the weight names ComfyUI's DiffusersLoader accepts)."""
+    return convert_files(find_weights(folder, "unet"), find_weights(folder, "vae"), find_weights(folder, "text_encoder"),
+                         os.path.join(folder, "unet", "config.json"), out_path, unet_key_map, vae_convert, metadata)

@@ -459,7 +459,8 @@ def missing_model_message(role_or_filename: str, folder: Optional[str] = None, s
     return (f"{spec.role}: {asked!r} not found in {where}. Put {spec.filename!r} into models/{spec.folder} "
             f"(accepted names include {alts}); get it from {spec.source} (licence: {spec.licence})."
             + (f" Note: {spec.note}." if spec.note else "")
-            + " See docs/MODELS.md, or run the 'IDSculpt Model Check' node or `python scripts/check_models.py` to check every model.")
+            + " See docs/MODELS.md, or run the 'IDSculpt Model Check' node or `python scripts/check_models.py` to check every model."
+            + " `python scripts/install_models.py --comfyui <ComfyUI folder>` fetches, verifies and places the missing files (before a run: nothing downloads during one).")
 
 
 def read_state_dict(path: str) -> dict:
@@ -516,6 +517,15 @@ def models_markdown(table: Sequence[ModelSpec] = MODEL_TABLE) -> str:
     for m in table:
         names = ", ".join(f"`{f}/{esc(p)}`" for f, p in m.locations)
         lines.append(f"- **{m.key}** ({esc(m.role)}): {names}")
+    lines += ["", "## Installer sources", "",
+              "`python scripts/install_models.py --comfyui /path/to/ComfyUI [--workflow full|geometry|eval] [--dry-run]` fetches "
+              "these (see docs/INSTALL_MODELS.md); a hash marked *recorded* is not published yet: the first install writes the "
+              "digest it saw to `models/idsculpt/install_models.lock.json` and later installs are checked against it.", "",
+              "| model | fetched from | revision | SHA-256 | licence to accept |", "|---|---|---|---|---|"]
+    for m in table:
+        lines.append(f"| {m.key} | `{esc(m.fetch or 'not fetched')}` | {m.revision or ('main (commit recorded)' if m.fetch.startswith('hf') else '—')} "
+                     f"| {('`' + m.sha256 + '`' + (' (prefix)' if len(m.sha256) < 64 else '')) if m.sha256 else ('—' if m.fetch == 'manual' else 'recorded')} "
+                     f"| {('`--accept-licence ' + m.licence_gate + '`') if m.licence_gate and m.fetch != 'manual' else ('manual download' if m.fetch == 'manual' else '—')} |")
     notes = [m for m in table if m.note]
     if notes:
         lines += ["", "## Notes", ""]

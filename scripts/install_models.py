@@ -40,7 +40,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -391,19 +390,15 @@ def install_hf_diffusers(spec, dest: str, lock: Lock, log: Callable, comfy_path:
     conv = _convert_module()
     repo = spec.fetch.split(":", 1)[1]
     unet_map, vae_convert = comfy_key_maps(comfy_path)
-    with tempfile.TemporaryDirectory(prefix="idsculpt-diffusers-") as folder:
-        got = {}
-        commit = ""
-        for component in ("unet", "vae", "text_encoder"):
-            path, fn = hub_file_any(repo, component, conv.WEIGHT_NAMES[component], spec.key, lock, spec.revision, log)
-            got[component] = fn
-            commit = _commit_of(path) or commit
-            place_copy(path, os.path.join(folder, *fn.split("/")))  # the converter reads the diffusers layout
-        cfg = hub_file(repo, "unet/config.json", f"{spec.key}:unet/config.json", lock, spec.revision or commit, log=log)
-        place_copy(cfg, os.path.join(folder, "unet", "config.json"))
-        log(f"  converting {repo} (diffusers) to a single-file SD1.5 checkpoint: {dest}")
-        conv.convert_folder(folder, dest + ".conv", unet_map, vae_convert,
-                            metadata={"idsculpt_converted_from": f"{repo}@{commit}", **{f"idsculpt_{k}": v for k, v in got.items()}})
+    paths, got, commit = {}, {}, ""
+    for component in ("unet", "vae", "text_encoder"):  # read straight from the hub cache: no second copy
+        paths[component], got[component] = hub_file_any(repo, component, conv.WEIGHT_NAMES[component], spec.key, lock,
+                                                        spec.revision, log)
+        commit = _commit_of(paths[component]) or commit
+    cfg = hub_file(repo, "unet/config.json", f"{spec.key}:unet/config.json", lock, spec.revision or commit, log=log)
+    log(f"  converting {repo} (diffusers) to a single-file SD1.5 checkpoint: {dest}")
+    conv.convert_files(paths["unet"], paths["vae"], paths["text_encoder"], cfg, dest + ".conv", unet_map, vae_convert,
+                       metadata={"idsculpt_converted_from": f"{repo}@{commit}", **{f"idsculpt_{k}": v for k, v in got.items()}})
     os.replace(dest + ".conv", dest)
     lock.record(spec.key, sha256=sha256_file(dest), size=os.path.getsize(dest), source=f"hf-diffusers:{repo}",
                 commit=commit, converted=True)

@@ -387,7 +387,8 @@ def write_tiny_diffusers_sd15(folder: str, seed: int = 0) -> None:
 def test_diffusers_folder_converts_to_a_checkpoint_comfyui_loads_and_samples_with(tmp_path, sources, monkeypatch):
     import tiny_models
 
-    comfy_dir = tiny_models.import_comfy()  # skips without a ComfyUI
+    tiny_models.import_comfy()  # skips without a ComfyUI
+    comfy_dir = tiny_models.comfy_path()
     import comfy.sample
     import comfy.sd
     import huggingface_hub.constants
@@ -405,7 +406,7 @@ def test_diffusers_folder_converts_to_a_checkpoint_comfyui_loads_and_samples_wit
     lock = installer.Lock(str(tmp_path / "lock.json"))
     spec = models.get_spec("normal_sd15")
     dest = str(tmp_path / "checkpoints" / spec.filename)
-    installer.install_hf_diffusers(spec, dest, lock, print, comfy_dir or os.environ["COMFYUI_PATH"])
+    installer.install_hf_diffusers(spec, dest, lock, print, comfy_dir)
     # the .bin fallbacks were not needed: safetensors asked first, found
     assert not any(p.endswith(".bin") for _, p, _ in sources.log)
     assert lock.entry("normal_sd15")["commit"] == COMMIT and lock.entry("normal_sd15:unet/config.json")["sha256"]
@@ -430,6 +431,15 @@ def test_diffusers_folder_converts_to_a_checkpoint_comfyui_loads_and_samples_wit
         want_img = ref_vae.decode(z).sample
         got_img = vae.first_stage_model.float().decode(z)
     assert torch.allclose(got_img, want_img, atol=2e-3 * want_img.abs().max().item()), (got_img - want_img).abs().max()
+
+    # ... and every CLIP-L weight reached ComfyUI's text encoder unchanged (none left at its random init)
+    from safetensors.torch import load_file
+
+    text_sd = load_file(os.path.join(folder, "text_encoder", "model.safetensors"))
+    comfy_clip = clip.cond_stage_model.state_dict()
+    for k, v in text_sd.items():
+        name = "clip_l.transformer." + (k if k.startswith("text_model.") else "text_model." + k)
+        assert torch.equal(comfy_clip[name].to(v.dtype), v), name
 
     # sampling through ComfyUI with the loaded model, CLIP and VAE
     tokens = clip.tokenize("a head")
