@@ -107,10 +107,21 @@ def plan(rows: Sequence, folders: dict, optional: bool = False) -> list[Item]:
 
 def describe(item: Item) -> str:
     s = item.spec
-    how = {"hf": "Hugging Face", "hf-diffusers": "Hugging Face (diffusers folder, converted)", "url": "HTTPS", "zip": "release zip",
-           "lpips": "lpips package", "manual": "manual download"}.get(s.fetch.split(":", 1)[0], "no automatic source")
+    kind, _, arg = s.fetch.partition(":")
+    if kind == "hf":
+        how = "Hugging Face {} / {}".format(*arg.split(":", 1))
+    elif kind == "hf-diffusers":
+        how = f"Hugging Face {arg} (diffusers folder, converted to one checkpoint)"
+    elif kind == "url":
+        how = arg
+    elif kind == "zip":
+        how = f"{arg.rsplit(':', 1)[0]} (unpacked)"
+    elif kind == "lpips":
+        how = f"{arg} of the lpips package (or its PyPI wheel)"
+    else:
+        how = "manual download" if kind == "manual" else f"no automatic source: {s.source}"
     gate = f"; needs --accept-licence {s.licence_gate}" if s.licence_gate and s.fetch != "manual" else ""
-    return f"{s.key}: {item.dest}  <- {how}: {s.source} (licence: {s.licence}{gate})"
+    return f"{s.key}: {item.dest}  <- {how} (licence: {s.licence}{gate})"
 
 
 # --------------------------------------------------------------------------- lock file
