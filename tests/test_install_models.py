@@ -348,6 +348,50 @@ def test_panohead_prints_the_manual_steps_and_fetches_nothing(tmp_path, sources)
     assert not any("drive.google" in p for _, p, _ in sources.log)
 
 
+def test_hub_component_falls_back_to_the_bin_weights(tmp_path, sources, monkeypatch):
+    import huggingface_hub.constants
+
+    conv = installer._convert_module()
+    data = torch_bytes({"decoder.conv_in.weight": torch.ones(2, 2)})
+    sources.hub[("someone/sd15", "vae/diffusion_pytorch_model.bin")] = data
+    monkeypatch.setenv("HF_ENDPOINT", sources.url)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    lock = installer.Lock(str(tmp_path / "lock.json"))
+    for _ in range(2):  # the second time the hub cache remembers the missing safetensors
+        path, name = installer.hub_file_any("someone/sd15", "vae", conv.WEIGHT_NAMES["vae"], "k", lock)
+        assert name == "vae/diffusion_pytorch_model.bin"
+        with open(path, "rb") as fh:
+            assert fh.read() == data
+    assert sources.log[0][1] == "/someone/sd15/resolve/main/vae/diffusion_pytorch_model.safetensors"
+    with pytest.raises(installer.InstallError, match="has none of unet/diffusion_pytorch_model.safetensors"):
+        installer.hub_file_any("someone/sd15", "unet", conv.WEIGHT_NAMES["unet"], "k", lock)
+
+
+def test_every_required_file_has_an_automatic_source_and_https_urls():
+    kinds = {"hf", "hf-diffusers", "url", "zip", "lpips", "manual"}
+    for m in models.MODEL_TABLE:
+        kind, _, arg = m.fetch.partition(":")
+        assert kind in kinds, (m.key, m.fetch)
+        if m.need == models.REQUIRED:
+            assert kind != "manual", m.key  # only optional files may need a manual download
+        if kind in ("url", "zip"):
+            assert arg.startswith("https://"), m.key
+        if kind == "hf":
+            repo, _, filename = arg.partition(":")
+            assert repo.count("/") == 1 and filename, m.key
+        if m.sha256:
+            assert all(c in "0123456789abcdef" for c in m.sha256) and len(m.sha256) in (8, 64), m.key
+        if m.licence_gate:
+            assert m.licence_gate in installer.LICENCES, m.key
+    # torchvision's hub convention: the name carries the first 8 hex digits of the SHA-256
+    assert models.get_spec("vgg16").sha256 == models.get_spec("vgg16").filename.split("-")[1].split(".")[0]
+
+
+def test_the_missing_file_message_points_at_the_installer():
+    msg = models.missing_model_message("control_v11p_sd15_canny.pth", "controlnet")
+    assert "scripts/install_models.py --comfyui" in msg and "nothing downloads during" in msg
+
+
 def test_diffusers_unet_config_gives_sd15_layout():
     conv = installer._convert_module()
     cfg = {"block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
@@ -376,7 +420,7 @@ def write_tiny_diffusers_sd15(folder: str, seed: int = 0) -> None:
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
                         layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64)
-    vae.half().save_pretrained(os.path.join(folder, "vae"))
+    vae.half().save_pretrained(os.path.join(folder, "vae"), safe_serialization=False)  # a .bin, as older hub uploads
     clip = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                         num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu"))
     clip.half().save_pretrained(os.path.join(folder, "text_encoder"))
@@ -407,8 +451,10 @@ def test_diffusers_folder_converts_to_a_checkpoint_comfyui_loads_and_samples_wit
     spec = models.get_spec("normal_sd15")
     dest = str(tmp_path / "checkpoints" / spec.filename)
     installer.install_hf_diffusers(spec, dest, lock, print, comfy_dir)
-    # the .bin fallbacks were not needed: safetensors asked first, found
-    assert not any(p.endswith(".bin") for _, p, _ in sources.log)
+    # safetensors asked first; the VAE (a .bin here) found by the fallback; no .bin asked where safetensors exist
+    bins = sorted({p.rsplit("/resolve/main/", 1)[-1] for _, p, _ in sources.log if p.endswith(".bin")})
+    assert bins == ["vae/diffusion_pytorch_model.bin"], bins
+    assert os.path.isfile(os.path.join(folder, "vae", "diffusion_pytorch_model.bin"))
     assert lock.entry("normal_sd15")["commit"] == COMMIT and lock.entry("normal_sd15:unet/config.json")["sha256"]
 
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(dest, output_vae=True, output_clip=True)
