@@ -589,7 +589,7 @@ def lock_path(folders: dict) -> str:
     return os.path.join(dirs[0], LOCK_NAME)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="Fetch, verify, convert and place the model files of an IDSculpt workflow.")
     ap.add_argument("--comfyui", required=True, help="ComfyUI checkout (the folder with main.py)")
     ap.add_argument("--workflow", default="full", choices=["full", "geometry", "eval", "all"], help="which workflow's models (default full)")
@@ -600,7 +600,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--extra-model-paths-config", action="append", default=[], metavar="YAML", help="as passed to ComfyUI (repeatable)")
     ap.add_argument("--base-directory", help="ComfyUI's --base-directory, if it runs with one")
     ap.add_argument("--python", help="ComfyUI's Python for resolving its folders (default: found like scripts/check_models.py)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     models = models_module()
     try:
         folders, how = check_models.comfy_folders(args.comfyui, args.extra_model_paths_config, args.python, args.base_directory)

@@ -387,6 +387,23 @@ def test_every_required_file_has_an_automatic_source_and_https_urls():
     assert models.get_spec("vgg16").sha256 == models.get_spec("vgg16").filename.split("-")[1].split(".")[0]
 
 
+def test_the_documented_commands_parse():
+    """Every install_models.py command in docs/INSTALL_MODELS.md uses only options the script accepts."""
+    import re
+    import shlex
+
+    with open(os.path.join(ROOT, "docs", "INSTALL_MODELS.md"), encoding="utf-8") as fh:
+        text = fh.read().replace("\\\n", " ")
+    commands = [line.split("#", 1)[0] for line in text.splitlines() if line.startswith("python scripts/install_models.py")]
+    assert len(commands) >= 3
+    parser = installer.build_parser()
+    for cmd in commands:
+        parser.parse_args(shlex.split(cmd)[2:])  # argparse exits (SystemExit) on an unknown option
+    documented = set(re.findall(r"`(--[a-z-]+)", text))
+    known = {o for a in parser._actions for o in a.option_strings}
+    assert documented <= known, documented - known
+
+
 def test_the_missing_file_message_points_at_the_installer():
     msg = models.missing_model_message("control_v11p_sd15_canny.pth", "controlnet")
     assert "scripts/install_models.py --comfyui" in msg and "nothing downloads during" in msg
