@@ -50,6 +50,22 @@ class ModelSpec:
     required_with: Optional[str] = None
     #: file-name globs that never count for this row (a catch-all must not match another row's model)
     exclude: tuple[str, ...] = ()
+    #: how scripts/install_models.py gets it (nothing here runs at ComfyUI run time):
+    #:   "hf:<owner>/<repo>:<path in repo>"  one file from the Hugging Face hub (huggingface_hub, its cache);
+    #:   "hf-diffusers:<owner>/<repo>"       a diffusers SD1.5 folder, converted to one LDM-layout checkpoint;
+    #:   "url:<https URL>"                   one file over HTTPS (resumable);
+    #:   "zip:<https URL>:<member>"          a release zip unpacked into the canonical file's folder;
+    #:   "lpips:<path in the lpips wheel>"   copied from the installed ``lpips`` package or its PyPI wheel;
+    #:   "manual"                            the installer prints the steps (no script may fetch it); "" = not fetchable
+    fetch: str = ""
+    #: pinned hub revision (a commit); "" = the branch "main", and the commit seen goes into the lock file
+    revision: str = ""
+    #: SHA-256 of the file (hex), or the prefix its publisher put in its name (torchvision's hub convention);
+    #: "" = not known yet: the installer records the digest it saw in the lock file and checks later installs against it
+    sha256: str = ""
+    size: int = 0  # byte size when known (0 = unknown)
+    #: the ``--accept-licence NAME`` a non-commercial licence needs before the installer fetches the file
+    licence_gate: str = ""
 
     @property
     def folder(self) -> str:
@@ -89,6 +105,8 @@ def _controlnet(stem: str, *extra: str, first: str = ".safetensors") -> tuple[tu
     return tuple(("controlnet", n) for n in names)
 
 
+#: insightface's release zip of the buffalo_l pack (its model_zoo downloads the same file)
+_BUFFALO_L = "zip:https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip"
 LLLYASVIEL = "Hugging Face `lllyasviel/ControlNet-v1-1` (fp16 safetensors: `comfyanonymous/ControlNet-v1-1_fp16_safetensors`)"
 
 MODEL_TABLE: tuple[ModelSpec, ...] = (
@@ -98,12 +116,14 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         source="Hugging Face `xanderhuang/normal-adapted-sd1.5` (diffusers layout: put the folder in models/diffusers, "
                "or save it as one .safetensors checkpoint in models/checkpoints)",
         licence="see the model card (SD1.5 CreativeML OpenRAIL-M base)", need=REQUIRED, workflows=("geometry", "full"),
+        fetch="hf-diffusers:xanderhuang/normal-adapted-sd1.5",
     ),
     ModelSpec(
         key="depth_sd15", role="reference depth (HumanNorm depth-adapted SD1.5)",
         locations=_sd15_ckpt("depth-adapted-sd1.5", "*depth-adapted*", "*depth_adapted*"),
         source="Hugging Face `xanderhuang/depth-adapted-sd1.5` (diffusers layout, as above)",
         licence="see the model card (SD1.5 CreativeML OpenRAIL-M base)", need=REQUIRED, workflows=("geometry", "full"),
+        fetch="hf-diffusers:xanderhuang/depth-adapted-sd1.5",
     ),
     ModelSpec(
         key="vae_ft_mse", role="VAE for ISD and decoding (sd-vae-ft-mse)",
@@ -111,22 +131,26 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
                    ("vae", "*sd-vae-ft-mse*"), ("vae", "*vae-ft-mse*")),
         source="Hugging Face `stabilityai/sd-vae-ft-mse-original`", licence="MIT", need=REQUIRED, workflows=("geometry", "full"),
         note="the authors encode the ISD renders and code the texture views with it; the shipped workflows load it",
+        fetch="hf:stabilityai/sd-vae-ft-mse-original:vae-ft-mse-840000-ema-pruned.safetensors",
     ),
     ModelSpec(
         key="controlnet_mediapipe_face", role="landmark ControlNet for ISD (MediaPipe face, SD1.5)",
         locations=_controlnet("control_v2p_sd15_mediapipe_face", "*mediapipe_face*sd15*", "*sd15*mediapipe_face*"),
         source="Hugging Face `CrucibleAI/ControlNetMediaPipeFace`", licence="CreativeML OpenRAIL-M", need=REQUIRED,
         workflows=("geometry", "full"),
+        fetch="hf:CrucibleAI/ControlNetMediaPipeFace:control_v2p_sd15_mediapipe_face.safetensors",
     ),
     ModelSpec(
         key="controlnet_canny", role="canny ControlNet for the reference normal and depth",
         locations=_controlnet("control_v11p_sd15_canny", first=".pth"), source=LLLYASVIEL, licence="CreativeML OpenRAIL-M",
         need=REQUIRED, workflows=("geometry", "full"),
+        fetch="hf:lllyasviel/ControlNet-v1-1:control_v11p_sd15_canny.pth",
     ),
     ModelSpec(
         key="controlnet_normalbae", role="texture ControlNet (normal map conditioning)",
         locations=_controlnet("control_v11p_sd15_normalbae", first=".pth"), source=LLLYASVIEL, licence="CreativeML OpenRAIL-M",
         need=REQUIRED, workflows=("full",),
+        fetch="hf:lllyasviel/ControlNet-v1-1:control_v11p_sd15_normalbae.pth",
     ),
     ModelSpec(
         key="texture_sd15", role="texture base model (any SD1.5 checkpoint; the paper: Realistic Vision 4.0)",
@@ -137,6 +161,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         licence="its own (CreativeML OpenRAIL-M for Realistic Vision)", need=REQUIRED, workflows=("full",),
         note="any SD1.5 checkpoint in models/checkpoints works (pick it in the workflow): this row is satisfied by Realistic "
              "Vision or, failing that, any other checkpoint file except the HumanNorm ones; it cannot tell SD1.5 from SDXL by name",
+        fetch="hf-diffusers:SG161222/Realistic_Vision_V4.0",
     ),
     ModelSpec(
         key="id_adapter", role="ID adapter (IP-Adapter FaceID Portrait v11, 16 ID tokens)",
@@ -144,18 +169,21 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
                    ("ipadapter", "*faceid-portrait-v11*sd15*"), ("ipadapter", "*faceid-portrait*sd15*")),
         source="Hugging Face `h94/IP-Adapter-FaceID`", licence="non-commercial research (insightface embeddings)",
         need=REQUIRED, workflows=("geometry", "full"),
+        fetch="hf:h94/IP-Adapter-FaceID:ip-adapter-faceid-portrait-v11_sd15.bin", licence_gate="ipadapter-faceid",
     ),
     ModelSpec(
         key="insightface_det", role="face detector (insightface buffalo_l SCRFD)",
         locations=(("insightface", "models/buffalo_l/det_10g.onnx"), ("insightface", "models/buffalo_l/buffalo_l/det_10g.onnx")),
         source="insightface model zoo `buffalo_l.zip` (unzip into models/insightface/models/buffalo_l/)",
         licence="non-commercial research", need=REQUIRED, workflows=("geometry", "full", "eval"),
+        fetch=_BUFFALO_L + ":det_10g.onnx", licence_gate="insightface",
     ),
     ModelSpec(
         key="insightface_rec", role="face recogniser (insightface buffalo_l ArcFace R50)",
         locations=(("insightface", "models/buffalo_l/w600k_r50.onnx"), ("insightface", "models/buffalo_l/buffalo_l/w600k_r50.onnx")),
         source="insightface model zoo `buffalo_l.zip` (same folder as the detector)",
         licence="non-commercial research", need=REQUIRED, workflows=("geometry", "full", "eval"),
+        fetch=_BUFFALO_L + ":w600k_r50.onnx", licence_gate="insightface",
     ),
     ModelSpec(
         key="panohead", role="3D GAN for the ID-aware initialisation (PanoHead)",
@@ -165,6 +193,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         need=OPTIONAL, workflows=("geometry", "full"),
         note="without it the initialisation starts from the built-in head template (lower identity); "
              "the .pkl is converted once to .safetensors + .json beside it, without running code from the pickle",
+        fetch="manual", licence_gate="panohead",
     ),
     ModelSpec(
         key="vgg16", role="perceptual loss of the PanoHead inversion (VGG16 / LPIPS-VGG)",
@@ -172,6 +201,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         source="torchvision model zoo (`https://download.pytorch.org/models/vgg16-397923af.pth`)", licence="BSD-3-Clause",
         need=OPTIONAL, workflows=("geometry", "full"), required_with="panohead",
         note="needed when PanoHead is used",
+        fetch="url:https://download.pytorch.org/models/vgg16-397923af.pth", sha256="397923af",
     ),
     ModelSpec(
         key="lpips_vgg", role="learned LPIPS v0.1 channel weights for the VGG16 perceptual loss (inversion, texture refinement)",
@@ -179,6 +209,8 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         source="PyPI `lpips` package, file `lpips/weights/v0.1/vgg.pth`", licence="BSD-2-Clause",
         need=OPTIONAL, workflows=("geometry", "full"),
         note="without it every VGG channel weighs 1, which is not the authors' LPIPS-VGG loss (the nodes say so in their info)",
+        fetch="lpips:lpips/weights/v0.1/vgg.pth", size=7289,
+        sha256="a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
     ),
     ModelSpec(
         key="realesrgan_x2", role="texture deblur after inpainting (RealESRGAN x2)",
@@ -189,6 +221,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         licence="BSD-3-Clause (Real-ESRGAN code and weights)",
         need=REQUIRED, workflows=("full",),
         note="the authors' deblur of the inpainted texture (half-size bicubic, then x2 super-resolution) before refinement",
+        fetch="hf:ai-forever/Real-ESRGAN:RealESRGAN_x2.pth",
     ),
     ModelSpec(
         key="mediapipe_task", role="landmarks for mediapipe > 0.10.21 (MediaPipe Face Landmarker)",
@@ -196,18 +229,22 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         source="Google MediaPipe model card `face_landmarker.task`", licence="Apache-2.0",
         need=OPTIONAL, workflows=("geometry", "full"),
         note="not needed with mediapipe==0.10.21, whose wheel carries FaceMesh (478 points)",
+        fetch="url:https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/face_landmarker.task",
     ),
     ModelSpec(
         key="lpips_alex", role="evaluation: LPIPS backbone (AlexNet)",
         locations=(("idsculpt", "alexnet-owt-7be5be79.pth"), ("idsculpt", "lpips/alexnet-owt-7be5be79.pth"), ("idsculpt", "*alexnet*")),
         source="torchvision model zoo (`https://download.pytorch.org/models/alexnet-owt-7be5be79.pth`)", licence="BSD-3-Clause",
         need=OPTIONAL, workflows=("eval",), note="LPIPS is skipped (reported) without it",
+        fetch="url:https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", sha256="7be5be79",
     ),
     ModelSpec(
         key="lpips_lin", role="evaluation: LPIPS v0.1 linear layers",
         locations=(("idsculpt", "lpips/alex.pth"), ("idsculpt", "alex.pth")),
         source="PyPI `lpips` package, file `lpips/weights/v0.1/alex.pth`", licence="BSD-2-Clause",
         need=OPTIONAL, workflows=("eval",), required_with="lpips_alex",
+        fetch="lpips:lpips/weights/v0.1/alex.pth", size=6009,
+        sha256="df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
     ),
     ModelSpec(
         key="clip_vision", role="evaluation: CLIP-I image embedder (CLIP ViT-L/14)",
@@ -215,6 +252,7 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
                    ("clip_vision", "*clip-vit-large*")),
         source="Hugging Face `openai/clip-vit-large-patch14`", licence="MIT", need=OPTIONAL, workflows=("eval",),
         note="CLIP-I is skipped (reported) without it",
+        fetch="hf:openai/clip-vit-large-patch14:model.safetensors",
     ),
 )
 
@@ -422,7 +460,8 @@ def missing_model_message(role_or_filename: str, folder: Optional[str] = None, s
     return (f"{spec.role}: {asked!r} not found in {where}. Put {spec.filename!r} into models/{spec.folder} "
             f"(accepted names include {alts}); get it from {spec.source} (licence: {spec.licence})."
             + (f" Note: {spec.note}." if spec.note else "")
-            + " See docs/MODELS.md, or run the 'IDSculpt Model Check' node or `python scripts/check_models.py` to check every model.")
+            + " See docs/MODELS.md, or run the 'IDSculpt Model Check' node or `python scripts/check_models.py` to check every model."
+            + " `python scripts/install_models.py --comfyui <ComfyUI folder>` fetches, verifies and places the missing files (before a run: nothing downloads during one).")
 
 
 # --------------------------------------------------------------------------- docs
@@ -461,6 +500,15 @@ def models_markdown(table: Sequence[ModelSpec] = MODEL_TABLE) -> str:
     for m in table:
         names = ", ".join(f"`{f}/{esc(p)}`" for f, p in m.locations)
         lines.append(f"- **{m.key}** ({esc(m.role)}): {names}")
+    lines += ["", "## Installer sources", "",
+              "`python scripts/install_models.py --comfyui /path/to/ComfyUI [--workflow full|geometry|eval] [--dry-run]` fetches "
+              "these (see docs/INSTALL_MODELS.md); a hash marked *recorded* is not published yet: the first install writes the "
+              "digest it saw to `models/idsculpt/install_models.lock.json` and later installs are checked against it.", "",
+              "| model | fetched from | revision | SHA-256 | licence to accept |", "|---|---|---|---|---|"]
+    for m in table:
+        lines.append(f"| {m.key} | `{esc(m.fetch or 'not fetched')}` | {m.revision or ('main (commit recorded)' if m.fetch.startswith('hf') else '—')} "
+                     f"| {('`' + m.sha256 + '`' + (' (prefix)' if len(m.sha256) < 64 else '')) if m.sha256 else ('—' if m.fetch == 'manual' else 'recorded')} "
+                     f"| {('`--accept-licence ' + m.licence_gate + '`') if m.licence_gate and m.fetch != 'manual' else ('manual download' if m.fetch == 'manual' else '—')} |")
     notes = [m for m in table if m.note]
     if notes:
         lines += ["", "## Notes", ""]
