@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import folder_paths
 import numpy as np
@@ -84,6 +84,23 @@ class PanoHeadLoader(io.ComfyNode):
             ],
             outputs=[PANOHEAD.Output(display_name="panohead"), io.String.Output(display_name="info")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, checkpoint: str, vgg16: str, lpips_weights: str = AUTO) -> Any:
+        """'auto' means whatever file is there now: ComfyUI must re-run the loader when that changes (PanoHead put
+        in after a template run would otherwise stay unused behind the cached result)."""
+        parts = []
+        for choice, key in ((checkpoint, "panohead"), (vgg16, "vgg16"), (lpips_weights, "lpips_vgg")):
+            if choice == AUTO:
+                path, _ = _find(key)
+                try:
+                    st = os.stat(path) if path else None
+                    parts.append(f"{path}:{st.st_mtime_ns}:{st.st_size}" if st else "-")
+                except OSError:
+                    parts.append(str(path))
+            else:
+                parts.append(choice)
+        return "|".join(parts)
 
     @classmethod
     def execute(cls, checkpoint: str, vgg16: str, lpips_weights: str = AUTO) -> io.NodeOutput:
