@@ -91,7 +91,8 @@ class IDEmbed(io.ComfyNode):
                 INSIGHTFACE.Input("insightface", tooltip="An insightface model pack from IDSculpt InsightFace Loader or "
                                   "IPAdapter_plus's InsightFace loader (buffalo_l recommended)."),
                 io.Int.Input("face_index", default=0, min=0, max=63,
-                             tooltip="Which face when there are several: 0 = the largest, 1 = the next largest, ..."),
+                             tooltip="Which face when there are several: 0 = the largest, 1 = the next largest, ... (box "
+                             "area). Connect face_id to PanoHead Invert so the head's geometry comes from the same face."),
             ],
             outputs=[
                 FACE_ID.Output(display_name="face_id"),
@@ -106,12 +107,31 @@ class IDEmbed(io.ComfyNode):
         return io.NodeOutput(fid, core_to_image(fid.aligned_crop), fid.log)
 
 
+NO_TASK = "(none)"
+
+
 def _task_files() -> list[str]:
     try:
         model_folder(MEDIAPIPE_FOLDER, {".task"})
-        return ["(none)"] + list(folder_paths.get_filename_list(MEDIAPIPE_FOLDER))
+        return [NO_TASK] + list(folder_paths.get_filename_list(MEDIAPIPE_FOLDER))
     except Exception:  # folder registration failing must not hide the node
-        return ["(none)"]
+        return [NO_TASK]
+
+
+def landmarker_model_input(optional: bool = False) -> io.Combo.Input:
+    """The MediaPipe Tasks model choice, shared by every node that finds the 478 landmarks."""
+    return io.Combo.Input("landmarker_model", options=_task_files(), default=NO_TASK, optional=optional,
+                          tooltip="(none): mediapipe 0.10.21's built-in legacy FaceMesh (models inside the wheel). With a "
+                          "newer mediapipe (no legacy FaceMesh; e.g. a Python or numpy that mediapipe 0.10.21 does not "
+                          "support), put face_landmarker.task into models/mediapipe and choose it here: the Tasks API then "
+                          "finds the same 478 landmarks.")
+
+
+def landmarker_model_path(choice: str | None) -> str | None:
+    """Full path of the chosen face_landmarker.task, or None for the legacy FaceMesh."""
+    if choice in (None, "", NO_TASK):
+        return None
+    return model_path(MEDIAPIPE_FOLDER, choice, key="mediapipe_task")
 
 
 class LandmarkRender(io.ComfyNode):
@@ -128,12 +148,12 @@ class LandmarkRender(io.ComfyNode):
                 HEAD_MESH.Input("head_mesh", tooltip="The head mesh to place the landmarks on (e.g. from PanoHead Invert)."),
                 CAMERA.Input("reference_camera", tooltip="The portrait's camera in the mesh's frame (first camera used)."),
                 io.Int.Input("face_index", default=0, min=0, max=63,
-                             tooltip="Which face when MediaPipe finds several: 0 = the largest."),
+                             tooltip="Which face when MediaPipe finds several (0 = the largest, counted like ID Embed). Keep "
+                             "0 on PanoHead Invert's aligned portrait: that crop holds the one face PanoHead Invert chose "
+                             "(choose the face there, with its face_index or ID Embed's face_id)."),
                 io.Int.Input("preview_resolution", default=512, min=64, max=2048, step=64,
                              tooltip="Size of the preview landmark images (azimuths 0, 45, -45, 90, -90, 180)."),
-                io.Combo.Input("landmarker_model", options=_task_files(), default="(none)",
-                               tooltip="Only for mediapipe > 0.10.21 (no built-in face mesh): a face_landmarker.task file "
-                               "in models/mediapipe. Leave (none) with mediapipe 0.10.21."),
+                landmarker_model_input(),
                 io.Boolean.Input("occlusion", default=False, optional=True,
                                  tooltip="Off (ID-Sculpt): front and side views draw every landmark contour, hidden or not, "
                                  "as the landmark ControlNet was trained; views from behind draw only the face oval. On (not "
@@ -149,9 +169,8 @@ class LandmarkRender(io.ComfyNode):
 
     @classmethod
     def execute(cls, image: torch.Tensor, head_mesh, reference_camera, face_index: int, preview_resolution: int,
-                landmarker_model: str = "(none)", occlusion: bool = False) -> io.NodeOutput:
-        task = None if landmarker_model in (None, "", "(none)") else model_path(MEDIAPIPE_FOLDER, landmarker_model, key="mediapipe_task")
-        lm2d = detect_landmarks(image, face_index=face_index, model_path=task)
+                landmarker_model: str = NO_TASK, occlusion: bool = False) -> io.NodeOutput:
+        lm2d = detect_landmarks(image, face_index=face_index, model_path=landmarker_model_path(landmarker_model))
         cam = reference_camera[0] if len(reference_camera) > 1 else reference_camera
         lm3d = align_landmarks_to_mesh(lm2d, head_mesh, cam)
         lm3d.occlusion = bool(occlusion)

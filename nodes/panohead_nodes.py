@@ -5,20 +5,24 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
+import folder_paths
 import numpy as np
 import torch
 from comfy_api.latest import io
 
+from ..core.models import find_model, get_spec
+from ..core.panohead.align import align_portrait
 from ..core.panohead.checkpoint import convert_pickle, load_generator
 from ..core.panohead.invert import InversionConfig
-from ..core.panohead.perceptual import VGG16Perceptual
+from ..core.panohead.perceptual import VGG16Perceptual, load_vgg16
 from ..core.panohead.pipeline import run_stage1
 from ..core.panohead.triplane import TriPlaneGenerator, build_generator
 from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core, model_files, model_path
-from .perceptual import AUTO, load_perceptual, lpips_weights_input
-from .types import CAMERA, GAN_VIEWS, HEAD_MESH, PANOHEAD
+from .face_nodes import NO_TASK, landmarker_model_input, landmarker_model_path
+from .perceptual import AUTO, lpips_weights_input, resolve_lpips_weights
+from .types import CAMERA, FACE_ID, GAN_VIEWS, HEAD_MESH, PANOHEAD
 from .vram import graphs_allowed, stage, vram_mode_input
 
 log = logging.getLogger("IDSculpt")
@@ -34,6 +38,7 @@ class PanoHeadModel:
     generator: Optional[TriPlaneGenerator]
     perceptual: Optional[VGG16Perceptual]
     name: str
+    note: str = ""  # which initialisation the loader settled on and why (repeated in Invert's info)
 
 
 def _weights(ext: tuple[str, ...]) -> list[str]:
@@ -49,6 +54,11 @@ def _trainable_copy(module: torch.nn.Module, fresh: torch.nn.Module) -> torch.nn
     return fresh
 
 
+def _find(key: str) -> tuple[Optional[str], list[str]]:
+    """The model table's file for ``key`` (core/models.py: its canonical and accepted names) in ComfyUI's folders."""
+    return find_model(get_spec(key), folder_paths.get_folder_paths)
+
+
 class PanoHeadLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -58,37 +68,97 @@ class PanoHeadLoader(io.ComfyNode):
             category="IDSculpt/loaders",
             description="Loads PanoHead (easy-khair-180-gpc0.8-trans10-025000.pkl, CC BY-NC) from models/idsculpt. The .pkl "
             "is read without running the code stored inside it and converted once to .safetensors + .json beside it; "
-            "later runs load the converted files. Without a checkpoint, Invert falls back to the template head.",
+            "later runs load the converted files. 'auto' (default) takes PanoHead when its file is there and the "
+            "template head otherwise; 'info' says which and why.",
             inputs=[
-                io.Combo.Input("checkpoint", options=[NONE] + _weights((".pkl", ".safetensors")), default=NONE,
-                               tooltip="PanoHead checkpoint in models/idsculpt: the released .pkl (converted on first use) "
-                               "or its converted .safetensors. 'none' = use the procedural template head instead."),
-                io.Combo.Input("vgg16", options=[NO_VGG] + _weights((".pth", ".pt", ".safetensors", ".bin")), default=NO_VGG,
+                io.Combo.Input("checkpoint", options=[AUTO, NONE] + _weights((".pkl", ".safetensors")), default=AUTO,
+                               tooltip="auto: PanoHead when its release file (or its converted .safetensors) is in "
+                               "models/idsculpt, else the procedural template head (lower identity). 'none (template "
+                               "head)': always the template. Or a PanoHead checkpoint file in models/idsculpt (a .pkl is "
+                               "converted on first use)."),
+                io.Combo.Input("vgg16", options=[AUTO, NO_VGG] + _weights((".pth", ".pt", ".safetensors", ".bin")), default=AUTO,
                                tooltip="VGG16 weights for the inversion's perceptual loss (torchvision vgg16-397923af.pth or "
-                               "an LPIPS vgg16 file) in models/idsculpt. Required when a checkpoint is chosen."),
+                               "an LPIPS vgg16 file) in models/idsculpt; needed only when PanoHead is used. auto: the model "
+                               "table's file when PanoHead is used."),
                 lpips_weights_input(),
             ],
             outputs=[PANOHEAD.Output(display_name="panohead"), io.String.Output(display_name="info")],
         )
 
     @classmethod
+    def fingerprint_inputs(cls, checkpoint: str, vgg16: str, lpips_weights: str = AUTO) -> Any:
+        """'auto' means whatever file is there now: ComfyUI must re-run the loader when that changes (PanoHead put
+        in after a template run would otherwise stay unused behind the cached result)."""
+        parts = []
+        for choice, key in ((checkpoint, "panohead"), (vgg16, "vgg16"), (lpips_weights, "lpips_vgg")):
+            if choice == AUTO:
+                path, _ = _find(key)
+                try:
+                    st = os.stat(path) if path else None
+                    parts.append(f"{path}:{st.st_mtime_ns}:{st.st_size}" if st else "-")
+                except OSError:
+                    parts.append(str(path))
+            else:
+                parts.append(choice)
+        return "|".join(parts)
+
+    @classmethod
     def execute(cls, checkpoint: str, vgg16: str, lpips_weights: str = AUTO) -> io.NodeOutput:
+        spec = get_spec("panohead")
         if checkpoint == NONE:
-            return io.NodeOutput(PanoHeadModel(None, None, NONE), "no PanoHead checkpoint: Invert will use the template head")
-        path = model_path(IDSCULPT_FOLDER, checkpoint, key="panohead")
+            note = f"checkpoint '{NONE}': the template head is used"
+            return io.NodeOutput(PanoHeadModel(None, None, NONE, note), f"{note} (PanoHead Invert uses the template head)")
+        if checkpoint == AUTO:
+            path, searched = _find("panohead")
+            if path is None:
+                note = (f"checkpoint auto: no PanoHead file ({spec.filename}) in {', '.join(searched) or 'models/idsculpt'}, "
+                        "so the template head is used (lower identity); put the file there for PanoHead's ID-aware "
+                        "initialisation (docs/MODELS.md)")
+                log.info("IDSculpt PanoHead Loader: %s", note)
+                return io.NodeOutput(PanoHeadModel(None, None, NONE, note), note)
+            why = f"checkpoint auto: PanoHead found ({path})"
+            name = os.path.basename(path)
+        else:
+            path = model_path(IDSCULPT_FOLDER, checkpoint, key="panohead")
+            why, name = f"checkpoint {checkpoint}", checkpoint
         if vgg16 == NO_VGG:
             raise ValueError("PanoHead inversion needs VGG16 weights for its perceptual loss: put torchvision's "
-                             "vgg16-397923af.pth into models/idsculpt and select it (or choose checkpoint 'none')")
+                             "vgg16-397923af.pth into models/idsculpt and select it or 'auto' (or choose checkpoint "
+                             f"'{NONE}')")
+        if vgg16 == AUTO:
+            vgg_path, searched = _find("vgg16")
+            if vgg_path is None:
+                v = get_spec("vgg16")
+                raise FileNotFoundError(
+                    f"PanoHead is used ({why}) but its inversion needs VGG16 weights for the perceptual loss, and none "
+                    f"were found in {', '.join(searched) or 'models/idsculpt'}: put {v.filename} there (from {v.source}), "
+                    f"or set the PanoHead Loader's checkpoint to '{NONE}' to use the template head")
+            why += f"; vgg16 auto: {os.path.basename(vgg_path)}"
+        else:
+            vgg_path = model_path(IDSCULPT_FOLDER, vgg16, key="vgg16")
         if path.endswith(".pkl"):
             st, _ = convert_pickle(path)  # once; reuses the converted files afterwards
-            info = f"converted {checkpoint} -> {os.path.basename(st)} (pickle code not executed)"
+            info = f"{why}; converted {name} -> {os.path.basename(st)} (pickle code not executed)"
             path = st
         else:
-            info = f"loaded {checkpoint}"
+            info = f"{why}; loaded {name}"
         g = load_generator(path, "cpu")
-        vgg = load_perceptual(vgg16, lpips_weights)
+        vgg = load_vgg16(vgg_path, resolve_lpips_weights(lpips_weights))
+        if not vgg.has_lpips_heads:
+            log.warning("IDSculpt: %s", vgg.weights_note)
         info += f"; {vgg.weights_note}"
-        return io.NodeOutput(PanoHeadModel(g, vgg, checkpoint), info)
+        return io.NodeOutput(PanoHeadModel(g, vgg, name, why), info)
+
+
+def face_id_box(face_id, image_hw: tuple[int, int]) -> Optional[list[float]]:
+    """ID Embed's face box in this portrait's pixels (scaled when ID Embed saw the image at another size)."""
+    if face_id is None:
+        return None
+    h, w = image_hw
+    h0, w0 = getattr(face_id, "image_size", (0, 0)) or (0, 0)
+    sx, sy = (w / w0, h / h0) if h0 > 0 and w0 > 0 else (1.0, 1.0)
+    x1, y1, x2, y2 = (float(v) for v in face_id.box.reshape(-1)[:4])
+    return [x1 * sx, y1 * sy, x2 * sx, y2 * sy]
 
 
 class PanoHeadInvert(io.ComfyNode):
@@ -123,6 +193,14 @@ class PanoHeadInvert(io.ComfyNode):
                                          "faster on a GPU; the random ray samples differ from the eager loop's but stay "
                                          "seeded). Off: the plain eager loop. Ignored on CPU."),
                 vram_mode_input(),
+                io.Int.Input("face_index", default=0, min=0, max=63, optional=True,
+                             tooltip="Which face of the portrait to align when MediaPipe finds several: 0 = the largest, "
+                             "1 = the next, ... (box area, as ID Embed counts). Ignored when face_id is connected. Set it "
+                             "like ID Embed's face_index so geometry and identity come from the same person."),
+                FACE_ID.Input("face_id", optional=True,
+                              tooltip="ID Embed's face: aligns the MediaPipe face whose box overlaps it most, so the head's "
+                              "geometry comes from the face whose identity ID Embed took (overrides face_index)."),
+                landmarker_model_input(optional=True),
             ],
             outputs=[
                 HEAD_MESH.Output(display_name="head_mesh"),
@@ -136,15 +214,20 @@ class PanoHeadInvert(io.ComfyNode):
     @classmethod
     def execute(cls, portrait: torch.Tensor, panohead: Optional[PanoHeadModel] = None, init: str = "auto", w_steps: int = 500,
                 pti_steps: int = 500, mesh_resolution: int = 512, mesh_level: float = 20.0, view_resolution: int = 256,
-                seed: int = 0, cuda_graphs: bool = True, vram_mode: str = "offload") -> io.NodeOutput:
+                seed: int = 0, cuda_graphs: bool = True, vram_mode: str = "offload", face_index: int = 0,
+                face_id=None, landmarker_model: str = NO_TASK) -> io.NodeOutput:
         import comfy.model_management as mm
 
         image = (image_to_core(portrait)[0].numpy() * 255).round().astype(np.uint8)
         have = panohead is not None and panohead.generator is not None
         if init == "panohead" and not have:
-            raise ValueError("init='panohead' but no PanoHead checkpoint is loaded: connect IDSculpt PanoHead Loader with a "
-                             "checkpoint, or set init to 'auto'/'template'")
+            why = f" ({panohead.note})" if panohead is not None and panohead.note else ""
+            raise ValueError(f"init='panohead' but no PanoHead checkpoint is loaded{why}: connect IDSculpt PanoHead Loader "
+                             "with a checkpoint, or set init to 'auto'/'template'")
         use_gan = have and init != "template"
+        # the portrait enters here: refused when too small (ID Embed's message), then the chosen face aligned
+        aligned = align_portrait(image, face_index=face_index, model_path=landmarker_model_path(landmarker_model),
+                                 face_box=face_id_box(face_id, image.shape[:2]))
         device = mm.get_torch_device()
         bar = ComfyProgress((w_steps + pti_steps + 20) if use_gan else 1)
         with stage("PanoHead Invert", vram_mode), torch.inference_mode(False), torch.enable_grad():
@@ -160,13 +243,18 @@ class PanoHeadInvert(io.ComfyNode):
             cfg = InversionConfig(w_steps=w_steps, pti_steps=pti_steps, seed=seed, cuda_graphs=graphs_allowed(cuda_graphs, vram_mode))
             try:
                 out = run_stage1(image, g, vgg, cfg, mesh_resolution=mesh_resolution, mesh_level=mesh_level,
-                                 view_resolution=view_resolution, progress=bar.progress, interrupt=bar.interrupt,
-                                 device=device)
+                                 view_resolution=view_resolution, aligned=aligned, progress=bar.progress,
+                                 interrupt=bar.interrupt, device=device)
             finally:
                 del g, vgg
                 mm.soft_empty_cache()
         views = out.gan_views
         info = out.info + (f"; {panohead.perceptual.weights_note}" if use_gan else "")
+        if panohead is not None and panohead.note:
+            info += f"; loader: {panohead.note}"
+        info += f"; face: {aligned.log}"
+        if aligned.num_faces > 1 and face_id is None:
+            info += " (or connect ID Embed's face_id: PanoHead Invert then aligns the face ID Embed chose)"
         log.info("IDSculpt PanoHead Invert: %s", info)
         return io.NodeOutput(out.mesh, out.reference_camera, core_to_image(out.aligned), views, info)
 

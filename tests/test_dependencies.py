@@ -213,8 +213,8 @@ import numpy as np
 sys.modules["onnx"] = None        # as after `pip install --no-deps insightface` without onnx
 sys.modules["matplotlib"] = None  # as after `pip install --no-deps mediapipe` without matplotlib
 from idsculpt.core.face.detect import load_face_analysis
-from idsculpt.core.panohead.align import detect_landmarks
-for call in (lambda: load_face_analysis(models, "buffalo_l"), lambda: detect_landmarks(np.zeros((64, 64, 3), np.uint8))):
+from idsculpt.core.panohead.align import align_portrait
+for call in (lambda: load_face_analysis(models, "buffalo_l"), lambda: align_portrait(np.zeros((256, 256, 3), np.uint8))):
     try:
         call()
         print("NO ERROR")
@@ -239,8 +239,10 @@ def test_pack_import_sites_name_the_missing_module(tmp_path):
     face, align = lines
     assert face.startswith("MissingDependency|onnx|insightface ") and "is installed but cannot be imported because the " \
         "module 'onnx' is missing" in face and face.endswith("pip install onnx")
-    assert align.startswith("MissingDependency|matplotlib|mediapipe ") and "the module 'matplotlib' is missing (PanoHead " \
-        "alignment" in align and align.endswith("pip install matplotlib")
+    # the alignment's landmarks (core/face/landmarks.py): the legacy FaceMesh's real cause, and the Tasks API's file
+    assert align.startswith("MissingDependency|matplotlib|No MediaPipe face landmarker available (PanoHead alignment)")
+    assert "the module 'matplotlib' is missing (PanoHead alignment needs it): pip install matplotlib;" in align
+    assert "face_landmarker.task" in align and "models/mediapipe" in align
 
 
 def _requirement_names(lines) -> list[str]:

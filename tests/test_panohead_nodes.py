@@ -113,3 +113,114 @@ def test_texture_perceptual_is_the_authors_call(comfy_inprocess):
         assert torch.equal(got, want) and got.shape == (2,)
         assert (got - net(a * 2 - 1, b * 2 - 1)).abs().max() > 1e-4  # the [-1,1] rescale would be a different loss
         assert (got - net(a, b, max_size=32)).abs().max() > 1e-4  # and so would a resize
+
+
+# --------------------------------------------------------------------------- issue 19: first run
+@pytest.fixture()
+def empty_idsculpt(comfy_inprocess, tmp_path, monkeypatch):
+    """models/idsculpt as a fresh empty folder for this test (the session's folder holds other tests' files)."""
+    fp = comfy_inprocess.folder_paths
+    folder = tmp_path / "idsculpt"
+    folder.mkdir()
+    _, exts = fp.folder_names_and_paths["idsculpt"]
+    monkeypatch.setitem(fp.folder_names_and_paths, "idsculpt", ([str(folder)], exts))
+    return folder
+
+
+def test_loader_auto_takes_panohead_when_present_else_the_template(comfy_inprocess, nodes, portraits_dir, empty_idsculpt):
+    """The shipped default (checkpoint 'auto', vgg16 'auto'): without PanoHead's release file the pair runs the
+    template head; with it (a tiny stand-in under the release name) the pair runs PanoHead. Info says which and why."""
+    from safetensors.torch import save_file
+
+    from idsculpt.core.models import get_spec
+    from idsculpt.core.panohead.perceptual import VGG16Perceptual
+    from idsculpt.core.panohead.triplane import tiny_config
+
+    schema = nodes.PanoHeadLoader.GET_SCHEMA()
+    ck, vg = schema.inputs[0], schema.inputs[1]
+    assert (ck.options[0], ck.default, vg.options[0], vg.default) == ("auto", "auto", "auto", "auto")
+    assert nodes.NONE in ck.options and nodes.NO_VGG in vg.options  # make_workflows' TEMPLATE_HEAD values stay valid
+    run = dict(portrait=_portrait(portraits_dir), init="auto", w_steps=2, pti_steps=1, mesh_resolution=64,
+               mesh_level=0.0, view_resolution=16, seed=0)
+    release = get_spec("panohead").filename
+
+    model, info = comfy_inprocess.run_node(nodes.PanoHeadLoader, checkpoint="auto", vgg16="auto").args
+    assert model.generator is None and info.startswith(f"checkpoint auto: no PanoHead file ({release}) in {empty_idsculpt}")
+    assert "template head is used" in info
+    *_, inv_info = comfy_inprocess.run_node(nodes.PanoHeadInvert, panohead=model, **run).args
+    assert inv_info.startswith("init=template") and "loader: checkpoint auto: no PanoHead file" in inv_info
+
+    with open(empty_idsculpt / release, "wb") as f:  # the stand-in under the release name
+        f.write(dump_release_pickle(tiny_generator(seed=4), tiny_config(), "raise RuntimeError('pickled code ran')\n"))
+    with pytest.raises(FileNotFoundError, match="needs VGG16 weights") as e:
+        comfy_inprocess.run_node(nodes.PanoHeadLoader, checkpoint="auto", vgg16="auto")
+    assert "vgg16-397923af.pth" in str(e.value) and nodes.NONE in str(e.value)
+    save_file({f"features.{k}": v.half() for k, v in VGG16Perceptual().features.state_dict().items()},
+              str(empty_idsculpt / "vgg16.safetensors"))
+    model, info = comfy_inprocess.run_node(nodes.PanoHeadLoader, checkpoint="auto", vgg16="auto").args
+    assert model.generator is not None and info.startswith(f"checkpoint auto: PanoHead found ({empty_idsculpt / release})")
+    assert "vgg16 auto: vgg16.safetensors" in info and "pickle code not executed" in info
+    mesh, _cam, _al, views, inv_info = comfy_inprocess.run_node(nodes.PanoHeadInvert, panohead=model, **run).args
+    assert inv_info.startswith("init=panohead") and "loader: checkpoint auto: PanoHead found" in inv_info
+    assert torch.isfinite(mesh.vertices).all() and views.normals.shape == (40, 16, 16, 3)
+    # 'none (template head)' still forces the template (make_workflows' TEMPLATE_HEAD patch)
+    model, info = comfy_inprocess.run_node(nodes.PanoHeadLoader, checkpoint=nodes.NONE, vgg16=nodes.NO_VGG).args
+    assert model.generator is None and "template head" in info
+
+
+def test_invert_refuses_a_small_portrait_with_id_embeds_message(comfy_inprocess, nodes):
+    """The 64-px portrait is refused where it enters (PanoHead Invert in the shipped graph), in ID Embed's words,
+    not upsampled into a blurry 512² crop."""
+    import warnings
+
+    from tiny_insightface import write_tiny_insightface
+
+    from idsculpt.nodes import face_nodes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_tiny_insightface(comfy_inprocess.sandbox.model_dir("insightface"), "buffalo_l")
+    small = torch.rand(1, 64, 64, 3)
+    app = comfy_inprocess.run_node(face_nodes.InsightFaceLoader, model_name="buffalo_l", provider="CPU").args[0]
+    with pytest.raises(ValueError) as id_embed:
+        comfy_inprocess.run_node(face_nodes.IDEmbed, image=small, insightface=app, face_index=0)
+    with pytest.raises(ValueError) as invert:
+        comfy_inprocess.run_node(nodes.PanoHeadInvert, portrait=small, init="template", w_steps=1, pti_steps=1,
+                                 mesh_resolution=64, mesh_level=20.0, view_resolution=16, seed=0)
+    assert str(invert.value) == str(id_embed.value) and "portrait is too small: 64x64 px" in str(invert.value)
+
+
+def test_invert_aligns_the_chosen_face(comfy_inprocess, nodes, portraits_dir):
+    """Two faces: info says how many, which one and how to choose; face_index 1 and ID Embed's face_id (its box
+    around face #1, given at another image size) align the same face."""
+    pytest.importorskip("mediapipe")
+    import cv2
+
+    from idsculpt.core.face.detect import FaceID
+    from idsculpt.core.panohead.align import portrait_landmarks
+
+    img = cv2.cvtColor(cv2.imread(os.path.join(portraits_dir, "two_faces.jpg")), cv2.COLOR_BGR2RGB)
+    portrait = torch.from_numpy(img.astype(np.float32) / 255.0)[None]
+    run = dict(portrait=portrait, init="template", w_steps=1, pti_steps=1, mesh_resolution=64, mesh_level=20.0,
+               view_resolution=16, seed=0)
+    _m, _c, al0, _v, info0 = comfy_inprocess.run_node(nodes.PanoHeadInvert, **run).args
+    assert "MediaPipe (legacy) found 2 face(s)" in info0 and "using face #0 (the largest) of 2" in info0
+    assert "Set face_index to use another" in info0 and "connect ID Embed's face_id" in info0
+    _m, _c, al1, _v, info1 = comfy_inprocess.run_node(nodes.PanoHeadInvert, face_index=1, **run).args
+    assert "using face #1 of 2" in info1 and float((al0 - al1).abs().mean()) > 0.05
+    # ID Embed saw the portrait at half size: its box is scaled to this portrait
+    h, w = img.shape[:2]
+    x1, y1, x2, y2 = portrait_landmarks(img, face_index=1).box()
+    fid = FaceID(embedding=torch.zeros(512), box=torch.tensor([x1, y1, x2, y2]) / 2, keypoints=torch.zeros(5, 2),
+                 aligned_crop=torch.zeros(112, 112, 3), det_score=0.9, index=1, num_faces=2, image_size=(h // 2, w // 2))
+    _m, _c, al_id, _v, info_id = comfy_inprocess.run_node(nodes.PanoHeadInvert, face_id=fid, **run).args
+    assert torch.equal(al_id, al1) and "the face ID Embed chose" in info_id and "connect ID Embed's face_id" not in info_id
+
+
+def test_face_id_box_scales_to_the_portrait(nodes):
+    from types import SimpleNamespace
+
+    fid = SimpleNamespace(box=torch.tensor([10.0, 20.0, 30.0, 40.0]), image_size=(100, 200))  # (H, W)
+    assert nodes.face_id_box(fid, (200, 400)) == [20.0, 40.0, 60.0, 80.0]
+    assert nodes.face_id_box(fid, (100, 200)) == [10.0, 20.0, 30.0, 40.0]
+    assert nodes.face_id_box(None, (100, 200)) is None

@@ -158,7 +158,7 @@ def test_alignment_puts_eyes_and_mouth_where_panohead_does(portraits_dir, name):
     img = cv2.cvtColor(cv2.imread(os.path.join(portraits_dir, name)), cv2.COLOR_BGR2RGB)
     a = al.align_portrait(img)
     assert a.image.shape == (512, 512, 3)
-    lm = al.detect_landmarks(a.image) / 512.0  # measured on the crop itself, as for PanoHead's crops
+    lm = al.detect_landmarks(a.image).points.double().numpy() / 512.0  # measured on the crop itself, as for PanoHead's crops
     le, re = lm[list(al.MP_EYE_IMG_LEFT), :2].mean(0), lm[list(al.MP_EYE_IMG_RIGHT), :2].mean(0)
     mouth = lm[list(al.MP_MOUTH_CORNERS), :2].mean(0)
     eyes = (le + re) / 2

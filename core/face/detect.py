@@ -91,13 +91,40 @@ def to_rgb_uint8(image: Any, what: str = "portrait", min_side: int = MIN_IMAGE_S
         notes.append(f"{what}: grayscale image, replicated to RGB")
         arr = np.repeat(arr, 3, axis=-1)
     h, w = arr.shape[:2]
-    if min(h, w) < min_side:
+    check_image_size(h, w, what, min_side)
+    return np.ascontiguousarray((arr * 255.0 + 0.5).astype(np.uint8)), notes
+
+
+def check_image_size(height: int, width: int, what: str = "portrait", min_side: int = MIN_IMAGE_SIDE) -> None:
+    """Refuse an image too small for face detection, with the one message every face node gives.
+
+    The one home of the size check: ID Embed (insightface), the MediaPipe landmarks and PanoHead
+    Invert's alignment all call it, so a 64-px portrait is refused by whichever node sees it first,
+    with the same words (not upsampled into a blurry crop that fails later with a misleading message).
+    """
+    if min(height, width) < min_side:
         raise ValueError(
-            f"{what} is too small: {w}x{h} px; face detection needs at least {min_side} px on the shorter side "
+            f"{what} is too small: {width}x{height} px; face detection needs at least {min_side} px on the shorter side "
             f"(and the face should be >= ~64 px across). Use a larger photo or upscale it first "
             f"(e.g. an 'Upscale Image' node)."
         )
-    return np.ascontiguousarray((arr * 255.0 + 0.5).astype(np.uint8)), notes
+
+
+def box_area(box: Sequence[float]) -> float:
+    """Area of an (x1, y1, x2, y2) box in pixels (0 for an inverted box)."""
+    b = np.asarray(box, dtype=np.float64).reshape(-1)
+    return float(max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]))
+
+
+def largest_first(boxes: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of ``boxes`` (x1, y1, x2, y2) by box area, largest first (ties keep detector order).
+
+    The one face ordering of the pack: ID Embed's ``face_index`` counts insightface's boxes this way and
+    PanoHead Invert's / Landmark Render's count MediaPipe's landmark boxes this way, so index 0 is the
+    largest face for every node.
+    """
+    areas = [box_area(b) for b in boxes]
+    return sorted(range(len(areas)), key=lambda i: -areas[i])
 
 
 def limit_size(rgb: np.ndarray, max_side: int = MAX_IMAGE_SIDE) -> tuple[np.ndarray, float]:
@@ -207,8 +234,7 @@ class FaceID:
 
 
 def _face_area(face: Any) -> float:
-    b = np.asarray(face.bbox, dtype=np.float64)
-    return float(max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]))
+    return box_area(np.asarray(face.bbox, dtype=np.float64)[:4])
 
 
 def detect_faces(app: Any, bgr: np.ndarray, det_sizes: Sequence[int] = DEFAULT_DET_SIZES) -> tuple[list[Any], int, list[int]]:
@@ -232,7 +258,7 @@ def detect_faces(app: Any, bgr: np.ndarray, det_sizes: Sequence[int] = DEFAULT_D
     if tried and tried[-1] != DEFAULT_DET_SIZES[0]:
         # leave a shared FaceAnalysis (e.g. IPAdapter_plus's) at insightface's default size
         app.prepare(ctx_id=0, det_size=(DEFAULT_DET_SIZES[0],) * 2)
-    found.sort(key=_face_area, reverse=True)
+    found = [found[i] for i in largest_first([np.asarray(f.bbox, dtype=np.float64)[:4] for f in found])]
     return found, size, tried
 
 

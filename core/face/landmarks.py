@@ -20,20 +20,18 @@ units of the image width; we multiply it by the width so the three axes share a 
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import logging
 import os
-import sys
-import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from .detect import to_rgb_uint8
+from ..dependencies import MissingDependency, import_optional
+from .detect import box_area, largest_first, to_rgb_uint8
 
 log = logging.getLogger("IDSculpt")
 
@@ -52,39 +50,26 @@ _LEGACY_NAMES = {g: f"FACEMESH_{g.upper()}" for g in CONNECTION_GROUPS}
 _TASKS_NAMES = {g: f"FACE_LANDMARKS_{g.upper()}" for g in CONNECTION_GROUPS}
 
 
-_MEDIAPIPE: Any = None
+#: what the landmarks are for, in the message when mediapipe cannot be imported
+LANDMARKS_PURPOSE = "finding the 478 face landmarks"
+#: where the Tasks API model goes (ComfyUI's models/mediapipe, registered by the face nodes) and where to get it
+TASK_FILE = "face_landmarker.task"
+TASK_URL = "https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/latest/face_landmarker.task"
 
 
-def import_mediapipe(*submodules: str) -> Any:
-    """``mediapipe`` (and the given submodules), imported on a fresh thread the first time.
+def import_mediapipe(*submodules: str, purpose: str = LANDMARKS_PURPOSE) -> Any:
+    """``mediapipe`` (and the given submodules), through :func:`core.dependencies.import_optional`.
 
-    Why: importing mediapipe keeps the importing call stack alive for the life of the process (an
-    exception raised and stored during its import -- protobuf's "no attribute 'GetPrototype'" -- holds
-    the traceback). Imported inside a node, that kept the node's frame, with its inputs and outputs
-    (a PanoHead model, the head mesh, the GAN views), alive after ComfyUI's /free
-    (tests/test_e2e_release.py). A new thread's stack has none of our frames.
-    Raises the import's own ImportError (or other error) when mediapipe is missing or broken.
+    On a fresh thread the first time. Why: importing mediapipe keeps the importing call stack alive for
+    the life of the process (an exception raised and stored during its import -- protobuf's "no
+    attribute 'GetPrototype'" -- holds the traceback). Imported inside a node, that kept the node's
+    frame, with its inputs and outputs (a PanoHead model, the head mesh, the GAN views), alive after
+    ComfyUI's /free (tests/test_e2e_release.py). A new thread's stack has none of our frames.
+    Raises :class:`~core.dependencies.MissingDependency` (an ImportError) naming the module really
+    missing: mediapipe itself, matplotlib (imported by mediapipe 0.10.21's legacy solutions), or the
+    legacy ``solutions`` of a mediapipe > 0.10.21.
     """
-    global _MEDIAPIPE
-    names = ("mediapipe", *("mediapipe." + m for m in submodules))
-    if _MEDIAPIPE is not None and all(n in sys.modules for n in names):
-        return _MEDIAPIPE
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            for n in names:
-                box[n] = importlib.import_module(n)
-        except BaseException as e:  # handed to the caller's thread
-            box["error"] = e
-
-    t = threading.Thread(target=work, name="idsculpt-import-mediapipe", daemon=True)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    _MEDIAPIPE = box["mediapipe"]
-    return _MEDIAPIPE
+    return import_optional("mediapipe", *submodules, purpose=purpose, fresh_thread=True)
 
 
 def _mediapipe_dir() -> str | None:
@@ -226,31 +211,52 @@ def _find_task_file(model_path: str | None) -> str | None:
     return None
 
 
-def _run_legacy(rgb: np.ndarray, max_faces: int) -> list[np.ndarray]:
+def _run_legacy(rgb: np.ndarray, max_faces: int, min_confidence: float, purpose: str) -> list[np.ndarray]:
     try:
-        import_mediapipe("python.solutions.face_mesh")  # mediapipe/__init__ needs matplotlib
+        import_mediapipe("python.solutions.face_mesh", purpose=purpose)  # mediapipe/__init__ needs matplotlib
         from mediapipe.python.solutions import face_mesh
-    except ModuleNotFoundError as e:
-        raise ImportError(f"mediapipe legacy solutions unavailable ({e}); `pip install {e.name}` if it is missing") from e
+    except ImportError as e:  # MissingDependency already names the missing module; anything else is wrapped
+        if isinstance(e, MissingDependency):
+            raise
+        raise MissingDependency(f"mediapipe's legacy FaceMesh cannot be imported ({purpose} needs it): {e}",
+                                name=getattr(e, "name", None)) from e
     with warnings.catch_warnings():  # protobuf deprecation chatter inside mediapipe's graph setup
         warnings.simplefilter("ignore", DeprecationWarning)
         with face_mesh.FaceMesh(static_image_mode=True, max_num_faces=max_faces, refine_landmarks=True,
-                                min_detection_confidence=0.5) as fm:
+                                min_detection_confidence=min_confidence) as fm:
             res = fm.process(rgb)
     faces = res.multi_face_landmarks or []
     return [np.array([[lm.x, lm.y, lm.z] for lm in f.landmark], dtype=np.float32) for f in faces]
 
 
-def _run_tasks(rgb: np.ndarray, max_faces: int, task_file: str) -> list[np.ndarray]:
-    mp = import_mediapipe("tasks.python", "tasks.python.vision")
+def _run_tasks(rgb: np.ndarray, max_faces: int, min_confidence: float, task_file: str, purpose: str) -> list[np.ndarray]:
+    mp = import_mediapipe("tasks.python", "tasks.python.vision", purpose=purpose)
     from mediapipe.tasks.python import BaseOptions
     from mediapipe.tasks.python import vision
 
     opts = vision.FaceLandmarkerOptions(base_options=BaseOptions(model_asset_path=task_file), num_faces=max_faces,
+                                        min_face_detection_confidence=min_confidence,
                                         running_mode=vision.RunningMode.IMAGE)
     with vision.FaceLandmarker.create_from_options(opts) as lm:
         res = lm.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb)))
     return [np.array([[p.x, p.y, p.z] for p in f], dtype=np.float32) for f in res.face_landmarks]
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = box_area(a) + box_area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _landmark_box(p: np.ndarray) -> tuple[float, float, float, float]:
+    return float(p[:, 0].min()), float(p[:, 1].min()), float(p[:, 0].max()), float(p[:, 1].max())
+
+
+def _fmt_box(b: Sequence[float]) -> str:
+    return "[" + ", ".join(str(round(float(v))) for v in b[:4]) + "]"
 
 
 def detect_landmarks(
@@ -259,42 +265,55 @@ def detect_landmarks(
     max_faces: int = 8,
     backend: str = "auto",
     model_path: str | None = None,
+    face_box: Sequence[float] | None = None,
+    min_confidence: float = 0.5,
+    purpose: str = LANDMARKS_PURPOSE,
 ) -> FaceLandmarks2D:
     """478 MediaPipe landmarks of one face of ``image`` (the largest by default).
 
-    backend: "auto" (legacy solutions if importable, else Tasks with ``model_path``), "legacy" or
+    The pack's one landmark detector (Landmark Render, Geo Supervision and PanoHead's alignment).
+    backend: "auto" (legacy FaceMesh if importable, else the Tasks API with ``model_path``), "legacy" or
     "tasks". model_path: a ``face_landmarker.task`` file or a folder holding one (Tasks API only).
-    ``face_index`` counts faces by landmark-box area, largest first.
+    ``face_index`` counts faces by landmark-box area, largest first (``detect.largest_first``, the order
+    ID Embed counts insightface's boxes in). ``face_box`` (x1, y1, x2, y2 in this image's pixels, e.g. the
+    box of ID Embed's face) chooses the face whose landmark box overlaps it most instead.
+    ``min_confidence``: MediaPipe's face-detection threshold. ``purpose`` names the caller in messages.
+    Refuses an image below ``detect.MIN_IMAGE_SIDE`` px with ID Embed's message.
     """
     rgb, notes = to_rgb_uint8(image)
     h, w = rgb.shape[:2]
     task_file = _find_task_file(model_path)
     faces: list[np.ndarray] | None = None
     used = backend
-    errors: list[str] = []
+    legacy_error: ImportError | None = None
+    tasks_error = ""
     if backend in ("auto", "legacy"):
         try:
-            faces = _run_legacy(rgb, max_faces)
+            faces = _run_legacy(rgb, max_faces, min_confidence, purpose)
             used = "legacy"
         except ImportError as e:
-            errors.append(str(e))
+            legacy_error = e
             if backend == "legacy":
-                raise RuntimeError(f"MediaPipe legacy face mesh is not available: {e}") from e
+                raise MissingDependency(f"MediaPipe legacy face mesh is not available: {e}", name=getattr(e, "name", None)) from e
     if faces is None and backend in ("auto", "tasks"):
         if task_file is None:
-            errors.append(f"no face_landmarker.task file (looked at {model_path!r})")
+            tasks_error = (f"no {TASK_FILE} chosen" if not model_path else
+                           f"no {TASK_FILE} at {model_path!r}")
         else:
             try:
-                faces = _run_tasks(rgb, max_faces, task_file)
+                faces = _run_tasks(rgb, max_faces, min_confidence, task_file, purpose)
                 used = "tasks"
             except ImportError as e:
-                errors.append(f"mediapipe Tasks API unavailable: {e}")
+                tasks_error = f"mediapipe's Tasks API cannot be imported: {e}"
     if faces is None:
-        raise RuntimeError(
-            "No MediaPipe face landmarker available: " + "; ".join(errors) + ". Install mediapipe==0.10.21 (its "
-            "legacy face mesh ships the models; it also needs matplotlib), or a newer mediapipe and put "
-            "face_landmarker.task (https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/"
-            "float16/latest/face_landmarker.task) in the landmarks model folder."
+        parts = ([f"legacy FaceMesh: {legacy_error}"] if legacy_error is not None else []) + [f"Tasks API: {tasks_error}"]
+        raise MissingDependency(
+            f"No MediaPipe face landmarker available ({purpose}). " + "; ".join(parts) + ". Fix either: the legacy "
+            "FaceMesh needs mediapipe==0.10.21 (its models ship inside the wheel; pip install --no-deps "
+            "mediapipe==0.10.21 matplotlib, see the README install), or, with any newer mediapipe, put "
+            f"{TASK_FILE} ({TASK_URL}) into ComfyUI's models/mediapipe folder and choose it in the node's "
+            "landmarker_model input.",
+            name=getattr(legacy_error, "name", None) or "mediapipe",
         )
     if not faces:
         raise RuntimeError(
@@ -303,9 +322,23 @@ def detect_landmarks(
         )
     scale = np.array([w, h, w], dtype=np.float32)
     pts = [f[:NUM_LANDMARKS] * scale for f in faces]
-    areas = [float(np.ptp(p[:, 0]) * np.ptp(p[:, 1])) for p in pts]
-    order = sorted(range(len(pts)), key=lambda i: -areas[i])
+    boxes = [_landmark_box(p) for p in pts]
+    order = largest_first(boxes)
     n = len(pts)
+    sizes = [round(box_area(boxes[i]) ** 0.5) for i in order]
+    how = ""
+    if face_box is not None:
+        fb = [float(v) for v in list(face_box)[:4]]
+        ious = [box_iou(boxes[i], fb) for i in order]
+        face_index = int(np.argmax(ious))
+        if ious[face_index] <= 0.0 and n > 1:
+            raise ValueError(
+                f"the face chosen by ID Embed (box {_fmt_box(fb)} px) overlaps none of the {n} faces MediaPipe found "
+                f"(boxes {', '.join(_fmt_box(boxes[i]) for i in order)}, largest first): give ID Embed and this node the "
+                "same portrait, or disconnect face_id and choose the face with face_index."
+            )
+        how = (f"the face ID Embed chose (box overlap {ious[face_index]:.2f})" if ious[face_index] > 0 else
+               f"the only face; it does not overlap ID Embed's box {_fmt_box(fb)}: did ID Embed see this portrait?")
     if not 0 <= face_index < n:
         raise ValueError(f"face_index {face_index} is out of range: {n} face(s) found (indices 0..{n - 1}, largest first)")
     chosen = pts[order[face_index]]
@@ -315,10 +348,13 @@ def detect_landmarks(
     if n > 1:
         lines.append(
             f"using face #{face_index}" + (" (the largest)" if face_index == 0 else "")
-            + f" of {n} (largest first, box sizes {[round(a ** 0.5) for a in sorted(areas, reverse=True)]} px). "
-            "Set face_index to use another, or crop the portrait to one person."
+            + f" of {n} (largest first, box sizes {sizes} px)" + (f": {how}" if how else "")
+            + (". Set ID Embed's face_index to use another" if face_box is not None else ". Set face_index to use another")
+            + ", or crop the portrait to one person."
         )
         log.warning("IDSculpt landmarks: %s", "; ".join(lines))
+    elif how and "did ID Embed" in how:
+        lines.append(how)
     return FaceLandmarks2D(
         points=torch.from_numpy(np.ascontiguousarray(chosen)),
         image_size=(h, w),

@@ -10,7 +10,10 @@ PanoHead's own preprocessing (``3DDFA_V2_cropping/recrop_images.py``) does, per 
   4. ``crop_final``: the quad maps to a 512² square inside a 563² image (5% margin left/right, 10%
      top), reflected borders blended with a blur, and the 563² image is resized to 512² for the GAN.
 
-Here MediaPipe FaceMesh (478 points with depth, from the wheel) replaces dlib + 3DDFA:
+Here MediaPipe's 478 points with depth replace dlib + 3DDFA. They come from the pack's one landmark
+detector (``core.face.landmarks.detect_landmarks``: the legacy FaceMesh of mediapipe 0.10.21, else the
+Tasks API with a ``face_landmarker.task`` file), and the face is chosen as ID Embed chooses it (largest
+first, or the face overlapping ID Embed's box):
   * step 1 uses the MediaPipe points that correspond to dlib's eye contours and mouth corners;
   * step 2's pose comes from a face frame built from symmetric landmark pairs (x, subject's left),
     the chin→forehead line (y, up) and their cross product (z, front), corrected by a fixed pitch
@@ -29,7 +32,8 @@ import numpy as np
 import torch
 
 from ..camera import EG3D_FOCAL, EG3D_RADIUS, Cameras
-from ..dependencies import import_optional
+from ..face.detect import check_image_size
+from ..face.landmarks import FaceLandmarks2D, detect_landmarks
 
 # MediaPipe indices standing in for dlib-68 points used by PanoHead
 MP_EYE_IMG_LEFT = (33, 160, 158, 133, 153, 144)  # dlib 36-41 (subject's right eye, image left)
@@ -46,6 +50,9 @@ PITCH_OFFSET_DEG = -1.074
 CENTER_OFFSET = (-0.4957, -1.0971)  # head centre = eye midpoint + D·(a·y_axis + b·z_axis), D = RMS spread
 REFERENCE_SPREAD = 0.22227  # RMS landmark spread in units of the 512-px quad side
 CROP_SIZE = 512
+# MediaPipe's face-detection threshold for the alignment (lower than Landmark Render's 0.5: a portrait
+# is known to hold a face, so a hesitant detection is still the face wanted)
+ALIGN_MIN_CONFIDENCE = 0.3
 
 
 @dataclass
@@ -56,36 +63,21 @@ class AlignedPortrait:
     crop_matrix: np.ndarray  # [2,3] source pixel -> output pixel affine
     landmarks: np.ndarray  # [478,3] landmarks in output pixels (z scaled like x)
     yaw_pitch_roll: tuple[float, float, float]  # degrees, for reports
+    face_index: int = 0  # which face of the portrait (largest first)
+    num_faces: int = 1  # how many MediaPipe found
+    log: str = ""  # the detector's report (faces found, which one is used), for the node's info
 
     @property
     def cameras(self) -> Cameras:
         return Cameras.from_eg3d_label(self.label, self.image.shape[0])
 
 
-_FACE_MESH = None
-
-
-def detect_landmarks(image: np.ndarray) -> np.ndarray:
-    """MediaPipe FaceMesh (refined, 478 points) of the largest face: [478,3] pixels (x, y, z·width)."""
-    global _FACE_MESH
-    # the error names the module really missing (mediapipe itself, matplotlib, or the legacy solutions of
-    # mediapipe > 0.10.21); on a fresh thread so the import keeps none of this frame alive
-    mp = import_optional("mediapipe", "python.solutions.face_mesh", purpose="PanoHead alignment",
-                         install="the legacy FaceMesh ships inside mediapipe<=0.10.21 only: "
-                                 "pip install --no-deps mediapipe==0.10.21 (see the README install)",
-                         fresh_thread=True)
-    if image.dtype != np.uint8:
-        image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-    if _FACE_MESH is None:
-        _FACE_MESH = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=4,
-                                                     min_detection_confidence=0.3)
-    res = _FACE_MESH.process(np.ascontiguousarray(image[..., :3]))
-    if not res.multi_face_landmarks:
-        raise ValueError("no face found in the portrait: use a clear, roughly frontal photo of one face")
-    h, w = image.shape[:2]
-    faces = [np.array([[p.x * w, p.y * h, p.z * w] for p in f.landmark], dtype=np.float64) for f in res.multi_face_landmarks]
-    area = [np.ptp(f[:, 0]) * np.ptp(f[:, 1]) for f in faces]
-    return faces[int(np.argmax(area))]
+def portrait_landmarks(image: np.ndarray, face_index: int = 0, model_path: Optional[str] = None,
+                       face_box: Optional[Sequence[float]] = None) -> FaceLandmarks2D:
+    """The chosen face's 478 MediaPipe points, from the pack's one detector (``core.face.landmarks``:
+    legacy FaceMesh, else the Tasks API with ``model_path``); faces counted largest first, like ID Embed."""
+    return detect_landmarks(image, face_index=face_index, model_path=model_path, face_box=face_box,
+                            min_confidence=ALIGN_MIN_CONFIDENCE, purpose="PanoHead alignment")
 
 
 def ffhq_quad(lm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -206,13 +198,25 @@ def warp_crop(image: np.ndarray, mat: np.ndarray, out_size: int) -> np.ndarray:
 
 def align_portrait(image: np.ndarray, landmarks: Optional[np.ndarray] = None, out_size: int = CROP_SIZE,
                    pitch_offset: float = PITCH_OFFSET_DEG, center_offset: Sequence[float] = CENTER_OFFSET,
-                   reference_spread: float = REFERENCE_SPREAD) -> AlignedPortrait:
-    """Crop ``image`` (RGB uint8 [H,W,3]) the way PanoHead's preprocessing does and return its label."""
+                   reference_spread: float = REFERENCE_SPREAD, face_index: int = 0, model_path: Optional[str] = None,
+                   face_box: Optional[Sequence[float]] = None) -> AlignedPortrait:
+    """Crop ``image`` (RGB uint8 [H,W,3]) the way PanoHead's preprocessing does and return its label.
+
+    The face: ``landmarks`` when given, else MediaPipe's ``face_index``-th largest face, or the one whose
+    box overlaps ``face_box`` (ID Embed's face) most; ``model_path`` is the Tasks API's face_landmarker.task
+    for a mediapipe without the legacy FaceMesh. A portrait below 128 px is refused (ID Embed's message).
+    """
     if image.ndim != 3 or image.shape[2] < 3:
         raise ValueError(f"portrait must be an RGB image [H,W,3], got shape {image.shape}")
+    check_image_size(image.shape[0], image.shape[1])
     if image.dtype != np.uint8:
         image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-    lm = detect_landmarks(image) if landmarks is None else np.asarray(landmarks, dtype=np.float64)
+    found: Optional[FaceLandmarks2D] = None
+    if landmarks is None:
+        found = portrait_landmarks(image, face_index, model_path, face_box)
+        lm = found.points.double().numpy()
+    else:
+        lm = np.asarray(landmarks, dtype=np.float64)
     if lm.shape != (478, 3) and lm.shape != (468, 3):
         raise ValueError(f"landmarks must be MediaPipe FaceMesh points [478,3] in pixels, got {lm.shape}")
     _, c, x, y = ffhq_quad(lm)
@@ -229,7 +233,8 @@ def align_portrait(image: np.ndarray, landmarks: Optional[np.ndarray] = None, ou
     quad = _quad(c, x, y)
     mat = _final_matrix(quad, out_size)
     crop = warp_crop(image, mat, out_size)
-    return AlignedPortrait(crop, label_from_rotation(r), quad, mat, _apply(mat, lm), yaw_pitch_roll(r))
+    extra = {} if found is None else {"face_index": found.index, "num_faces": found.num_faces, "log": found.log}
+    return AlignedPortrait(crop, label_from_rotation(r), quad, mat, _apply(mat, lm), yaw_pitch_roll(r), **extra)
 
 
 def calibrate(crops: Sequence[np.ndarray], labels: Sequence[np.ndarray], landmarks: Optional[Sequence[np.ndarray]] = None
@@ -239,7 +244,7 @@ def calibrate(crops: Sequence[np.ndarray], labels: Sequence[np.ndarray], landmar
     side is 511 px; their labels give the true rotation."""
     rows_a, rhs, spreads, pitches = [], [], [], []
     for k, (img, lab) in enumerate(zip(crops, labels)):
-        lm = detect_landmarks(img) if landmarks is None else landmarks[k]
+        lm = portrait_landmarks(img).points.double().numpy() if landmarks is None else landmarks[k]
         rf, eyes, spread = face_frame(lm)
         r_true = rotation_from_label(lab)
         d = rf.T @ r_true  # = rot_x(pitch offset) if the frame is right up to pitch
