@@ -64,6 +64,7 @@ def test_check_models_finds_variants_and_reports_missing(tmp_path):
     _touch(os.path.join(root, "ipadapter", "ip-adapter-faceid-portrait-v11_sd15.safetensors"))
     _touch(os.path.join(root, "insightface", "models", "buffalo_l", "det_10g.onnx"))
     _touch(os.path.join(root, "insightface", "models", "buffalo_l", "w600k_r50.onnx"))
+    _touch(os.path.join(root, "vae", "sd-vae-ft-mse.safetensors"))  # required: the ISD encodes with it, as the authors
     rows = {r.spec.key: r for r in M.check_models(_lookup(root), "geometry")}
     assert rows["controlnet_canny"].path.endswith("control_v11p_sd15_canny_fp16.safetensors")
     assert rows["controlnet_mediapipe_face"].path.endswith(os.path.join("sd15", "Control_V2P_SD15_MediaPipe_Face.safetensors"))
@@ -167,7 +168,7 @@ def test_script_exit_codes_with_yaml(tmp_path):
     store = str(tmp_path / "store")
     yaml_path = tmp_path / "extra.yaml"
     yaml_path.write_text(f"mine:\n  base_path: {store}\n  checkpoints: ckpts\n  controlnet: cn\n  ipadapter: ipadapter\n"
-                         "  insightface: insightface\n")
+                         "  insightface: insightface\n  vae: vae\n")
     cmd = [sys.executable, SCRIPT, "--comfyui", comfy, "--extra-model-paths-config", str(yaml_path), "--workflow", "geometry",
            "--python", sys.executable]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -183,6 +184,7 @@ def test_script_exit_codes_with_yaml(tmp_path):
     # the default models/ layout of the checkout counts too
     _touch(os.path.join(comfy, "models", "controlnet", "control_v11p_sd15_normalbae.pth"))
     _touch(os.path.join(comfy, "models", "checkpoints", "realisticVisionV40_v40VAE.safetensors"))
+    _touch(os.path.join(comfy, "models", "upscale_models", "RealESRGAN_x2.pth"))  # the full workflow's deblur
     r = subprocess.run(cmd[:-4] + ["--workflow", "full", "--python", sys.executable], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     r = subprocess.run([sys.executable, SCRIPT, "--comfyui", str(tmp_path)], capture_output=True, text=True, timeout=60)
