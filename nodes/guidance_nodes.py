@@ -122,6 +122,17 @@ def vae_state_dict(vae) -> dict:
                      "with model_state_dict(); ISD needs an SD1.5 VAE loaded by ComfyUI")
 
 
+def refuse_multigpu(model) -> None:
+    """ISD runs the MODEL itself (route B), on its one load device; newer ComfyUI's "MultiGPU CFG Split"
+    gives a MODEL copies for other GPUs (``additional_models["multigpu"]``) that only its own samplers
+    drive. Refuse such a MODEL by name instead of silently using one GPU or failing inside ComfyUI."""
+    extra = getattr(model, "additional_models", None) or {}
+    copies = extra.get("multigpu", []) if isinstance(extra, dict) else []
+    if copies:
+        raise ValueError(f"the MODEL given to ISD is set up for {len(copies) + 1} GPUs (it comes through 'MultiGPU CFG Split'); "
+                         "ISD samples on one device. Connect the MODEL from before that node to IDSculpt ISD Guidance.")
+
+
 def _attach_control(cond_list: list[dict], control, chained: dict | None = None) -> list[dict]:
     """Put ``control`` on every cond, chaining a ControlNet the user already applied there.
 
@@ -203,6 +214,7 @@ class ComfyNoisePredictor:
 
     def _open(self) -> None:
         model = self.model
+        refuse_multigpu(model)
         conds = {"positive": comfy.sampler_helpers.convert_cond(self.positive),
                  "negative": comfy.sampler_helpers.convert_cond(self.negative)}
         for name, c in self.view_positive.items():

@@ -492,3 +492,16 @@ def test_encoder_posterior_sample_on_a_stub_vae(comfy_inprocess) -> None:
             DifferentiableVAEEncoder(vae, lf, torch.device("cpu"), posterior="mode", encoder=_StubMoments())
         with pytest.raises(ValueError, match="get_sd"):  # no weights to build the encoder from
             DifferentiableVAEEncoder(vae, lf, torch.device("cpu"))
+
+
+def test_multigpu_model_is_refused_by_name(env) -> None:
+    """A MODEL from newer ComfyUI's 'MultiGPU CFG Split' carries copies for other GPUs in
+    additional_models["multigpu"]; ISD (one device) refuses it before loading anything."""
+    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+
+    m = env.model.clone()
+    m.set_additional_models("multigpu", [env.model.clone()])
+    p = ComfyNoisePredictor(m, env.pos, env.neg, env.vae, resolution=RES)
+    with torch.inference_mode(False), pytest.raises(ValueError, match="set up for 2 GPUs.*MultiGPU CFG Split"):
+        p.open()
+    assert not p.is_open
