@@ -13,9 +13,10 @@ the model exactly as ComfyUI's samplers do (route B of docs COMFYUI.md):
 so LoRAs (weight patches), other packs' attention patches, hooks and wrappers are all active. Each
 view gets the positive AND negative prompt of its direction (front / side / back / overhead). The third
 cond, run in the same batched UNet call, is the estimator of the authors' ISD gradient (core.guidance):
-the ID patch turns ID off for it (``ID_OFF_CONDS_KEY``). The render -> latent step runs a private copy
-of the VAE encoder with autograd on (ComfyUI's weights are inference tensors) and takes a posterior
-sample (the authors') or the mean, scaled by the model's latent format.
+the ID patch turns ID off for it (``ID_OFF_CONDS_KEY``). The render -> latent step runs the pack's own
+VAE encoder, built from the VAE's state dict with private weights and autograd on (never ComfyUI's live
+modules, which a dynamic loader changes in place), and takes a posterior sample (the authors') or the
+mean, scaled by the model's latent format.
 
 Use from a node that optimises (the sculpt stage)::
 
@@ -26,8 +27,6 @@ Use from a node that optimises (the sculpt stage)::
 """
 from __future__ import annotations
 
-import copy
-import functools
 import logging
 import math
 
@@ -41,6 +40,7 @@ import comfy.samplers
 
 from ..core.guidance import (ISD_ESTIMATORS, ISD_VIEW_THRESHOLDS, VIEW_DIRECTIONS, ISDConfig, ISDGuidance, NoisePrediction,
                              ViewBatch, vae_posterior_latents, view_direction)
+from ..core.sd_vae_encoder import SDVAEEncoder
 from ..core.transfer import to_device
 from .cuda_graphs import DiffusionGraphs, cuda_graphs_input
 from .id_adapter_nodes import ID_ENABLED_KEY, ID_MASK_KEY, ID_OFF_CONDS_KEY, IDAttentionPatch
@@ -68,63 +68,69 @@ VAE_POSTERIORS = ("sample", "mean")
 class DifferentiableVAEEncoder(torch.nn.Module):
     """Image [B,H,W,3] 0..1 -> model-space latents, with autograd, from a ComfyUI VAE.
 
-    Copies ``first_stage_model.encoder`` (+ ``quant_conv``) outside inference mode so the copy's
-    weights are ordinary tensors (backprop through inference tensors is refused), turns the diagonal
-    Gaussian posterior into latents and applies the latent format's scale/shift. posterior: "sample"
-    (default; mean + std * noise, reparameterised, noise from ``generator``: the authors'
-    ``posterior.sample()``) or "mean" (what ComfyUI's VAE encode returns).
+    The encoder (+ ``quant_conv``) is the pack's own plain-PyTorch module (core.sd_vae_encoder), built
+    from the VAE's state dict (``vae.get_sd()``, public in every ComfyUI release) with private copies of
+    the weights. ComfyUI's live modules are never copied or run: under Dynamic VRAM they keep their
+    weights off the GPU, carry native pinned-memory handles and cast weights per forward into shared
+    buffers, so a copy could not be made or would back-propagate through overwritten weights. The
+    diagonal Gaussian posterior becomes latents and the latent format's scale/shift is applied.
+    posterior: "sample" (default; mean + std * noise, reparameterised, noise from ``generator``: the
+    authors' ``posterior.sample()``) or "mean" (what ComfyUI's VAE encode returns). ``encoder``: a
+    prebuilt module image [-1,1] -> moments (tests), instead of one built from the VAE.
     """
 
     def __init__(self, vae, latent_format, device: torch.device, dtype: torch.dtype | None = None, math_attention: bool = True,
-                 posterior: str = "sample", generator: torch.Generator | None = None):
+                 posterior: str = "sample", generator: torch.Generator | None = None, encoder: torch.nn.Module | None = None):
         super().__init__()
         if posterior not in VAE_POSTERIORS:
             raise ValueError(f"VAE posterior must be one of {VAE_POSTERIORS}, got {posterior!r}")
         self.posterior, self.generator = posterior, generator
-        fsm = vae.first_stage_model
-        if not hasattr(fsm, "encoder"):
-            raise ValueError(f"VAE of type {type(fsm).__name__} has no 'encoder' module: an SD1.5 (AutoencoderKL) VAE is needed for ISD")
         dtype = dtype or getattr(vae, "vae_dtype", torch.float32)
-        with torch.inference_mode(False):
-            self.encoder = copy.deepcopy(fsm.encoder).to(device=device, dtype=dtype)
-            qc = getattr(fsm, "quant_conv", None)
-            self.quant_conv = copy.deepcopy(qc).to(device=device, dtype=dtype) if isinstance(qc, torch.nn.Module) else None
-        self.requires_grad_(False).eval()
-        if math_attention:
-            # The copy's mid-block self-attention (one head, 512 channels, 64² tokens at 512²): PyTorch
-            # picks the memory-efficient kernel for a 512-wide head, whose backward is slow there
-            # (~6 ms per view on an H100); the plain matmul-softmax form is exact and cheap at this size.
-            # Only this private copy changes; ComfyUI's VAE keeps its attention.
-            for m in self.encoder.modules():
-                if callable(getattr(m, "optimized_attention", None)) and all(hasattr(m, a) for a in ("q", "k", "v", "proj_out")):
-                    m.optimized_attention = functools.partial(_math_attention, fallback=m.optimized_attention)
+        if encoder is None:
+            # math_attention: the mid-block self-attention runs as matmul + softmax, whose backward is
+            # far cheaper than the memory-efficient kernel PyTorch picks for a 512-wide head.
+            encoder = SDVAEEncoder.from_state_dict(vae_state_dict(vae), device, dtype, math_attention=math_attention)
+        self.net = encoder.requires_grad_(False).eval()
         self.process_input = getattr(vae, "process_input", lambda im: im * 2.0 - 1.0)
         self.latent_format = latent_format
         self.dtype, self.device = dtype, device
         self.latent_channels = int(getattr(vae, "latent_channels", 4))
 
+    @property
+    def encoder(self) -> torch.nn.Module:
+        """The encoder trunk (its attention blocks expose ``optimized_attention``, as ComfyUI's do)."""
+        return getattr(self.net, "encoder", self.net)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.process_input(images.movedim(-1, 1)).to(device=self.device, dtype=self.dtype)
-        z = self.encoder(x)
-        if self.quant_conv is not None:
-            z = self.quant_conv(z)
+        z = self.net(x)
         if z.shape[1] == 2 * self.latent_channels:  # diagonal Gaussian moments (mean, log-variance)
             z = vae_posterior_latents(z, self.posterior == "sample", self.generator)
         return self.latent_format.process_in(z.float())
 
 
-def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fallback=None, max_tokens: int = 64 * 64) -> torch.Tensor:
-    """Single-head self-attention over the pixels of [B,C,H,W] maps (ComfyUI's VAE AttnBlock layout),
-    as explicit matmul + softmax (softmax in fp32), differentiable by plain autograd. Above
-    ``max_tokens`` pixels (renders over 512²) the [N,N] weights grow quadratically, so ``fallback``
-    (ComfyUI's attention) is used instead."""
-    b, c = q.shape[:2]
-    if fallback is not None and q.shape[2] * q.shape[3] > max_tokens:
-        return fallback(q, k, v)
-    qf, kf, vf = (t.reshape(b, c, -1) for t in (q, k, v))  # [B,C,N]
-    w = torch.bmm(qf.transpose(1, 2), kf) * (c ** -0.5)  # [B,N,N]
-    w = torch.softmax(w.float(), dim=-1).to(v.dtype)
-    return torch.bmm(vf, w.transpose(1, 2)).reshape(q.shape)
+def vae_state_dict(vae) -> dict:
+    """The VAE's weights through public calls: ``VAE.get_sd()`` (ComfyUI 0.3.x to today), else the
+    patcher's ``model_state_dict()``. The tensors may be the host's own (CPU, pinned, inference
+    tensors): callers copy them (SDVAEEncoder.from_state_dict does)."""
+    for get in (getattr(vae, "get_sd", None), getattr(getattr(vae, "patcher", None), "model_state_dict", None)):
+        if callable(get):
+            sd = get()
+            if sd:
+                return sd
+    raise ValueError(f"cannot read the weights of this VAE ({type(vae).__name__}): it has neither get_sd() nor a patcher "
+                     "with model_state_dict(); ISD needs an SD1.5 VAE loaded by ComfyUI")
+
+
+def refuse_multigpu(model) -> None:
+    """ISD runs the MODEL itself (route B), on its one load device; newer ComfyUI's "MultiGPU CFG Split"
+    gives a MODEL copies for other GPUs (``additional_models["multigpu"]``) that only its own samplers
+    drive. Refuse such a MODEL by name instead of silently using one GPU or failing inside ComfyUI."""
+    extra = getattr(model, "additional_models", None) or {}
+    copies = extra.get("multigpu", []) if isinstance(extra, dict) else []
+    if copies:
+        raise ValueError(f"the MODEL given to ISD is set up for {len(copies) + 1} GPUs (it comes through 'MultiGPU CFG Split'); "
+                         "ISD samples on one device. Connect the MODEL from before that node to IDSculpt ISD Guidance.")
 
 
 def _attach_control(cond_list: list[dict], control, chained: dict | None = None) -> list[dict]:
@@ -208,6 +214,7 @@ class ComfyNoisePredictor:
 
     def _open(self) -> None:
         model = self.model
+        refuse_multigpu(model)
         conds = {"positive": comfy.sampler_helpers.convert_cond(self.positive),
                  "negative": comfy.sampler_helpers.convert_cond(self.negative)}
         for name, c in self.view_positive.items():

@@ -14,12 +14,14 @@ and reads two per-call switches from ``transformer_options`` (set by whoever run
 """
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
 from comfy_api.latest import io
 
 import comfy.ldm.modules.attention
+import comfy.patcher_extension
 import folder_paths
 
 from ..core.face.id_adapter import SD15_ATTN2_BLOCKS, IDAdapter, decoupled_cross_attention, load_id_adapter
@@ -30,6 +32,8 @@ ID_ENABLED_KEY = "idsculpt_id_enabled"
 ID_MASK_KEY = "idsculpt_id_mask"
 ID_OFF_CONDS_KEY = "idsculpt_id_off_conds"
 IPADAPTER_FOLDER = "ipadapter"
+#: key of the ON_CLONE callback that gives every clone its own ID patch objects
+ON_CLONE_KEY = "idsculpt_id_patch_owner"
 
 
 def _ensure_ipadapter_folder() -> None:
@@ -69,6 +73,27 @@ class IDAttentionPatch:
     # IPAdapter_plus calls ``.add(callback, **kwargs)`` on whatever object sits at a block key.
     def add(self, callback, **kwargs) -> None:
         self.extra_callbacks.append((callback, kwargs))
+
+    # -- clones ----------------------------------------------------------------------------------
+    # The mutable state is ``extra_callbacks`` (other packs' in-place ``add``) and our own patches
+    # down the ``previous`` chain; the adapter, the ID tokens and the K/V cache (a pure function of
+    # them) are never written after construction and are shared by every copy.
+    def fresh_copy(self) -> "IDAttentionPatch":
+        """A copy for a MODEL clone: its own callbacks list (same callbacks) and own chained ID patches."""
+        n = copy.copy(self)
+        n.extra_callbacks = list(self.extra_callbacks)
+        if isinstance(self.previous, IDAttentionPatch):
+            n.previous = self.previous.fresh_copy()
+        return n
+
+    def __deepcopy__(self, memo: dict) -> "IDAttentionPatch":
+        # ComfyUI 0.3.x clones deep-copy model_options: keep that for the foreign parts (callbacks,
+        # a chained patch of another pack) but share the adapter weights instead of copying them.
+        n = copy.copy(self)
+        memo[id(self)] = n
+        n.extra_callbacks = copy.deepcopy(self.extra_callbacks, memo)
+        n.previous = copy.deepcopy(self.previous, memo)
+        return n
 
     def _kv(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         ck = (device, dtype)
@@ -112,7 +137,10 @@ class IDAttentionPatch:
         if self.previous is not None:
             out = self.previous(q, k, v, extra_options)
         else:
-            out = comfy.ldm.modules.attention.optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
+            # transformer_options: ComfyUI's attention wrapper applies the user's attention override
+            # (sage, flash, ... via "optimized_attention_override") only when it is passed
+            out = comfy.ldm.modules.attention.optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"),
+                                                                  transformer_options=extra_options)
         for callback, kwargs in self.extra_callbacks:  # IPAdapter_plus Attn2Replace semantics
             sig = extra_options["sigmas"].detach().cpu()[0].item() if "sigmas" in extra_options else 1e9
             if kwargs.get("sigma_end", 0.0) <= sig <= kwargs.get("sigma_start", 1e9):
@@ -173,7 +201,37 @@ def apply_id_adapter(model, adapter: IDAdapter, id_embedding: torch.Tensor, weig
             prev, idx = existing.get((block_name, number)), None
         patch = IDAttentionPatch(adapter, key, cond_tokens, uncond_tokens, weight, sigma_start, sigma_end, uncond, prev)
         m.set_model_attn2_replace(patch, block_name, number, idx)
+    own_id_patches_on_clone(m)
     return m
+
+
+def own_id_patches_on_clone(model) -> None:
+    """Make every later ``clone()`` of ``model`` own its ID patch objects.
+
+    ComfyUI 0.3.x deep-copied ``model_options`` on clone; newer releases copy only its dicts and lists
+    (``comfy.utils.deepcopy_list_dict``) and share the patch objects, so IPAdapter_plus's in-place
+    ``add()`` on a clone would reach the parent and every sibling branch, and pile up one callback per
+    queue. An ON_CLONE callback (both versions have it, and clones inherit it) swaps in fresh copies."""
+    add = getattr(model, "add_callback_with_key", None)
+    if not callable(add):
+        return
+    remove = getattr(model, "remove_callbacks_with_key", None)
+    if callable(remove):  # a second Apply ID Adapter on this MODEL: one callback is enough
+        remove(comfy.patcher_extension.CallbacksMP.ON_CLONE, ON_CLONE_KEY)
+    add(comfy.patcher_extension.CallbacksMP.ON_CLONE, ON_CLONE_KEY, _copy_id_patches)
+
+
+def _copy_id_patches(parent, clone) -> None:
+    """ON_CLONE callback: replace the clone's ID patches (and the dicts on the way) with its own copies."""
+    to = clone.model_options.get("transformer_options", {})
+    attn2 = to.get("patches_replace", {}).get("attn2", {})
+    if not any(isinstance(p, IDAttentionPatch) for p in attn2.values()):
+        return
+    copies: dict[int, IDAttentionPatch] = {}
+    attn2 = {k: (copies.setdefault(id(p), p.fresh_copy()) if isinstance(p, IDAttentionPatch) else p) for k, p in attn2.items()}
+    to = dict(to)
+    to["patches_replace"] = {**to["patches_replace"], "attn2": attn2}
+    clone.model_options["transformer_options"] = to
 
 
 def _check_layer_width(dm, block_name: str, number: int, adapter: IDAdapter, key: str) -> None:

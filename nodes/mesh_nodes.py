@@ -1,18 +1,19 @@
 """Foundation nodes: save/load the pack's head mesh, and convert it to/from core ComfyUI ``MESH``.
 
-The head mesh (``IDSCULPT_HEAD_MESH``, a core.mesh.HeadMesh) carries UVs and a texture; core
-``MESH`` (comfy_extras/nodes_hunyuan3d.py) is only batched positions [B,N,3] + faces [B,M,3]. Both
-use the glTF frame (+y up, the face looking along +z), so no axis change happens in between.
+The head mesh (``IDSCULPT_HEAD_MESH``, a core.mesh.HeadMesh) carries UVs and a texture. Core
+``MESH`` is batched positions [B,N,3] + faces [B,M,3] on ComfyUI 0.3.64; newer ComfyUI's also carries
+UVs, a texture, normals, vertex colours and per-item counts, and the bridge (nodes/core_mesh.py)
+passes them where the host has them, so core Save 3D, DecimateMesh, UnwrapMesh, bakes and Preview3D
+get the textured head. Both use the glTF frame (+y up, the face looking along +z).
 
 Display in the UI: ``IDSculpt Save Head`` writes a textured GLB into ComfyUI's output folder and
 returns its path relative to output/ — the STRING core ``Preview3D`` takes — and reports the file
-the way core ``SaveGLB`` does (``ui["3d"]``), plus ``ui["result"]`` as ``Preview3D`` does.
+the way core ``SaveGLB`` does (``ui["3d"]``), plus ``ui["result"]`` as ``Preview3D`` does. Where the
+host has File3D types it also returns the GLB as a ``File3DGLB`` (``model_3d``).
 """
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 from typing import Any
 
 import torch
@@ -21,63 +22,33 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..core.mesh import REFERENCE_CAMERA_EXTRA, HeadMesh, write_glb_extras
+from .core_mesh import _FallbackMesh, core_mesh_class, core_mesh_to_head, head_to_core_mesh  # noqa: F401 (re-exported)
 from .types import CAMERA, HEAD_MESH
 
 MESH_EXTENSIONS = (".glb", ".gltf", ".obj")
 
 
-# --------------------------------------------------------------------------- core MESH bridge
-class _FallbackMesh:
-    """Same shape as core's MESH class, used only if comfy_extras cannot be found."""
-
-    def __init__(self, vertices: torch.Tensor, faces: torch.Tensor) -> None:
-        self.vertices = vertices
-        self.faces = faces
-
-
-def core_mesh_class() -> type:
-    """The class core nodes use for ``MESH``.
-
-    ComfyUI loads comfy_extras/nodes_hunyuan3d.py by file path (sys.modules key = the path without
-    ``.py``), so ``import comfy_extras.nodes_hunyuan3d`` would create a second copy of the class.
-    Take the already loaded one; import it only when ComfyUI has not (e.g. in-process tests).
-    """
-    for name, module in list(sys.modules.items()):
-        if name.replace("\\", "/").endswith("comfy_extras/nodes_hunyuan3d") and hasattr(module, "MESH"):
-            return module.MESH
+# --------------------------------------------------------------------------- File3D (newer ComfyUI)
+def file3d_glb_type():
+    """``io.File3DGLB`` where the host has the File3D types (newer ComfyUI), else None."""
+    if not hasattr(io, "File3DGLB"):
+        return None
     try:
-        return importlib.import_module("comfy_extras.nodes_hunyuan3d").MESH
-    except Exception:  # a ComfyUI without the 3D nodes: keep working with the same attributes
-        return _FallbackMesh
+        from comfy_api.latest import Types
+    except ImportError:
+        return None
+    return io.File3DGLB if getattr(Types, "File3D", None) is not None else None
 
 
-def head_to_core_mesh(head: HeadMesh) -> Any:
-    """HeadMesh → core MESH with a batch of one (float32 positions, int64 faces, CPU)."""
-    verts = torch.nan_to_num(head.vertices.detach().to("cpu", torch.float32)).unsqueeze(0).contiguous()
-    faces = head.faces.detach().to("cpu", torch.int64).unsqueeze(0).contiguous()
-    return core_mesh_class()(verts, faces)
+def _file3d_outputs() -> list:
+    glb = file3d_glb_type()
+    return [] if glb is None else [glb.Output(display_name="model_3d", tooltip="The saved GLB as a 3D file (Preview3D, Save 3D Model).")]
 
 
-def core_mesh_to_head(mesh: Any, index: int = 0) -> HeadMesh:
-    """Entry ``index`` of a batched core MESH → HeadMesh (no UVs/texture: core MESH has none)."""
-    vertices = getattr(mesh, "vertices", None)
-    faces = getattr(mesh, "faces", None)
-    if not isinstance(vertices, torch.Tensor) or not isinstance(faces, torch.Tensor):
-        raise ValueError(f"expected a core MESH with .vertices and .faces tensors, got {type(mesh).__name__}")
-    if vertices.dim() == 2:
-        vertices, faces = vertices.unsqueeze(0), faces.unsqueeze(0)
-    if vertices.dim() != 3 or vertices.shape[-1] != 3 or faces.dim() != 3 or faces.shape[-1] != 3:
-        raise ValueError(f"core MESH must be vertices [B,N,3] and faces [B,M,3], got {tuple(vertices.shape)} and {tuple(faces.shape)}")
-    b = vertices.shape[0]
-    if not -b <= index < b:
-        raise ValueError(f"batch index {index} out of range: the MESH holds {b} mesh(es)")
-    v = vertices[index].detach().to("cpu", torch.float32).clone()
-    f = faces[index].detach().to("cpu", torch.int64).clone()
-    if f.numel() and (int(f.min()) < 0 or int(f.max()) >= v.shape[0]):
-        raise ValueError(f"core MESH faces index vertices outside 0..{v.shape[0] - 1}")
-    if not torch.isfinite(v).all():
-        raise ValueError("core MESH has non-finite vertex positions")
-    return HeadMesh(v, f)
+def file3d(path: str) -> Any:
+    from comfy_api.latest import Types
+
+    return Types.File3D(path, "glb")
 
 
 # --------------------------------------------------------------------------- files
@@ -124,8 +95,9 @@ class SaveHead(io.ComfyNode):
             ],
             outputs=[
                 io.String.Output(display_name="model_file", tooltip="GLB path relative to the output folder: the input core Preview3D takes."),
-                io.Mesh.Output(display_name="mesh", tooltip="The same geometry as a core MESH (no texture), for core 3D nodes such as SaveGLB."),
-            ],
+                io.Mesh.Output(display_name="mesh", tooltip="The head as a core MESH for core 3D nodes (SaveGLB, ...): with UVs, texture and "
+                                                          "normals on ComfyUI releases whose MESH carries them, geometry only before."),
+            ] + _file3d_outputs(),
             is_output_node=True,
         )
 
@@ -152,7 +124,8 @@ class SaveHead(io.ComfyNode):
             results.append({"filename": os.path.basename(obj), "subfolder": subfolder, "type": "output"})
         model_file = "/".join(p for p in (subfolder.replace("\\", "/"), os.path.basename(glb)) if p)
         ui = {"3d": results, "result": [model_file, None]}
-        return io.NodeOutput(model_file, head_to_core_mesh(head), ui=ui)
+        extra = (file3d(glb),) if file3d_glb_type() is not None else ()
+        return io.NodeOutput(model_file, head_to_core_mesh(head), *extra, ui=ui)
 
 
 class LoadHead(io.ComfyNode):
@@ -204,7 +177,8 @@ class HeadToMesh(io.ComfyNode):
             node_id="IDSculptHeadToMesh",
             display_name="IDSculpt Head To MESH",
             category="IDSculpt/mesh",
-            description="Convert the head mesh to core ComfyUI MESH (positions and faces; the texture is dropped).",
+            description="Convert the head mesh to core ComfyUI MESH: with UVs (split at seams), texture and normals where this "
+                        "ComfyUI's MESH carries them, positions and faces only on older releases.",
             inputs=[HEAD_MESH.Input("head", tooltip="The head mesh to convert.")],
             outputs=[io.Mesh.Output(display_name="mesh", tooltip="Core MESH with a batch of one.")],
         )
@@ -221,12 +195,13 @@ class MeshToHead(io.ComfyNode):
             node_id="IDSculptMeshToHead",
             display_name="IDSculpt MESH To Head",
             category="IDSculpt/mesh",
-            description="Convert one mesh of a core ComfyUI MESH batch into the pack's head mesh (no UVs or texture yet).",
+            description="Convert one mesh of a core ComfyUI MESH batch into the pack's head mesh, with its UVs, texture and "
+                        "vertex colours where the MESH has them (padded batches are cut to each mesh's own size).",
             inputs=[
                 io.Mesh.Input("mesh", tooltip="A core MESH, e.g. from VoxelToMesh (Hunyuan3D)."),
                 io.Int.Input("index", default=0, min=0, max=4096, tooltip="Which mesh of the batch to take (0 = first)."),
             ],
-            outputs=[HEAD_MESH.Output(display_name="head", tooltip="The head mesh, untextured.")],
+            outputs=[HEAD_MESH.Output(display_name="head", tooltip="The head mesh (textured when the MESH was).")],
         )
 
     @classmethod

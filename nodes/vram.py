@@ -19,6 +19,12 @@ well under a second when needed), so the peak is one stage's worth. ``vram_mode`
 Every stage logs its peak (``torch.cuda.max_memory_allocated`` from the stage's start) and, when
 the ``IDSCULPT_VRAM_LOG`` environment variable names a file, appends a JSON line there (used by
 bench/bench_pipeline.py). Peaks count PyTorch's allocations only (not onnxruntime's, e.g. InsightFace).
+
+Newer ComfyUI (Dynamic VRAM, the default on NVIDIA since early 2026) keeps dynamically loaded
+weights in its own device pool, outside PyTorch's allocator: the peaks and the cap above then leave
+those weights out (the record's ``dynamic_vram`` says so), and ``offload`` leaves dynamic models to
+ComfyUI, which streams them under pressure itself (unloading them would only cost reloads); static
+models are still unloaded.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from typing import Iterator
 
@@ -42,8 +49,31 @@ PROFILE_ENV = "IDSCULPT_PROFILE_DIR"
 CAP_ENV = "IDSCULPT_VRAM_CAP_GIB"
 
 
+def host_dynamic_vram() -> bool:
+    """True when the host runs Dynamic VRAM (newer ComfyUI's ``comfy.memory_management.aimdo_enabled``;
+    0.3.64 has no such flag)."""
+    return bool(getattr(sys.modules.get("comfy.memory_management"), "aimdo_enabled", False))
+
+
+def _is_dynamic(patcher) -> bool:
+    fn = getattr(patcher, "is_dynamic", None)
+    return bool(fn()) if callable(fn) else False
+
+
+def offload_other_models(dev) -> dict:
+    """Unload the models other nodes left on ``dev``, except dynamically loaded ones (ComfyUI streams
+    those under pressure itself; a full unload would only cost reloads). Returns the record's counts."""
+    keep = [lm for lm in list(getattr(mm, "current_loaded_models", [])) if _is_dynamic(getattr(lm, "model", None))]
+    unloaded = mm.free_memory(1e30, dev, keep_loaded=keep)
+    out = {"unloaded_models": len(unloaded or [])}
+    if keep:
+        out["kept_dynamic_models"] = len(keep)
+    return out
+
+
 def apply_vram_cap() -> None:
-    """Cap this process's PyTorch CUDA allocations at ``$IDSCULPT_VRAM_CAP_GIB`` (no-op when unset)."""
+    """Cap this process's PyTorch CUDA allocations at ``$IDSCULPT_VRAM_CAP_GIB`` (no-op when unset).
+    Under Dynamic VRAM the dynamically loaded weights sit outside PyTorch's allocator: not capped."""
     cap = os.environ.get(CAP_ENV)
     if not cap or not torch.cuda.is_available():
         return
@@ -55,7 +85,9 @@ def apply_vram_cap() -> None:
     dev = mm.get_torch_device()
     total = torch.cuda.get_device_properties(dev).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), dev)
-    log.info("IDSculpt: PyTorch allocations capped at %.1f GiB (%s)", gib, CAP_ENV)
+    log.info("IDSculpt: PyTorch allocations capped at %.1f GiB (%s)%s", gib, CAP_ENV,
+             "; Dynamic VRAM is on: the weights it loads are outside PyTorch's allocator and this cap"
+             if host_dynamic_vram() else "")
 
 
 def vram_mode_input() -> io.Combo.Input:
@@ -116,12 +148,11 @@ def stage(name: str, mode: str = "offload") -> Iterator[dict]:
     check_mode(mode)
     dev = mm.get_torch_device()
     cuda = getattr(dev, "type", "") == "cuda"
-    record: dict = {"stage": name, "vram_mode": mode}
+    record: dict = {"stage": name, "vram_mode": mode, "dynamic_vram": host_dynamic_vram()}
     if cuda:
         record["peak_before_mib"] = _mib(torch.cuda.max_memory_allocated(dev))  # since the previous stage (other nodes)
         if mode != "keep_loaded":
-            unloaded = mm.free_memory(1e30, dev)
-            record["unloaded_models"] = len(unloaded)
+            record.update(offload_other_models(dev))
         torch.cuda.reset_peak_memory_stats(dev)
         record["start_mib"] = _mib(torch.cuda.memory_allocated(dev))
     prof = _start_profile()
@@ -135,7 +166,8 @@ def stage(name: str, mode: str = "offload") -> Iterator[dict]:
         if cuda:
             record["peak_mib"] = _mib(torch.cuda.max_memory_allocated(dev))
             record["end_mib"] = _mib(torch.cuda.memory_allocated(dev))
-            log.info("IDSculpt %s: peak VRAM %.0f MiB (%s, %.1f s)", name, record["peak_mib"], mode, record["seconds"])
+            log.info("IDSculpt %s: peak VRAM %.0f MiB (%s, %.1f s)%s", name, record["peak_mib"], mode, record["seconds"],
+                     "; PyTorch allocations only, Dynamic VRAM's weights not counted" if record["dynamic_vram"] else "")
             torch.cuda.reset_peak_memory_stats(dev)  # the next window starts here
         path = os.environ.get(LOG_ENV)
         if path:

@@ -468,18 +468,16 @@ def test_encoder_posterior_sample_on_a_stub_vae(comfy_inprocess) -> None:
     """Known moments: the sample has their mean and std, the gradient reaches the image through both."""
     from idsculpt.nodes.guidance_nodes import DifferentiableVAEEncoder
 
-    fsm = types.SimpleNamespace(encoder=_StubMoments(), quant_conv=None)
-    vae = types.SimpleNamespace(first_stage_model=fsm, vae_dtype=torch.float32, latent_channels=4,
-                                process_input=lambda im: im * 2.0 - 1.0)
+    vae = types.SimpleNamespace(vae_dtype=torch.float32, latent_channels=4, process_input=lambda im: im * 2.0 - 1.0)
     lf = types.SimpleNamespace(process_in=lambda z: z * 0.18215)
     img = torch.full((1, 512, 512, 3), 0.75)  # -1..1: 0.5 -> mean 0.5, std 0.5 * exp(0.125)
     with torch.inference_mode(False):
-        enc = DifferentiableVAEEncoder(vae, lf, torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+        enc = DifferentiableVAEEncoder(vae, lf, torch.device("cpu"), generator=torch.Generator().manual_seed(0), encoder=_StubMoments())
         z = enc(img) / 0.18215
         assert abs(z.mean().item() - 0.5) < 0.01 and abs(z.std().item() - 0.5 * math.exp(0.125)) < 0.01
         # gradient: z = m + s n with dm/dimg0 = 2/64 per pixel, ds/dimg1 = s * 0.25 * 2/64
         x = torch.rand(1, 16, 16, 3).requires_grad_(True)
-        enc = DifferentiableVAEEncoder(vae, lf, torch.device("cpu"), generator=torch.Generator().manual_seed(1))
+        enc = DifferentiableVAEEncoder(vae, lf, torch.device("cpu"), generator=torch.Generator().manual_seed(1), encoder=_StubMoments())
         (enc(x) / 0.18215).sum().backward()
         n = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(1))
         p1 = F.avg_pool2d(x.detach().movedim(-1, 1) * 2 - 1, 8)[:, 1:2]
@@ -491,4 +489,19 @@ def test_encoder_posterior_sample_on_a_stub_vae(comfy_inprocess) -> None:
         assert torch.allclose(x.grad[0, ..., 1:2], up(g_img1), atol=1e-6)
         assert x.grad[..., 1].abs().sum() > 0  # the log-variance path carries gradient too
         with pytest.raises(ValueError, match="posterior"):
-            DifferentiableVAEEncoder(vae, lf, torch.device("cpu"), posterior="mode")
+            DifferentiableVAEEncoder(vae, lf, torch.device("cpu"), posterior="mode", encoder=_StubMoments())
+        with pytest.raises(ValueError, match="get_sd"):  # no weights to build the encoder from
+            DifferentiableVAEEncoder(vae, lf, torch.device("cpu"))
+
+
+def test_multigpu_model_is_refused_by_name(env) -> None:
+    """A MODEL from newer ComfyUI's 'MultiGPU CFG Split' carries copies for other GPUs in
+    additional_models["multigpu"]; ISD (one device) refuses it before loading anything."""
+    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+
+    m = env.model.clone()
+    m.set_additional_models("multigpu", [env.model.clone()])
+    p = ComfyNoisePredictor(m, env.pos, env.neg, env.vae, resolution=RES)
+    with torch.inference_mode(False), pytest.raises(ValueError, match="set up for 2 GPUs.*MultiGPU CFG Split"):
+        p.open()
+    assert not p.is_open

@@ -70,3 +70,34 @@ def test_stage_nodes_offer_vram_mode(comfy_inprocess) -> None:
         inp = {i.id: i for i in schema.inputs}
         assert "vram_mode" in inp, nid
         assert list(inp["vram_mode"].options) == VRAM_MODES and inp["vram_mode"].default == "offload"
+
+
+def test_offload_keeps_dynamic_models_and_records_dynamic_vram(comfy_inprocess, monkeypatch, tmp_path) -> None:
+    """Newer ComfyUI (stand-ins): dynamically loaded models are left to its own streaming, static ones are
+    unloaded; the stage record says whether Dynamic VRAM was on (its weights are outside the peaks)."""
+    import sys
+    import types
+
+    import comfy.model_management as mm
+
+    from idsculpt.nodes import vram
+
+    static, dynamic = types.SimpleNamespace(model=types.SimpleNamespace()), types.SimpleNamespace(
+        model=types.SimpleNamespace(is_dynamic=lambda: True))
+    calls = []
+    monkeypatch.setattr(mm, "current_loaded_models", [static, dynamic])
+    monkeypatch.setattr(mm, "free_memory", lambda req, dev, keep_loaded=(): calls.append(list(keep_loaded)) or
+                        [m for m in mm.current_loaded_models if m not in keep_loaded])
+    assert vram.offload_other_models("cuda:0") == {"unloaded_models": 1, "kept_dynamic_models": 1}
+    assert calls == [[dynamic]]
+    monkeypatch.setattr(mm, "current_loaded_models", [static])  # 0.3.64: no is_dynamic anywhere
+    assert vram.offload_other_models("cuda:0") == {"unloaded_models": 1} and calls[-1] == []
+    # the host's Dynamic VRAM flag
+    assert vram.host_dynamic_vram() is False  # 0.3.64 / CPU
+    monkeypatch.setitem(sys.modules, "comfy.memory_management", types.SimpleNamespace(aimdo_enabled=True))
+    assert vram.host_dynamic_vram() is True
+    path = tmp_path / "stages.jsonl"
+    monkeypatch.setenv(vram.LOG_ENV, str(path))
+    with vram.stage("S", "offload"):
+        pass
+    assert json.loads(path.read_text())["dynamic_vram"] is True
