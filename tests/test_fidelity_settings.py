@@ -13,10 +13,14 @@ import pytest
 
 
 def _rows():
-    from idsculpt.core import camera, guidance
-    from idsculpt.core.panohead import extract, invert
-    from idsculpt.core.sculpt import stages, views as sculpt_views
-    from idsculpt.core.texture import inpaint, refine, views as texture_views
+    import importlib
+
+    def module(name: str):  # (package __init__s re-export functions under some of these names)
+        return importlib.import_module(f"idsculpt.core.{name}")
+
+    camera, guidance, extract, invert = (module(n) for n in ("camera", "guidance", "panohead.extract", "panohead.invert"))
+    stages, sculpt_views = module("sculpt.stages"), module("sculpt.views")
+    inpaint, refine, texture_views = module("texture.inpaint"), module("texture.refine"), module("texture.views")
 
     inv = invert.InversionConfig()
     isd = guidance.ISDConfig()
@@ -49,7 +53,14 @@ def _rows():
          {"front": 45.0, "back": 60.0, "overhead": 60.0}, "threestudio/models/prompt_processors/base.py"),
         # stage 2: DMTet (liudehua_geo.yaml, IDsculpt_geo.py)
         ("sculpt steps / GAN-fit steps", (sc.steps, sc.gan_steps), (6000, 1000), "liudehua_geo.yaml max_steps, fit_step"),
-        ("Adam lr, betas", (sc.lr, tuple(sc.betas)), (0.005, (0.9, 0.99)), "liudehua_geo.yaml optimizer"),
+        ("Adam lr, betas, eps", (sc.lr, tuple(sc.betas), sc.adam_eps), (0.005, (0.9, 0.99), 1e-15), "liudehua_geo.yaml optimizer"),
+        ("stage-A loss 10000·(1 − cos), no mask term", (sc.lambda_gan_normal, sc.lambda_gan_mask), (10000.0, 0.0),
+         "liudehua_geo.yaml lambda_normal; IDsculpt_geo.py"),
+        ("normal consistency C([1000, 500, 10000, 1001])", tuple(sc.lambda_normal_consistency), (1000, 500.0, 10000.0, 1001),
+         "liudehua_geo.yaml lambda_normal_consistency"),
+        ("Laplacian C([1000, 1e5, 1.5e5, 1001])", tuple(sc.lambda_laplacian), (1000, 1e5, 1.5e5, 1001),
+         "liudehua_geo.yaml lambda_laplacian_smoothness"),
+        ("tet deformation bound (cells)", sc.deform_fraction, 0.5, "threestudio models/isosurface.py (tanh / res)"),
         ("init mesh scale, up, front", (sc.init_radius, sc.mesh_up, sc.mesh_front), (0.9, "+y", "+z"),
          "liudehua_geo.yaml shape_init_params, shape_init_mesh_up/front"),
         ("reference weights normal/depth/depth_rel/mask",
@@ -72,8 +83,10 @@ def _rows():
         ("refine random views: elevation, distance, FoV",
          (tuple(rf.elevation_range), tuple(rf.distance_range), tuple(rf.fov_range)),
          ((-20.0, 45.0), (2.5, 3.5), (30.0, 45.0)), "liudehua_tex.yaml random_camera"),
-        ("refine weights l2 / perceptual / rgb / tv", (rf.w_mse, rf.w_perceptual, rf.w_ref_l1, rf.w_tv),
+        ("refine weights l2 / perceptual / rgb / tv", (rf.w_l2, rf.w_perceptual, rf.w_ref_l1, rf.w_tv),
          (0.1, 50.0, 1000.0, 5e-4), "liudehua_tex.yaml loss lambda_l2, lambda_p, lambda_rgb, lambda_tv"),
+        ("texture render background white (inpaint, refine)", (ip.background, rf.background), (1.0, 1.0),
+         "liudehua_tex.yaml background color; nvdiff_rasterizer_inpaint.py"),
         ("texture prompt directions (front 45, back 45)", guidance.TEXTURE_VIEW_THRESHOLDS,
          {"front": 45.0, "back": 45.0, "overhead": 60.0}, "liudehua_tex.yaml prompt_processor"),
     ]

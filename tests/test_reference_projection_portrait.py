@@ -74,7 +74,7 @@ def _texture(chain, head_mask_source: str):
     portrait, cam, lm, mesh, noise_normal, noise_depth = chain
     ref = build_reference_geometry(portrait[None], cam, noise_normal, noise_depth, landmarks=lm if head_mask_source == "portrait" else None,
                                    head_mask_source=head_mask_source)
-    view = ReferenceView(portrait, cam, mask=ref.mask[..., 0], face_mask=ref.texture_face_mask[..., 0])
+    view = ReferenceView(portrait, cam, mask=ref.mask[..., 0])
     res = progressive_inpaint(mesh, NoiseInpainter(), plan=parse_view_plan(PLAN), reference=view,
                               config=InpaintConfig(render_resolution=128, crop_size=128), texture_size=512)
     return ref, res
