@@ -31,16 +31,21 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def load_models_module():
-    """core/models.py without importing the pack (it is pure Python: no torch, no ComfyUI)."""
-    name = "idsculpt_core_models"
+def _load_core_module(stem: str):
+    """core/<stem>.py on its own, without importing the pack (the pure-Python modules: no torch, no ComfyUI)."""
+    name = f"idsculpt_core_{stem}"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "core", "models.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "core", f"{stem}.py"))
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def load_models_module():
+    """core/models.py: the model table and its messages."""
+    return _load_core_module("models")
 
 
 def find_comfy_python(comfy_path: str) -> str:
@@ -171,15 +176,8 @@ def packages_report(python: str) -> tuple[bool, str]:
 
 
 def load_dependencies_module():
-    """core/dependencies.py without importing the pack (standard library only)."""
-    name = "idsculpt_core_dependencies"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "core", "dependencies.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """core/dependencies.py: the Python-package report (standard library only)."""
+    return _load_core_module("dependencies")
 
 
 def lookup_from(folders: dict[str, list[str]]) -> Callable[[str], list[str]]:

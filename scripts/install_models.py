@@ -480,12 +480,7 @@ def install_lpips(spec, dest: str, lock: Lock, log: Callable) -> None:
     if src:
         log(f"  copying {member} from the installed lpips package")
         place_copy(src, dest + ".src")
-        try:
-            verify(dest + ".src", spec.key, lock, spec.sha256, spec.size, log, source=f"lpips package: {member}")
-        except InstallError:
-            os.remove(dest + ".src")
-            raise
-        os.replace(dest + ".src", dest)
+        _verify_then_place(dest + ".src", dest, spec, lock, log, f"lpips package: {member}")
         return
     name, version, wheel, wheel_sha = LPIPS_WHEEL
     with urllib.request.urlopen(_json_request(mirrored(f"https://pypi.org/pypi/{name}/{version}/json")), timeout=60) as resp:
@@ -504,12 +499,17 @@ def install_lpips(spec, dest: str, lock: Lock, log: Callable) -> None:
     finally:
         with contextlib.suppress(OSError):
             os.remove(cache + ".part")
+    _verify_then_place(dest + ".src", dest, spec, lock, log, f"{wheel}: {member}")
+
+
+def _verify_then_place(staged: str, dest: str, spec, lock, log, source: str) -> None:
+    """Check a staged file against the row's size/hash (or the lock file); only a verified file takes its place."""
     try:
-        verify(dest + ".src", spec.key, lock, spec.sha256, spec.size, log, source=f"{wheel}: {member}")
+        verify(staged, spec.key, lock, spec.sha256, spec.size, log, source=source)
     except InstallError:
-        os.remove(dest + ".src")
+        os.remove(staged)
         raise
-    os.replace(dest + ".src", dest)
+    os.replace(staged, dest)
 
 
 def _json_request(url: str) -> urllib.request.Request:
