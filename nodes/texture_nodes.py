@@ -333,7 +333,7 @@ class ProgressiveInpaint(io.ComfyNode):
         config = InpaintConfig(render_resolution=min(2 * resolution, 2048), crop_size=resolution, erode_iterations=erode_iterations,
                                cos_threshold=cos_threshold, policy=policy)
         views: list[torch.Tensor] = []
-        # the bar counts sampler steps: the portrait's projection is 1, each view ``steps`` (one per UNet call)
+        # the bar counts sampler steps: the portrait's projection is 1, each view ``steps`` (its sampler steps)
         first = 1 if reference is not None else 0
         bar = ComfyProgress(first + len(plan) * steps, preview_size=resolution)
         done_units = [0]  # bar position once the views core has reported so far are done
