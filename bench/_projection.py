@@ -4,7 +4,7 @@ the end-to-end projection, and the arithmetic floor of each step (its FLOPs at t
 Functions over the JSON files the stage benchmarks write (no GPU), so the table is rendered the
 same way on any machine and tested with known numbers (tests/test_bench_report.py):
 
-    settings = workflow_settings("workflows/full_api.json")
+    settings = workflow_settings("workflows/api/full.json")
     rates = card_rates(card_json, None, "")
     rows = step_rows(results, default_counts(settings), rates)     # results: {stage: merged JSON}
     markdown = render_tables(rows, rates, read_server_stages(path))

@@ -287,7 +287,7 @@ def step_flops(samples: dict[str, dict[str, int]], per: dict[str, int]) -> dict[
 def main() -> None:
     ap = _timing.parser(__doc__.split("\n\n")[0], "tiny networks in the per-sample counts (plumbing check)",
                         comfy=True, res=RESOLUTION)
-    ap.add_argument("--workflow", default=os.path.join(_timing.ROOT, "workflows", "full_api.json"))
+    ap.add_argument("--workflow", default=os.path.join(_timing.ROOT, "workflows", "api", "full.json"))
     args = ap.parse_args()
     # Counts do not depend on the device: keep every model (the tiny ones of the call structure too) on
     # the CPU, also on a GPU machine (set before ComfyUI first asks torch for CUDA devices).

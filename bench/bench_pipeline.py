@@ -248,7 +248,7 @@ def main() -> int:
     ap.add_argument("--out", required=True, help="JSON results")
     ap.add_argument("--comfy", default=os.environ.get("COMFYUI_PATH") or os.path.join(ROOT, ".comfy", "ComfyUI"))
     ap.add_argument("--python", default=sys.executable)
-    ap.add_argument("--workflow", default=os.path.join(ROOT, "workflows", "full_api.json"))
+    ap.add_argument("--workflow", default=os.path.join(ROOT, "workflows", "api", "full.json"))
     ap.add_argument("--portrait", required=True, help="portrait image (one face)")
     ap.add_argument("--profile", choices=["lowered", "default"], default="lowered")
     ap.add_argument("--runs", type=int, default=3)

@@ -133,7 +133,7 @@ def main() -> None:
     ap.add_argument("--report", default=os.path.join(ROOT, "docs", "BENCH_RESULTS.md"))
     ap.add_argument("--performance", default=os.path.join(ROOT, "docs", "PERFORMANCE.md"),
                     help="the document whose generated stage table is replaced ('' = leave it)")
-    ap.add_argument("--workflow", default=os.path.join(ROOT, "workflows", "full_api.json"), help="default step counts come from here")
+    ap.add_argument("--workflow", default=os.path.join(ROOT, "workflows", "api", "full.json"), help="default step counts come from here")
     ap.add_argument("--server-stages", default=None, help="a ComfyUI run's stage records (vram_stages.jsonl from bench_pipeline.py)")
     ap.add_argument("--card-tflops", type=float, default=None, help="the card's rate when no card.json was measured")
     ap.add_argument("--card-source", default="given on the command line", help="where --card-tflops comes from")

@@ -13,6 +13,10 @@ on"), other packs' patches and every sampler/scheduler work unchanged:
   with ``denoise = t / 1000`` (ComfyUI then runs the last ``steps`` steps of a ``steps / denoise`` step
   schedule, i.e. starts at ≈ timestep t).
 
+Cancel (ComfyUI's interrupt) is checked after every sampler step (``comfy.sample.sample``'s callback) and
+between the UNet's blocks (input/output block patches on the sampling's clone of the MODEL), so a view stops
+within a fraction of one UNet call; Progressive Inpaint's bar counts sampler steps (views × steps).
+
 Both sample every view with the prompt pair of its direction (nodes/view_prompts.py, the texture
 thresholds core.guidance.TEXTURE_VIEW_THRESHOLDS: front |az| < 45°, back |az| > 135°, overhead
 elevation > 60°), as the authors' texture guidance does: a view of the back of the head gets the back
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from comfy_api.latest import io
@@ -74,6 +78,26 @@ def attach_control(conditioning: list, control, cache: dict) -> list:
     return out
 
 
+def _check_cancel() -> None:
+    """ComfyUI's Cancel check, skipped while a CUDA graph is being recorded (raising there would abandon the
+    capture; replays run no Python, and on a GPU a whole step takes milliseconds anyway)."""
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def _cancel_after_input_block(h, transformer_options):
+    """UNet ``input_block_patch``: a Cancel check after each input block (returns ``h`` unchanged)."""
+    _check_cancel()
+    return h
+
+
+def _cancel_before_output_block(h, hsp, transformer_options):
+    """UNet ``output_block_patch``: a Cancel check before each output block (returns its inputs unchanged)."""
+    _check_cancel()
+    return h, hsp
+
+
 class ComfySampling:
     """Shared by the inpainter and the denoiser: conds with this view's normal hint, encode, sample, decode."""
 
@@ -92,13 +116,27 @@ class ComfySampling:
         self.steps, self.cfg, self.sampler_name, self.scheduler = int(steps), float(cfg), sampler_name, scheduler
         self.seed = int(seed)
         self.calls = 0
+        #: called as ``on_step(done, total)`` after every sampler step of a view (Progressive Inpaint's bar)
+        self.on_step: Optional[Callable[[int, int], None]] = None
         # every view samples the same shapes, so the UNet/ControlNet calls replay from CUDA graphs
         self.graphs = DiffusionGraphs(model, control_net, enabled=cuda_graphs)
         self.model = self.graphs.clone_model(model)
+        # Cancel within a UNet call, not only between sampler steps: one step of SD1.5 at 512 px takes seconds
+        # on a CPU. Module functions, not bound methods: ComfyUI deep-copies model_options when it clones.
+        self.model.set_model_input_block_patch(_cancel_after_input_block)
+        self.model.set_model_output_block_patch(_cancel_before_output_block)
 
     def close(self) -> None:
         """Free the CUDA graphs (their memory pools) once the node's sampling is over."""
         self.graphs.close()
+
+    def sampler_step(self, step: int, denoised, x, total_steps: int) -> None:
+        """comfy.sample.sample's ``callback``, called after every sampler step: a Cancel check (the sampler
+        itself never checks, and ``disable_pbar`` leaves no progress hook to check either), and ``on_step``
+        advances the node's bar."""
+        _check_cancel()
+        if self.on_step is not None:
+            self.on_step(int(step) + 1, max(int(total_steps), 1))
 
     def pair(self, direction: Optional[str]) -> tuple[list, list]:
         """The (positive, negative) CONDITIONING of a view direction (None: the plain pair)."""
@@ -142,7 +180,8 @@ class ComfySampling:
         mask = None if noise_mask is None else noise_mask.reshape(1, 1, h, w).float().cpu()
         with self.graphs.control_patched():
             samples = comfy.sample.sample(self.model, noise, self.steps, self.cfg, self.sampler_name, self.scheduler, pos, neg, latent,
-                                          denoise=float(denoise), noise_mask=mask, disable_pbar=True, seed=self.seed)
+                                          denoise=float(denoise), noise_mask=mask, callback=self.sampler_step, disable_pbar=True,
+                                          seed=self.seed)
         out = self.vae.decode(samples)
         out = out.reshape(-1, *out.shape[-3:])[0][..., :3]
         if out.shape[:2] != (h, w):
@@ -294,12 +333,21 @@ class ProgressiveInpaint(io.ComfyNode):
         config = InpaintConfig(render_resolution=min(2 * resolution, 2048), crop_size=resolution, erode_iterations=erode_iterations,
                                cos_threshold=cos_threshold, policy=policy)
         views: list[torch.Tensor] = []
-        bar = ComfyProgress(len(plan) + (reference is not None), preview_size=resolution)
+        # the bar counts sampler steps: the portrait's projection is 1, each view ``steps`` (its sampler steps)
+        first = 1 if reference is not None else 0
+        bar = ComfyProgress(first + len(plan) * steps, preview_size=resolution)
+        done_units = [0]  # bar position once the views core has reported so far are done
 
-        def progress(step, total, preview):
+        def progress(done, total, preview):  # core: ``done`` views finished (the portrait counts as one)
             if preview is not None and preview.shape[0] == resolution:
                 views.append(preview.detach().float().cpu())
-            bar.progress(step, total, preview)
+            done_units[0] = min(done, first) + max(done - first, 0) * steps
+            bar.progress(done_units[0], bar.total, preview)  # the view's composite is the live preview
+
+        def sampler_step(step, total_steps):  # inside the current view
+            bar.progress(done_units[0] + min(steps, max(1, round(steps * step / total_steps))), bar.total, None)
+
+        sampling.on_step = sampler_step
 
         try:
             with stage("Progressive Inpaint", vram_mode), torch.inference_mode(False):

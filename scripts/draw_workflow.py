@@ -16,8 +16,9 @@ What differs from the editor, and why:
     from its type's name gets the type name in small grey text (a "Reference normal map" is a KSampler);
   * a link into a widget input ends at that input's slot row (the editor draws it at the widget's row).
 
-Node type names come from the ComfyUI ``/object_info`` snapshot next to the workflow
-(``_object_info.json``, written by scripts/make_workflows.py) when there is one, else the raw type.
+Node type names come from the ComfyUI ``/object_info`` snapshot beside the workflow
+(``api/_object_info.json``, written by scripts/make_workflows.py, or ``_object_info.json``) when there is one,
+else the raw type.
 Needs only matplotlib (no ComfyUI, no torch).
 """
 from __future__ import annotations
@@ -114,11 +115,16 @@ def _hex(color: Optional[str], default: str) -> str:
 
 
 def _display_names(workflow_path: str) -> dict:
-    snap = os.path.join(os.path.dirname(os.path.abspath(workflow_path)), "_object_info.json")
-    try:
-        with open(snap, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
+    folder = os.path.dirname(os.path.abspath(workflow_path))
+    data = None
+    for snap in (os.path.join(folder, "api", "_object_info.json"), os.path.join(folder, "_object_info.json")):
+        try:
+            with open(snap, encoding="utf-8") as fh:
+                data = json.load(fh)
+            break
+        except (OSError, ValueError):
+            continue
+    if data is None:
         return {}
     entries = data.get("nodes", data) if isinstance(data, dict) else {}
     return {k: v.get("display_name") or k for k, v in entries.items() if isinstance(v, dict)}
@@ -136,7 +142,7 @@ def load_workflow(path: str) -> Workflow:
     if not isinstance(data, dict) or "nodes" not in data:
         if isinstance(data, dict) and data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
             raise ValueError(f"{path} is an API-format workflow (no positions): draw its UI twin "
-                             f"(e.g. workflows/full.json, not full_api.json)")
+                             f"(e.g. workflows/full.json, not workflows/api/full.json)")
         raise ValueError(f"{path} is not a ComfyUI UI workflow (no 'nodes' list)")
     names = _display_names(path)
     nodes = {}

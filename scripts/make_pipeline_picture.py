@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The README's "what comes out" picture: one lowered run of workflows/full_api.json on CPU with the
+"""The README's "what comes out" picture: one lowered run of workflows/api/full.json on CPU with the
 random-weight test models, its intermediate images and both turntables on one sheet.
 
     # 1. run the pipeline (headless ComfyUI, ~1 min on 2 CPU cores) and keep every preview image
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     run_dir = os.path.abspath(args.run_dir)
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(ROOT, "workflows", "full_api.json"), encoding="utf-8") as fh:
+    with open(MW.api_path("full"), encoding="utf-8") as fh:
         api = save_all_previews(MW.quick_test_prompt(json.load(fh), template=True))
     wf_path = os.path.join(run_dir, "full_quick_previews_api.json")
     with open(wf_path, "w", encoding="utf-8") as fh:

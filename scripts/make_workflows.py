@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Write the shareable workflows: ``workflows/<name>.json`` (UI format, what users load in the ComfyUI
-editor) and ``workflows/<name>_api.json`` (API format, what ``POST /prompt``, the tests and
+editor) and ``workflows/api/<name>.json`` (API format, what ``POST /prompt``, the tests and
 ``scripts/run_pipeline.py`` take), both from ONE Python description per workflow (below).
+
+Only UI files sit directly in ``workflows/``: ComfyUI lists ``<pack>/workflows/*.json`` (not subfolders) in
+its template browser, so the API twins and the ``/object_info`` snapshot live in ``workflows/api/``.
 
     python scripts/make_workflows.py                       # write every workflow from the cached snapshot
     python scripts/make_workflows.py --check               # exit 1 if a file on disk differs from what it would write
+                                                           # (or a stray .json sits in workflows/ beside the UI files)
     python scripts/make_workflows.py --refresh-object-info # re-read /object_info from a headless ComfyUI first
         [--comfyui /path/to/ComfyUI] [--python /path/to/comfy/python]
     python scripts/make_workflows.py --quick geometry [--template] --quick-out /tmp/geometry_quick_api.json
@@ -12,7 +16,7 @@ editor) and ``workflows/<name>_api.json`` (API format, what ``POST /prompt``, th
 
 Why a snapshot: the UI format stores widget values by position (``widgets_values``) and sockets by
 type, so the generator needs every node's input order, widget kinds and output types: ComfyUI's
-``/object_info``. ``workflows/_object_info.json`` caches the entries of the node types the workflows
+``/object_info``. ``workflows/api/_object_info.json`` caches the entries of the node types the workflows
 use, so this script runs without a server (plain Python, no torch). Regenerate it whenever a node's
 inputs or outputs change (``--refresh-object-info`` starts ComfyUI through tests/comfy_harness.py,
 with this repo as a custom node pack and empty model folders; ~10-20 s). The comfy-marked test in
@@ -36,6 +40,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -45,7 +50,10 @@ from typing import Any, Optional, Union
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 WORKFLOW_DIR = os.path.join(ROOT, "workflows")
-SNAPSHOT = os.path.join(WORKFLOW_DIR, "_object_info.json")
+#: API twins and the snapshot: a subfolder, which ComfyUI's template listing (``workflows/*.json``) does not reach
+API_SUBDIR = "api"
+API_DIR = os.path.join(WORKFLOW_DIR, API_SUBDIR)
+SNAPSHOT = os.path.join(API_DIR, "_object_info.json")
 NODE_PREFIX = "IDSculpt"
 
 #: Frontend-only node types (no Python class, never sent to /prompt): allowed in UI files only.
@@ -580,11 +588,16 @@ def geometry_stages(wf: Workflow) -> dict:
             "adapter": adapter, "sculpt": sculpt, "geo": geo, "g2": g2, "vae": vae}
 
 
+#: The sculpt node's 8 views are shown, not saved: the saved GLB is the result, and scripts/run_pipeline.py renders
+#: ``<glb>_turntable.png/.gif`` from it (a SaveImage here wrote 8 more files a run, numbered apart from the GLB's).
+SCULPT_VIEWS_TITLE = "Sculpted head: 8 views (preview)"
+
+
 def build_geometry() -> Workflow:
-    wf = Workflow("geometry", "ID-Sculpt stages 1-2: one portrait -> sculpted, untextured head (GLB) + turntable preview")
+    wf = Workflow("geometry", "ID-Sculpt stages 1-2: one portrait -> sculpted, untextured head (GLB) + 8-view preview")
     s = geometry_stages(wf)
     g2 = s["g2"]
-    wf.add("SaveImage", "Sculpted head: turntable", g2, 9, images=s["sculpt"]["preview"], filename_prefix="IDSculpt/turntable")
+    wf.add("PreviewImage", SCULPT_VIEWS_TITLE, g2, 9, images=s["sculpt"]["preview"])
     save = wf.add("IDSculptSaveHead", None, g2, 9, head=s["sculpt"]["head_mesh"], filename_prefix="IDSculpt/head_geometry",
                   save_obj=False, reference_camera=s["sculpt"]["reference_camera"])
     wf.add("Preview3D", "3D view", g2, 9, model_file=save["model_file"])
@@ -598,7 +611,7 @@ def build_full(name: str = "full", texture_ckpt: str = TEXTURE_SD15, style: Opti
     wf = Workflow(name, description)
     s = geometry_stages(wf)
     g2 = s["g2"]
-    wf.add("SaveImage", "Sculpted head: turntable", g2, 9, images=s["sculpt"]["preview"], filename_prefix="IDSculpt/turntable")
+    wf.add("PreviewImage", SCULPT_VIEWS_TITLE, g2, 9, images=s["sculpt"]["preview"])
     wf.add("IDSculptSaveHead", "Save sculpted head (untextured)", g2, 9, head=s["sculpt"]["head_mesh"],
            filename_prefix="IDSculpt/head_geometry", save_obj=False, reference_camera=s["sculpt"]["reference_camera"])
 
@@ -724,13 +737,16 @@ def refresh_snapshot(comfy_path: str, python: Optional[str]) -> dict:
     import comfy_harness as ch
 
     py = python or ch.find_comfy_python(comfy_path)
-    sandbox = ch.ComfySandbox(tempfile.mkdtemp(prefix="idsculpt_wf_"))
-    server = ch.ComfyServer(comfy_path, py, sandbox).start()
+    root = tempfile.mkdtemp(prefix="idsculpt_wf_")
     try:
-        oi = server.object_info()
-        errors = ch.pack_import_errors(server.log())
+        server = ch.ComfyServer(comfy_path, py, ch.ComfySandbox(root)).start()
+        try:
+            oi = server.object_info()
+            errors = ch.pack_import_errors(server.log())
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        shutil.rmtree(root, ignore_errors=True)  # the sandbox (base directory, model folders, the pack's link)
     if errors:
         raise SystemExit("the pack did not import cleanly:\n" + "\n".join(errors))
     types = needed_types()
@@ -740,21 +756,40 @@ def refresh_snapshot(comfy_path: str, python: Optional[str]) -> dict:
     snap = {"comfyui": ch.comfyui_version(comfy_path), "note": "entries of /object_info the workflows use; "
             "regenerate: python scripts/make_workflows.py --refresh-object-info",
             "nodes": {t: snapshot_entry(oi[t]) for t in types}}
-    os.makedirs(WORKFLOW_DIR, exist_ok=True)
+    os.makedirs(API_DIR, exist_ok=True)
     with open(SNAPSHOT, "w", encoding="utf-8") as fh:
         json.dump(snap, fh, indent=1, ensure_ascii=False, sort_keys=True)
         fh.write("\n")
     return snap["nodes"]
 
 
+def api_path(name: str, folder: str = WORKFLOW_DIR) -> str:
+    """The API twin of workflow ``name`` (``workflows/api/<name>.json``)."""
+    return os.path.join(folder, API_SUBDIR, f"{name}.json")
+
+
 def render_all(oi: dict) -> dict[str, str]:
-    """file name -> text, for every workflow (UI + API)."""
+    """path relative to workflows/ -> text, for every workflow (UI + API)."""
     files = {}
     for name, build in WORKFLOWS.items():
         wf = build()
         files[f"{name}.json"] = json.dumps(to_ui(wf, oi), indent=1, ensure_ascii=False) + "\n"
-        files[f"{name}_api.json"] = json.dumps(to_api(wf, oi), indent=1, ensure_ascii=False) + "\n"
+        files[f"{API_SUBDIR}/{name}.json"] = json.dumps(to_api(wf, oi), indent=1, ensure_ascii=False) + "\n"
     return files
+
+
+def stray_templates(folder: str = WORKFLOW_DIR) -> list[str]:
+    """``.json`` files directly in ``folder`` that are not generated UI workflows: ComfyUI would list them as
+    templates (e.g. the ``<name>_api.json`` twins and ``_object_info.json`` of the old layout)."""
+    if not os.path.isdir(folder):
+        return []
+    ui = {f"{name}.json" for name in WORKFLOWS}
+    return sorted(f for f in os.listdir(folder) if f.endswith(".json") and f not in ui and os.path.isfile(os.path.join(folder, f)))
+
+
+#: what the old layout wrote directly in workflows/ (removed when the files are written)
+def _old_layout(fname: str) -> bool:
+    return fname == "_object_info.json" or any(fname == f"{name}_api.json" for name in WORKFLOWS)
 
 
 def main(argv=None) -> int:
@@ -769,7 +804,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick-out", help="with --quick: output file (default: stdout)")
     args = ap.parse_args(argv)
     if args.quick:
-        with open(os.path.join(WORKFLOW_DIR, f"{args.quick}_api.json"), encoding="utf-8") as fh:
+        with open(api_path(args.quick), encoding="utf-8") as fh:
             api = quick_test_prompt(json.load(fh), template=args.template)
         text = json.dumps(api, indent=1, ensure_ascii=False) + "\n"
         if args.quick_out:
@@ -787,17 +822,26 @@ def main(argv=None) -> int:
         if old != text:
             stale.append(fname)
             if not args.check:
-                os.makedirs(args.out, exist_ok=True)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "w", encoding="utf-8") as fh:
                     fh.write(text)
+    stray = stray_templates(args.out)
+    if not args.check:
+        for fname in [f for f in stray if _old_layout(f)]:
+            os.remove(os.path.join(args.out, fname))
+            print(f"removed {fname} (now under {API_SUBDIR}/)")
+        stray = stray_templates(args.out)
+    if stray:  # ComfyUI would list them in its template browser beside the workflows
+        print(f"not a generated UI workflow, but in {args.out} (ComfyUI lists it as a template): {', '.join(stray)}")
     if args.check:
         if stale:
             print("out of date: " + ", ".join(stale) + " (run python scripts/make_workflows.py)")
+        if stale or stray:
             return 1
         print("workflows up to date")
         return 0
     print(f"wrote {len(stale)} file(s): {', '.join(stale) or 'none changed'}")
-    return 0
+    return 1 if stray else 0
 
 
 if __name__ == "__main__":

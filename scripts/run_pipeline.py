@@ -2,7 +2,7 @@
 """One command: portrait in, head GLB + turntable out, through a headless ComfyUI.
 
     python scripts/run_pipeline.py --comfyui /path/to/ComfyUI --portrait face.jpg --out result/
-        [--quick] [--workflow workflows/full_api.json] [--extra-model-paths-config YAML] [--python PYTHON]
+        [--quick] [--workflow workflows/api/full.json] [--extra-model-paths-config YAML] [--python PYTHON]
         [--set NODE_ID.INPUT=VALUE ...] [--models auto|geometry|full|all|none] [--url http://host:port]
         [--cpu | --gpu]
 
@@ -83,7 +83,9 @@ def load_workflow(path: str) -> dict:
     except json.JSONDecodeError as exc:
         raise UsageError(f"workflow {path} is not JSON: {exc}") from None
     if isinstance(wf, dict) and "nodes" in wf and "links" in wf:
-        raise UsageError(f"{path} is a UI workflow; export it with 'Save (API)' (or use the *_api.json twin)")
+        twin = os.path.join(os.path.dirname(os.path.abspath(path)), "api", os.path.basename(path))
+        hint = f"use its API twin {twin}" if os.path.isfile(twin) else "export it with 'Save (API)' in ComfyUI"
+        raise UsageError(f"{path} is a UI workflow (for the editor); {hint}")
     if isinstance(wf, dict) and "prompt" in wf and isinstance(wf["prompt"], dict):
         wf = wf["prompt"]
     if not isinstance(wf, dict) or not all(isinstance(v, dict) and "class_type" in v for v in wf.values()):
@@ -557,7 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "template head, to see the whole graph work in minutes on a CPU before downloading the models")
     ap.add_argument("--test-models", default=DEFAULT_TEST_MODELS, metavar="DIR",
                     help="with --quick: where the test models are built and reused (default %(default)s)")
-    ap.add_argument("--workflow", default=os.path.join(ROOT, "workflows", "full_api.json"), help="API-format workflow (default %(default)s)")
+    ap.add_argument("--workflow", default=os.path.join(ROOT, "workflows", "api", "full.json"),
+                    help="API-format workflow (default %(default)s; the shipped ones are workflows/api/*.json)")
     ap.add_argument("--extra-model-paths-config", action="append", default=[], metavar="YAML", help="passed to ComfyUI (repeatable)")
     ap.add_argument("--python", help="ComfyUI's Python (default: this Python if it imports ComfyUI, else ComfyUI's venv)")
     ap.add_argument("--base-directory", help="ComfyUI --base-directory (input/, output/, models/ root)")
@@ -706,7 +709,7 @@ def run_comfy(args, wf: dict, load_node: str, t_start: float) -> int:
         ws = server.connect_ws()
         printer.t0 = printer.clock()  # progress times count from the queueing
         prompt_id = server.queue(wf)
-        print(f"\n== running workflow {os.path.basename(args.workflow)}{' (--quick)' if args.quick else ''} (prompt {prompt_id})")
+        print(f"\n== running workflow {os.path.relpath(args.workflow)}{' (--quick)' if args.quick else ''} (prompt {prompt_id})")
         t_run = time.monotonic()
         try:
             entry = server.wait(prompt_id, ws, printer, timeout=args.timeout)

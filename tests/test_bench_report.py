@@ -17,7 +17,7 @@ if BENCH not in sys.path:
 
 import _projection as proj  # noqa: E402
 
-WORKFLOW = os.path.join(ROOT, "workflows", "full_api.json")
+WORKFLOW = os.path.join(ROOT, "workflows", "api", "full.json")
 
 
 def test_default_counts_are_the_methods_step_counts() -> None:

@@ -91,9 +91,9 @@ def test_node_body_is_painted_at_its_position(rendered):
 
 def test_api_format_is_refused_with_a_hint(tmp_path):
     dw = _module()
-    api = os.path.join(ROOT, "workflows", "geometry_api.json")
+    api = os.path.join(ROOT, "workflows", "api", "geometry.json")
     if not os.path.isfile(api):
-        pytest.skip("workflows/geometry_api.json not written yet")
+        pytest.skip("workflows/api/geometry.json not written yet")
     with pytest.raises(ValueError, match="API-format.*UI twin"):
         dw.load_workflow(api)
     assert dw.main([api, str(tmp_path / "x.png")]) == 2 and not (tmp_path / "x.png").exists()

@@ -101,15 +101,15 @@ def sculpt_graph(steps: int, gan_steps: int = 4, seed: int = 0, grid_resolution:
     }
 
 
-def interrupt_and_time(comfy_server, pid: str, timeout: float) -> float:
-    """POST /interrupt for a running prompt; seconds until it ended, checked to have ended in the sculpt node."""
+def interrupt_and_time(comfy_server, pid: str, timeout: float, node: str = SCULPT) -> float:
+    """POST /interrupt for a running prompt; seconds until it ended, checked to have ended in ``node``."""
     t0 = time.monotonic()
     comfy_server.interrupt(pid)
     with pytest.raises(ch.ComfyPromptError, match="interrupted") as exc:
         comfy_server.wait(pid, timeout=timeout, poll=0.05)
     latency = time.monotonic() - t0
     msgs = dict(exc.value.details["status"]["messages"]) if exc.value.details else {}
-    assert msgs.get("execution_interrupted", {}).get("node_id") == SCULPT, exc.value.details
+    assert msgs.get("execution_interrupted", {}).get("node_id") == node, exc.value.details
     return latency
 
 
@@ -123,8 +123,8 @@ def _websocket(server):
     return WebSocket(f"ws://127.0.0.1:{server.port}/ws?clientId={server.client_id}")
 
 
-def wait_for_sculpt(server, ws, prompt_id: str, min_step: Optional[int] = None, timeout: float = 240.0) -> int:
-    """Block until the sculpt node of ``prompt_id`` is executing (``min_step`` None: returns 0 at once)
+def wait_for_sculpt(server, ws, prompt_id: str, min_step: Optional[int] = None, timeout: float = 240.0, node: str = SCULPT) -> int:
+    """Block until ``node`` (the sculpt) of ``prompt_id`` is executing (``min_step`` None: returns 0 at once)
     or has also reported ``min_step`` progress steps over the websocket (returns the step seen)."""
     deadline = time.monotonic() + timeout
     executing = False
@@ -135,18 +135,18 @@ def wait_for_sculpt(server, ws, prompt_id: str, min_step: Optional[int] = None, 
             data = ev.get("data") or {}
             if data.get("prompt_id") not in (None, prompt_id):
                 continue
-            if ev.get("type") == "executing" and data.get("node") == SCULPT:
+            if ev.get("type") == "executing" and data.get("node") == node:
                 executing = True
                 if min_step is None:
                     return 0
-            elif ev.get("type") == "progress" and data.get("node") == SCULPT and executing and data.get("value", 0) >= min_step:
+            elif ev.get("type") == "progress" and data.get("node") == node and executing and data.get("value", 0) >= min_step:
                 return int(data["value"])
             elif ev.get("type") in ("execution_error", "execution_success"):
-                raise AssertionError(f"prompt ended before the sculpt was interrupted: {ev}\n{server.log_tail()}")
+                raise AssertionError(f"prompt ended before {node} was interrupted: {ev}\n{server.log_tail()}")
         entry = server.history(prompt_id)
         if entry is not None and entry.get("status", {}).get("completed") is not None:
-            raise AssertionError(f"prompt ended before the sculpt started: {entry['status']}\n{server.log_tail()}")
-    raise AssertionError(f"DMTet Sculpt did not start/report progress within {timeout:.0f} s\n{server.log_tail()}")
+            raise AssertionError(f"prompt ended before {node} started: {entry['status']}\n{server.log_tail()}")
+    raise AssertionError(f"{node} did not start/report progress within {timeout:.0f} s\n{server.log_tail()}")
 
 
 @COMFY_SLOW[0]
@@ -232,3 +232,78 @@ def test_sdf_initialisation_honours_interrupt():
         mesh_sdf_on_grid(head.vertices, head.faces, grid, interrupt=cancel)
     with pytest.raises(Cancelled):  # the sculpt stage passes its check down before its first step
         Sculptor(head, guidance=lambda *a, **k: torch.zeros(()), config=SculptConfig(grid_resolution=16), interrupt=cancel)
+
+
+# ------------------------------------------------------------------------------------ Progressive Inpaint
+INPAINT = "inpaint"
+INPAINT_HEAD = "idsculpt_e2e_inpaint_head.glb"
+#: Progressive Inpaint's bound (issue 19): Cancel is checked after every sampler step, not once per view
+INPAINT_BOUND_S = 2.0
+
+
+def inpaint_graph(steps: int, prefix: str = "e2e/inpaint") -> dict:
+    """Procedural head (no UVs) + the texture SD1.5 stand-in -> Progressive Inpaint (one 64 px view, no portrait,
+    no ControlNet) -> Save Head. Everything but the sampler step count is at the node minimums."""
+    from idsculpt.core import models as M
+
+    return {
+        "head": {"class_type": "IDSculptLoadHead", "inputs": {"file": INPAINT_HEAD}},
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": M.get_spec("texture_sd15").filename}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a DSLR photo of a man's head", "clip": ["ckpt", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["ckpt", 1]}},
+        INPAINT: {"class_type": "IDSculptProgressiveInpaint", "inputs": {
+            "head": ["head", 0], "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "vae": ["ckpt", 2],
+            "seed": 0, "steps": steps, "cfg": 2.0, "sampler_name": "ddim", "scheduler": "ddim_uniform", "denoise": 0.95,
+            "control_strength": 1.0, "texture_size": "512", "max_faces": 100000, "view_plan": "0, 0", "resolution": 64,
+            "erode_iterations": 1, "cos_threshold": 0.0, "policy": "first"}},
+        "save": {"class_type": "IDSculptSaveHead", "inputs": {"head": [INPAINT, 0], "filename_prefix": prefix, "save_obj": False}},
+    }
+
+
+@COMFY_SLOW[0]
+@COMFY_SLOW[1]
+def test_interrupt_stops_progressive_inpaint_within_2s_then_requeue_completes(comfy_path, comfy_python, comfy_server,
+                                                                                comfy_clean_output):
+    """Cancel after the first sampler step of a view ends the prompt within 2 s (before the fix Cancel was
+    checked only between views, so the view's sampling ran to its end: 17 s at 100 steps in the newcomer's run;
+    one sampler step of the small SD1.5 stand-in alone takes 1-7 s on the shared 2-core CPU, so this also needs
+    the checks between the UNet's blocks). The bar counts sampler steps (1 view x 3 steps); queueing the same
+    prompt again then completes and writes the GLB."""
+    import test_model_builder as tmb
+    from idsculpt.core.dmtet.procedural import procedural_head_mesh
+
+    tmb._link_models(comfy_server, tmb._build(comfy_path, comfy_python, "small", ("texture_sd15",)))  # cached after the 1st build
+    head_path = os.path.join(comfy_server.sandbox.input_dir, INPAINT_HEAD)
+    if not os.path.isfile(head_path):
+        procedural_head_mesh(n=20).save(head_path)  # ~2-3k faces: xatlas unwraps it in well under a second
+    steps = 3  # few: the re-queue runs them all (the CFG-batched 320-channel UNet: seconds per step on a CPU)
+    graph = inpaint_graph(steps)
+    ws = _websocket(comfy_server)
+    try:
+        pid = comfy_server.queue(graph)
+        seen = wait_for_sculpt(comfy_server, ws, pid, min_step=1, node=INPAINT)  # inside the view's sampling
+        latency = interrupt_and_time(comfy_server, pid, timeout=120, node=INPAINT)
+        print(f"interrupt: Progressive Inpaint at sampler step {seen}/{steps}; prompt ended {latency:.2f} s after POST /interrupt")
+        assert latency < INPAINT_BOUND_S, f"interrupt took {latency:.1f} s (bound {INPAINT_BOUND_S} s)"
+        assert not [f for _, _, fs in os.walk(comfy_clean_output) for f in fs]  # nothing saved by the cancelled run
+
+        # the same prompt again: completes on the same server, its bar runs over the sampler steps
+        t1 = time.monotonic()
+        pid = comfy_server.queue(graph)
+        hist = comfy_server.wait(pid, timeout=300)
+        maxima = set()
+        while True:  # the progress events already sent for this prompt
+            msg = ws.recv(timeout=0.2)
+            if msg is None:
+                break
+            if isinstance(msg, str):
+                ev = json.loads(msg)
+                data = ev.get("data") or {}
+                if ev.get("type") == "progress" and data.get("node") == INPAINT and data.get("prompt_id") == pid:
+                    maxima.add((data["value"], data["max"]))
+    finally:
+        ws.close()
+    glb = comfy_server.output_path(hist["outputs"]["save"]["3d"][0])
+    print(f"re-queue: {time.monotonic() - t1:.1f} s -> {os.path.basename(glb)}")
+    assert os.path.isfile(glb) and glb.endswith(".glb")
+    assert maxima == {(k, steps) for k in range(1, steps + 1)}, sorted(maxima)

@@ -36,7 +36,7 @@ def _free(server) -> None:
 
 
 def test_free_releases_every_run_object(comfy_server, workflow_models, comfy_clean_output):  # noqa: F811
-    api = MW.quick_test_prompt(load("full_api.json"), template=True)
+    api = MW.quick_test_prompt(load("api/full.json"), template=True)
     save = next(k for k, v in api.items() if v["class_type"] == "IDSculptSaveHead" and "textured" in v["_meta"]["title"])
     api["9999"] = {"class_type": "HarnessLiveObjects", "inputs": {"nonce": 0, "after": [save, 0]}}
     hist = comfy_server.submit(api, timeout=900)

@@ -8,6 +8,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -84,6 +85,10 @@ def test_load_workflow_rejects_ui_format(tmp_path):
     p.write_text(json.dumps({"nodes": [], "links": []}))
     with pytest.raises(RP.UsageError, match="Save \\(API\\)"):
         RP.load_workflow(str(p))
+    # a shipped UI workflow: the message names its API twin in workflows/api/
+    ui = os.path.join(ROOT, "workflows", "geometry.json")
+    with pytest.raises(RP.UsageError, match=re.escape(os.path.join(ROOT, "workflows", "api", "geometry.json"))):
+        RP.load_workflow(ui)
     p.write_text(json.dumps(tiny_workflow()))
     assert RP.load_workflow(str(p))["4"]["class_type"] == "IDSculptSaveHead"
 
@@ -239,7 +244,7 @@ def test_quick_workflow_models_and_yaml(tmp_path):
     builds the stand-ins of exactly the files it then loads, and puts them first in ComfyUI's folders."""
     import make_workflows as MW
 
-    full = RP.load_workflow(os.path.join(ROOT, "workflows", "full_api.json"))
+    full = RP.load_workflow(os.path.join(ROOT, "workflows", "api", "full.json"))
     quick = RP.quick_workflow(full)
     samplers = [n for n in quick.values() if n["class_type"] == "KSampler"]
     assert samplers and all(n["inputs"]["steps"] == MW.QUICK_TEST["KSampler"]["steps"] for n in samplers)
@@ -252,7 +257,8 @@ def test_quick_workflow_models_and_yaml(tmp_path):
               if isinstance(n["inputs"].get(k), str)}
     expect_keys = {m.key for m in models.MODEL_TABLE if m.filename in loaded}
     assert expect_keys <= set(keys) and "insightface" in keys
-    assert "panohead" not in keys and "realesrgan_x2" not in keys  # the template head; no upscaler in the graph
+    assert "panohead" not in keys  # the template head
+    assert "realesrgan_x2" in keys and "vae_ft_mse" in keys  # the texture's deblur upscaler and ISD's VAE are in the graph
     files = RP.quick_model_files(str(tmp_path), keys)
     assert os.path.join(str(tmp_path), "insightface", "models", "buffalo_l", "det_10g.onnx") in files
     yaml_path = RP.write_quick_yaml(str(tmp_path), keys, str(tmp_path / "extra.yaml"))
@@ -263,7 +269,7 @@ def test_quick_workflow_models_and_yaml(tmp_path):
     (entry,) = conf.values()
     # is_default: ComfyUI puts these folders FIRST, so real models of the same names do not shadow them
     assert entry.pop("base_path") == str(tmp_path) and entry.pop("is_default") is True
-    assert entry == {f: f for f in ("checkpoints", "controlnet", "idsculpt", "insightface", "ipadapter")}
+    assert entry == {f: f for f in ("checkpoints", "controlnet", "idsculpt", "insightface", "ipadapter", "upscale_models", "vae")}
     # every model file of the quick graph lies in one of those folders
     assert all(os.path.relpath(f, str(tmp_path)).split(os.sep)[0] in entry for f in files)
 
@@ -411,11 +417,11 @@ GEOMETRY_SMOKE = [
 @pytest.mark.comfy
 @pytest.mark.slow
 def test_geometry_workflow_end_to_end_on_test_models(tmp_path, comfy_path, comfy_python, portraits_dir):
-    """workflows/geometry_api.json, unchanged but for CPU-sized settings, on the random-weight stand-ins
+    """workflows/api/geometry.json, unchanged but for CPU-sized settings, on the random-weight stand-ins
     of tests/build_test_models.py: model check, every stage node, Save Head, turntable."""
-    wf_path = os.path.join(ROOT, "workflows", "geometry_api.json")
+    wf_path = os.path.join(ROOT, "workflows", "api", "geometry.json")
     if not os.path.isfile(wf_path):
-        pytest.skip("workflows/geometry_api.json not written yet")
+        pytest.skip("workflows/api/geometry.json not written yet")
     import test_model_builder as tmb
 
     models = tmb._build(comfy_path, comfy_python, "small", tmb.SMALL_KEYS + ("depth_sd15",))

@@ -303,3 +303,101 @@ def test_upscale_model_moves_and_runs_only_under_inference_mode():
         out = upscale(torch.rand(1, 3, 8, 8))
     assert out.shape == (1, 3, 16, 16) and scale == 2
     assert seen and all(inference for _, inference in seen), seen
+
+
+# ------------------------------------------------------------------------------------ interrupt + progress
+@pytest.fixture
+def progress_hook():
+    """ComfyUI's global progress hook (the server's sends websocket events and checks for Cancel), recording
+    ``(value, total, has_preview)``; ``hook.cancel_at`` sets ComfyUI's interrupt flag when the bar reaches it."""
+    import comfy.model_management as mm
+    import comfy.utils
+
+    seen: list = []
+
+    def hook(value, total, preview, node_id=None):
+        seen.append((value, total, preview is not None))
+        if hook.cancel_at is not None and value >= hook.cancel_at:
+            mm.interrupt_current_processing(True)
+
+    hook.cancel_at, hook.seen = None, seen
+    before = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        yield hook
+    finally:
+        comfy.utils.set_progress_bar_global_hook(before)
+        mm.interrupt_current_processing(False)
+
+
+def _inpaint_kw(env, steps: int, plan: str) -> dict:
+    return dict(head=env.head, model=env.model, positive=env.pos, negative=env.neg, vae=env.vae, reference_image=env.portrait,
+                reference_camera=env.camera, reference_mask=None, denoise=0.95, control_strength=1.0, texture_size="512",
+                max_faces=100000, view_plan=plan, resolution=RES, erode_iterations=8, cos_threshold=0.0, policy="first",
+                **_sampler(steps=steps))
+
+
+def test_progressive_inpaint_bar_counts_sampler_steps_and_cancel_stops_inside_a_view(env, progress_hook, monkeypatch):
+    import comfy.model_management as mm
+
+    from idsculpt.nodes import cuda_graphs
+
+    steps, plan = 3, "-15, 90; -15, -90"  # the portrait (1) + 2 views x 3 sampler steps = 7
+    env.ci.run_node(env.nodes["IDSculptProgressiveInpaint"], **_inpaint_kw(env, steps, plan))
+    values = [v for v, _, _ in progress_hook.seen]
+    assert {t for _, t, _ in progress_hook.seen} == {1 + 2 * steps}
+    assert values == sorted(values) and values[-1] == 1 + 2 * steps
+    assert set(range(1, 1 + 2 * steps + 1)) <= set(values)  # every sampler step moves the bar
+    # the view previews still come, at the end of each view (after the portrait's at 1)
+    assert [v for v, _, p in progress_hook.seen if p] == [1, 1 + steps, 1 + 2 * steps]
+
+    # Cancel at the 2nd sampler step of the first view: the node stops there, not at the end of the view,
+    # and the sampling's CUDA graphs are closed on the way out
+    closed = []
+    real_close = cuda_graphs.DiffusionGraphs.close
+    monkeypatch.setattr(cuda_graphs.DiffusionGraphs, "close", lambda self: (closed.append(1), real_close(self))[1])
+    progress_hook.seen.clear()
+    progress_hook.cancel_at = 1 + 2
+    with pytest.raises(mm.InterruptProcessingException):
+        env.ci.run_node(env.nodes["IDSculptProgressiveInpaint"], **_inpaint_kw(env, 50, plan))
+    assert max(v for v, _, _ in progress_hook.seen) == 3 and closed == [1]
+    assert not mm.processing_interrupted()  # the flag was consumed by the check that raised
+
+
+def _cancel_in_unet(env, when: str, steps: int = 20):
+    """Texture Refine's SDEdit denoise (no bar inside it) with a UNet wrapper that sets ComfyUI's interrupt
+    flag on its first call, ``before`` or ``after`` the UNet runs. Returns (UNet calls started, finished)."""
+    import comfy.model_management as mm
+
+    from idsculpt.nodes.texture_nodes import ComfyDenoiser, ComfySampling
+
+    started, finished = [], []
+
+    def unet(apply_model, args):
+        started.append(1)
+        if when == "before":
+            mm.interrupt_current_processing(True)
+        out = apply_model(args["input"], args["timestep"], **args["c"])
+        finished.append(1)
+        if when == "after":
+            mm.interrupt_current_processing(True)
+        return out
+
+    model = env.model.clone()
+    model.set_model_unet_function_wrapper(unet)
+    s = ComfySampling(model, env.pos, env.neg, env.vae, None, steps=steps, cfg=3.0, cuda_graphs=False)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            ComfyDenoiser(s).denoise(torch.rand(RES, RES, 3), None, None, 150)
+    finally:
+        s.close()
+        mm.interrupt_current_processing(False)
+    return len(started), len(finished)
+
+
+def test_sampling_checks_for_cancel_inside_the_unet_and_after_every_sampler_step(env):
+    """Cancel during a UNet call stops that call between its blocks (one step of SD1.5 at 512 px takes
+    seconds on a CPU); Cancel after a call stops before the next sampler step (the sampler's callback).
+    Cond and uncond share one batched UNet call per step here."""
+    assert _cancel_in_unet(env, "before") == (1, 0)
+    assert _cancel_in_unet(env, "after") == (1, 1)

@@ -1,12 +1,15 @@
-"""The shareable workflows (workflows/*.json and their *_api.json twins, made by scripts/make_workflows.py).
+"""The shareable workflows (workflows/*.json and their API twins workflows/api/*.json, made by
+scripts/make_workflows.py).
 
 Without ComfyUI (fast): the files are what the generator writes; each API twin is what the editor's
 "Export (API)" would make of its UI file (an independent re-implementation of the frontend's
 conversion, with its widget rules); every node type is core ComfyUI or ours; the settings follow
-docs REFERENCE.md; every model file name is one the model table (core/models.py) accepts.
+docs REFERENCE.md; every model file name is one the model table (core/models.py) accepts; workflows/ holds
+nothing but the UI files (ComfyUI lists every workflows/*.json as a template).
 
 With ComfyUI (``-m comfy``): every UI node type exists in the live /object_info; the files are current
-with the live node definitions; every API twin passes ComfyUI's own prompt validation (POST /prompt)
+with the live node definitions; the server's template list (GET /workflow_templates) is exactly the UI
+workflows; every API twin passes ComfyUI's own prompt validation (POST /prompt)
 with correctly named random-weight models (tests/build_test_models.py) in the model folders; and
 (``slow``) the geometry workflow, steps and resolutions lowered, runs from a real portrait to a GLB,
 with PanoHead and with the template head.
@@ -134,9 +137,26 @@ def test_files_are_what_the_generator_writes():
             assert fh.read() == text, f"{fname} is out of date: run python scripts/make_workflows.py"
 
 
+def test_only_ui_workflows_sit_where_comfyui_lists_templates(tmp_path):
+    """ComfyUI lists ``<pack>/workflows/*.json`` (not subfolders) in its template browser: only the UI files are
+    there; the API twins and the snapshot live in workflows/api/. --check flags a stray file; writing removes the
+    old layout's twins (``<name>_api.json``, ``_object_info.json``) and keeps anything else (flagged, exit 1)."""
+    assert sorted(f for f in os.listdir(WF_DIR) if f.endswith(".json")) == sorted(f"{n}.json" for n in NAMES)
+    assert sorted(os.listdir(os.path.join(WF_DIR, "api"))) == sorted(["_object_info.json"] + [f"{n}.json" for n in NAMES])
+    assert MW.stray_templates() == []
+    out = tmp_path / "wf"
+    assert MW.main(["--out", str(out)]) == 0 and MW.main(["--out", str(out), "--check"]) == 0
+    for old in ("full_api.json", "_object_info.json", "mine.json"):
+        (out / old).write_text("{}")
+    assert MW.stray_templates(str(out)) == ["_object_info.json", "full_api.json", "mine.json"]
+    assert MW.main(["--out", str(out), "--check"]) == 1
+    assert MW.main(["--out", str(out)]) == 1  # the user's own mine.json is left alone, but reported
+    assert MW.stray_templates(str(out)) == ["mine.json"] and (out / "api" / "full.json").is_file()
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_api_twin_is_the_ui_file_exported(name):
-    ui, api = load(f"{name}.json"), load(f"{name}_api.json")
+    ui, api = load(f"{name}.json"), load(f"api/{name}.json")
     assert ui["version"] == 0.4 and {g["title"][:1] for g in ui["groups"]} >= {"1", "2"}
     assert ui_to_api(ui, SNAP) == api
     # every node sits inside its stage's group box (what the user sees)
@@ -194,7 +214,7 @@ def test_node_types_are_core_or_ours():
             t = node["type"]
             if t in MW.FRONTEND_ONLY:
                 continue
-            assert t in SNAP, f"{name}: {t} not in workflows/_object_info.json"
+            assert t in SNAP, f"{name}: {t} not in workflows/api/_object_info.json"
             module = SNAP[t].get("python_module", "")
             if t.startswith("IDSculpt"):
                 assert t in ours, f"{name}: {t} is not defined in nodes/*.py"
@@ -266,7 +286,7 @@ def test_settings_follow_the_reference(name):
     prompts and negatives), DMTet 6000/1000 steps, texture in the sculpt's normalised frame with 20 DDIM steps CFG 10
     from t=950, normalbae + ID always on, the authors' prompt/negative per direction, RealESRGAN deblur, 400
     refinement steps with LPIPS-VGG against the whole-head mask."""
-    api = load(f"{name}_api.json")
+    api = load(f"api/{name}.json")
     texts, _ = _strings(api)
     caption = _one(api, "PrimitiveStringMultiline")[1]["inputs"]["value"]
     for kind, ckpt, weight in (("normal", MW.NORMAL_SD15, 0.5), ("depth", MW.DEPTH_SD15, 0.1)):
@@ -302,7 +322,8 @@ def test_settings_follow_the_reference(name):
     for _, save in (kv for kv in api.items() if kv[1]["class_type"] == "IDSculptSaveHead"):
         assert save["inputs"]["reference_camera"] == [sid, 2]  # kept in the GLB for evaluation in the head's frame
     consumers = {api[k]["class_type"] for k, _ in _feeds(api, sid)}
-    assert "IDSculptSaveHead" in consumers and "SaveImage" in consumers  # GLB + turntable preview
+    assert "IDSculptSaveHead" in consumers and "PreviewImage" in consumers  # GLB + the 8 views, shown not saved
+    assert "SaveImage" not in {n["class_type"] for n in api.values()}  # a run's files: the GLBs (run_pipeline adds turntables)
     assert api[api[invert_id]["inputs"]["portrait"][0]]["class_type"] == "LoadImage"
     if name == "geometry":
         assert not any(n["class_type"].startswith("IDSculptTexture") for n in api.values())
@@ -355,7 +376,7 @@ def referenced_files(api: dict) -> list[tuple[str, str, str, str]]:
 def test_model_names_are_in_the_model_table():
     seen = set()
     for name in NAMES:
-        for _nid, _inp, folder, fname in referenced_files(load(f"{name}_api.json")):
+        for _nid, _inp, folder, fname in referenced_files(load(f"api/{name}.json")):
             seen.add(fname)
             if fname == MW.STYLISED_SD15:  # any SD1.5 checkpoint works for texture; the table names Realistic Vision only
                 assert folder == "checkpoints"
@@ -368,9 +389,9 @@ def test_model_names_are_in_the_model_table():
 
 
 def test_quick_test_patch_keeps_the_graph():
-    api = load("full_api.json")
+    api = load("api/full.json")
     quick = MW.quick_test_prompt(api, template=True)
-    assert api == load("full_api.json"), "the original must not change"
+    assert api == load("api/full.json"), "the original must not change"
     for nid, node in api.items():
         for name, v in node["inputs"].items():
             if isinstance(v, list):
@@ -460,7 +481,7 @@ def workflow_models(comfy_server, comfy_path, comfy_python):
                         "--only", "panohead", f"--seed={4 - _panohead_seed_offset()}"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for name in NAMES:
-        for _nid, _inp, folder, fname in referenced_files(load(f"{name}_api.json")):
+        for _nid, _inp, folder, fname in referenced_files(load(f"api/{name}.json")):
             src = _builder_file(pano_dir if fname == MW.PANOHEAD else cache, folder, fname)
             _place(src, os.path.join(sb.model_dir(folder), fname), convert_dir)
     # ... and under a name of its own, which the PanoHead run selects: another test of the session may
@@ -490,6 +511,14 @@ def test_ui_node_types_exist_in_live_comfyui(comfy_server):
 
 
 @pytest.mark.comfy
+def test_template_list_is_exactly_the_ui_workflows(comfy_server):
+    """The server's template browser (GET /workflow_templates: custom node folder -> workflow names) shows the
+    three UI workflows of the pack, no API twin and no snapshot."""
+    listed = comfy_server._get("/workflow_templates")
+    assert sorted(listed.get(ch.PACK_NAME, [])) == sorted(NAMES), listed
+
+
+@pytest.mark.comfy
 def test_workflows_current_with_live_node_definitions(comfy_server):
     """Regenerating from the live /object_info gives the files on disk: the snapshot is not stale in any way
     that matters (input order, widget kinds, outputs, COMBO options of the values used)."""
@@ -514,11 +543,11 @@ def test_api_twins_pass_prompt_validation(comfy_server, workflow_models):
             assert time.monotonic() < deadline, "the blocking loop never started"
             time.sleep(0.05)
         for name in NAMES:
-            status, resp = comfy_server._request("POST", "/prompt", {"prompt": load(f"{name}_api.json"), "client_id": comfy_server.client_id})
-            assert status == 200 and not resp.get("node_errors"), f"{name}_api.json refused: {json.dumps(resp)[:3000]}"
+            status, resp = comfy_server._request("POST", "/prompt", {"prompt": load(f"api/{name}.json"), "client_id": comfy_server.client_id})
+            assert status == 200 and not resp.get("node_errors"), f"api/{name}.json refused: {json.dumps(resp)[:3000]}"
             queued.append(resp["prompt_id"])
         # the same validation refuses a wrong link type and a missing model file (so the check above is live)
-        api = load("geometry_api.json")
+        api = load("api/geometry.json")
         sid, sculpt = _one(api, "IDSculptDMTetSculpt")
         sculpt["inputs"]["reference_geometry"] = list(sculpt["inputs"]["head_mesh"])
         cid, ckpt = _one(api, "CheckpointLoaderSimple", "Depth")
@@ -551,9 +580,9 @@ def test_geometry_workflow_runs_to_a_glb(comfy_server, workflow_models, comfy_cl
     # the PanoHead stand-in has random weights: its density is no head and never reaches the real level (20),
     # so the random-weight run extracts the level-0 surface (as tests/test_panohead_nodes.py does)
     extra = None if template else {"IDSculptPanoHeadInvert": {"mesh_level": 0.0}, "IDSculptPanoHeadLoader": {"checkpoint": PANOHEAD_E2E}}
-    api = MW.quick_test_prompt(load("geometry_api.json"), template=template, extra=extra)
+    api = MW.quick_test_prompt(load("api/geometry.json"), template=template, extra=extra)
     save_id = _one(api, "IDSculptSaveHead")[0]
-    turntable_id = _one(api, "SaveImage")[0]
+    views_id = _one(api, "PreviewImage", MW.SCULPT_VIEWS_TITLE)[0]
     log_before = len(comfy_server.log())
     t0 = time.monotonic()
     hist = comfy_server.submit(api, timeout=900)
@@ -582,7 +611,10 @@ def test_geometry_workflow_runs_to_a_glb(comfy_server, workflow_models, comfy_cl
     winding = float((2 * np.arctan2(num, den)).sum() / (4 * np.pi))
     if template:  # the random-weight PanoHead stand-in's level-0 surface is an arbitrary blob, not a head at the origin
         assert abs(winding - 1.0) < 1e-3, f"the head does not enclose the origin (winding number {winding:.3f})"
-    assert len(hist["outputs"][turntable_id]["images"]) == 8  # the sculpt node's 8-view turntable
+    views = hist["outputs"][views_id]["images"]
+    assert len(views) == 8 and {v["type"] for v in views} == {"temp"}  # the sculpt's 8 views, shown but not saved
+    saved = [f for _, _, fs in os.walk(comfy_clean_output) for f in fs]
+    assert saved == [os.path.basename(glb)], saved  # one file per run: the GLB
     # which initialisation ran (PanoHead Invert logs its info line)
     want = "init=template" if template else "init=panohead"
     lines = [l for l in comfy_server.log().splitlines() if "IDSculpt PanoHead Invert:" in l]
@@ -596,7 +628,7 @@ def test_full_workflow_runs_to_a_textured_glb(comfy_server, workflow_models, com
     """Both stages plus texture, lowered, with the template head: the textured GLB carries UVs and a texture."""
     from idsculpt.core.mesh import HeadMesh
 
-    api = MW.quick_test_prompt(load(f"{name}_api.json"), template=True)
+    api = MW.quick_test_prompt(load(f"api/{name}.json"), template=True)
     final_id = _one(api, "IDSculptSaveHead", "Save textured")[0]
     t0 = time.monotonic()
     hist = comfy_server.submit(api, timeout=900)
