@@ -48,6 +48,8 @@ class ModelSpec:
     note: str = ""  # fallback / what happens without it / conversion hints
     #: this optional model becomes required when the named model is present (VGG16 with PanoHead)
     required_with: Optional[str] = None
+    #: ... and in these workflows whatever else is present (VGG16 in "full": the texture refinement's LPIPS-VGG)
+    required_in: tuple[str, ...] = ()
     #: file-name globs that never count for this row (a catch-all must not match another row's model)
     exclude: tuple[str, ...] = ()
     #: how scripts/install_models.py gets it (nothing here runs at ComfyUI run time):
@@ -196,11 +198,11 @@ MODEL_TABLE: tuple[ModelSpec, ...] = (
         fetch="manual", licence_gate="panohead",
     ),
     ModelSpec(
-        key="vgg16", role="perceptual loss of the PanoHead inversion (VGG16 / LPIPS-VGG)",
+        key="vgg16", role="perceptual loss of the PanoHead inversion and the texture refinement (VGG16 / LPIPS-VGG)",
         locations=(("idsculpt", "vgg16-397923af.pth"), ("idsculpt", "vgg16.pth"), ("idsculpt", "vgg16.safetensors"), ("idsculpt", "*vgg16*")),
         source="torchvision model zoo (`https://download.pytorch.org/models/vgg16-397923af.pth`)", licence="BSD-3-Clause",
-        need=OPTIONAL, workflows=("geometry", "full"), required_with="panohead",
-        note="needed when PanoHead is used",
+        need=OPTIONAL, workflows=("geometry", "full"), required_with="panohead", required_in=("full",),
+        note="needed when PanoHead is used, and by the texture refinement's LPIPS term (the full workflows load it)",
         fetch="url:https://download.pytorch.org/models/vgg16-397923af.pth", sha256="397923af",
     ),
     ModelSpec(
@@ -364,7 +366,7 @@ def check_models(folder_lookup: FolderLookup, workflow: str | Iterable[str] = "f
         if not wf & set(spec.workflows):
             continue
         path, searched = find_model(spec, folder_lookup, cache)
-        rows.append(ModelRow(spec, spec.need == REQUIRED, path, searched))
+        rows.append(ModelRow(spec, spec.need == REQUIRED or bool(wf & set(spec.required_in)), path, searched))
     present = {r.spec.key for r in rows if r.present}
     for r in rows:  # optional-with: VGG16 is required once PanoHead is there
         if r.spec.required_with and r.spec.required_with in present:
@@ -492,7 +494,8 @@ def models_markdown(table: Sequence[ModelSpec] = MODEL_TABLE) -> str:
              "| role | file (common public name) | ComfyUI folder | where to get it | licence | needed | workflows |",
              "|---|---|---|---|---|---|---|"]
     for m in table:
-        need = m.need + (f" (required when `{m.required_with}` is present)" if m.required_with else "")
+        conditions = [f"in `{w}`" for w in m.required_in] + ([f"when `{m.required_with}` is present"] if m.required_with else [])
+        need = m.need + (f" (required {'; '.join(conditions)})" if conditions else "")
         lines.append(f"| {esc(m.role)} | `{esc(m.filename)}` | `models/{m.folder}` | {esc(m.source)} | {esc(m.licence)} "
                      f"| {need} | {', '.join(m.workflows)} |")
     lines += ["", "## Accepted names", "",

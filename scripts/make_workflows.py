@@ -528,10 +528,10 @@ def geometry_stages(wf: Workflow) -> dict:
     g1 = wf.group("1 · ID-aware initialisation: portrait → identity, PanoHead head mesh, 3D landmarks")
     wf.note(
         "## ID-Sculpt: portrait → 3D head\n\n"
-        "1. **Load your portrait** (one face, roughly frontal).\n"
+        "1. **Load your portrait** (roughly frontal; with several faces, pick one with *ID Embed*'s face_index).\n"
         "2. **Describe the person** in *Caption* (hair, age, ...): every prompt is built from it.\n"
-        "3. Models: see docs/MODELS.md (or run the *IDSculpt Model Check* node).\n"
-        "   Without PanoHead: set *PanoHead Loader* → `none (template head)` and `vgg16` → `none`.\n\n"
+        "3. Models: `scripts/install_models.py` fetches them (docs/MODELS.md; or run the *IDSculpt Model Check* node).\n"
+        "   Without PanoHead the *PanoHead Loader*'s `auto` starts from the template head (its info says so).\n\n"
         "Quick test: lower *DMTet Sculpt* steps / grid, *PanoHead Invert* steps and the KSampler steps "
         "(docs/WORKFLOWS.md).", g1, 0, width=360, height=300, title="Read me")
     caption = wf.add("PrimitiveStringMultiline", "Caption (describe the person)", g1, 0, color="caption", value=CAPTION)
@@ -539,9 +539,11 @@ def geometry_stages(wf: Workflow) -> dict:
     insight = wf.add("IDSculptInsightFaceLoader", None, g1, 1, color="loader", model_name=INSIGHTFACE, provider="CPU")
     id_embed = wf.add("IDSculptIDEmbed", None, g1, 1, image=portrait["IMAGE"], insightface=insight["insightface"], face_index=0)
     wf.add("PreviewImage", "ArcFace crop", g1, 1, images=id_embed["aligned_face"])
-    pano = wf.add("IDSculptPanoHeadLoader", None, g1, 2, color="loader", checkpoint=PANOHEAD, vgg16=VGG16, lpips_weights="auto")
+    # auto: PanoHead when its release file is installed, else the procedural template head (the info says which)
+    pano = wf.add("IDSculptPanoHeadLoader", None, g1, 2, color="loader", checkpoint="auto", vgg16="auto", lpips_weights="auto")
     invert = wf.add("IDSculptPanoHeadInvert", None, g1, 2, portrait=portrait["IMAGE"], panohead=pano["panohead"], init="auto",
-                    w_steps=500, pti_steps=500, mesh_resolution=512, mesh_level=20.0, view_resolution=256, seed=0)
+                    w_steps=500, pti_steps=500, mesh_resolution=512, mesh_level=20.0, view_resolution=256, seed=0,
+                    face_index=0, face_id=id_embed["face_id"], landmarker_model="(none)")  # the face ID Embed chose
     wf.add("PreviewImage", "Aligned portrait (PanoHead crop)", g1, 2, images=invert["aligned_portrait"])
     lms = wf.add("IDSculptLandmarkRender", None, g1, 3, image=invert["aligned_portrait"], head_mesh=invert["head_mesh"],
                  reference_camera=invert["reference_camera"], face_index=0, preview_resolution=512, landmarker_model="(none)",

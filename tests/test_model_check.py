@@ -185,6 +185,7 @@ def test_script_exit_codes_with_yaml(tmp_path):
     _touch(os.path.join(comfy, "models", "controlnet", "control_v11p_sd15_normalbae.pth"))
     _touch(os.path.join(comfy, "models", "checkpoints", "realisticVisionV40_v40VAE.safetensors"))
     _touch(os.path.join(comfy, "models", "upscale_models", "RealESRGAN_x2.pth"))  # the full workflow's deblur
+    _touch(os.path.join(comfy, "models", "idsculpt", "vgg16-397923af.pth"))  # the texture refinement's LPIPS-VGG
     r = subprocess.run(cmd[:-4] + ["--workflow", "full", "--python", sys.executable], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     r = subprocess.run([sys.executable, SCRIPT, "--comfyui", str(tmp_path)], capture_output=True, text=True, timeout=60)
@@ -236,3 +237,12 @@ def test_readme_models_table_matches_the_model_table():
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
         readme = fh.read()
     assert table in readme, "README.md's Models table is stale: copy the table from docs/MODELS.md"
+
+
+def test_vgg16_is_required_by_the_full_workflow_and_by_panohead(tmp_path):
+    """The texture refinement's LPIPS-VGG loads VGG16 in every full run; in geometry only PanoHead's inversion does."""
+    root = str(tmp_path)
+    required = lambda wf: {r.spec.key for r in M.check_models(_lookup(root), wf) if r.required}  # noqa: E731
+    assert "vgg16" in required("full") and "vgg16" not in required("geometry")
+    _touch(os.path.join(root, "idsculpt", "easy-khair-180-gpc0.8-trans10-025000.pkl"))
+    assert "vgg16" in required("geometry")
