@@ -93,7 +93,8 @@ def test_first_run_defaults_small_portrait_and_two_faces(comfy_server, portraits
         if not os.path.exists(vgg):
             save_file({f"features.{k}": v.half() for k, v in VGG16Perceptual().features.state_dict().items()}, vgg)
         info = _info(comfy_server.submit(LOADER, timeout=60))
-        assert info.startswith(f"checkpoint auto: PanoHead found ({release})") and "vgg16 auto: vgg16.safetensors" in info
+        # (another test of the session may have put the release's vgg16-397923af.pth there first: either file counts)
+        assert info.startswith(f"checkpoint auto: PanoHead found ({release})") and "vgg16 auto: vgg16" in info
     finally:
         for p in made:
             if os.path.exists(p):
