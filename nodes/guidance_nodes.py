@@ -4,11 +4,18 @@
 landmark ControlNet into an ISD_GUIDANCE value: a ``core.guidance.ISDGuidance`` whose predictor runs
 the model exactly as ComfyUI's samplers do (route B of docs COMFYUI.md):
 
-    convert_cond -> prepare_model_patcher -> prepare_sampling (load models) -> patcher.pre_run()
+    CFGGuider.inner_set_conds (convert the conds; on newer ComfyUI a dynamically loaded MODEL whose
+    conds carry hooks is swapped for its non-dynamic delegate) -> preprocess_conds_hooks -> hook mode
+    -> prepare_model_patcher -> prepare_sampling (load models) -> patcher.pre_run()
     per step: copy conds (+ a fresh ControlNet copy with this step's landmark hints)
               -> process_conds -> calc_cond_batch([positive, negative(, positive with ID off)])
               -> eps = (x - x0) / sigma
-    patcher.cleanup() -> cleanup_models
+    patcher.cleanup() -> cleanup_models -> hook mode and hook patches restored
+
+the steps of CFGGuider.sample / outer_sample, which has no public entry point that returns the
+separate cond / uncond predictions ISD needs. Model loading, pre_run, each prediction and cleanup
+run inside ComfyUI's ``cuda_device_context`` of the model's device and each call sets the model's
+``latent_shapes``, where the host has them (newer releases; looked up, so 0.3.64 runs as before).
 
 so LoRAs (weight patches), other packs' attention patches, hooks and wrappers are all active. Each
 view gets the positive AND negative prompt of its direction (front / side / back / overhead). The third
@@ -27,6 +34,8 @@ Use from a node that optimises (the sculpt stage)::
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import math
 
@@ -34,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
 
+import comfy.hooks
+import comfy.model_management
 import comfy.model_patcher
 import comfy.sampler_helpers
 import comfy.samplers
@@ -45,6 +56,7 @@ from ..core.transfer import to_device
 from .cuda_graphs import DiffusionGraphs, cuda_graphs_input
 from .id_adapter_nodes import ID_ENABLED_KEY, ID_MASK_KEY, ID_OFF_CONDS_KEY, IDAttentionPatch
 from .view_prompts import view_conditioning, view_conditioning_inputs
+from .vram import module_tensors, unique_models
 
 log = logging.getLogger("IDSculpt")
 
@@ -133,6 +145,24 @@ def refuse_multigpu(model) -> None:
                          "ISD samples on one device. Connect the MODEL from before that node to IDSculpt ISD Guidance.")
 
 
+def device_context(device):
+    """ComfyUI's ``cuda_device_context(device)`` where the host has it (newer releases: makes the model's
+    GPU the current CUDA device, for kernels that read it, as CFGGuider.outer_sample does); a no-op
+    context on 0.3.64."""
+    ctx = getattr(comfy.model_management, "cuda_device_context", None)
+    if ctx is None or not isinstance(device, torch.device):
+        return contextlib.nullcontext()
+    return ctx(device)
+
+
+def _takes_latent_shapes(fn) -> bool:
+    """Whether the host's ``process_conds`` has the ``latent_shapes`` argument (newer releases)."""
+    try:
+        return "latent_shapes" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _attach_control(cond_list: list[dict], control, chained: dict | None = None) -> list[dict]:
     """Put ``control`` on every cond, chaining a ControlNet the user already applied there.
 
@@ -209,30 +239,49 @@ class ComfyNoisePredictor:
         # ComfyUI's samplers: the weights are inference tensors, and moving them to the GPU outside
         # inference mode (the sculpt's autograd context) leaves parameters that fail in later forwards
         # ("Inference tensors do not track version counter"). On CPU nothing moves, so only a GPU shows it.
-        with torch.inference_mode():
+        with torch.inference_mode(), device_context(self.model.load_device):
             self._open()
 
-    def _open(self) -> None:
-        model = self.model
-        refuse_multigpu(model)
-        conds = {"positive": comfy.sampler_helpers.convert_cond(self.positive),
-                 "negative": comfy.sampler_helpers.convert_cond(self.negative)}
+    def _raw_conds(self) -> dict:
+        """Every CONDITIONING the predictor runs, by cond key, as the nodes give them."""
+        conds = {"positive": self.positive, "negative": self.negative}
         for name, c in self.view_positive.items():
-            conds[f"positive_{name}"] = comfy.sampler_helpers.convert_cond(c)
+            conds[f"positive_{name}"] = c
         for name, c in self.view_negative.items():
-            conds[f"negative_{name}"] = comfy.sampler_helpers.convert_cond(c)
+            conds[f"negative_{name}"] = c
+        return conds
+
+    def _open(self) -> None:
+        refuse_multigpu(self.model)
+        # CFGGuider's own first step, public in every release: it converts the conds and, on newer
+        # ComfyUI, swaps a dynamically loaded MODEL whose conds carry hooks (LoRA hooks, Set Hooks) for
+        # its non-dynamic delegate, whose weights hook patching can change. The patcher it settles on is
+        # the one loaded, run and cleaned up below.
+        guider = comfy.samplers.CFGGuider(self.model)
+        guider.inner_set_conds(self._raw_conds())
+        model = guider.model_patcher
+        conds = {k: [c.copy() for c in v] for k, v in guider.original_conds.items()}
+        comfy.samplers.preprocess_conds_hooks(conds)  # ControlNets' extra hooks join the conds' hooks
         model_options = comfy.model_patcher.create_model_options_clone(model.model_options)
         model_options.setdefault("transformer_options", {})
-        comfy.sampler_helpers.prepare_model_patcher(model, conds, model_options)
-        comfy.samplers.filter_registered_hooks_on_conds(conds, model_options)
-        load_conds = conds
-        if self.control_net is not None:
-            tmpl = self._template_control()
-            chained: dict = {}
-            load_conds = {k: _attach_control(v, tmpl, chained) for k, v in conds.items()}
-        res = self.resolution or 512
-        noise_shape = [self.max_views, 4, res // 8, res // 8]
-        real_model, _, loaded = comfy.sampler_helpers.prepare_sampling(model, noise_shape, load_conds, model_options)
+        hook_mode = model.hook_mode
+        if comfy.samplers.get_total_hook_groups_in_conds(conds) <= 1:  # weights never change per step: no cache
+            model.hook_mode = comfy.hooks.EnumHookMode.MinVram
+        try:
+            comfy.sampler_helpers.prepare_model_patcher(model, conds, model_options)
+            comfy.samplers.filter_registered_hooks_on_conds(conds, model_options)
+            load_conds = conds
+            if self.control_net is not None:
+                tmpl = self._template_control()
+                chained: dict = {}
+                load_conds = {k: _attach_control(v, tmpl, chained) for k, v in conds.items()}
+            res = self.resolution or 512
+            noise_shape = [self.max_views, 4, res // 8, res // 8]
+            real_model, _, loaded = comfy.sampler_helpers.prepare_sampling(model, noise_shape, load_conds, model_options)
+        except BaseException:
+            model.hook_mode = hook_mode
+            model.restore_hook_patches()
+            raise
         comfy.samplers.cast_to_load_options(model_options, device=model.load_device, dtype=model.model_dtype())
         model.pre_run()
         # UNet + ControlNet replayed from CUDA graphs: the CFG-batch-2 calls are launch-bound
@@ -240,26 +289,62 @@ class ComfyNoisePredictor:
         graphs.add_to(model_options)
         control_patch = graphs.control_patched()
         control_patch.__enter__()
-        self._state = {"conds": conds, "load_conds": load_conds, "model_options": model_options,
-                       "real_model": real_model, "loaded": loaded, "device": model.load_device,
+        self._state = {"conds": conds, "load_conds": load_conds, "model_options": model_options, "patcher": model,
+                       "hook_mode": hook_mode, "real_model": real_model, "loaded": loaded, "device": model.load_device,
                        "graphs": graphs, "control_patch": control_patch}
 
     def close(self) -> None:
-        with torch.inference_mode():  # offloading moves weights too (see open)
+        st = self._state
+        if st is None:
+            return
+        with torch.inference_mode(), device_context(st["device"]):  # offloading moves weights too (see open)
             self._close()
 
     def _close(self) -> None:
         st, self._state = self._state, None
         if st is None:
             return
+        model = st["patcher"]
         try:
             st["control_patch"].__exit__(None, None, None)
             st["graphs"].close()
-            self.model.cleanup()
+            model.cleanup()
         finally:
             comfy.sampler_helpers.cleanup_models(st["load_conds"], st["loaded"])
-            comfy.samplers.cast_to_load_options(st["model_options"], device=self.model.offload_device)
-            self.model.restore_hook_patches()
+            comfy.samplers.cast_to_load_options(st["model_options"], device=model.offload_device)
+            model.hook_mode = st["hook_mode"]
+            model.restore_hook_patches()
+
+    # -- host cache and model tracking (newer ComfyUI; plain attributes elsewhere) -----------
+    def get_models(self) -> list:
+        """The host's model patchers this predictor runs: the MODEL (and the models nested in it), the
+        landmark ControlNet and ControlNets already in the prompts, and the VAE's patcher. ComfyUI's
+        PromptModelTracker reads ``get_models()`` on node outputs and keeps the dynamically loaded ones
+        marked in use by the running prompt, between the ISD Guidance node and the sculpt."""
+        models = [self.model]
+        nested = getattr(self.model, "get_nested_additional_models", None)
+        if callable(nested):
+            models += list(nested())
+        controls = [self.control_net] + [c[1].get("control") for cond in self._raw_conds().values() for c in cond
+                                         if isinstance(c, (list, tuple)) and len(c) > 1 and isinstance(c[1], dict)]
+        for ctl in controls:
+            get = getattr(ctl, "get_models", None)
+            if callable(get):
+                models += list(get())
+        models.append(getattr(self.vae, "patcher", None))
+        return unique_models(models)
+
+    def _comfy_cache_tensors(self) -> list:
+        """What a cached ISD_GUIDANCE holds, for ComfyUI's RAM-pressure cache: the prompts' tensors, the
+        sigma table and the private VAE encoder once built (CPU ones count), plus the host models it
+        keeps alive, which that cache treats as it treats its own outputs holding a model (evicted first
+        once a prompt no longer uses them)."""
+        out: list = [self.alphas_cumprod]
+        for cond in self._raw_conds().values():
+            out += [c[0] for c in cond if isinstance(c, (list, tuple)) and c and isinstance(c[0], torch.Tensor)]
+        if self._encoder is not None:
+            out += module_tensors(self._encoder)
+        return out + self.get_models()
 
     # -- NoisePredictor ------------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -308,7 +393,7 @@ class ComfyNoisePredictor:
             # ComfyUI's models run under inference mode, as in its samplers: their weights are inference
             # tensors, and on CUDA some ops on them fail outside it ("Inference tensors do not track
             # version counter"). The results are cloned back out, so the ISD loss can keep them for backward.
-            with torch.inference_mode():
+            with torch.inference_mode(), device_context(self._state["device"]):
                 out = self._predict(x, sigma, views)
             return NoisePrediction(out.cond.clone(), out.uncond.clone(),
                                    None if out.cond_no_id is None else out.cond_no_id.clone())
@@ -411,7 +496,14 @@ class ComfyNoisePredictor:
             control = self.control_net.copy().set_cond_hint(hint, self.control_strength, self.control_range, vae=self.vae)
             chained: dict = {}
             conds = {k: _attach_control(v, control, chained) for k, v in conds.items()}
-        conds = comfy.samplers.process_conds(real_model, x, conds, dev)
+        if _takes_latent_shapes(comfy.samplers.process_conds):
+            # newer CFGGuider.inner_sample: the model unpacks its input by these shapes; a plain latent is
+            # one shape (and a nested-latent KSampler run before must not leave its shapes behind)
+            shapes = [x.shape]
+            real_model.latent_shapes = shapes
+            conds = comfy.samplers.process_conds(real_model, x, conds, dev, latent_shapes=shapes)
+        else:
+            conds = comfy.samplers.process_conds(real_model, x, conds, dev)
         model_options = dict(st["model_options"])
         to = dict(model_options.get("transformer_options", {}))
         to[ID_MASK_KEY] = to_device(views.id_enabled, dev)
@@ -449,6 +541,19 @@ def _slice_views(v: ViewBatch, idx: list[int]) -> ViewBatch:
                      None if v.cond_no_id is None else torch.as_tensor(v.cond_no_id)[ii])
 
 
+class ComfyISDGuidance(ISDGuidance):
+    """core.guidance.ISDGuidance (the maths, unchanged) as it travels on an ISD_GUIDANCE socket: it also
+    answers ComfyUI's cache hooks (newer releases) for what its predictor holds."""
+
+    def get_models(self) -> list:
+        get = getattr(self.predictor, "get_models", None)
+        return list(get()) if callable(get) else []
+
+    def _comfy_cache_tensors(self) -> list:
+        get = getattr(self.predictor, "_comfy_cache_tensors", None)
+        return [self.alphas_cumprod, self.sigmas] + (list(get()) if callable(get) else [])
+
+
 def build_isd_guidance(model, positive, negative, vae, control_net=None, landmarks=None, cfg: float = 50.0,
                        t_min: int = 20, t_max: int = 500, anneal: str = "none", t_max_final: int = 200,
                        id_azimuth_limit: float = 70.0, grad_clip: float = 0.0, control_strength: float = 1.0,
@@ -465,7 +570,7 @@ def build_isd_guidance(model, positive, negative, vae, control_net=None, landmar
     config = ISDConfig(t_min=t_min, t_max=t_max, anneal=anneal, t_max_final=t_max_final, cfg=cfg,
                        grad_clip=grad_clip if grad_clip and grad_clip > 0 else None,
                        id_azimuth_limit=id_azimuth_limit if id_azimuth_limit < 180 else None, estimator=estimator)
-    return ISDGuidance(predictor, config, generator=gen)
+    return ComfyISDGuidance(predictor, config, generator=gen)
 
 
 class ISDGuidanceNode(io.ComfyNode):

@@ -27,6 +27,7 @@ import folder_paths
 from ..core.face.id_adapter import SD15_ATTN2_BLOCKS, IDAdapter, decoupled_cross_attention, load_id_adapter
 from .common import model_path
 from .types import FACE_ID, ID_ADAPTER
+from .vram import module_tensors
 
 ID_ENABLED_KEY = "idsculpt_id_enabled"
 ID_MASK_KEY = "idsculpt_id_mask"
@@ -261,6 +262,23 @@ def face_embedding(face_id) -> torch.Tensor:
     return emb
 
 
+class LoadedIDAdapter(IDAdapter):
+    """The IDAdapter as the loader hands it on: the same module, telling ComfyUI's RAM-pressure cache
+    (newer releases) its weights through ``_comfy_cache_tensors()``. Without it the cache sees an
+    object of unknown size, counted as almost nothing when it picks what to evict."""
+
+    def _comfy_cache_tensors(self) -> list[torch.Tensor]:
+        return module_tensors(self)
+
+
+def as_loaded_adapter(adapter: IDAdapter) -> IDAdapter:
+    """``adapter`` with the host cache hook (same object and weights; core.face.id_adapter stays
+    free of host hooks, so the class is swapped here, where the node hands it to ComfyUI)."""
+    if type(adapter) is IDAdapter:
+        adapter.__class__ = LoadedIDAdapter
+    return adapter
+
+
 class IDAdapterLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -282,7 +300,7 @@ class IDAdapterLoader(io.ComfyNode):
         path = model_path(IPADAPTER_FOLDER, adapter_name, key="id_adapter")
         with torch.inference_mode(False):
             adapter = load_id_adapter(path)
-        return io.NodeOutput(adapter)
+        return io.NodeOutput(as_loaded_adapter(adapter))
 
 
 class ApplyIDAdapter(io.ComfyNode):

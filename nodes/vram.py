@@ -24,7 +24,13 @@ Newer ComfyUI (Dynamic VRAM, the default on NVIDIA since early 2026) keeps dynam
 weights in its own device pool, outside PyTorch's allocator: the peaks and the cap above then leave
 those weights out (the record's ``dynamic_vram`` says so), and ``offload`` leaves dynamic models to
 ComfyUI, which streams them under pressure itself (unloading them would only cost reloads); static
-models are still unloaded.
+models are still unloaded. Each record's ``not_counted`` names what its peaks leave out: the
+dynamically loaded models (by class) and onnxruntime's own allocations when it is loaded.
+
+Host memory accounting (``module_tensors``): newer ComfyUI sizes cached node outputs for its
+RAM-pressure cache from their tensors and an optional ``_comfy_cache_tensors()`` hook, and pins the
+models of an output's ``get_models()`` as in use by the running prompt; the pack's heavy outputs
+(ISD guidance, PanoHead model, ID adapter) implement both with the helpers here.
 """
 from __future__ import annotations
 
@@ -58,6 +64,51 @@ def host_dynamic_vram() -> bool:
 def _is_dynamic(patcher) -> bool:
     fn = getattr(patcher, "is_dynamic", None)
     return bool(fn()) if callable(fn) else False
+
+
+def _model_name(loaded) -> str:
+    """A loaded model's class name (ComfyUI's LoadedModel -> patcher -> model), for the record."""
+    patcher = getattr(loaded, "model", loaded)
+    return type(getattr(patcher, "model", patcher)).__name__
+
+
+def not_counted() -> list[str]:
+    """What PyTorch's allocator statistics (the stage peaks, the cap) cannot see, named: the weights of
+    dynamically loaded models (Dynamic VRAM keeps them in its own device pool) and onnxruntime's
+    allocations (InsightFace) when onnxruntime is loaded. Empty when the peaks see everything."""
+    out = []
+    dynamic = [_model_name(lm) for lm in list(getattr(mm, "current_loaded_models", []))
+               if _is_dynamic(getattr(lm, "model", None))]
+    if dynamic or host_dynamic_vram():
+        out.append("Dynamic VRAM weights" + (f" of {', '.join(dynamic)}" if dynamic else ""))
+    if "onnxruntime" in sys.modules:
+        out.append("onnxruntime allocations (InsightFace)")
+    return out
+
+
+def module_tensors(*modules) -> list[torch.Tensor]:
+    """Every parameter and buffer of the given modules (None skipped), each once: the tensors an output
+    holding them reports to ComfyUI's RAM-pressure cache through ``_comfy_cache_tensors()`` (the cache
+    counts the CPU ones, once per storage)."""
+    out, seen = [], set()
+    for m in modules:
+        if m is None:
+            continue
+        for t in (*m.parameters(), *m.buffers()):
+            if id(t) not in seen:
+                seen.add(id(t))
+                out.append(t)
+    return out
+
+
+def unique_models(models) -> list:
+    """``models`` without None and repeats (by identity), in order: a ``get_models()`` answer."""
+    out, seen = [], set()
+    for m in models:
+        if m is not None and id(m) not in seen:
+            seen.add(id(m))
+            out.append(m)
+    return out
 
 
 def offload_other_models(dev) -> dict:
@@ -166,8 +217,11 @@ def stage(name: str, mode: str = "offload") -> Iterator[dict]:
         if cuda:
             record["peak_mib"] = _mib(torch.cuda.max_memory_allocated(dev))
             record["end_mib"] = _mib(torch.cuda.memory_allocated(dev))
+            unseen = not_counted()
+            if unseen:
+                record["not_counted"] = unseen
             log.info("IDSculpt %s: peak VRAM %.0f MiB (%s, %.1f s)%s", name, record["peak_mib"], mode, record["seconds"],
-                     "; PyTorch allocations only, Dynamic VRAM's weights not counted" if record["dynamic_vram"] else "")
+                     f"; PyTorch allocations only, not counted: {'; '.join(unseen)}" if unseen else "")
             torch.cuda.reset_peak_memory_stats(dev)  # the next window starts here
         path = os.environ.get(LOG_ENV)
         if path:

@@ -505,3 +505,107 @@ def test_multigpu_model_is_refused_by_name(env) -> None:
     with torch.inference_mode(False), pytest.raises(ValueError, match="set up for 2 GPUs.*MultiGPU CFG Split"):
         p.open()
     assert not p.is_open
+
+
+# -- the current CFGGuider's steps (review F4), with stand-ins for what 0.3.64 lacks ----------------------
+
+def _upstream_inner_set_conds(self, conds):
+    """CFGGuider.inner_set_conds of newer ComfyUI (samplers.py@311c0140), with its cond_has_hooks
+    (sampler_helpers.py@53757775): a dynamic patcher whose conds carry hooks (or a ControlNet with extra
+    hooks) is swapped for ``get_non_dynamic_delegate()`` before the conds are converted."""
+    import comfy.sampler_helpers
+
+    def cond_has_hooks(cond):
+        for c in cond:
+            if "hooks" in c[1]:
+                return True
+            if "control" in c[1] and len(c[1]["control"].get_extra_hooks()) > 0:
+                return True
+        return False
+
+    for k in conds:
+        if getattr(self.model_patcher, "is_dynamic", lambda: False)() and cond_has_hooks(conds[k]):
+            self.model_patcher = self.model_patcher.get_non_dynamic_delegate()
+        self.original_conds[k] = comfy.sampler_helpers.convert_cond(conds[k])
+
+
+def _lifecycle_recorder(patcher, log: list, name: str):
+    for meth in ("pre_run", "cleanup"):
+        orig = getattr(patcher, meth)
+        setattr(patcher, meth, lambda orig=orig, meth=meth: (log.append((name, meth)), orig())[1])
+
+
+def test_hooked_conds_on_a_dynamic_model_run_on_its_delegate(env, shared, monkeypatch) -> None:
+    """Newer ComfyUI: hooks on the conds + a dynamically loaded MODEL -> ISD loads, runs and cleans up the
+    non-dynamic delegate, as its samplers do; unhooked conds keep the MODEL itself."""
+    import comfy.hooks
+    import comfy.samplers
+
+    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+
+    monkeypatch.setattr(comfy.samplers.CFGGuider, "inner_set_conds", _upstream_inner_set_conds)
+    log: list = []
+    dyn, delegate = env.model.clone(), env.model.clone()
+    dyn.is_dynamic = lambda: True
+    dyn.get_non_dynamic_delegate = lambda: delegate
+    _lifecycle_recorder(dyn, log, "dynamic")
+    _lifecycle_recorder(delegate, log, "delegate")
+    hooked = [[env.pos[0][0], dict(env.pos[0][1], hooks=comfy.hooks.HookGroup())]]
+    x, s, v = _views()
+    p = ComfyNoisePredictor(dyn, hooked, env.neg, env.vae, resolution=RES)
+    with torch.inference_mode(False):
+        out = p.predict_noise(x, s, v)
+    assert log == [("delegate", "pre_run"), ("delegate", "cleanup")]
+    assert torch.allclose(out.cond, shared.base.cond, atol=1e-5)  # same weights, same prediction
+    assert dyn.hook_mode == delegate.hook_mode == comfy.hooks.EnumHookMode.MaxSpeed  # restored
+    log.clear()
+    p = ComfyNoisePredictor(dyn, env.pos, env.neg, env.vae, resolution=RES)
+    with torch.inference_mode(False):
+        p.open()
+        p.close()
+    assert log == [("dynamic", "pre_run"), ("dynamic", "cleanup")]
+
+
+def test_device_context_and_latent_shapes_where_the_host_has_them(env, shared, monkeypatch) -> None:
+    """Newer ComfyUI: loading, every prediction and cleanup run inside model_management.cuda_device_context
+    of the model's device, and each call gives the model and process_conds the latent's shape."""
+    import contextlib
+
+    import comfy.model_management
+    import comfy.samplers
+
+    events: list = []
+    inside = []
+
+    @contextlib.contextmanager
+    def cuda_device_context(device):
+        events.append(("enter", device))
+        inside.append(device)
+        try:
+            yield
+        finally:
+            inside.pop()
+            events.append(("exit", device))
+
+    orig_process, orig_calc = comfy.samplers.process_conds, comfy.samplers.calc_cond_batch
+    shapes_seen = []
+
+    def process_conds(model, noise, conds, device, latent_image=None, denoise_mask=None, seed=None, latent_shapes=None):
+        shapes_seen.append(latent_shapes)
+        return orig_process(model, noise, conds, device, latent_image, denoise_mask, seed)
+
+    def calc_cond_batch(*a, **k):
+        events.append(("calc", bool(inside)))
+        return orig_calc(*a, **k)
+
+    monkeypatch.setattr(comfy.model_management, "cuda_device_context", cuda_device_context, raising=False)
+    monkeypatch.setattr(comfy.samplers, "process_conds", process_conds)
+    monkeypatch.setattr(comfy.samplers, "calc_cond_batch", calc_cond_batch)
+    monkeypatch.setattr(env.model.model, "latent_shapes", [(9, 9)], raising=False)  # left by an earlier run
+    x, s, v = _views()
+    out = _predict(env, env.model)
+    dev = env.model.load_device
+    assert events == [("enter", dev), ("exit", dev), ("enter", dev), ("calc", True), ("exit", dev),
+                      ("enter", dev), ("exit", dev)]  # open, predict, close
+    assert shapes_seen == [[x.shape]] and env.model.model.latent_shapes == [x.shape]  # one call, one shape
+    assert torch.allclose(out.cond, shared.base.cond, atol=1e-5)

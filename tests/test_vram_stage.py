@@ -101,3 +101,29 @@ def test_offload_keeps_dynamic_models_and_records_dynamic_vram(comfy_inprocess, 
     with vram.stage("S", "offload"):
         pass
     assert json.loads(path.read_text())["dynamic_vram"] is True
+
+
+def test_not_counted_names_what_the_peaks_cannot_see(comfy_inprocess, monkeypatch) -> None:
+    """The stage record names the dynamically loaded models (Dynamic VRAM keeps their weights outside
+    PyTorch's allocator) and onnxruntime's allocations when onnxruntime is loaded; nothing otherwise."""
+    import sys
+    import types
+
+    import comfy.model_management as mm
+
+    from idsculpt.nodes import vram
+
+    class SD15UNet:  # the model class the record names
+        pass
+
+    dynamic = types.SimpleNamespace(model=types.SimpleNamespace(model=SD15UNet(), is_dynamic=lambda: True))
+    static = types.SimpleNamespace(model=types.SimpleNamespace(model=object()))
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    monkeypatch.setattr(mm, "current_loaded_models", [static])
+    assert vram.not_counted() == []  # 0.3.64, no onnxruntime: the peaks see everything
+    monkeypatch.setattr(mm, "current_loaded_models", [static, dynamic])
+    assert vram.not_counted() == ["Dynamic VRAM weights of SD15UNet"]
+    monkeypatch.setitem(sys.modules, "onnxruntime", types.ModuleType("onnxruntime"))
+    monkeypatch.setattr(mm, "current_loaded_models", [static])
+    monkeypatch.setitem(sys.modules, "comfy.memory_management", types.SimpleNamespace(aimdo_enabled=True))
+    assert vram.not_counted() == ["Dynamic VRAM weights", "onnxruntime allocations (InsightFace)"]

@@ -67,6 +67,11 @@ class VGG16Perceptual(torch.nn.Module):
         self.has_lpips_heads = False
         self.requires_grad_(False)
 
+    def _comfy_cache_tensors(self) -> list[torch.Tensor]:
+        """The weights, for a host cache that sizes the outputs holding this net (ComfyUI's RAM-pressure
+        cache calls ``_comfy_cache_tensors()``; core never imports ComfyUI, this is plain duck typing)."""
+        return [*self.parameters(), *self.buffers()]
+
     @property
     def weights_note(self) -> str:
         """One line for node info / logs: which distance this is."""
