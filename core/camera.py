@@ -23,6 +23,8 @@ from typing import Sequence
 
 import torch
 
+from .held_tensors import held_tensors
+
 # EG3D / PanoHead constants: normalised focal length (focal / image size) and camera radius.
 EG3D_FOCAL = 4.2647
 EG3D_RADIUS = 2.7
@@ -81,6 +83,10 @@ class Cameras:
     fov: torch.Tensor
     height: int = 512
     width: int = 512
+
+    def _comfy_cache_tensors(self) -> list:
+        """Its tensors, for a host's RAM-pressure cache (core/held_tensors.py)."""
+        return held_tensors(self)
 
     def __post_init__(self) -> None:
         if self.cam2world.dim() == 2:

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .held_tensors import held_tensors
 import torch.nn.functional as F
 
 from .camera import Cameras
@@ -71,6 +73,10 @@ class ReferenceGeometry:
     depth_mask: torch.Tensor
     sources: dict[str, str] = field(default_factory=dict)
     face_region: torch.Tensor | None = None
+
+    def _comfy_cache_tensors(self) -> list:
+        """Its tensors, for a host's RAM-pressure cache (core/held_tensors.py)."""
+        return held_tensors(self)
 
     @property
     def height(self) -> int:

@@ -15,6 +15,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .held_tensors import held_tensors
+
 
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Area-weighted unit vertex normals of [N,3] or [B,N,3] positions (differentiable)."""
@@ -37,6 +39,10 @@ class HeadMesh:
     uv_faces: Optional[torch.Tensor] = None  # [M,3] int64 into uvs
     texture: Optional[torch.Tensor] = None  # [H,W,3] float32 0..1
     vertex_colors: Optional[torch.Tensor] = None  # [N,3] float32 0..1
+
+    def _comfy_cache_tensors(self) -> list:
+        """Its tensors, for a host's RAM-pressure cache (core/held_tensors.py)."""
+        return held_tensors(self)
 
     def __post_init__(self) -> None:
         self.vertices = torch.as_tensor(self.vertices, dtype=torch.float32)

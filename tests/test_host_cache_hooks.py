@@ -117,3 +117,27 @@ def test_isd_guidance_models_tracked_and_sized(comfy_inprocess) -> None:
         g.predictor.encode(torch.rand(1, RES, RES, 3))
     grown = ram_usage([g])[0] - usage
     assert grown == storage_bytes(module_tensors(g.predictor._encoder)) > 0
+
+
+def test_pack_value_types_report_their_tensors_with_exact_sizes() -> None:
+    """HeadMesh, Cameras, GanViews and ReferenceGeometry (review F6): the cache sees each storage once, nested
+    values (GanViews' cameras) included, and a shared tensor is not counted twice."""
+    from idsculpt.core.camera import Cameras
+    from idsculpt.core.geo_supervision import ReferenceGeometry
+    from idsculpt.core.mesh import HeadMesh
+    from idsculpt.core.panohead.extract import GanViews
+
+    head = HeadMesh(torch.rand(100, 3), torch.randint(0, 100, (50, 3)), texture=torch.rand(16, 16, 3))
+    assert ram_usage([head])[0] - RAM_CACHE_DEFAULT_RAM_USAGE == 100 * 3 * 4 + 50 * 3 * 8 + 16 * 16 * 3 * 4
+    cams = Cameras.orbit(0.0, torch.tensor([0.0, 90.0]), 2.7, 20.0, 64)
+    cam_bytes = storage_bytes([cams.cam2world, cams.fov])
+    assert cam_bytes > 0 and ram_usage([cams])[0] - RAM_CACHE_DEFAULT_RAM_USAGE == cam_bytes
+    normals, masks = torch.rand(2, 8, 8, 3), torch.ones(2, 8, 8, 1)
+    views = GanViews(cams, normals, masks)
+    assert ram_usage([views])[0] - RAM_CACHE_DEFAULT_RAM_USAGE == cam_bytes + 2 * 8 * 8 * 4 * 4
+    one = Cameras.orbit(0.0, 0.0, 2.7, 20.0, 8)
+    shared = torch.rand(8, 8, 1)
+    ref = ReferenceGeometry(image=torch.rand(8, 8, 3), camera=one, normal_view=torch.rand(8, 8, 3), disparity=shared,
+                            mask=shared, face_mask=shared, depth_mask=shared, face_region=shared)
+    expected = storage_bytes([one.cam2world, one.fov]) + (8 * 8 * 3 + 8 * 8 * 3 + 8 * 8) * 4
+    assert ram_usage([ref])[0] - RAM_CACHE_DEFAULT_RAM_USAGE == expected

@@ -21,6 +21,8 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+
+from ..held_tensors import held_tensors
 import torch.nn.functional as F
 
 from ..camera import Cameras
@@ -152,6 +154,10 @@ class GanViews:
     normals: torch.Tensor  # [B,H,W,3] world-frame unit normals (0 outside the mask)
     masks: torch.Tensor  # [B,H,W,1] 0/1
     images: Optional[torch.Tensor] = None  # [B,H,W,3] 0..1 raw colour (optional)
+
+    def _comfy_cache_tensors(self) -> list:
+        """Its tensors, for a host's RAM-pressure cache (core/held_tensors.py)."""
+        return held_tensors(self)
 
 
 def _largest_cc_mask(m: np.ndarray) -> np.ndarray:
