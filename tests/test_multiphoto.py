@@ -223,3 +223,59 @@ def test_nodes_id_embed_apply_and_panohead_selection(comfy_inprocess, three_phot
         photo_from_batch(three_photos.batch, None)
     with pytest.raises(ValueError, match="face_id came from 3 photo"):
         photo_from_batch(three_photos.batch[:2], fid1)
+
+
+# ----------------------------------------------------------------------------- identity against every photo
+class MeanColourRecogniser:
+    """A recogniser with a closed-form answer: the 'embedding' of an image is its mean RGB colour, so the
+    ID cosine of a render to a photo is the cosine of their mean colours."""
+
+    name = "standin"
+
+    def embed(self, image: np.ndarray):
+        from idsculpt.core.eval.identity import FaceEmbedding
+
+        m = np.asarray(image, np.float64).reshape(-1, 3).mean(0)
+        return FaceEmbedding(m, (0.0, 0.0, float(image.shape[1]), float(image.shape[0])), 1.0)
+
+
+def test_evaluate_head_reports_identity_against_every_photo() -> None:
+    pytest.importorskip("idsculpt.core.render")
+    from idsculpt.core.camera import Cameras, eg3d_frontal_label
+    from idsculpt.core.eval import evaluate as ev
+    from idsculpt.core.eval.identity import to_uint8_rgb
+    from idsculpt.core.mesh import HeadMesh
+
+    res_px = 64
+    cams = Cameras.from_eg3d_label(eg3d_frontal_label(), res_px)
+    half = float(cams.position[0, 2]) * math.tan(math.radians(float(cams.fov[0])) / 2)
+    v = torch.tensor([[-half, -half, 0.0], [half, -half, 0.0], [half, half, 0.0], [-half, half, 0.0]])
+    f = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    tex = torch.zeros(8, 8, 3)
+    tex[..., 0], tex[..., 1] = 0.8, 0.3  # an orange billboard
+    mesh = HeadMesh(v, f, uvs=torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]), uv_faces=f.clone(), texture=tex)
+    portrait = torch.full((res_px, res_px, 3), 0.5)
+    photos = [torch.zeros(32, 32, 3), torch.zeros(48, 40, 3)]  # different sizes: a list is accepted
+    photos[0][..., 0] = 1.0  # red
+    photos[1][..., 2] = 1.0  # blue
+    res = ev.evaluate_head(mesh, portrait, None, recognizers={"standin": MeanColourRecogniser()},
+                           config=ev.EvalConfig(sweep_azimuths=(0.0,), id_views=(("front", 0.0), ("left-frontal", 30.0)),
+                                                sweep_resolution=res_px, reference_background="plain"),
+                           identity_photos=photos)
+    rep = res.report["id"]["standin"]["photos"]
+    assert rep["count"] == 2 and [p["photo"] for p in rep["per_photo"]] == [0, 1]
+    azimuths = [row["azimuth"] for row in res.report["views"]]
+    expect = []
+    for ph in photos:
+        e_ph = torch.from_numpy(to_uint8_rgb(ph).astype(np.float64)).reshape(-1, 3).mean(0)
+        per_view = {}
+        for name, az in (("front", 0.0), ("left-frontal", 30.0)):
+            e_v = torch.from_numpy(to_uint8_rgb(res.view_renders[azimuths.index(az)]).astype(np.float64)).reshape(-1, 3).mean(0)
+            per_view[name] = float(F.cosine_similarity(e_ph, e_v, dim=0))
+        expect.append(per_view)
+    for p, want in zip(rep["per_photo"], expect):
+        assert p["detected"] and p["views"] == pytest.approx(want, abs=2e-4)
+        assert p["mean"] == pytest.approx(np.mean(list(want.values())), abs=2e-4)
+    # the orange head is closer to the red photo than to the blue one, and the mean is over both photos
+    assert rep["per_photo"][0]["mean"] > rep["per_photo"][1]["mean"]
+    assert rep["mean"] == pytest.approx(np.mean([np.mean(list(w.values())) for w in expect]), abs=2e-4)
