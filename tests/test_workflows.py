@@ -324,7 +324,14 @@ def test_settings_follow_the_reference(name):
     consumers = {api[k]["class_type"] for k, _ in _feeds(api, sid)}
     assert "IDSculptSaveHead" in consumers and "PreviewImage" in consumers  # GLB + the 8 views, shown not saved
     assert "SaveImage" not in {n["class_type"] for n in api.values()}  # a run's files: the GLBs (run_pipeline adds turntables)
-    assert api[api[invert_id]["inputs"]["portrait"][0]]["class_type"] == "LoadImage"
+    src = api[invert_id]["inputs"]["portrait"][0]
+    if name == "full_multiphoto":  # the photos' batch, Portrait first (the reference: ID Embed's reference_index 0)
+        assert api[src]["class_type"] == "ImageBatch" and _one(api, "IDSculptIDEmbed")[1]["inputs"]["image"] == [src, 0]
+        assert _one(api, "IDSculptIDEmbed")[1]["inputs"]["reference_index"] == 0
+        while api[src]["class_type"] == "ImageBatch":
+            src = api[src]["inputs"]["image1"][0]
+        assert api[src]["_meta"]["title"] == "Portrait"
+    assert api[src]["class_type"] == "LoadImage"
     if name == "geometry":
         assert not any(n["class_type"].startswith("IDSculptTexture") for n in api.values())
         return
