@@ -105,6 +105,9 @@ class EvaluateHead(io.ComfyNode):
                                tooltip="LPIPS view: 'input' composites the render over the portrait so only the head is compared; 'plain' uses the background colour."),
                 io.String.Input("filename_prefix", default="IDSculpt/eval",
                                 tooltip="Where the JSON report and curve PNG are written in the output folder; empty = don't save."),
+                io.Image.Input("identity_photos", optional=True,
+                               tooltip="Every photo of the person (the batch given to ID Embed). Identity is then also "
+                               "reported against each photo (per photo and their mean). Left empty: the portrait only."),
             ],
             outputs=[
                 io.String.Output(display_name="report", tooltip="The evaluation report as JSON text."),
@@ -132,6 +135,7 @@ class EvaluateHead(io.ComfyNode):
         background: float = 1.0,
         reference_background: str = "input",
         filename_prefix: str = "IDSculpt/eval",
+        identity_photos: Optional[torch.Tensor] = None,
     ) -> io.NodeOutput:
         if not isinstance(head, HeadMesh):
             raise ValueError(f"head must be an IDSCULPT_HEAD_MESH, got {type(head).__name__}")
@@ -185,6 +189,7 @@ class EvaluateHead(io.ComfyNode):
             recognizers=recognizers, skipped=skipped, config=cfg,
             progress=lambda step, total, prev: bar.progress(step, total, None if prev is None else torch.from_numpy(prev.astype(np.float32) / 255.0)),
             interrupt=bar.interrupt,
+            identity_photos=None if identity_photos is None else list(image_to_core(identity_photos)),
         )
         report = res.report
         curve = torch.from_numpy(np.asarray(res.curve_image.convert("RGB"), dtype=np.float32) / 255.0)[None]

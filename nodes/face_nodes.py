@@ -14,7 +14,7 @@ from comfy_api.latest import io
 import folder_paths
 
 from ..core.face.align import align_landmarks_to_mesh, preview_cameras
-from ..core.face.detect import INSIGHTFACE_MODEL_NAMES, face_id_from_image, load_face_analysis
+from ..core.face.detect import INSIGHTFACE_MODEL_NAMES, SAME_PERSON_THRESHOLD, face_id_from_photos, load_face_analysis
 from ..core.face.landmarks import detect_landmarks
 from .common import core_to_image, model_folder, model_path
 from .types import CAMERA, FACE_ID, HEAD_MESH, LANDMARKS
@@ -84,15 +84,28 @@ class IDEmbed(io.ComfyNode):
             display_name="IDSculpt ID Embed",
             category="IDSculpt/face",
             description="The portrait's identity: insightface detection (retried over several detector sizes) "
-            "and the normalised ArcFace embedding of the chosen face.",
+            "and the normalised ArcFace embedding of the chosen face. Given a batch of photos of one person "
+            "(e.g. from core 'Image Batch'), it checks they are the same person, drops strangers with a message "
+            "and keeps every photo's embedding for the ID adapter; the reference photo drives the 3D alignment.",
             inputs=[
-                io.Image.Input("image", tooltip="The portrait. Grayscale and RGBA are accepted (alpha composited on white); "
-                               "at least 128 px on the shorter side."),
+                io.Image.Input("image", tooltip="The portrait, or a batch of photos of one person (up to ~5, as FaceID "
+                               "Portrait was trained; join photos with core 'Image Batch', which resizes them to the first "
+                               "one's size). Grayscale and RGBA are accepted (alpha composited on white); at least 128 px on "
+                               "the shorter side."),
                 INSIGHTFACE.Input("insightface", tooltip="An insightface model pack from IDSculpt InsightFace Loader or "
                                   "IPAdapter_plus's InsightFace loader (buffalo_l recommended)."),
                 io.Int.Input("face_index", default=0, min=0, max=63,
                              tooltip="Which face when there are several: 0 = the largest, 1 = the next largest, ... (box "
-                             "area). Connect face_id to PanoHead Invert so the head's geometry comes from the same face."),
+                             "area), in every photo. Connect face_id to PanoHead Invert so the head's geometry comes from the "
+                             "same face."),
+                io.Int.Input("reference_index", default=0, min=0, max=63, optional=True,
+                             tooltip="With several photos: which one is the reference view (alignment, projection, LPIPS). "
+                             "PanoHead Invert, given this face_id, picks this photo from the batch. 0 = the first."),
+                io.Float.Input("same_person_threshold", default=SAME_PERSON_THRESHOLD, min=-1.0, max=1.0, step=0.01,
+                               optional=True,
+                               tooltip="With several photos: a photo whose mean ArcFace cosine to the others is below this "
+                               "is taken for another person and dropped (named in 'info'). Same person typically scores "
+                               "0.4-0.8, different people below 0.2. -1 keeps every photo."),
             ],
             outputs=[
                 FACE_ID.Output(display_name="face_id"),
@@ -102,9 +115,12 @@ class IDEmbed(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, image: torch.Tensor, insightface, face_index: int) -> io.NodeOutput:
-        fid = face_id_from_image(insightface, image, face_index=face_index)
-        return io.NodeOutput(fid, core_to_image(fid.aligned_crop), fid.log)
+    def execute(cls, image: torch.Tensor, insightface, face_index: int, reference_index: int = 0,
+                same_person_threshold: float = SAME_PERSON_THRESHOLD) -> io.NodeOutput:
+        fid = face_id_from_photos(insightface, image, face_index=face_index, reference_index=reference_index,
+                                  same_person_threshold=same_person_threshold)
+        crops = fid.photo_crops if fid.photo_crops is not None else fid.aligned_crop[None]
+        return io.NodeOutput(fid, core_to_image(crops), fid.log)
 
 
 NO_TASK = "(none)"

@@ -183,13 +183,14 @@ def apply_id_adapter(model, adapter: IDAdapter, id_embedding: torch.Tensor, weig
     ms = model.get_model_object("model_sampling")
     sigma_start, sigma_end = float(ms.percent_to_sigma(start_percent)), float(ms.percent_to_sigma(end_percent))
     with torch.inference_mode(False), torch.no_grad():
-        emb = torch.as_tensor(id_embedding).detach().clone().float().reshape(1, -1)
+        emb = torch.as_tensor(id_embedding).detach().clone().float()
+        emb = emb.reshape(1, -1) if emb.dim() < 2 else emb.reshape(emb.shape[0], -1)  # [N,512]: N photos of one person
         if emb.shape[1] != info.id_embedding_dim:
             raise ValueError(f"face ID embedding has {emb.shape[1]} values, the adapter expects {info.id_embedding_dim} (ArcFace)")
         if not torch.isfinite(emb).all():
             raise ValueError("face ID embedding contains NaN/inf")
-        cond_tokens = adapter.id_tokens(emb).float().cpu()
-        uncond_tokens = adapter.uncond_tokens(1).float().cpu()
+        # one photo: [1,T,C]; N photos: N*T concatenated tokens (Portrait) or the mean's T (plain FaceID)
+        cond_tokens, uncond_tokens = (t.float().cpu() for t in adapter.photo_tokens(emb))
 
     m = model.clone()
     existing = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
@@ -255,8 +256,10 @@ def _check_layer_width(dm, block_name: str, number: int, adapter: IDAdapter, key
 
 
 def face_embedding(face_id) -> torch.Tensor:
-    """The [512] ArcFace embedding of a FACE_ID value (core.face.detect.FaceID or a bare tensor)."""
-    emb = getattr(face_id, "embedding", face_id)
+    """The ArcFace embedding(s) of a FACE_ID value: [N,512] for ID Embed's N kept photos of one person
+    (core.face.detect.FaceID.all_embeddings), [512] for a one-photo FaceID or a bare tensor."""
+    all_embeddings = getattr(face_id, "all_embeddings", None)
+    emb = all_embeddings() if callable(all_embeddings) else getattr(face_id, "embedding", face_id)
     if not isinstance(emb, torch.Tensor):
         raise ValueError(f"expected a FACE_ID (with an 'embedding' tensor), got {type(face_id).__name__}")
     return emb
@@ -314,7 +317,8 @@ class ApplyIDAdapter(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="SD1.5 MODEL to patch (a clone is patched; LoRAs and other patches stay)."),
                 ID_ADAPTER.Input("id_adapter", tooltip="From IDSculpt ID Adapter Loader."),
-                FACE_ID.Input("face_id", tooltip="The subject's identity (ArcFace embedding) from IDSculpt ID Embed."),
+                FACE_ID.Input("face_id", tooltip="The subject's identity (ArcFace embedding) from IDSculpt ID Embed. Several "
+                              "photos: FaceID Portrait gets 16 ID tokens per photo, concatenated; plain FaceID their mean."),
                 io.Float.Input("weight", default=1.0, min=-1.0, max=3.0, step=0.05,
                                tooltip="ID strength (ID-Sculpt: 1.0 for sculpting and texturing, 0.5 / 0.1 for reference normal / depth)."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,

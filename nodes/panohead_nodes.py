@@ -161,6 +161,25 @@ def face_id_box(face_id, image_hw: tuple[int, int]) -> Optional[list[float]]:
     return [x1 * sx, y1 * sy, x2 * sx, y2 * sy]
 
 
+def photo_from_batch(portrait: torch.Tensor, face_id) -> int:
+    """Which image of the ``portrait`` batch is the reference: ID Embed's ``reference_index`` (several photos
+    of one person); a batch without face_id is refused, as no node said which photo the head is aligned to."""
+    b = int(portrait.shape[0]) if portrait.dim() == 4 else 1
+    if face_id is None:
+        if b > 1:
+            raise ValueError(f"portrait is a batch of {b} photos: connect ID Embed's face_id (its reference_index says "
+                             "which photo the head is aligned to), or pass one image (e.g. core 'Image From Batch')")
+        return 0
+    i = int(getattr(face_id, "reference_index", 0))
+    n = int(getattr(face_id, "num_photos", 1))
+    if b == 1:  # one image given here: taken to be the reference photo itself
+        return 0
+    if b != n or i >= b:
+        raise ValueError(f"portrait is a batch of {b}, but face_id came from {n} photo(s) (reference #{i}): connect the "
+                         "same image (batch) to ID Embed and PanoHead Invert")
+    return i
+
+
 class PanoHeadInvert(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -173,7 +192,8 @@ class PanoHeadInvert(io.ComfyNode):
             "(normals + masks) that DMTet Sculpt fits first. Without PanoHead, a procedural template head placed by the "
             "face landmarks is used; 'info' says which.",
             inputs=[
-                io.Image.Input("portrait", tooltip="The input portrait (one face, roughly frontal). First image of the batch."),
+                io.Image.Input("portrait", tooltip="The input portrait (one face, roughly frontal). A batch of photos needs "
+                               "face_id: its reference photo is used."),
                 PANOHEAD.Input("panohead", optional=True, tooltip="From IDSculpt PanoHead Loader. Leave unconnected for the "
                                "template head."),
                 io.Combo.Input("init", options=["auto", "panohead", "template"], default="auto",
@@ -218,7 +238,7 @@ class PanoHeadInvert(io.ComfyNode):
                 face_id=None, landmarker_model: str = NO_TASK) -> io.NodeOutput:
         import comfy.model_management as mm
 
-        image = (image_to_core(portrait)[0].numpy() * 255).round().astype(np.uint8)
+        image = (image_to_core(portrait)[photo_from_batch(portrait, face_id)].numpy() * 255).round().astype(np.uint8)
         have = panohead is not None and panohead.generator is not None
         if init == "panohead" and not have:
             why = f" ({panohead.note})" if panohead is not None and panohead.note else ""

@@ -657,7 +657,29 @@ def build_full_stylised() -> Workflow:
                       "ID-Sculpt end to end with a stylised texture model (identity kept by the ID adapter)")
 
 
-WORKFLOWS = {"geometry": build_geometry, "full": build_full, "full_stylised": build_full_stylised}
+def build_full_multiphoto() -> Workflow:
+    """The full workflow from three photos of one person (issue 23; beyond the paper): Portrait (the reference
+    view) + Photo 2 + Photo 3 joined by core Image Batch nodes (which resize each added photo to the Portrait's
+    size) feed ID Embed (same-person check, one set of ID tokens per kept photo) and PanoHead Invert (which
+    aligns the photo ID Embed's reference_index marks)."""
+    wf = build_full("full_multiphoto", description="ID-Sculpt end to end from several photos of one person "
+                    "(Portrait = reference view; FaceID Portrait gets 16 ID tokens per photo) -> textured head (GLB)")
+    portrait = next(n for n in wf.nodes if n.type == "LoadImage" and n.title == "Portrait")
+    g1 = portrait.group
+    # the extra photos, in ComfyUI's input folder like PORTRAIT
+    photo2 = wf.add("LoadImage", "Photo 2 (same person)", g1, 0, image="portrait_2.jpg")
+    photo3 = wf.add("LoadImage", "Photo 3 (same person)", g1, 0, image="portrait_3.jpg")
+    batch2 = wf.add("ImageBatch", "Portrait + photo 2", g1, 0, image1=portrait["IMAGE"], image2=photo2["IMAGE"])
+    photos = wf.add("ImageBatch", "Photos (Portrait first)", g1, 0, image1=batch2["IMAGE"], image2=photo3["IMAGE"])
+    for node in wf.nodes:
+        if node.type == "IDSculptIDEmbed":
+            node.inputs.update(image=photos["IMAGE"], reference_index=0, same_person_threshold=0.3)
+        elif node.type == "IDSculptPanoHeadInvert":
+            node.inputs.update(portrait=photos["IMAGE"])  # picks face_id's reference photo from the batch
+    return wf
+
+
+WORKFLOWS = {"geometry": build_geometry, "full": build_full, "full_stylised": build_full_stylised, "full_multiphoto": build_full_multiphoto}
 
 
 # --------------------------------------------------------------------------- quick-test patching

@@ -36,7 +36,7 @@ from idsculpt.core import models as M
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WF_DIR = os.path.join(ROOT, "workflows")
-NAMES = ("geometry", "full", "full_stylised")
+NAMES = ("geometry", "full", "full_stylised", "full_multiphoto")
 PORTRAIT = os.path.join(os.path.dirname(ROOT), "shared", "data", "portraits", "jolie_1.jpg")
 BUILDER = os.path.join(ROOT, "tests", "build_test_models.py")
 
@@ -324,7 +324,14 @@ def test_settings_follow_the_reference(name):
     consumers = {api[k]["class_type"] for k, _ in _feeds(api, sid)}
     assert "IDSculptSaveHead" in consumers and "PreviewImage" in consumers  # GLB + the 8 views, shown not saved
     assert "SaveImage" not in {n["class_type"] for n in api.values()}  # a run's files: the GLBs (run_pipeline adds turntables)
-    assert api[api[invert_id]["inputs"]["portrait"][0]]["class_type"] == "LoadImage"
+    src = api[invert_id]["inputs"]["portrait"][0]
+    if name == "full_multiphoto":  # the photos' batch, Portrait first (the reference: ID Embed's reference_index 0)
+        assert api[src]["class_type"] == "ImageBatch" and _one(api, "IDSculptIDEmbed")[1]["inputs"]["image"] == [src, 0]
+        assert _one(api, "IDSculptIDEmbed")[1]["inputs"]["reference_index"] == 0
+        while api[src]["class_type"] == "ImageBatch":
+            src = api[src]["inputs"]["image1"][0]
+        assert api[src]["_meta"]["title"] == "Portrait"
+    assert api[src]["class_type"] == "LoadImage"
     if name == "geometry":
         assert not any(n["class_type"].startswith("IDSculptTexture") for n in api.values())
         return
@@ -337,8 +344,9 @@ def test_settings_follow_the_reference(name):
     assert (refine["inputs"]["perceptual_model"], refine["inputs"]["lpips_weights"]) == (MW.VGG16, "auto")
     gid = api[sid]["inputs"]["reference_geometry"][0]
     subject = f"a DSLR portrait of {caption}"
-    positive = {"full": subject, "full_stylised": f"{subject}, {MW.TEXTURE_STYLE_PAINTERLY}"}[name]
-    negative = {"full": MW.AUTHORS_TEXTURE_NEGATIVE, "full_stylised": MW.STYLISED_NEGATIVE}[name]
+    positive = {"full": subject, "full_multiphoto": subject, "full_stylised": f"{subject}, {MW.TEXTURE_STYLE_PAINTERLY}"}[name]
+    negative = {"full": MW.AUTHORS_TEXTURE_NEGATIVE, "full_multiphoto": MW.AUTHORS_TEXTURE_NEGATIVE,
+                "full_stylised": MW.STYLISED_NEGATIVE}[name]
     for node in (inpaint, refine):
         inp = node["inputs"]
         assert api[inp["control_net"][0]]["inputs"]["control_net_name"] == MW.CN_NORMALBAE
@@ -352,7 +360,7 @@ def test_settings_follow_the_reference(name):
         assert texts[inp["positive"][0]] == positive and texts[inp["negative"][0]] == negative
         _assert_view_prompts(texts, inp, positive)
     ckpt = api[api[inpaint["inputs"]["model"][0]]["inputs"]["model"][0]]["inputs"]["ckpt_name"]
-    assert ckpt == {"full": MW.TEXTURE_SD15, "full_stylised": MW.STYLISED_SD15}[name]
+    assert ckpt == {"full": MW.TEXTURE_SD15, "full_multiphoto": MW.TEXTURE_SD15, "full_stylised": MW.STYLISED_SD15}[name]
     assert "IDSculptSaveHead" in {api[k]["class_type"] for k, inp in _feeds(api, rid) if api[k]["inputs"][inp] == [rid, 0]}
 
 
@@ -458,6 +466,10 @@ def _place(src: str, dst: str, convert_dir: str) -> None:
 
 
 PANOHEAD_E2E = "e2e-panohead-standin-seed4.pkl"
+#: full_multiphoto's extra LoadImage files -> (photo of the same person as PORTRAIT, mirrored?): the set has two
+#: photos of her, so the third is the first one mirrored (another view of the same face)
+MULTIPHOTO_INPUTS = {"portrait_2.jpg": (os.path.join(os.path.dirname(PORTRAIT), "jolie_2.jpg"), False),
+                     "portrait_3.jpg": (PORTRAIT, True)}
 
 
 @pytest.fixture(scope="module")
@@ -493,6 +505,11 @@ def workflow_models(comfy_server, comfy_path, comfy_python):
         os.makedirs(os.path.dirname(face_dir), exist_ok=True)
         os.symlink(os.path.join(cache, "insightface", "models", MW.INSIGHTFACE), face_dir)
     shutil.copyfile(PORTRAIT, os.path.join(sb.input_dir, MW.PORTRAIT))
+    for fname, (src, mirror) in MULTIPHOTO_INPUTS.items():  # the several-photo workflow's photos 2 and 3
+        import cv2
+
+        img = cv2.imread(src)
+        cv2.imwrite(os.path.join(sb.input_dir, fname), img[:, ::-1] if mirror else img)
     yield {"cache": cache}
     for d, names in before.items():  # links, the portrait, PanoHead's converted files beside its .pkl
         for name in set(os.listdir(d)) - names if os.path.isdir(d) else ():
@@ -639,3 +656,24 @@ def test_full_workflow_runs_to_a_textured_glb(comfy_server, workflow_models, com
     assert bool(head.texture.isfinite().all()) and float(head.texture.std()) > 0  # painted, not a flat fill
     geometry_id = _one(api, "IDSculptSaveHead", "untextured")[0]
     assert hist["outputs"][geometry_id]["3d"][0]["filename"].endswith(".glb")
+
+
+@pytest.mark.comfy
+@pytest.mark.slow
+def test_full_multiphoto_workflow_runs_with_three_photos(comfy_server, workflow_models, comfy_clean_output):
+    """The several-photo variant, lowered, template head: three photos through core Image Batch into ID Embed
+    (every photo kept: the stand-in recogniser's embeddings are random, so the same-person check is switched off
+    here; tests/test_multiphoto.py pins it) and PanoHead Invert (the reference photo), to a textured GLB."""
+    from idsculpt.core.mesh import HeadMesh
+
+    api = MW.quick_test_prompt(load("api/full_multiphoto.json"), template=True,
+                               extra={"IDSculptIDEmbed": {"same_person_threshold": -1.0}})
+    final_id = _one(api, "IDSculptSaveHead", "Save textured")[0]
+    crops_id = _one(api, "PreviewImage", "ArcFace crop")[0]
+    t0 = time.monotonic()
+    hist = comfy_server.submit(api, timeout=900)
+    print(f"\nfull_multiphoto workflow (template, 3 photos), lowered: {time.monotonic() - t0:.1f} s")
+    assert len(hist["outputs"][crops_id]["images"]) == 3  # one ArcFace crop per photo: all three reached ID Embed
+    head = HeadMesh.load(comfy_server.output_path(hist["outputs"][final_id]["3d"][0]))
+    assert head.has_uv and head.texture is not None and bool(head.texture.isfinite().all())
+    assert float(head.texture.std()) > 0

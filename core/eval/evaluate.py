@@ -181,8 +181,13 @@ def evaluate_head(
     config: Optional[EvalConfig] = None,
     progress: Optional[ProgressFn] = None,
     interrupt: Optional[Callable[[], None]] = None,
+    identity_photos: Optional[Sequence[Any]] = None,
 ) -> EvalResult:
     """Render ``mesh`` at the reference view and round the head, and score it against ``portrait``.
+
+    identity_photos: every photo of the person (several-photo input: [N,H,W,3] or a list of [H,W,3]
+      0..1 images, any sizes). Identity is then also scored against each photo: per recogniser,
+      ``id.<name>.photos`` gives each photo's ID-view mean and views, and their mean over the photos.
 
     recognizers: name → recogniser (insightface / dlib); None values are skipped with the note in
       ``skipped[name]``. ``skipped`` also carries the reasons for a missing ``lpips_model`` ("lpips")
@@ -202,7 +207,8 @@ def evaluate_head(
     view_cams = orbit_like(ref_cam, azimuths, cfg.sweep_resolution)
 
     rec_items = [(n, r) for n, r in recognizers.items() if r is not None]
-    total = 3 + len(rec_items) * (len(azimuths) + 2) + (1 if image_embedder is not None else 0)
+    photos = [_as_image(p) for p in (list(identity_photos) if identity_photos is not None else [])]
+    total = 3 + len(rec_items) * (len(azimuths) + 2 + len(photos)) + (1 if image_embedder is not None else 0)
     step = 0
 
     def tick(preview: Optional[np.ndarray] = None) -> None:
@@ -294,13 +300,15 @@ def evaluate_head(
         tick()
         if inp is None:
             report["id"][name] = {"skipped": f"{name} finds no face in the input portrait"}
-            step += len(azimuths) + 1
+            step += len(azimuths) + 1 + len(photos)
             continue
         ref_face = rec.embed(to_uint8_rgb(ref_render[0]))
         tick()
         scores: list[Optional[float]] = []
+        view_faces: list[Any] = []
         for i, row in enumerate(view_rows):
             f = rec.embed(to_uint8_rgb(views[i]))
+            view_faces.append(f)
             s = cosine(inp.embedding, f.embedding) if f is not None else None
             cell: dict[str, Any] = {"detected": f is not None, "score": _round(s)}
             if name == "dlib" and f is not None:
@@ -323,6 +331,8 @@ def evaluate_head(
                                 "score": _round(cosine(inp.embedding, ref_face.embedding)) if ref_face is not None else None},
             "input_face_bbox": [round(float(x), 1) for x in inp.bbox],
         }
+        if photos:
+            entry["photos"] = _per_photo_identity(rec, photos, view_rows, view_faces, tick)
         if name == "dlib":
             entry["same_person_distance_threshold"] = DLIB_SAME_PERSON_DISTANCE
             entry["note"] = ("dlib descriptors are not zero-mean: cosine between different people is typically "
@@ -339,6 +349,26 @@ def evaluate_head(
         ImageDraw.Draw(curve).text((80, 60), "no face recogniser available: " + "; ".join(
             str(v.get("skipped")) for v in report["id"].values()) if report["id"] else "no face recogniser given", fill=(200, 0, 0))
     return EvalResult(report, curve, ref_render, views, masks)
+
+
+def _per_photo_identity(rec: FaceRecognizer, photos: list[torch.Tensor], view_rows: list[dict[str, Any]],
+                        view_faces: list[Any], tick: Callable[[], None]) -> dict[str, Any]:
+    """ID cosine of the renders' faces to each photo of the person: per photo (mean over the ID views
+    where a face was found, and per view) and the mean over the photos whose face was found."""
+    per: list[dict[str, Any]] = []
+    for k, photo in enumerate(photos):
+        ph = rec.embed(to_uint8_rgb(photo))
+        tick()
+        if ph is None:
+            per.append({"photo": k, "detected": False, "mean": None, "views": {}})
+            continue
+        rows = [(row["id_view"], cosine(ph.embedding, f.embedding) if f is not None else None)
+                for row, f in zip(view_rows, view_faces) if "id_view" in row]
+        per.append({"photo": k, "detected": True, "mean": _round(_mean([s for _, s in rows])),
+                    "views": {n: _round(s) for n, s in rows}})
+    found = [p["mean"] for p in per if p["mean"] is not None]
+    return {"count": len(photos), "per_photo": per, "mean": _round(_mean(found)),
+            "note": "mean over the photos of each photo's ID-view mean (photos without a detected face left out)"}
 
 
 def orbit_elevation(reference: Cameras) -> float:

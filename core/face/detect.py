@@ -228,9 +228,28 @@ class FaceID:
     image_size: tuple[int, int] = (0, 0)
     log: str = ""
     notes: list[str] = field(default_factory=list)
+    # Several photos of one person (ID Embed with an IMAGE batch). The fields above describe the
+    # REFERENCE photo (the one alignment, projection and LPIPS use); these describe all kept photos.
+    #: [N,512] normed ArcFace embeddings of the kept photos (reference first); None = this one photo.
+    embeddings: torch.Tensor | None = None
+    #: batch positions of the kept photos, same order as ``embeddings`` (reference first).
+    photo_indices: list[int] = field(default_factory=list)
+    #: batch position of the reference photo (PanoHead Invert picks this image from a batch).
+    reference_index: int = 0
+    #: batch size ID Embed was given, and the positions dropped as another person.
+    num_photos: int = 1
+    dropped: list[int] = field(default_factory=list)
+    #: [N,112,112,3] ArcFace crops of the kept photos (same order as ``embeddings``).
+    photo_crops: torch.Tensor | None = None
 
     def cosine(self, other: "FaceID") -> float:
         return float(torch.dot(self.embedding, other.embedding))
+
+    def all_embeddings(self) -> torch.Tensor:
+        """[N,512] embeddings of every kept photo (reference first); [1,512] for a single photo."""
+        if self.embeddings is not None:
+            return self.embeddings
+        return self.embedding.reshape(1, -1)
 
 
 def _face_area(face: Any) -> float:
@@ -334,3 +353,135 @@ def face_id_from_image(
         log=msg,
         notes=notes,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# several photos of one person
+# ---------------------------------------------------------------------------------------------
+#: Mean ArcFace cosine to the other photos below which a photo is taken for another person. Not
+#: from the paper (one photo there): with insightface's normed embeddings two photos of one person
+#: typically score 0.4-0.8 and two different people -0.1-0.2; insightface practice draws the
+#: same-person line near 0.28-0.3, so 0.3 drops strangers and keeps hard (profile, old) photos.
+SAME_PERSON_THRESHOLD = 0.3
+
+
+@dataclass
+class SamePersonCheck:
+    """Which photos are one person: ``keep`` / ``dropped`` (positions), each photo's mean cosine to
+    the others (``mean_cosine``, None for a single photo) and a message for the user."""
+
+    keep: list[int]
+    dropped: list[int]
+    mean_cosine: list[float | None]
+    message: str
+
+
+def same_person_check(embeddings: torch.Tensor, threshold: float = SAME_PERSON_THRESHOLD,
+                      reference: int = 0) -> SamePersonCheck:
+    """Drop, one at a time, the photo whose mean cosine to the other remaining photos is lowest,
+    while that mean is below ``threshold``.
+
+    ``embeddings``: [N,512] (normalised here). One at a time, because a stranger drags down every
+    other photo's mean too: with three photos (two of the subject agreeing at 0.5, a stranger at 0)
+    the subject's means are 0.25 while the stranger is present and 0.5 once he is gone. The
+    reference photo defines the identity the head is built from, so it is never dropped: when it is
+    the outlier of three or more photos, that is an error (the user marked a stranger as reference);
+    of two disagreeing photos the other one is dropped.
+    """
+    e = torch.nn.functional.normalize(torch.as_tensor(embeddings, dtype=torch.float32).reshape(len(embeddings), -1), dim=1)
+    n = e.shape[0]
+    if not 0 <= reference < n:
+        raise ValueError(f"reference_index {reference} is out of range: {n} photo(s) (indices 0..{n - 1})")
+    if n == 1:
+        return SamePersonCheck([0], [], [None], "one photo")
+    sim = e @ e.T
+
+    def means(alive: list[int]) -> dict[int, float]:
+        sub = sim[alive][:, alive]
+        m = (sub.sum(1) - sub.diagonal()) / (len(alive) - 1)
+        return {i: float(v) for i, v in zip(alive, m)}
+
+    first = means(list(range(n)))
+    scores = ", ".join(f"#{i}: {first[i]:.2f}" for i in range(n))
+    alive, dropped = list(range(n)), []
+    while len(alive) >= 2:
+        m = means(alive)
+        worst = min((i for i in alive if i != reference), key=lambda i: m[i])
+        if len(alive) >= 3 and m[reference] < threshold and m[reference] < m[worst]:
+            others = [i for i in alive if i != reference]
+            raise ValueError(
+                f"the reference photo #{reference} does not look like the same person as photo(s) {others} (mean ArcFace "
+                f"cosine to the others: {', '.join(f'#{i}: {m[i]:.2f}' for i in alive)}; threshold {threshold}). Set "
+                f"reference_index to a photo of the person to build, or remove the stranger's photo from the batch.")
+        if m[worst] >= threshold:
+            break
+        alive.remove(worst)
+        dropped.append(worst)
+    keep = [reference] + [i for i in alive if i != reference]
+    msg = f"{n} photos, mean ArcFace cosine to the others {scores} (same person when >= {threshold})"
+    if dropped:
+        msg += f"; dropped photo(s) {sorted(dropped)} as another person than the reference #{reference}"
+    msg += f"; identity from photo(s) {sorted(keep)}"
+    return SamePersonCheck(keep, sorted(dropped), [first[i] for i in range(n)], msg)
+
+
+def photo_list(images: Any) -> list[Any]:
+    """The photos of an ID Embed input: each image of a [B,H,W,C] batch, or the items of a list/tuple
+    (photos of different sizes, which an IMAGE batch cannot hold)."""
+    if isinstance(images, (list, tuple)):
+        out: list[Any] = []
+        for im in images:
+            out += photo_list(im)
+        return out
+    if isinstance(images, torch.Tensor) and images.dim() == 4:
+        return [images[i] for i in range(images.shape[0])]
+    arr = images if isinstance(images, torch.Tensor) else np.asarray(images)
+    if arr.ndim == 4:
+        return [arr[i] for i in range(arr.shape[0])]
+    return [images]
+
+
+def face_id_from_photos(
+    app: Any,
+    images: Any,
+    face_index: int = 0,
+    reference_index: int = 0,
+    same_person_threshold: float = SAME_PERSON_THRESHOLD,
+    det_sizes: Sequence[int] = DEFAULT_DET_SIZES,
+) -> FaceID:
+    """The identity of one person from one or several photos of them.
+
+    Each photo is detected as ``face_id_from_image`` does (``face_index`` per photo, largest first);
+    photos that are another person (``same_person_check``) are dropped with a message. The result
+    describes the reference photo (box, crop, size: what alignment uses) and carries every kept
+    photo's embedding in ``embeddings`` (reference first) for the ID adapter and the evaluation.
+    """
+    photos = photo_list(images)
+    n = len(photos)
+    if n == 0:
+        raise ValueError("ID Embed got an empty image batch")
+    if not 0 <= reference_index < n:
+        raise ValueError(f"reference_index {reference_index} is out of range: {n} photo(s) in the batch (indices 0..{n - 1})")
+    faces: list[FaceID] = []
+    for i, photo in enumerate(photos):
+        try:
+            faces.append(face_id_from_image(app, photo, face_index=face_index, det_sizes=det_sizes))
+        except (RuntimeError, ValueError) as e:
+            if n == 1:
+                raise
+            raise type(e)(f"photo #{i} of {n}: {e}") from e
+    if n == 1:
+        return faces[0]
+    check = same_person_check(torch.stack([f.embedding for f in faces]), same_person_threshold, reference_index)
+    if check.dropped:
+        log.warning("IDSculpt ID Embed: %s", check.message)
+    ref = faces[reference_index]
+    lines = [check.message, f"reference photo #{reference_index}: {ref.log}"]
+    ref.embeddings = torch.stack([faces[i].embedding for i in check.keep])
+    ref.photo_crops = torch.stack([faces[i].aligned_crop for i in check.keep])
+    ref.photo_indices = list(check.keep)
+    ref.reference_index = reference_index
+    ref.num_photos = n
+    ref.dropped = list(check.dropped)
+    ref.log = "; ".join(lines)
+    return ref

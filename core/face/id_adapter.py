@@ -129,6 +129,25 @@ class IDAdapter(nn.Module):
         p = next(self.parameters())
         return self.image_proj(torch.zeros(batch, self.info.id_embedding_dim, device=p.device, dtype=p.dtype))
 
+    def photo_tokens(self, id_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cond, uncond) ID tokens [1, T', C] for the ArcFace embeddings [N,E] of N photos of one person.
+
+        FaceID Portrait was trained on several photos per person: each photo's embedding is projected to
+        its own T=16 tokens and the N sets are concatenated along the token axis (T' = N*T; h94's model
+        card: "accepts multiple facial images to enhance similarity (the default is 5)"; tencent-ailab's
+        IPAdapterFaceID projects a [B,N,512] stack and reshapes it to [B,N*T,C]; ComfyUI_IPAdapter_plus's
+        "concat" does the same). Its negative branch is the projection of N zero embeddings (N identical
+        sets; attention over duplicated keys/values equals attention over one set, so this matches a
+        single photo's negative exactly). Plain FaceID (4 tokens, one photo in training) gets the mean
+        of the embeddings, projected once (IPAdapter_plus's "average"): T' = T.
+        """
+        e = torch.as_tensor(id_embeddings).reshape(-1, self.info.id_embedding_dim)
+        if self.info.variant == "faceid":
+            e = e.mean(0, keepdim=True)
+        cond = self.id_tokens(e).reshape(1, -1, self.info.cross_attention_dim)
+        uncond = self.uncond_tokens(e.shape[0]).reshape(1, -1, self.info.cross_attention_dim)
+        return cond, uncond
+
     def kv(self, key: str, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         layer = self.layers[key]
         return layer.to_k_ip(tokens), layer.to_v_ip(tokens)
