@@ -160,3 +160,33 @@ def test_bad_inputs_are_named():
         place_mesh(tri, lm, cam, up="+y", front="+y")
     with pytest.raises(ValueError, match=r"\[478,3\]"):
         place_mesh(tri, np.zeros((10, 3)), cam)
+
+
+@pytest.mark.comfy
+def test_place_head_mesh_node_from_a_glb_and_from_a_core_mesh(comfy_inprocess, template, portraits_dir, tmp_path):
+    import cv2
+
+    from idsculpt.nodes.core_mesh import head_to_core_mesh
+    from idsculpt.nodes.place_mesh_nodes import PlaceHeadMesh
+
+    img = cv2.cvtColor(cv2.imread(os.path.join(portraits_dir, "jolie_1.jpg")), cv2.COLOR_BGR2RGB)
+    portrait = torch.from_numpy(img.astype(np.float32) / 255.0)[None]
+    glb = str(tmp_path / "head.glb")
+    _in_file_frame(template).save(glb)
+    loaded = HeadMesh.load(glb)
+    mesh, cam, aligned, views, info = comfy_inprocess.run_node(PlaceHeadMesh, portrait=portrait, head=loaded, up_axis="+z",
+                                                               front_axis="-y", view_resolution=32).args
+    assert isinstance(mesh, HeadMesh) and len(cam) == 1 and aligned.shape == (1, 512, 512, 3)
+    assert views.normals.shape == (40, 32, 32, 3) and views.masks.shape == (40, 32, 32, 1)
+    assert info.startswith("init=mesh") and float(views.masks[0].sum()) > 50
+    # the mesh sits where PanoHead heads sit: around the origin, about the template's size
+    ext = float((mesh.vertices.max(0).values - mesh.vertices.min(0).values).norm())
+    assert 0.5 < ext < 1.5 and float(mesh.vertices.mean(0).norm()) < 0.3
+    # the same mesh as a core MESH lands in the same place
+    mesh2, *_ = comfy_inprocess.run_node(PlaceHeadMesh, portrait=portrait, mesh=head_to_core_mesh(loaded), up_axis="+z",
+                                         front_axis="-y", view_resolution=32).args
+    assert torch.allclose(mesh2.vertices.mean(0), mesh.vertices.mean(0), atol=1e-3)
+    with pytest.raises(ValueError, match="needs a head mesh"):
+        comfy_inprocess.run_node(PlaceHeadMesh, portrait=portrait, view_resolution=32)
+    with pytest.raises(RuntimeError, match="up_axis / front_axis"):
+        comfy_inprocess.run_node(PlaceHeadMesh, portrait=portrait, head=loaded, view_resolution=32)  # the file is z-up
