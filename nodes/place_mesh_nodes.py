@@ -4,7 +4,7 @@ A sibling of PanoHead Invert with the same outputs, so DMTet Sculpt and the text
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
