@@ -310,6 +310,9 @@ def place_mesh(mesh: HeadMesh, portrait_landmarks: np.ndarray, camera: Cameras, 
         log += f"; pass {k + 2}: landmarks found again from the reference view"
     placement = MeshPlacement(s, rot @ r_axes, t, dict(report, detector=log))
     placed = oriented.with_(vertices=mesh.vertices.detach().float().cpu() @ placement.rotation.T * s + t)
+    if not (math.isfinite(s) and s > 0 and bool(torch.isfinite(placed.vertices).all())):
+        raise RuntimeError(f"placing the head mesh failed (scale {s}): the landmarks found on the mesh do not fit the "
+                           f"portrait's ({found.log}); check the mesh's up_axis / front_axis")
     return placed, placement
 
 
