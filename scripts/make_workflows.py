@@ -70,7 +70,7 @@ FILE_INPUTS = {
     ("VAELoader", "vae_name"), ("IDSculptIDAdapterLoader", "adapter_name"), ("IDSculptPanoHeadLoader", "checkpoint"),
     ("IDSculptPanoHeadLoader", "vgg16"), ("IDSculptTextureRefine", "perceptual_model"),
     ("IDSculptInsightFaceLoader", "model_name"), ("IDSculptLandmarkRender", "landmarker_model"),
-    ("UpscaleModelLoader", "model_name"),
+    ("UpscaleModelLoader", "model_name"), ("IDSculptLoadHead", "file"),
 }
 
 # --------------------------------------------------------------------------- model file names
@@ -679,7 +679,34 @@ def build_full_multiphoto() -> Workflow:
     return wf
 
 
-WORKFLOWS = {"geometry": build_geometry, "full": build_full, "full_stylised": build_full_stylised, "full_multiphoto": build_full_multiphoto}
+
+def build_full_from_mesh() -> Workflow:
+    """``full`` started from a head mesh the user brings (beyond the paper, docs/PANOHEAD.md "Starting from any
+    head mesh"): Load Head takes the PanoHead Loader's place and Place Head Mesh PanoHead Invert's, with the same
+    outputs, so stages 2-3 are unchanged. A core MESH (another generator, Load 3D) goes into Place Head Mesh's
+    ``mesh`` input instead."""
+    head_glb = "head_mesh.glb"
+    wf = build_full("full_from_mesh", description="ID-Sculpt end to end from your own head mesh (GLB/OBJ, or a core MESH "
+                    "from another generator) placed on the portrait by its face landmarks -> textured head (GLB)")
+    loader = next(n for n in wf.nodes if n.type == "IDSculptPanoHeadLoader")
+    invert = next(n for n in wf.nodes if n.type == "IDSculptPanoHeadInvert")
+    loader.type, loader.title, loader.inputs = "IDSculptLoadHead", f"Your head mesh (put {head_glb} into input/)", {"file": head_glb}
+    invert.type, invert.title = "IDSculptPlaceHeadMesh", None
+    invert.inputs = {"portrait": invert.inputs["portrait"], "head": loader["head"], "up_axis": "+y", "front_axis": "+z",
+                     "view_resolution": 256, "face_index": 0, "face_id": invert.inputs["face_id"], "landmarker_model": "(none)"}
+    wf.groups[invert.group] = "1 · Initialisation from your head mesh: portrait → identity, mesh placed by its face landmarks"
+    note = next(n for n in wf.nodes if n.type == "MarkdownNote")
+    note.widgets = [note.widgets[0].replace(
+        "   Without PanoHead the *PanoHead Loader*'s `auto` starts from the template head (its info says so).\n",
+        f"4. **Your head mesh**: put a GLB/OBJ into ComfyUI's input folder and pick it in *Load Head* ({head_glb} here), "
+        "or feed a core MESH (TRELLIS, Hunyuan3D, Load 3D) into *Place Head Mesh*'s `mesh`. Its face must look along "
+        "`front_axis` with the top of the head toward `up_axis` (glTF: +z, +y).\n")]
+    return wf
+
+
+
+WORKFLOWS = {"geometry": build_geometry, "full": build_full, "full_stylised": build_full_stylised,
+             "full_multiphoto": build_full_multiphoto, "full_from_mesh": build_full_from_mesh}
 
 
 # --------------------------------------------------------------------------- quick-test patching

@@ -36,7 +36,9 @@ from idsculpt.core import models as M
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WF_DIR = os.path.join(ROOT, "workflows")
-NAMES = ("geometry", "full", "full_stylised", "full_multiphoto")
+NAMES = ("geometry", "full", "full_stylised", "full_multiphoto", "full_from_mesh")
+#: the head mesh full_from_mesh loads (tests put one made from the template head into the input folder)
+HEAD_GLB = "head_mesh.glb"
 PORTRAIT = os.path.join(os.path.dirname(ROOT), "shared", "data", "portraits", "jolie_1.jpg")
 BUILDER = os.path.join(ROOT, "tests", "build_test_models.py")
 
@@ -318,7 +320,8 @@ def test_settings_follow_the_reference(name):
     assert sculpt["inputs"]["guidance"] == [isd_id, 0]
     assert api[sculpt["inputs"]["reference_geometry"][0]]["class_type"] == "IDSculptGeoSupervision"
     invert_id = sculpt["inputs"]["head_mesh"][0]
-    assert api[invert_id]["class_type"] == "IDSculptPanoHeadInvert" and sculpt["inputs"]["gan_views"] == [invert_id, 3]
+    stage1 = "IDSculptPlaceHeadMesh" if name == "full_from_mesh" else "IDSculptPanoHeadInvert"
+    assert api[invert_id]["class_type"] == stage1 and sculpt["inputs"]["gan_views"] == [invert_id, 3]
     for _, save in (kv for kv in api.items() if kv[1]["class_type"] == "IDSculptSaveHead"):
         assert save["inputs"]["reference_camera"] == [sid, 2]  # kept in the GLB for evaluation in the head's frame
     consumers = {api[k]["class_type"] for k, _ in _feeds(api, sid)}
@@ -344,9 +347,10 @@ def test_settings_follow_the_reference(name):
     assert (refine["inputs"]["perceptual_model"], refine["inputs"]["lpips_weights"]) == (MW.VGG16, "auto")
     gid = api[sid]["inputs"]["reference_geometry"][0]
     subject = f"a DSLR portrait of {caption}"
-    positive = {"full": subject, "full_multiphoto": subject, "full_stylised": f"{subject}, {MW.TEXTURE_STYLE_PAINTERLY}"}[name]
+    positive = {"full": subject, "full_multiphoto": subject, "full_from_mesh": subject,
+                "full_stylised": f"{subject}, {MW.TEXTURE_STYLE_PAINTERLY}"}[name]
     negative = {"full": MW.AUTHORS_TEXTURE_NEGATIVE, "full_multiphoto": MW.AUTHORS_TEXTURE_NEGATIVE,
-                "full_stylised": MW.STYLISED_NEGATIVE}[name]
+                "full_from_mesh": MW.AUTHORS_TEXTURE_NEGATIVE, "full_stylised": MW.STYLISED_NEGATIVE}[name]
     for node in (inpaint, refine):
         inp = node["inputs"]
         assert api[inp["control_net"][0]]["inputs"]["control_net_name"] == MW.CN_NORMALBAE
@@ -360,7 +364,8 @@ def test_settings_follow_the_reference(name):
         assert texts[inp["positive"][0]] == positive and texts[inp["negative"][0]] == negative
         _assert_view_prompts(texts, inp, positive)
     ckpt = api[api[inpaint["inputs"]["model"][0]]["inputs"]["model"][0]]["inputs"]["ckpt_name"]
-    assert ckpt == {"full": MW.TEXTURE_SD15, "full_multiphoto": MW.TEXTURE_SD15, "full_stylised": MW.STYLISED_SD15}[name]
+    assert ckpt == {"full": MW.TEXTURE_SD15, "full_multiphoto": MW.TEXTURE_SD15, "full_from_mesh": MW.TEXTURE_SD15,
+                    "full_stylised": MW.STYLISED_SD15}[name]
     assert "IDSculptSaveHead" in {api[k]["class_type"] for k, inp in _feeds(api, rid) if api[k]["inputs"][inp] == [rid, 0]}
 
 
@@ -472,6 +477,20 @@ MULTIPHOTO_INPUTS = {"portrait_2.jpg": (os.path.join(os.path.dirname(PORTRAIT), 
                      "portrait_3.jpg": (PORTRAIT, True)}
 
 
+def _head_glb(path: str) -> None:
+    """The template head as a GLB in another scale and place, turned a few degrees (full_from_mesh's input)."""
+    import math
+
+    import torch
+
+    from idsculpt.core.panohead.template import template_mesh
+
+    m = template_mesh(96)
+    a = math.radians(8.0)
+    rot = torch.tensor([[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]])
+    m.with_(vertices=m.vertices @ rot.T * 23.0 + torch.tensor([4.0, 30.0, -7.0])).save(path)
+
+
 @pytest.fixture(scope="module")
 def workflow_models(comfy_server, comfy_path, comfy_python):
     """Random-weight stand-ins (small SD1.5-detectable size, the builder's cache) under every file name the
@@ -510,6 +529,7 @@ def workflow_models(comfy_server, comfy_path, comfy_python):
 
         img = cv2.imread(src)
         cv2.imwrite(os.path.join(sb.input_dir, fname), img[:, ::-1] if mirror else img)
+    _head_glb(os.path.join(sb.input_dir, HEAD_GLB))
     yield {"cache": cache}
     for d, names in before.items():  # links, the portrait, PanoHead's converted files beside its .pkl
         for name in set(os.listdir(d)) - names if os.path.isdir(d) else ():
@@ -677,3 +697,20 @@ def test_full_multiphoto_workflow_runs_with_three_photos(comfy_server, workflow_
     head = HeadMesh.load(comfy_server.output_path(hist["outputs"][final_id]["3d"][0]))
     assert head.has_uv and head.texture is not None and bool(head.texture.isfinite().all())
     assert float(head.texture.std()) > 0
+def test_full_workflow_from_a_head_mesh_glb(comfy_server, workflow_models, comfy_clean_output):
+    """full_from_mesh, lowered: a GLB head (the template in another scale and pose) placed on the portrait by its face
+    landmarks, sculpted and textured; Place Head Mesh reports the placement."""
+    from idsculpt.core.mesh import HeadMesh
+
+    api = MW.quick_test_prompt(load("api/full_from_mesh.json"), extra={"IDSculptPlaceHeadMesh": {"view_resolution": 32}})
+    final_id = _one(api, "IDSculptSaveHead", "Save textured")[0]
+    log_before = len(comfy_server.log())
+    t0 = time.monotonic()
+    hist = comfy_server.submit(api, timeout=900)
+    print(f"\nfull_from_mesh workflow, lowered: {time.monotonic() - t0:.1f} s")
+    head = HeadMesh.load(comfy_server.output_path(hist["outputs"][final_id]["3d"][0]))
+    assert head.has_uv and head.texture is not None and bool(head.texture.isfinite().all())
+    lines = [ln for ln in comfy_server.log()[log_before:].splitlines() if "IDSculpt Place Head Mesh:" in ln]
+    assert lines and "init=mesh" in lines[-1], comfy_server.log_tail()
+    px = float(re.search(r"reference view mean ([0-9.]+) px", lines[-1]).group(1))
+    assert px < 12.0, lines[-1]  # the template's face on a real portrait: its proportions, not hers, are what is left
