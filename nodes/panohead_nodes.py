@@ -23,7 +23,7 @@ from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core
 from .face_nodes import NO_TASK, landmarker_model_input, landmarker_model_path
 from .perceptual import AUTO, lpips_weights_input, resolve_lpips_weights
 from .types import CAMERA, FACE_ID, GAN_VIEWS, HEAD_MESH, PANOHEAD
-from .vram import graphs_allowed, stage, vram_mode_input
+from .vram import graphs_allowed, module_tensors, stage, vram_mode_input
 
 log = logging.getLogger("IDSculpt")
 
@@ -39,6 +39,10 @@ class PanoHeadModel:
     perceptual: Optional[VGG16Perceptual]
     name: str
     note: str = ""  # which initialisation the loader settled on and why (repeated in Invert's info)
+
+    def _comfy_cache_tensors(self) -> list:
+        """The generator's and perceptual net's weights (CPU between runs), for ComfyUI's RAM-pressure cache."""
+        return module_tensors(self.generator, self.perceptual)
 
 
 def _weights(ext: tuple[str, ...]) -> list[str]:

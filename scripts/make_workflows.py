@@ -713,6 +713,7 @@ WORKFLOWS = {"geometry": build_geometry, "full": build_full, "full_stylised": bu
 #: Inputs lowered for a smoke run (CPU, random-weight models): every stage runs, in seconds to minutes.
 QUICK_TEST = {
     "IDSculptPanoHeadInvert": {"w_steps": 1, "pti_steps": 1, "mesh_resolution": 64, "view_resolution": 32},
+    "IDSculptPlaceHeadMesh": {"view_resolution": 32},
     "EmptyLatentImage": {"width": 64, "height": 64},
     "KSampler": {"steps": 2},
     "IDSculptLandmarkRender": {"preview_resolution": 64},

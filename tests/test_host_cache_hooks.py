@@ -141,3 +141,18 @@ def test_pack_value_types_report_their_tensors_with_exact_sizes() -> None:
                             mask=shared, face_mask=shared, depth_mask=shared, face_region=shared)
     expected = storage_bytes([one.cam2world, one.fov]) + (8 * 8 * 3 + 8 * 8 * 3 + 8 * 8) * 4
     assert ram_usage([ref])[0] - RAM_CACHE_DEFAULT_RAM_USAGE == expected
+
+
+@pytest.mark.comfy
+def test_panohead_model_reports_generator_and_perceptual_weights(comfy_inprocess) -> None:
+    """Review F6: the PANOHEAD value holds the whole generator; the cache must see it (and nothing for the template)."""
+    from idsculpt.core.panohead.perceptual import VGG16Perceptual
+    from panohead_fixtures import tiny_generator
+
+    from idsculpt.nodes.panohead_nodes import PanoHeadModel
+    from idsculpt.nodes.vram import module_tensors
+
+    g, vgg = tiny_generator(seed=1), VGG16Perceptual()
+    usage = ram_usage([PanoHeadModel(g, vgg, "n")])[0]
+    assert usage - RAM_CACHE_DEFAULT_RAM_USAGE == storage_bytes(module_tensors(g, vgg)) > 0
+    assert ram_usage([PanoHeadModel(None, None, "template")])[0] == RAM_CACHE_DEFAULT_RAM_USAGE
