@@ -165,17 +165,23 @@ def _stub_checkout(root, with_folder_paths: bool = True) -> str:
     return str(root)
 
 
+def test_probe_python_of_a_missing_interpreter_says_so(tmp_path):
+    gone = RP.probe_python(str(tmp_path / "no-such-python"), _stub_checkout(tmp_path / "good"))
+    assert not gone.ok and "FileNotFoundError" in gone.error
+
+
 def test_probe_python_really_runs_the_candidate(tmp_path):
-    """The probe runs the candidate interpreter in the checkout: this test's Python has torch, aiohttp,
-    yaml, PIL and safetensors; a checkout without folder_paths.py fails naming that module."""
+    """The probe runs the candidate interpreter in the checkout: with torch, aiohttp, yaml, PIL and safetensors in
+    this test's Python (ComfyUI's venv; CI's has no aiohttp) it passes; a checkout without folder_paths.py fails
+    naming that module."""
+    for module in ("aiohttp", "yaml", "PIL", "safetensors"):
+        pytest.importorskip(module, reason=f"this Python lacks {module}, which ComfyUI's Python has")
     import torch
 
     ok = RP.probe_python(sys.executable, _stub_checkout(tmp_path / "good"))
     assert ok.ok and ok.info["torch"] == torch.__version__ and ok.info["cuda"] == torch.cuda.is_available()
     bad = RP.probe_python(sys.executable, _stub_checkout(tmp_path / "bad", with_folder_paths=False))
     assert not bad.ok and bad.error == "No module named 'folder_paths'" and bad.info.get("missing") == "folder_paths"
-    gone = RP.probe_python(str(tmp_path / "no-such-python"), str(tmp_path / "good"))
-    assert not gone.ok and "FileNotFoundError" in gone.error
 
 
 def test_auto_cpu_decision():

@@ -281,7 +281,7 @@ def test_progressive_inpaint_deblurs_with_comfyuis_upscale_model(env, recorder):
     assert torch.equal(tex * 255, (tex * 255).round())  # the deblur's 8-bit grid: it ran
 
 
-def test_upscale_model_moves_and_runs_only_under_inference_mode():
+def test_upscale_model_moves_and_runs_only_under_inference_mode(comfy_inprocess):
     """ComfyUI's upscale-model weights are inference tensors: moving them to the GPU (or running them with autograd)
     outside inference mode fails on CUDA ("Inference tensors do not track version counter"; seen on an H100, a CPU
     move is a no-op and hides it). The wrapper must do both under inference mode, whatever mode its caller is in."""
