@@ -45,6 +45,18 @@ class PanoHeadModel:
         return module_tensors(self.generator, self.perceptual)
 
 
+def stage1_outputs() -> list:
+    """What every stage-1 node gives the graph (PanoHead Invert, Place Head Mesh): one socket layout, so either
+    can start stages 2-3."""
+    return [
+        HEAD_MESH.Output(display_name="head_mesh"),
+        CAMERA.Output(display_name="reference_camera"),
+        io.Image.Output(display_name="aligned_portrait"),
+        GAN_VIEWS.Output(display_name="gan_views"),
+        io.String.Output(display_name="info"),
+    ]
+
+
 def _weights(ext: tuple[str, ...]) -> list[str]:
     try:
         return [f for f in model_files(IDSCULPT_FOLDER) if f.lower().endswith(ext)]
@@ -226,13 +238,7 @@ class PanoHeadInvert(io.ComfyNode):
                               "geometry comes from the face whose identity ID Embed took (overrides face_index)."),
                 landmarker_model_input(optional=True),
             ],
-            outputs=[
-                HEAD_MESH.Output(display_name="head_mesh"),
-                CAMERA.Output(display_name="reference_camera"),
-                io.Image.Output(display_name="aligned_portrait"),
-                GAN_VIEWS.Output(display_name="gan_views"),
-                io.String.Output(display_name="info"),
-            ],
+            outputs=stage1_outputs(),
         )
 
     @classmethod

@@ -15,8 +15,8 @@ from ..core.panohead.place_mesh import AXES, run_stage1_mesh
 from .common import ComfyProgress, core_to_image, image_to_core
 from .core_mesh import core_mesh_to_head
 from .face_nodes import NO_TASK, landmarker_model_input, landmarker_model_path
-from .panohead_nodes import face_id_box
-from .types import CAMERA, FACE_ID, GAN_VIEWS, HEAD_MESH
+from .panohead_nodes import face_id_box, stage1_outputs
+from .types import FACE_ID, HEAD_MESH
 
 log = logging.getLogger("IDSculpt")
 
@@ -51,13 +51,7 @@ class PlaceHeadMesh(io.ComfyNode):
                 FACE_ID.Input("face_id", optional=True, tooltip="ID Embed's face: aligns the face ID Embed chose."),
                 landmarker_model_input(optional=True),
             ],
-            outputs=[
-                HEAD_MESH.Output(display_name="head_mesh"),
-                CAMERA.Output(display_name="reference_camera"),
-                io.Image.Output(display_name="aligned_portrait"),
-                GAN_VIEWS.Output(display_name="gan_views"),
-                io.String.Output(display_name="info"),
-            ],
+            outputs=stage1_outputs(),
         )
 
     @classmethod
