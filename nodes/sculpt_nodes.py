@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..core.sculpt import RandomViewRanges, SculptConfig, preview_cameras, render_previews, sculpt, step_schedule
 from .common import progress_callbacks
-from .vram import check_mode, graphs_allowed, stage, vram_mode_input
+from .vram import check_mode, graphs_allowed, sculpt_profile_folder, stage, vram_mode_input
 from .types import CAMERA, GAN_VIEWS, HEAD_MESH, ISD_GUIDANCE, REFERENCE_GEOMETRY
 
 
@@ -115,7 +115,7 @@ class DMTetSculpt(io.ComfyNode):
             # threestudio's C([1000, a, b, 1001]) with 1000 = gan_steps: a through step gan_steps, b after
             lambda_normal_consistency=step_schedule(normal_consistency_start, normal_consistency_end, gan_steps),
             lambda_laplacian=step_schedule(laplacian_start, laplacian_end, gan_steps), seed=seed,
-            views=RandomViewRanges(resolution=render_resolution),
+            views=RandomViewRanges(resolution=render_resolution), profile_folder=sculpt_profile_folder(),
         )
         progress, interrupt = progress_callbacks(steps)
         predictor = getattr(guidance, "predictor", None)

@@ -13,6 +13,11 @@ well under a second when needed), so the peak is one stage's worth. ``vram_mode`
   no CUDA graph memory pools, ...), for cards with ~8 GB. Combine with ComfyUI's ``--lowvram``
   on smaller cards still, which loads models partly.
 
+The pack's diagnostic switches are all read here, from ComfyUI's environment (core reads none):
+``IDSCULPT_VRAM_CAP_GIB``, ``IDSCULPT_VRAM_LOG``, ``IDSCULPT_PROFILE_DIR`` (below), ``IDSCULPT_PROFILE_SCULPT``
+(DMTet Sculpt profiles ten stage-B steps into that folder) and ``IDSCULPT_FUSED_WALK=0`` (the torch renderer's
+silhouette walk without its Triton kernel).
+
 ``IDSCULPT_VRAM_CAP_GIB=8`` in ComfyUI's environment caps PyTorch's allocations in that process
 (``torch.cuda.set_per_process_memory_fraction``) to check that a run fits a smaller card.
 
@@ -53,6 +58,21 @@ VRAM_MODES = ["offload", "keep_loaded", "low_vram"]
 LOG_ENV = "IDSCULPT_VRAM_LOG"
 PROFILE_ENV = "IDSCULPT_PROFILE_DIR"
 CAP_ENV = "IDSCULPT_VRAM_CAP_GIB"
+SCULPT_PROFILE_ENV = "IDSCULPT_PROFILE_SCULPT"
+FUSED_WALK_ENV = "IDSCULPT_FUSED_WALK"
+
+
+def sculpt_profile_folder() -> str | None:
+    """IDSCULPT_PROFILE_SCULPT=<folder>: DMTet Sculpt profiles ten stage-B steps into it (core/sculpt/profiling.py)."""
+    return os.environ.get(SCULPT_PROFILE_ENV) or None
+
+
+def apply_render_switches() -> None:
+    """IDSCULPT_FUSED_WALK=0: the torch renderer's silhouette walk as torch ops instead of the Triton kernel (for
+    before/after benchmarks in one process tree). Read at every stage, so a server's environment decides."""
+    from ..core.render import torch_backend
+
+    torch_backend.FUSED_WALK = os.environ.get(FUSED_WALK_ENV, "1") != "0"
 
 
 def host_dynamic_vram() -> bool:
@@ -197,6 +217,7 @@ def _write_profile(prof, name: str) -> None:
 def stage(name: str, mode: str = "offload") -> Iterator[dict]:
     """Run a heavy stage: offload other models first (unless ``keep_loaded``), record the peak."""
     check_mode(mode)
+    apply_render_switches()
     dev = mm.get_torch_device()
     cuda = getattr(dev, "type", "") == "cuda"
     record: dict = {"stage": name, "vram_mode": mode, "dynamic_vram": host_dynamic_vram()}

@@ -254,16 +254,15 @@ def test_stage_b_alternates_reference_and_guidance(target, sphere):
 
 
 def test_profile_hook_writes_report_and_keeps_the_run(target, sphere, tmp_path, monkeypatch):
-    """IDSCULPT_PROFILE_SCULPT profiles a few stage-B steps of a real run: the report has each kind's
-    per-step wall times, the run still takes every step (with progress), and the profiled steps are
+    """profile_folder (the node's IDSCULPT_PROFILE_SCULPT) profiles a few stage-B steps of a real run: the report has
+    each kind's per-step wall times, the run still takes every step (with progress), and the profiled steps are
     left out of step_ms."""
     from idsculpt.core.sculpt import profiling
 
-    monkeypatch.setenv(profiling.ENV, str(tmp_path / "prof"))
     monkeypatch.setattr(profiling, "PROFILE_AFTER", 1)
     monkeypatch.setattr(profiling, "PROFILE_STEPS", 4)
     g = OracleGuidance(procedural_head_mesh(24))
-    cfg = _cfg(steps=10, gan_steps=2, guidance_batch=1, preview_every=0)
+    cfg = _cfg(steps=10, gan_steps=2, guidance_batch=1, preview_every=0, profile_folder=str(tmp_path / "prof"))
     s = Sculptor(sphere, gan_views_of(target, 32), reference_of(target, 32), g, cfg,
                  normalization=MeshNormalization.identity(), initial_sdf=lambda p: sphere_sdf(p, SPHERE_R))
     seen = []

@@ -29,7 +29,6 @@ clips them); heads seen from orbit cameras never reach the near plane.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 import torch
@@ -38,6 +37,9 @@ from . import walk_triton
 from .backend import RenderBackend, check_rasterize_inputs
 
 _INT64_MAX = torch.iinfo(torch.int64).max
+#: the default of TorchBackend(fused_walk=None): the edge search as one Triton kernel where available (a
+#: process-wide switch for before/after benchmarks; nodes/vram.py sets it from IDSCULPT_FUSED_WALK)
+FUSED_WALK = True
 
 
 def _bucket(x: torch.Tensor) -> torch.Tensor:
@@ -113,9 +115,10 @@ class TorchBackend(RenderBackend):
         # Interior edges the antialiaser may walk across to reach the silhouette (0 = nvdiffrast).
         self.walk_steps = int(walk_steps)
         # On CUDA with Triton the edge search runs as one kernel (walk_triton.py); False: always torch ops.
-        # None: on unless IDSCULPT_FUSED_WALK=0 (for before/after benchmarks in one process tree).
+        # None: FUSED_WALK (a process-wide switch for before/after benchmarks: nodes/vram.py sets it from
+        # IDSCULPT_FUSED_WALK; core reads no environment).
         if fused_walk is None:
-            fused_walk = os.environ.get("IDSCULPT_FUSED_WALK", "1") != "0"
+            fused_walk = FUSED_WALK
         self.fused_walk = bool(fused_walk)
 
     # ------------------------------------------------------------------------------ rasterize

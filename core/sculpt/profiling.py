@@ -1,6 +1,7 @@
 """Optional torch.profiler capture of a few sculpt steps inside a real run (a diagnostic, off by default).
 
-Set ``IDSCULPT_PROFILE_SCULPT=<folder>`` (e.g. in the environment of a ComfyUI server) and the sculpt
+Give ``SculptConfig.profile_folder`` a folder (the DMTet Sculpt node takes it from the diagnostic switch
+``IDSCULPT_PROFILE_SCULPT=<folder>``, read in nodes/vram.py: core reads no environment) and the sculpt
 profiles ``PROFILE_STEPS`` steps of stage B, starting ``PROFILE_AFTER`` steps into it (past the CUDA
 graph captures and the allocator's warm-up), then writes ``<folder>/sculpt_steps_profile.txt``: for
 each step kind, the wall time, the GPU kernel time, the number of kernel and graph launches and of host
@@ -16,16 +17,11 @@ from typing import Callable, Optional
 
 import torch
 
-ENV = "IDSCULPT_PROFILE_SCULPT"
 PROFILE_AFTER = 40  # stage-B steps before the profiled ones
 PROFILE_STEPS = 10  # alternating reference / ISD steps
 
 _LAUNCH = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
 _SYNC = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")  # (cudaMemcpy: the blocking one)
-
-
-def profile_folder() -> Optional[str]:
-    return os.environ.get(ENV) or None
 
 
 def profile_steps(step: Callable[[], dict], n: int, folder: str, device: torch.device) -> list[dict]:

@@ -107,6 +107,8 @@ class SculptConfig:
     # walks. False = plain nvdiffrast everywhere (the authors' behaviour, faster).
     silhouette_gradients: bool = True
     seed: int = 0
+    #: diagnostic: profile ten stage-B steps into this folder (core/sculpt/profiling.py); None = off
+    profile_folder: Optional[str] = None
     preview_every: int = 50
     preview_resolution: int = 256
     log_every: int = 50
@@ -359,12 +361,12 @@ class Sculptor:
         if enter is not None:
             enter()
         try:
-            folder = profiling.profile_folder()
+            folder = self.config.profile_folder
             while self.step_index < self.total:
                 if interrupt is not None:
                     interrupt()
                 if folder and self.step_index == self.gan_steps + profiling.PROFILE_AFTER and self.total - self.step_index >= profiling.PROFILE_STEPS:
-                    # diagnostic (IDSCULPT_PROFILE_SCULPT): these steps run under the profiler, so they are
+                    # diagnostic (profile_folder): these steps run under the profiler, so they are
                     # left out of step_ms
                     profiling.profile_steps(lambda: self._after_step(self.step(), progress), profiling.PROFILE_STEPS, folder, self.device)
                     continue
