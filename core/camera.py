@@ -228,3 +228,20 @@ def eg3d_frontal_label() -> torch.Tensor:
     """PanoHead/EG3D's frontal camera label [1,25]: radius 2.7 on +z, focal 4.2647."""
     fov = math.degrees(2 * math.atan(0.5 / EG3D_FOCAL))
     return Cameras.orbit(0.0, 0.0, EG3D_RADIUS, fov).eg3d_label()
+
+
+# ---------------------------------------------------------------------- normals between frames
+def view_to_world_normals(normals_view: torch.Tensor, camera: Cameras) -> torch.Tensor:
+    """OpenGL-axes view normals (x right, y up, z toward the camera) -> world frame.
+
+    core.camera cameras use OpenCV axes (y down, z forward), so (x, y, z)_view = (x, -y, -z)_opencv.
+    """
+    n_cv = normals_view * torch.tensor([1.0, -1.0, -1.0], dtype=normals_view.dtype, device=normals_view.device)
+    rot = camera.cam2world[0, :3, :3].to(normals_view)
+    return n_cv @ rot.T
+
+
+def world_to_view_normals(normals_world: torch.Tensor, camera: Cameras) -> torch.Tensor:
+    rot = camera.cam2world[0, :3, :3].to(normals_world)
+    n_cv = normals_world @ rot
+    return n_cv * torch.tensor([1.0, -1.0, -1.0], dtype=normals_world.dtype, device=normals_world.device)

@@ -27,16 +27,15 @@ Conventions (read from the authors' code, not guessed):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from .held_tensors import held_tensors
 import torch.nn.functional as F
 
 from .camera import Cameras
+from .stage_types import ReferenceGeometry
 
 log = logging.getLogger("IDSculpt")
 
@@ -47,64 +46,6 @@ NORMAL_LENGTH_RANGE = (0.6, 1.4)
 # the far rim of the head is ~0 in a min-max normalised disparity and is indistinguishable from the
 # background there.
 DEPTH_MASK_THRESHOLD = 0.2
-
-
-@dataclass
-class ReferenceGeometry:
-    """Targets of the reference view, all [H,W,C] float on one device, H x W = the camera's image.
-
-    image: the aligned portrait [H,W,3] (0..1). camera: its reference camera (1 camera).
-    normal_view: [H,W,3] unit camera-frame normals (x right, y up, z toward the camera), zero
-    outside ``mask``. disparity: [H,W,1] relative disparity 0..1 (larger = nearer), 0 outside.
-    mask: [H,W,1] head mask of the portrait (the authors' face-parsing ``mask``: the whole person).
-    face_mask: [H,W,1] the normal loss domain: the face region inside the head mask where the normal
-    map decodes to a valid normal. depth_mask: [H,W,1] where the disparity is supervised (mask and
-    disparity > 0.2). face_region: [H,W,1] the face region inside the head mask, not cut by the
-    normal map's invalid pixels (the face mask handed to the texture stage); None = face_mask.
-    sources: how each part was obtained (mask source, face mask source, resizes) -- shown to the user.
-    """
-
-    image: torch.Tensor
-    camera: Cameras
-    normal_view: torch.Tensor
-    disparity: torch.Tensor
-    mask: torch.Tensor
-    face_mask: torch.Tensor
-    depth_mask: torch.Tensor
-    sources: dict[str, str] = field(default_factory=dict)
-    face_region: torch.Tensor | None = None
-
-    def _comfy_cache_tensors(self) -> list:
-        """Its tensors, for a host's RAM-pressure cache (core/held_tensors.py)."""
-        return held_tensors(self)
-
-    @property
-    def height(self) -> int:
-        return self.image.shape[0]
-
-    @property
-    def width(self) -> int:
-        return self.image.shape[1]
-
-    def to(self, device: torch.device | str) -> "ReferenceGeometry":
-        return ReferenceGeometry(self.image.to(device), self.camera.to(device), self.normal_view.to(device),
-                                 self.disparity.to(device), self.mask.to(device), self.face_mask.to(device),
-                                 self.depth_mask.to(device), dict(self.sources),
-                                 None if self.face_region is None else self.face_region.to(device))
-
-    @property
-    def texture_face_mask(self) -> torch.Tensor:
-        """[H,W,1] the face region for the texture stage (``face_region``, else ``face_mask``)."""
-        return self.face_region if self.face_region is not None else self.face_mask
-
-    def normal_world(self) -> torch.Tensor:
-        """[H,W,3] world-frame unit normals (zero outside the mask)."""
-        return view_to_world_normals(self.normal_view, self.camera)
-
-    def normal_image(self, background: tuple[float, float, float] = (0.5, 0.5, 1.0)) -> torch.Tensor:
-        """The normals re-encoded as a normal image [H,W,3] (the normal-adapted model's convention)."""
-        bg = torch.tensor(background, dtype=self.normal_view.dtype, device=self.normal_view.device)
-        return torch.where(self.mask > 0.5, (self.normal_view + 1) / 2, bg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,22 +62,6 @@ def normal_image_to_view_normals(image: torch.Tensor) -> tuple[torch.Tensor, tor
 def view_normals_to_image(normals: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`normal_image_to_view_normals` (no background handling)."""
     return (normals + 1.0) / 2.0
-
-
-def view_to_world_normals(normals_view: torch.Tensor, camera: Cameras) -> torch.Tensor:
-    """OpenGL-axes view normals (x right, y up, z toward the camera) -> world frame.
-
-    core.camera cameras use OpenCV axes (y down, z forward), so (x, y, z)_view = (x, -y, -z)_opencv.
-    """
-    n_cv = normals_view * torch.tensor([1.0, -1.0, -1.0], dtype=normals_view.dtype, device=normals_view.device)
-    rot = camera.cam2world[0, :3, :3].to(normals_view)
-    return n_cv @ rot.T
-
-
-def world_to_view_normals(normals_world: torch.Tensor, camera: Cameras) -> torch.Tensor:
-    rot = camera.cam2world[0, :3, :3].to(normals_world)
-    n_cv = normals_world @ rot
-    return n_cv * torch.tensor([1.0, -1.0, -1.0], dtype=normals_world.dtype, device=normals_world.device)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,19 +12,17 @@ import pytest
 import torch
 import trimesh
 
-from idsculpt.core.camera import EG3D_FOCAL, EG3D_RADIUS, Cameras
+from idsculpt.core.camera import EG3D_FOCAL, EG3D_RADIUS, Cameras, view_to_world_normals, world_to_view_normals
 from idsculpt.core.face.align import raycast
 from idsculpt.core.face.landmarks import FaceLandmarks2D
 from idsculpt.core.geo_supervision import (
-    ReferenceGeometry,
     build_reference_geometry,
     normal_image_to_view_normals,
     preview_reference_geometry,
     summary,
-    view_to_world_normals,
-    world_to_view_normals,
 )
 from idsculpt.core.mesh import HeadMesh
+from idsculpt.core.stage_types import ReferenceGeometry
 
 render = pytest.importorskip("idsculpt.core.render")
 

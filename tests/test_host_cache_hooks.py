@@ -123,9 +123,8 @@ def test_pack_value_types_report_their_tensors_with_exact_sizes() -> None:
     """HeadMesh, Cameras, GanViews and ReferenceGeometry (review F6): the cache sees each storage once, nested
     values (GanViews' cameras) included, and a shared tensor is not counted twice."""
     from idsculpt.core.camera import Cameras
-    from idsculpt.core.geo_supervision import ReferenceGeometry
     from idsculpt.core.mesh import HeadMesh
-    from idsculpt.core.panohead.extract import GanViews
+    from idsculpt.core.stage_types import GanViews, ReferenceGeometry
 
     head = HeadMesh(torch.rand(100, 3), torch.randint(0, 100, (50, 3)), texture=torch.rand(16, 16, 3))
     assert ram_usage([head])[0] - RAM_CACHE_DEFAULT_RAM_USAGE == 100 * 3 * 4 + 50 * 3 * 8 + 16 * 16 * 3 * 4

@@ -23,16 +23,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..lpips_ops import LPIPS_SCALE, LPIPS_SHIFT, unit_normalize
 from ..models import missing_model_message
 from ..state_dict import read_state_dict, wrong_model_error
 
 # Channel counts of the five AlexNet taps (after features.1, .4, .7, .9, .11).
 ALEX_CHANNELS = (64, 192, 384, 256, 256)
 _TAPS = (1, 4, 7, 9, 11)
-# The lpips package's ScalingLayer constants (ImageNet statistics expressed for inputs in [-1,1]);
-# also the input scaling of the VGG16 perceptual net of the PanoHead inversion (core.panohead.perceptual).
-LPIPS_SHIFT = (-0.030, -0.088, -0.188)
-LPIPS_SCALE = (0.458, 0.448, 0.450)
 
 LIN_FILE = "alex.pth"
 BACKBONE_CANDIDATES = (
@@ -73,10 +70,6 @@ class _NetLin(nn.Module):
         return self.model(x)
 
 
-def unit_normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """Feature maps [B,C,H,W] scaled to unit length along channels (LPIPS' per-tap normalisation)."""
-    # Same form as lpips.normalize_tensor: divide by (norm + eps), not by max(norm, eps).
-    return x / (torch.sqrt(torch.sum(x * x, dim=1, keepdim=True)) + eps)
 
 
 class LPIPSAlex(nn.Module):

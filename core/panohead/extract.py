@@ -16,17 +16,16 @@ accumulated opacity ≥ 250/255, largest 8-connected component (as ID-Sculpt sav
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from ..held_tensors import held_tensors
 import torch.nn.functional as F
 
 from ..camera import Cameras
 from ..mesh import HeadMesh
+from ..stage_types import GanViews
 from .triplane import TriPlaneGenerator
 
 ProgressFn = Callable[[int, int, Optional[torch.Tensor]], None]
@@ -144,20 +143,6 @@ def gan_view_cameras(n_views: int = 40, pitch: float = -5.0, fov: float = 25.0, 
     focal = panohead_focal(fov)
     true_fov = math.degrees(2 * math.atan(0.5 / focal))
     return Cameras(look_at(eye), torch.full((n_views,), true_fov), resolution, resolution)
-
-
-@dataclass
-class GanViews:
-    """Volume-rendered supervision: what DMTet Sculpt fits in its first 1000 steps."""
-
-    cameras: Cameras
-    normals: torch.Tensor  # [B,H,W,3] world-frame unit normals (0 outside the mask)
-    masks: torch.Tensor  # [B,H,W,1] 0/1
-    images: Optional[torch.Tensor] = None  # [B,H,W,3] 0..1 raw colour (optional)
-
-    def _comfy_cache_tensors(self) -> list:
-        """Its tensors, for a host's RAM-pressure cache (core/held_tensors.py)."""
-        return held_tensors(self)
 
 
 def _largest_cc_mask(m: np.ndarray) -> np.ndarray:

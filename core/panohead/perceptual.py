@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..eval.lpips import LPIPS_SCALE, LPIPS_SHIFT, unit_normalize
+from ..lpips_ops import LPIPS_SCALE, LPIPS_SHIFT, unit_normalize
 from ..models import missing_model_message
 from ..state_dict import read_state_dict, wrong_model_error
 

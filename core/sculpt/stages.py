@@ -280,7 +280,7 @@ class Sculptor:
 
     # ------------------------------------------------------------------ one step
     def step(self) -> dict:
-        c, step = self.config, self.step_index
+        step = self.step_index
         v, f = self.geometry.extract()
         if f.shape[0] == 0:
             raise RuntimeError(f"DMTet sculpt: the surface vanished at step {step} (the SDF has no zero crossing); "

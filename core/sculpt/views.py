@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..camera import Cameras
-from ..geo_supervision import ReferenceGeometry
-from ..panohead.extract import GanViews
+from ..stage_types import GanViews, ReferenceGeometry
 
 __all__ = ["GanViews", "ReferenceGeometry", "RandomViewRanges", "random_views", "check_gan_views", "check_reference"]
 
