@@ -83,7 +83,13 @@ def axis_rotation(up: str = "+y", front: str = "+z") -> torch.Tensor:
     return torch.stack([torch.linalg.cross(u, f), u, f])  # rows: images of world x, y, z
 
 
-def normalize_mesh(vertices: torch.Tensor, radius: float = 0.9, up: str = "+y", front: str = "+z") -> MeshNormalization:
+#: the authors' normalised head: largest |coordinate| after ``shape_init`` (``shape_init_params: 0.9``). The sculpt
+#: normalises to it and every texture camera distance assumes it (core/texture/frame.py checks it).
+NORMALISED_HEAD_EXTENT = 0.9
+
+
+def normalize_mesh(vertices: torch.Tensor, radius: float = NORMALISED_HEAD_EXTENT, up: str = "+y",
+                   front: str = "+z") -> MeshNormalization:
     """The authors' ``shape_init`` normalisation (threestudio ``tetrahedra_sdf_grid.py``): subtract
     the VERTEX MEAN, scale so that the largest |coordinate| (L∞ over all vertices and axes) is
     ``radius`` (0.9), and turn the mesh's up/front axes to +y/+z. Every texture and ISD camera

@@ -28,7 +28,7 @@ import torch
 from ..camera import Cameras
 from ..dmtet import (DMTetGeometry, TetGrid, laplacian_loss, mesh_edges, mesh_sdf_on_grid, normal_consistency_loss,
                      normalize_mesh)
-from ..dmtet.sdf_init import MeshNormalization
+from ..dmtet.sdf_init import NORMALISED_HEAD_EXTENT, MeshNormalization
 from ..mesh import HeadMesh
 from ..render import render_mesh
 from .losses import depth_losses, gan_normal_loss, mask_loss, masked_mse
@@ -76,7 +76,7 @@ class SculptConfig:
     # about 2/res (core/dmtet/geometry.py).
     deform_fraction: float = 0.5
     # Mesh normalisation (the authors' shape_init: vertex mean, L∞ 0.9, up +y, front +z).
-    init_radius: float = 0.9
+    init_radius: float = NORMALISED_HEAD_EXTENT
     mesh_up: str = "+y"
     mesh_front: str = "+z"
     lr: float = 0.005

@@ -14,9 +14,10 @@ from typing import Optional
 
 import torch
 
-#: max |coordinate| of the authors' normalised head, and the band in which the texture cameras frame it
-#: as theirs do (outside it the head fills less than ~45 % or more than ~180 % of the authors' frame area)
-HEAD_EXTENT = 0.9
+from ..dmtet.sdf_init import NORMALISED_HEAD_EXTENT
+
+#: the band in which the texture cameras frame the head as theirs do (outside it the head fills less than
+#: ~45 % or more than ~180 % of the authors' frame area)
 HEAD_EXTENT_RANGE = (0.6, 1.2)
 #: largest distance of the vertex mean from the origin (the cameras look at the origin) before warning
 HEAD_CENTRE_TOLERANCE = 0.25
@@ -32,8 +33,8 @@ def head_frame_warning(vertices: torch.Tensor) -> Optional[str]:
     problems = []
     lo, hi = HEAD_EXTENT_RANGE
     if not lo <= extent <= hi:
-        problems.append(f"its max |coordinate| is {extent:.3g} (expected {HEAD_EXTENT:g}; the head appears "
-                        f"{extent / HEAD_EXTENT:.2g}× the size the cameras expect)")
+        problems.append(f"its max |coordinate| is {extent:.3g} (expected {NORMALISED_HEAD_EXTENT:g}; the head appears "
+                        f"{extent / NORMALISED_HEAD_EXTENT:.2g}× the size the cameras expect)")
     if centre > HEAD_CENTRE_TOLERANCE:
         problems.append(f"its vertex mean is {centre:.3g} from the origin the cameras look at")
     if not problems:
