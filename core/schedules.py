@@ -1,0 +1,64 @@
+"""The two step schedules a head can be made with: the paper's and the fast default (issue 22).
+
+One home for the step counts that differ between them. ``scripts/make_workflows.py`` writes them into
+the shipped workflows (``full.json`` runs ``FAST``; ``full_paper.json`` runs ``PAPER``), and the
+evidence scripts in ``bench/`` (oracle guidance, the small trained prior, the texture oracle) run the
+stages with exactly these numbers, so the evidence is about what ships.
+
+The fast schedule keeps every setting of the method (losses, weights, CFG, timestep ranges,
+estimator, regulariser values) and changes only how the work is spread over steps:
+
+* sculpt: several views per ISD step through one batched UNet/ControlNet call, over proportionally
+  fewer steps (``guidance_views`` x ISD steps = the paper's 2,500 view samples), stage A and the
+  reference steps shortened by the same factor. The regulariser switch stays at the end of stage A
+  (threestudio's C() step at 1000 = the authors' stage-A length; the node ties it to ``gan_steps``).
+* texture refinement: fewer refinement steps.
+
+Whether the result holds is shown by the evidence (docs/PERFORMANCE.md "Schedules and evidence").
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Step counts of one head. Field names are the config fields they set (SculptConfig, RefineConfig,
+    InversionConfig)."""
+
+    name: str
+    # stage 1, PanoHead inversion (InversionConfig)
+    w_steps: int
+    pti_steps: int
+    # stage 2, DMTet sculpt (SculptConfig; the node's widgets steps / gan_steps / guidance_views / lr)
+    sculpt_steps: int
+    gan_steps: int
+    guidance_views: int
+    sculpt_lr: float
+    # stage 3, texture refinement (RefineConfig.steps; the node's refine_steps)
+    refine_steps: int
+
+    @property
+    def isd_steps(self) -> int:
+        """Stage-B steps that ask the guidance (every second one)."""
+        return (self.sculpt_steps - self.gan_steps) // 2
+
+    @property
+    def isd_view_samples(self) -> int:
+        return self.isd_steps * self.guidance_views
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+#: The authors' executed schedule (REFERENCE.md): 6000 sculpt steps (1000 stage A), one view per ISD
+#: step, 400 refinement steps, 500 + 500 inversion steps.
+PAPER = Schedule(name="paper", w_steps=500, pti_steps=500, sculpt_steps=6000, gan_steps=1000, guidance_views=1,
+                 sculpt_lr=0.005, refine_steps=400)
+
+#: The default: the same 2,500 ISD view samples in 625 steps of 4 views, stage A and the reference
+#: steps a quarter as long, a quarter of the refinement steps.
+FAST = Schedule(name="fast", w_steps=500, pti_steps=500, sculpt_steps=1500, gan_steps=250, guidance_views=4,
+                sculpt_lr=0.005, refine_steps=100)
+
+SCHEDULES = {s.name: s for s in (PAPER, FAST)}
