@@ -17,7 +17,9 @@ every downstream node executes again) and records:
         [--runs 3] [--set NODE.INPUT=VALUE ...] [--vram-mode low_vram] [--vram-cap-gib 8] [--comfy PATH]
 
 ``--profile lowered`` keeps every model and resolution at full size but lowers the step counts so a
-run takes about a minute; ``default`` is the workflow as shipped (the method's step counts).
+run takes about a minute; ``default`` is ``workflows/api/full.json`` as shipped (the fast schedule of
+core/schedules.py, nothing to pass by hand); ``paper`` is ``workflows/api/full_paper.json`` (the paper's
+schedule). The result records whether CUDA graphs engaged (``cuda_graphs``: the pack's graph log lines).
 """
 from __future__ import annotations
 
@@ -50,6 +52,19 @@ STAGE_NODES = ("IDSculptPanoHeadInvert", "IDSculptDMTetSculpt", "IDSculptProgres
 
 def log(*a: Any) -> None:
     print(*a, flush=True)
+
+
+GRAPH_MARKERS = ("CUDA graphs off", "captured a CUDA graph", "IDSculpt CUDA graphs:", "without CUDA graphs")
+
+
+def graph_report(server_log: str) -> dict:
+    """Whether the pack's CUDA graphs engaged in a run, from its log lines (nodes/cuda_graphs.py,
+    core/cuda_graph.py): captures counted, every 'off' reason and the per-run replay statistics kept."""
+    lines = [ln.strip() for ln in server_log.splitlines() if any(m in ln for m in GRAPH_MARKERS)]
+    captures = sum("captured a CUDA graph" in ln for ln in lines)
+    off = sorted({ln for ln in lines if "CUDA graphs off" in ln or "without CUDA graphs" in ln})
+    stats = [ln for ln in lines if "IDSculpt CUDA graphs:" in ln]
+    return {"engaged": captures > 0, "captures": captures, "off_reasons": off[:20], "stats": stats[:20]}
 
 
 def build_models(sandbox: ch.ComfySandbox, comfy: str, python: str) -> float:
@@ -248,9 +263,9 @@ def main() -> int:
     ap.add_argument("--out", required=True, help="JSON results")
     ap.add_argument("--comfy", default=os.environ.get("COMFYUI_PATH") or os.path.join(ROOT, ".comfy", "ComfyUI"))
     ap.add_argument("--python", default=sys.executable)
-    ap.add_argument("--workflow", default=os.path.join(ROOT, "workflows", "api", "full.json"))
+    ap.add_argument("--workflow", default=None, help="API workflow (default: full.json; full_paper.json with --profile paper)")
     ap.add_argument("--portrait", required=True, help="portrait image (one face)")
-    ap.add_argument("--profile", choices=["lowered", "default"], default="lowered")
+    ap.add_argument("--profile", choices=["lowered", "default", "paper"], default="lowered")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE")
     ap.add_argument("--vram-mode", choices=["offload", "keep_loaded", "low_vram"], default=None,
@@ -267,6 +282,8 @@ def main() -> int:
     ap.add_argument("--resume", action="store_true", help="wait for the run left by --detach-after, then --runs more "
                     "lowered runs on the same server (memory across runs), then finish as usual")
     args = ap.parse_args()
+    if args.workflow is None:
+        args.workflow = os.path.join(ROOT, "workflows", "api", "full_paper.json" if args.profile == "paper" else "full.json")
     if args.resume:
         return resume(args)
 
@@ -330,6 +347,8 @@ def main() -> int:
         with open(os.path.join(args.work, "comfyui.log"), encoding="utf-8", errors="replace") as fh:
             tail = fh.read()[-6000:]
         result["log_tail"] = tail
+        with open(os.path.join(args.work, "comfyui.log"), encoding="utf-8", errors="replace") as fh:
+            result["cuda_graphs"] = graph_report(fh.read())
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=1)
     log(json.dumps({k: v for k, v in result.items() if k not in ("runs", "log_tail")}, indent=1))

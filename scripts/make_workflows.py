@@ -56,6 +56,23 @@ API_DIR = os.path.join(WORKFLOW_DIR, API_SUBDIR)
 SNAPSHOT = os.path.join(API_DIR, "_object_info.json")
 NODE_PREFIX = "IDSculpt"
 
+
+def _load_schedules():
+    """core/schedules.py by path: this script runs without torch, and importing the pack's ``core`` package
+    would import it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("idsculpt_schedules", os.path.join(ROOT, "core", "schedules.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses resolves the module of its classes
+    spec.loader.exec_module(mod)
+    return mod
+
+
+SCHEDULES = _load_schedules()
+#: the shipped workflows run the fast schedule; ``full_paper`` runs the paper's (core/schedules.py)
+DEFAULT_SCHEDULE = SCHEDULES.FAST
+
 #: Frontend-only node types (no Python class, never sent to /prompt): allowed in UI files only.
 FRONTEND_ONLY = {"MarkdownNote", "Note"}
 #: Extra widget values the frontend appends for some core nodes (viewer widgets), by node type.
@@ -523,8 +540,9 @@ def _reference_map(wf: Workflow, g: int, kind: str, ckpt: str, weight: float, te
     return loader, image
 
 
-def geometry_stages(wf: Workflow) -> dict:
-    """Stages 1 and 2 (portrait -> sculpted head); returns the values the texture stage needs."""
+def geometry_stages(wf: Workflow, schedule=DEFAULT_SCHEDULE) -> dict:
+    """Stages 1 and 2 (portrait -> sculpted head) at ``schedule``'s step counts; returns the values the texture
+    stage needs."""
     g1 = wf.group("1 · ID-aware initialisation: portrait → identity, PanoHead head mesh, 3D landmarks")
     wf.note(
         "## ID-Sculpt: portrait → 3D head\n\n"
@@ -542,7 +560,7 @@ def geometry_stages(wf: Workflow) -> dict:
     # auto: PanoHead when its release file is installed, else the procedural template head (the info says which)
     pano = wf.add("IDSculptPanoHeadLoader", None, g1, 2, color="loader", checkpoint="auto", vgg16="auto", lpips_weights="auto")
     invert = wf.add("IDSculptPanoHeadInvert", None, g1, 2, portrait=portrait["IMAGE"], panohead=pano["panohead"], init="auto",
-                    w_steps=500, pti_steps=500, mesh_resolution=512, mesh_level=20.0, view_resolution=256, seed=0,
+                    w_steps=schedule.w_steps, pti_steps=schedule.pti_steps, mesh_resolution=512, mesh_level=20.0, view_resolution=256, seed=0,
                     face_index=0, face_id=id_embed["face_id"], landmarker_model="(none)")  # the face ID Embed chose
     wf.add("PreviewImage", "Aligned portrait (PanoHead crop)", g1, 2, images=invert["aligned_portrait"])
     lms = wf.add("IDSculptLandmarkRender", None, g1, 3, image=invert["aligned_portrait"], head_mesh=invert["head_mesh"],
@@ -585,7 +603,8 @@ def geometry_stages(wf: Workflow) -> dict:
                  control_net=face_cn["CONTROL_NET"], landmarks=lms["landmarks"], control_strength=1.0, anneal="none",
                  t_max_final=200, grad_clip=0.0, resolution=512, seed=0, estimator="authors", vae_posterior="sample", **views)
     sculpt = wf.add("IDSculptDMTetSculpt", None, g2, 8, head_mesh=invert["head_mesh"], reference_geometry=geo["reference_geometry"],
-                    gan_views=invert["gan_views"], guidance=isd["guidance"], seed=0)
+                    gan_views=invert["gan_views"], guidance=isd["guidance"], steps=schedule.sculpt_steps,
+                    gan_steps=schedule.gan_steps, guidance_views=schedule.guidance_views, lr=schedule.sculpt_lr, seed=0)
     return {"caption": caption, "subject": subject, "portrait": portrait, "invert": invert, "id_embed": id_embed,
             "adapter": adapter, "sculpt": sculpt, "geo": geo, "g2": g2, "vae": vae}
 
@@ -608,10 +627,12 @@ def build_geometry() -> Workflow:
 
 def build_full(name: str = "full", texture_ckpt: str = TEXTURE_SD15, style: Optional[str] = None,
                negative: str = AUTHORS_TEXTURE_NEGATIVE,
-               description: str = "ID-Sculpt end to end: one portrait -> textured head (GLB)") -> Workflow:
-    """Stages 1-3. ``style`` None = the authors' texture prompt ("a DSLR portrait of <caption>") and negative."""
+               description: str = "ID-Sculpt end to end: one portrait -> textured head (GLB)",
+               schedule=DEFAULT_SCHEDULE) -> Workflow:
+    """Stages 1-3. ``style`` None = the authors' texture prompt ("a DSLR portrait of <caption>") and negative.
+    ``schedule``: the step counts (core/schedules.py)."""
     wf = Workflow(name, description)
-    s = geometry_stages(wf)
+    s = geometry_stages(wf, schedule)
     g2 = s["g2"]
     wf.add("PreviewImage", SCULPT_VIEWS_TITLE, g2, 9, images=s["sculpt"]["preview"])
     wf.add("IDSculptSaveHead", "Save sculpted head (untextured)", g2, 9, head=s["sculpt"]["head_mesh"],
@@ -643,13 +664,20 @@ def build_full(name: str = "full", texture_ckpt: str = TEXTURE_SD15, style: Opti
                      max_faces=100000, view_plan="default", erode_iterations=8, cos_threshold=0.0, policy="first",
                      upscale_model=upscaler["UPSCALE_MODEL"], **common)
     wf.add("PreviewImage", "Inpainted views", g3, 3, images=inpaint["views"])
-    refine = wf.add("IDSculptTextureRefine", None, g3, 4, head=inpaint["head"], refine_steps=400, t_min=50, t_max=200,
+    refine = wf.add("IDSculptTextureRefine", None, g3, 4, head=inpaint["head"], refine_steps=schedule.refine_steps, t_min=50, t_max=200,
                     learning_rate=0.02, perceptual_model=VGG16, lpips_weights="auto", **common)
     wf.add("PreviewImage", "Texture (UV)", g3, 4, images=refine["texture"])
     save = wf.add("IDSculptSaveHead", "Save textured head", g3, 5, head=refine["head"], filename_prefix=f"IDSculpt/head_{name}",
                   save_obj=False, reference_camera=sculpt["reference_camera"])
     wf.add("Preview3D", "3D view", g3, 5, model_file=save["model_file"])
     return wf
+
+
+def build_full_paper() -> Workflow:
+    """``full`` at the paper's step schedule (core/schedules.py PAPER: 6000 sculpt steps with one view per ISD step,
+    400 refinement steps): the authors' run, ~2.5x the default's time."""
+    return build_full("full_paper", description="ID-Sculpt end to end at the paper's step schedule (the authors' run; "
+                      "the default full workflow spreads the same ISD views over fewer steps)", schedule=SCHEDULES.PAPER)
 
 
 def build_full_stylised() -> Workflow:
@@ -705,7 +733,7 @@ def build_full_from_mesh() -> Workflow:
 
 
 
-WORKFLOWS = {"geometry": build_geometry, "full": build_full, "full_stylised": build_full_stylised,
+WORKFLOWS = {"geometry": build_geometry, "full": build_full, "full_paper": build_full_paper, "full_stylised": build_full_stylised,
              "full_multiphoto": build_full_multiphoto, "full_from_mesh": build_full_from_mesh}
 
 

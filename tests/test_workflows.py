@@ -36,7 +36,7 @@ from idsculpt.core import models as M
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WF_DIR = os.path.join(ROOT, "workflows")
-NAMES = ("geometry", "full", "full_stylised", "full_multiphoto", "full_from_mesh")
+NAMES = ("geometry", "full", "full_paper", "full_stylised", "full_multiphoto", "full_from_mesh")
 #: the head mesh full_from_mesh loads (tests put one made from the template head into the input folder)
 HEAD_GLB = "head_mesh.glb"
 PORTRAIT = os.path.join(os.path.dirname(ROOT), "shared", "data", "portraits", "jolie_1.jpg")
@@ -285,7 +285,8 @@ def test_settings_follow_the_reference(name):
     """docs/FIDELITY.md, the rows that live in the workflows: reference maps (canny ControlNet, 30 steps, CFG 7.5,
     ID 0.5 / 0.1, "head only" prompts, IP-Adapter's default negative), ISD (CFG 50, t in [20, 500], ID only below
     70 deg, landmark ControlNet, the authors' estimator on a posterior sample of sd-vae-ft-mse, view-dependent
-    prompts and negatives), DMTet 6000/1000 steps, texture in the sculpt's normalised frame with 20 DDIM steps CFG 10
+    prompts and negatives), the step schedule of core/schedules.py (full_paper: the paper's 6000/1000 DMTet steps,
+    one ISD view per step, 400 refinement steps; the others the fast default), texture in the sculpt's normalised frame with 20 DDIM steps CFG 10
     from t=950, normalbae + ID always on, the authors' prompt/negative per direction, RealESRGAN deblur, 400
     refinement steps with LPIPS-VGG against the whole-head mask."""
     api = load(f"api/{name}.json")
@@ -316,12 +317,18 @@ def test_settings_follow_the_reference(name):
     assert texts[i["positive"][0]] == isd_prompt and texts[i["negative"][0]] == ""
     _assert_view_prompts(texts, i, isd_prompt)
     sid, sculpt = _one(api, "IDSculptDMTetSculpt")
-    assert (sculpt["inputs"]["steps"], sculpt["inputs"]["gan_steps"]) == (6000, 1000)
+    sched = MW.SCHEDULES.PAPER if name == "full_paper" else MW.SCHEDULES.FAST
+    assert (sculpt["inputs"]["steps"], sculpt["inputs"]["gan_steps"]) == (sched.sculpt_steps, sched.gan_steps)
+    assert (sculpt["inputs"]["guidance_views"], sculpt["inputs"]["lr"]) == (sched.guidance_views, sched.sculpt_lr)
+    if name == "full_paper":
+        assert (sculpt["inputs"]["steps"], sculpt["inputs"]["gan_steps"], sculpt["inputs"]["guidance_views"]) == (6000, 1000, 1)
     assert sculpt["inputs"]["guidance"] == [isd_id, 0]
     assert api[sculpt["inputs"]["reference_geometry"][0]]["class_type"] == "IDSculptGeoSupervision"
     invert_id = sculpt["inputs"]["head_mesh"][0]
     stage1 = "IDSculptPlaceHeadMesh" if name == "full_from_mesh" else "IDSculptPanoHeadInvert"
     assert api[invert_id]["class_type"] == stage1 and sculpt["inputs"]["gan_views"] == [invert_id, 3]
+    if stage1 == "IDSculptPanoHeadInvert":
+        assert (api[invert_id]["inputs"]["w_steps"], api[invert_id]["inputs"]["pti_steps"]) == (sched.w_steps, sched.pti_steps)
     for _, save in (kv for kv in api.items() if kv[1]["class_type"] == "IDSculptSaveHead"):
         assert save["inputs"]["reference_camera"] == [sid, 2]  # kept in the GLB for evaluation in the head's frame
     consumers = {api[k]["class_type"] for k, _ in _feeds(api, sid)}
@@ -341,15 +348,16 @@ def test_settings_follow_the_reference(name):
     pid, inpaint = _one(api, "IDSculptProgressiveInpaint")
     rid, refine = _one(api, "IDSculptTextureRefine")
     assert (inpaint["inputs"]["steps"], inpaint["inputs"]["cfg"], inpaint["inputs"]["denoise"]) == (20, 10.0, 0.95)
-    assert (inpaint["inputs"]["sampler_name"], refine["inputs"]["refine_steps"]) == ("ddim", 400)
+    assert (inpaint["inputs"]["sampler_name"], refine["inputs"]["refine_steps"]) == ("ddim", sched.refine_steps)
+    assert name != "full_paper" or refine["inputs"]["refine_steps"] == 400
     assert inpaint["inputs"]["head"] == [sid, 0] and refine["inputs"]["head"] == [pid, 0]
     assert api[inpaint["inputs"]["upscale_model"][0]]["inputs"]["model_name"] == MW.REALESRGAN_X2
     assert (refine["inputs"]["perceptual_model"], refine["inputs"]["lpips_weights"]) == (MW.VGG16, "auto")
     gid = api[sid]["inputs"]["reference_geometry"][0]
     subject = f"a DSLR portrait of {caption}"
-    positive = {"full": subject, "full_multiphoto": subject, "full_from_mesh": subject,
+    positive = {"full": subject, "full_paper": subject, "full_multiphoto": subject, "full_from_mesh": subject,
                 "full_stylised": f"{subject}, {MW.TEXTURE_STYLE_PAINTERLY}"}[name]
-    negative = {"full": MW.AUTHORS_TEXTURE_NEGATIVE, "full_multiphoto": MW.AUTHORS_TEXTURE_NEGATIVE,
+    negative = {"full": MW.AUTHORS_TEXTURE_NEGATIVE, "full_paper": MW.AUTHORS_TEXTURE_NEGATIVE, "full_multiphoto": MW.AUTHORS_TEXTURE_NEGATIVE,
                 "full_from_mesh": MW.AUTHORS_TEXTURE_NEGATIVE, "full_stylised": MW.STYLISED_NEGATIVE}[name]
     for node in (inpaint, refine):
         inp = node["inputs"]
@@ -364,7 +372,7 @@ def test_settings_follow_the_reference(name):
         assert texts[inp["positive"][0]] == positive and texts[inp["negative"][0]] == negative
         _assert_view_prompts(texts, inp, positive)
     ckpt = api[api[inpaint["inputs"]["model"][0]]["inputs"]["model"][0]]["inputs"]["ckpt_name"]
-    assert ckpt == {"full": MW.TEXTURE_SD15, "full_multiphoto": MW.TEXTURE_SD15, "full_from_mesh": MW.TEXTURE_SD15,
+    assert ckpt == {"full": MW.TEXTURE_SD15, "full_paper": MW.TEXTURE_SD15, "full_multiphoto": MW.TEXTURE_SD15, "full_from_mesh": MW.TEXTURE_SD15,
                     "full_stylised": MW.STYLISED_SD15}[name]
     assert "IDSculptSaveHead" in {api[k]["class_type"] for k, inp in _feeds(api, rid) if api[k]["inputs"][inp] == [rid, 0]}
 
