@@ -383,7 +383,8 @@ def test_third_row_runs_with_id_off_in_the_same_call(env, shared) -> None:
 
 
 def test_third_row_with_controlnet_and_mixed_views(env, shared) -> None:
-    """Landmark ControlNet on all three rows; a view without ID needs no extra row (own call, 2 conds)."""
+    """Landmark ControlNet on all three rows; several views run in ONE call of a fixed shape (3 rows per
+    view, so one CUDA graph serves every step); a view without ID keeps cond as its estimator."""
     from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
 
     rec = CallRecorder()
@@ -394,11 +395,40 @@ def test_third_row_with_controlnet_and_mixed_views(env, shared) -> None:
     p = ComfyNoisePredictor(_recorded(shared.m1, rec), env.pos, env.neg, env.vae, env.controlnet, lm, resolution=RES)
     with torch.inference_mode(False):
         out = p.predict_noise(x, s, v)
-    assert sorted(map(sorted, rec.calls)) == [[0, 1], [0, 1, 2]] and len(lm.calls) == 1
+    assert [sorted(c) for c in rec.calls] == [[0, 1, 2]] and len(lm.calls) == 1
     assert torch.allclose(out.cond_no_id[0], ref_off.cond[0], atol=1e-5)
     assert torch.allclose(out.cond[0], ref_on.cond[0], atol=1e-5) and torch.allclose(out.uncond[0], ref_on.uncond[0], atol=1e-5)
     assert torch.allclose(out.cond[1], ref_off.cond[1], atol=1e-5) and torch.allclose(out.uncond[1], ref_off.uncond[1], atol=1e-5)
     assert torch.equal(out.cond_no_id[1], out.cond[1])  # ID already off there
+
+
+def test_several_views_run_as_one_call_of_one_shape(env, shared) -> None:
+    """Whatever views have ID on, four views are one UNet call of 3 x 4 rows (one CUDA graph for the whole
+    sculpt), and each view's estimator is the ID-off row where asked, cond elsewhere."""
+    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+
+    shapes: list = []
+
+    def wrapper(apply_model, args):
+        shapes.append((tuple(args["input"].shape), tuple(sorted(args["cond_or_uncond"]))))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    m = shared.m1.clone()
+    m.model_options["model_function_wrapper"] = wrapper
+    p = ComfyNoisePredictor(m, env.pos, env.neg, env.vae, resolution=RES)
+    for pattern in ([True, False, False, False], [False] * 4, [True] * 4, [False, True, True, False]):
+        x, s, v = _views_no_id(4, pattern, pattern)
+        with torch.inference_mode(False):
+            out = p.predict_noise(x, s, v)
+        if any(pattern):
+            for i, asked in enumerate(pattern):
+                if asked:
+                    assert (out.cond_no_id[i] - out.cond[i]).abs().max() > 1e-3  # the ID really is off there
+                else:
+                    assert torch.equal(out.cond_no_id[i], out.cond[i])
+        else:
+            assert out.cond_no_id is None
+    assert len(shapes) == 4 and len(set(shapes)) == 1 and shapes[0][1] == (0, 1, 2), shapes
 
 
 def test_no_extra_row_without_an_id_patch(env, shared) -> None:
