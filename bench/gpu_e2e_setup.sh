@@ -18,6 +18,8 @@ if [ -d .e2e ]; then
   fi
 fi
 export COMFYUI_PATH="${COMFYUI_PATH:-$PWD/.comfy/ComfyUI}" PYTHONUNBUFFERED=1
+# once per machine, as once per install for a user: nvdiffrast's CUDA plugin and the Triton walk kernel
+if [ -d .wheels ]; then python bench/warm_kernels.py 2>&1 | tail -3; fi
 python - <<'PY'
 import importlib
 for m in ("mediapipe", "matplotlib", "onnx", "insightface", "kornia", "torchsde", "av", "nvdiffrast"):
