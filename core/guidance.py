@@ -47,7 +47,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from .camera import Cameras
-from .transfer import to_device
+from .speed.transfer import to_device
 
 
 # ----------------------------------------------------------------------------- schedule

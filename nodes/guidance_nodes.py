@@ -52,7 +52,7 @@ import comfy.samplers
 from ..core.guidance import (ISD_ESTIMATORS, ISD_VIEW_THRESHOLDS, VIEW_DIRECTIONS, ISDConfig, ISDGuidance, NoisePrediction,
                              ViewBatch, vae_posterior_latents, view_direction)
 from ..core.sd_vae_encoder import SDVAEEncoder
-from ..core.transfer import to_device
+from ..core.speed.transfer import to_device
 from .cuda_graphs import DiffusionGraphs, cuda_graphs_input
 from .id_adapter_nodes import ID_ENABLED_KEY, ID_MASK_KEY, ID_OFF_CONDS_KEY, IDAttentionPatch
 from .view_prompts import view_conditioning, view_conditioning_inputs

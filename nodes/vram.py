@@ -63,7 +63,7 @@ FUSED_WALK_ENV = "IDSCULPT_FUSED_WALK"
 
 
 def sculpt_profile_folder() -> str | None:
-    """IDSCULPT_PROFILE_SCULPT=<folder>: DMTet Sculpt profiles ten stage-B steps into it (core/sculpt/profiling.py)."""
+    """IDSCULPT_PROFILE_SCULPT=<folder>: DMTet Sculpt profiles ten stage-B steps into it (core/speed/profiling.py)."""
     return os.environ.get(SCULPT_PROFILE_ENV) or None
 
 

@@ -54,7 +54,7 @@ def _counts(ka) -> dict:
 
 
 def _report(per_kind: dict[str, list]) -> str:
-    lines = ["# sculpt steps inside a real run (core/sculpt/profiling.py; each step under its own profiler)", ""]
+    lines = ["# sculpt steps inside a real run (core/speed/profiling.py; each step under its own profiler)", ""]
     for kind, steps in per_kind.items():
         c = [_counts(ka) for _, ka, _ in steps]
         mean = {k: sum(x[k] for x in c) / len(c) for k in c[0]}
