@@ -1,7 +1,8 @@
 """ComfyUI V3 nodes of the pack: thin adapters from ComfyUI types to ``core``.
 
 Every module in this folder that defines ``NODES`` (a list of ``io.ComfyNode`` classes) is
-collected here, so adding a node file needs no edit of this one. A module that fails to import is
+collected here, so adding a node file needs no edit of this one. Sub-packages (``engines/``: the
+ComfyUI-backed engines the nodes use) hold no nodes and are not collected. A module that fails to import is
 reported in ComfyUI's log by name, and the rest of the pack still loads.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ log = logging.getLogger("IDSculpt")
 def _collect_nodes() -> list[type[io.ComfyNode]]:
     nodes: list[type[io.ComfyNode]] = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
+        if info.name.startswith("_") or info.ispkg:
             continue
         try:
             module = importlib.import_module(f"{__name__}.{info.name}")

@@ -1,4 +1,4 @@
-"""nodes/vram.py in a real ComfyUI (in-process, CPU): the stage record, the mode check, the node inputs."""
+"""nodes/engines/vram.py in a real ComfyUI (in-process, CPU): the stage record, the mode check, the node inputs."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ STAGE_NODES = ("IDSculptPanoHeadInvert", "IDSculptDMTetSculpt", "IDSculptProgres
 
 
 def test_stage_writes_one_json_line_per_stage(comfy_inprocess, tmp_path, monkeypatch) -> None:
-    from idsculpt.nodes import vram
+    from idsculpt.nodes.engines import vram
 
     path = tmp_path / "stages.jsonl"
     monkeypatch.setenv(vram.LOG_ENV, str(path))
@@ -32,7 +32,7 @@ def test_stage_profile_names_the_stage_work(comfy_inprocess, tmp_path, monkeypat
     """IDSCULPT_PROFILE_DIR: each stage writes a cProfile (.prof + readable .txt) of its own work."""
     import pstats
 
-    from idsculpt.nodes import vram
+    from idsculpt.nodes.engines import vram
 
     def sculpt_like_work() -> int:
         return sum(i * i for i in range(20000))
@@ -53,7 +53,7 @@ def test_stage_profile_names_the_stage_work(comfy_inprocess, tmp_path, monkeypat
 
 
 def test_vram_cap_is_a_no_op_without_cuda_or_env(comfy_inprocess, monkeypatch) -> None:
-    from idsculpt.nodes import vram
+    from idsculpt.nodes.engines import vram
 
     monkeypatch.setenv(vram.CAP_ENV, "8")
     vram.apply_vram_cap()  # CPU: nothing to cap, no error
@@ -62,7 +62,7 @@ def test_vram_cap_is_a_no_op_without_cuda_or_env(comfy_inprocess, monkeypatch) -
 
 
 def test_stage_nodes_offer_vram_mode(comfy_inprocess) -> None:
-    from idsculpt.nodes.vram import VRAM_MODES
+    from idsculpt.nodes.engines.vram import VRAM_MODES
 
     nodes = comfy_inprocess.load_pack_nodes()
     for nid in STAGE_NODES:
@@ -80,7 +80,7 @@ def test_offload_keeps_dynamic_models_and_records_dynamic_vram(comfy_inprocess, 
 
     import comfy.model_management as mm
 
-    from idsculpt.nodes import vram
+    from idsculpt.nodes.engines import vram
 
     static, dynamic = types.SimpleNamespace(model=types.SimpleNamespace()), types.SimpleNamespace(
         model=types.SimpleNamespace(is_dynamic=lambda: True))
@@ -111,7 +111,7 @@ def test_not_counted_names_what_the_peaks_cannot_see(comfy_inprocess, monkeypatc
 
     import comfy.model_management as mm
 
-    from idsculpt.nodes import vram
+    from idsculpt.nodes.engines import vram
 
     class SD15UNet:  # the model class the record names
         pass

@@ -70,7 +70,7 @@ def sculpt_profile_folder() -> str | None:
 def apply_render_switches() -> None:
     """IDSCULPT_FUSED_WALK=0: the torch renderer's silhouette walk as torch ops instead of the Triton kernel (for
     before/after benchmarks in one process tree). Read at every stage, so a server's environment decides."""
-    from ..core.render import torch_backend
+    from ...core.render import torch_backend
 
     torch_backend.FUSED_WALK = os.environ.get(FUSED_WALK_ENV, "1") != "0"
 

@@ -40,7 +40,7 @@ from comfy_api.latest import io
 
 import comfy.patcher_extension
 
-from ..core.speed.cuda_graph import GraphedCall
+from ...core.speed.cuda_graph import GraphedCall
 
 log = logging.getLogger("IDSculpt")
 
