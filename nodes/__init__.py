@@ -67,9 +67,26 @@ async def register_node_replacements(replacements: list[dict], node_ids: set[str
     return len(replacements)
 
 
+_loaded = False
+
+
+def load_once() -> None:
+    """What the pack does once per host process when the host loads it, never at import (importing a node
+    module has no effect beyond defining it): the diagnostic VRAM cap (``IDSCULPT_VRAM_CAP_GIB``, which probes
+    CUDA). Called from ``on_load`` (newer ComfyUI) and from ``get_node_list`` (0.3.64 has no ``on_load``)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from .engines.vram import apply_vram_cap
+
+    apply_vram_cap()
+
+
 class IDSculptExtension(ComfyExtension):
     async def on_load(self) -> None:
         # called by newer ComfyUI before get_node_list (0.3.64 does not call it)
+        load_once()
         if not NODE_REPLACEMENTS or not hasattr(io, "NodeReplace"):
             return
         try:
@@ -81,4 +98,5 @@ class IDSculptExtension(ComfyExtension):
             log.exception("IDSculpt: could not register node replacements")
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        load_once()
         return _collect_nodes()

@@ -61,6 +61,31 @@ def test_vram_cap_is_a_no_op_without_cuda_or_env(comfy_inprocess, monkeypatch) -
     vram.apply_vram_cap()
 
 
+def test_vram_cap_is_set_once_by_the_load_hook(comfy_inprocess, monkeypatch) -> None:
+    """The cap (a CUDA probe) is set when the host loads the pack, once, whichever hook the host calls
+    (on_load on newer ComfyUI, get_node_list on 0.3.64): 2 GiB of an 8 GiB card is a fraction of 0.25."""
+    import asyncio
+
+    import torch
+
+    import idsculpt
+    import idsculpt.nodes as pack_nodes
+    from idsculpt.nodes.engines import vram
+
+    calls = []
+    monkeypatch.setenv(vram.CAP_ENV, "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: type("P", (), {"total_memory": 8 * 2**30})())
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, dev: calls.append((f, dev)))
+    monkeypatch.setattr(vram.mm, "get_torch_device", lambda: "cuda:0")
+    monkeypatch.setattr(pack_nodes, "_loaded", False)
+    ext = asyncio.run(idsculpt.comfy_entrypoint())
+    assert calls == []  # building the extension does nothing
+    asyncio.run(ext.on_load())
+    asyncio.run(ext.get_node_list())
+    assert calls == [(0.25, "cuda:0")]
+
+
 def test_stage_nodes_offer_vram_mode(comfy_inprocess) -> None:
     from idsculpt.nodes.engines.vram import VRAM_MODES
 

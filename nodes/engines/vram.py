@@ -19,7 +19,8 @@ The pack's diagnostic switches are all read here, from ComfyUI's environment (co
 silhouette walk without its Triton kernel).
 
 ``IDSCULPT_VRAM_CAP_GIB=8`` in ComfyUI's environment caps PyTorch's allocations in that process
-(``torch.cuda.set_per_process_memory_fraction``) to check that a run fits a smaller card.
+(``torch.cuda.set_per_process_memory_fraction``) to check that a run fits a smaller card. The cap is set
+when the host loads the pack (nodes/__init__.py's load hook), not at import.
 
 Every stage logs its peak (``torch.cuda.max_memory_allocated`` from the stage's start) and, when
 the ``IDSCULPT_VRAM_LOG`` environment variable names a file, appends a JSON line there (used by
@@ -252,5 +253,3 @@ def stage(name: str, mode: str = "offload") -> Iterator[dict]:
             except OSError as e:
                 log.warning("IDSculpt: cannot append to %s=%s: %s", LOG_ENV, path, e)
 
-
-apply_vram_cap()
