@@ -6,7 +6,7 @@ python - <<'PY'
 import json, os, sys
 sys.path.insert(0, "bench")
 import bench_isd
-from idsculpt.core.cuda_graph import GraphedCall
+from idsculpt.core.speed.cuda_graph import GraphedCall
 new = GraphedCall._weights_key
 def old(self):
     ptrs = []

@@ -87,7 +87,7 @@ def network_flops(full: bool, res: int) -> dict[str, int]:
     from tiny_models import sd15_unet_config, tiny_vae
 
     from idsculpt.core.panohead.perceptual import VGG16Perceptual
-    from idsculpt.nodes.guidance_nodes import DifferentiableVAEEncoder
+    from idsculpt.nodes.engines.vae_encoder import DifferentiableVAEEncoder
 
     cfg = sd15_unet_config(full, torch.float32)
     ctx = cfg["context_dim"]
@@ -217,7 +217,7 @@ def call_structure(workflow: dict) -> dict[str, dict[str, int]]:
     from idsculpt.core.mesh import HeadMesh
     from idsculpt.core.panohead.perceptual import VGG16Perceptual
     from idsculpt.core.texture import ReferenceView, RefineConfig, normalbae_control, refine_texture, render_textured, unwrap_uv
-    from idsculpt.nodes.texture_nodes import ComfyDenoiser, ComfyInpainter, ComfySampling
+    from idsculpt.nodes.engines.sampling import ComfyDenoiser, ComfyInpainter, ComfySampling
 
     res, dev = 64, torch.device("cpu")
     model, control, vae = tiny_sd15_model(), tiny_controlnet(), tiny_vae()

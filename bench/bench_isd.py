@@ -67,7 +67,7 @@ def isd_setup(model, pos, neg, vae, control, hints, n: int, res: int, device: to
     """The timed ISD configuration (also used by profile_fastpath.py): guidance at CFG 50 taking
     ``n`` views per step, ``n`` orbit cameras over the front half and a random image batch."""
     from idsculpt.core.camera import Cameras
-    from idsculpt.nodes.guidance_nodes import build_isd_guidance
+    from idsculpt.nodes.engines.isd_guidance import build_isd_guidance
 
     g = build_isd_guidance(model, pos, neg, vae, control, hints, cfg=50.0, resolution=res, seed=0, cuda_graphs=cuda_graphs)
     g.predictor.max_views = n
@@ -97,7 +97,7 @@ def main() -> None:
     import_comfy(skip=False)
 
     from idsculpt.core.face.id_adapter import load_id_adapter
-    from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
+    from idsculpt.nodes.engines.id_patch import apply_id_adapter
 
     t0 = time.time()
     ctx = 768 if full else 64

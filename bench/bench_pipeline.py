@@ -8,7 +8,7 @@ every downstream node executes again) and records:
 
 * wall time of every node (websocket ``executing`` events) and of the whole run;
 * per IDSculpt stage (PanoHead Invert, DMTet Sculpt, Progressive Inpaint, Texture Refine): peak VRAM
-  from the stage's start (``torch.cuda.max_memory_allocated``, nodes/vram.py), the peak of whatever
+  from the stage's start (``torch.cuda.max_memory_allocated``, nodes/engines/vram.py), the peak of whatever
   ran since the previous stage (ComfyUI's KSamplers, loaders), and the stage's seconds;
 * CUDA memory held by ComfyUI's PyTorch after every run and after ``/free`` (``/system_stats``),
   against the level before the first run: repeated runs must not grow it.

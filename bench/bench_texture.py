@@ -60,7 +60,7 @@ def main() -> None:
     from idsculpt.core.mesh import HeadMesh
     from idsculpt.core.texture import (InpaintConfig, ReferenceView, RefineConfig, default_view_plan, normalbae_control,
                                        progressive_inpaint, rasterize_uv, refine_texture, render_textured, unwrap_uv)
-    from idsculpt.nodes.texture_nodes import ComfyDenoiser, ComfyInpainter, ComfySampling
+    from idsculpt.nodes.engines.sampling import ComfyDenoiser, ComfyInpainter, ComfySampling
 
     t0 = time.time()
     ctx = 768 if full else 64

@@ -1,4 +1,4 @@
-"""Does core.cuda_graph.release_graph_memory give CUDA's graph memory pool back? (GPU, diagnostic)
+"""Does core.speed.cuda_graph.release_graph_memory give CUDA's graph memory pool back? (GPU, diagnostic)
 
     PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync python bench/check_graph_memory_trim.py
 
@@ -9,7 +9,7 @@ round printed "-96 MiB": it returned the untrimmed round's leftover too.
 import torch, sys
 sys.path.insert(0, "bench")
 import _pack; _pack.load()
-from idsculpt.core.cuda_graph import release_graph_memory
+from idsculpt.core.speed.cuda_graph import release_graph_memory
 print("allocator", torch.cuda.get_allocator_backend())
 x = torch.randn(4096, 4096, device="cuda"); torch.cuda.synchronize()
 for trim in (False, True):

@@ -180,7 +180,7 @@ def part_isd(res: dict, out_dir: str, tag: str, models) -> None:
 
     from idsculpt.core.face.id_adapter import load_id_adapter
     from idsculpt.core.guidance import ViewBatch
-    from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
+    from idsculpt.nodes.engines.id_patch import apply_id_adapter
 
     model, control, vae, pos, neg = models
     dev = torch.device("cuda")
@@ -262,7 +262,7 @@ def part_isd(res: dict, out_dir: str, tag: str, models) -> None:
 
 def part_refine(res: dict, models) -> None:
     from idsculpt.core.camera import Cameras
-    from idsculpt.nodes.texture_nodes import ComfyDenoiser, ComfySampling
+    from idsculpt.nodes.engines.sampling import ComfyDenoiser, ComfySampling
 
     model, control, vae, pos, neg = models
     dev = torch.device("cuda")

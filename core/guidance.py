@@ -35,7 +35,7 @@ Sigma space (ComfyUI's EPS parameterisation) versus DDPM's:
 so the same eps is predicted in both; w(t) = 1 - alphabar_t = sigma_t^2 / (1 + sigma_t^2).
 A predictor working in DDPM space scales its input by sqrt(alphabar_t) = 1 / sqrt(1 + sigma_t^2).
 
-Nothing here imports ComfyUI: nodes/guidance_nodes.py implements ``NoisePredictor`` with a ComfyUI
+Nothing here imports ComfyUI: nodes/engines/noise_predictor.py implements ``NoisePredictor`` with a ComfyUI
 MODEL / CONDITIONING / VAE / CONTROL_NET, tests implement it with toy torch models.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from .camera import Cameras
-from .transfer import to_device
+from .speed.transfer import to_device
 
 
 # ----------------------------------------------------------------------------- schedule

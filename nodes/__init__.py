@@ -1,7 +1,8 @@
 """ComfyUI V3 nodes of the pack: thin adapters from ComfyUI types to ``core``.
 
 Every module in this folder that defines ``NODES`` (a list of ``io.ComfyNode`` classes) is
-collected here, so adding a node file needs no edit of this one. A module that fails to import is
+collected here, so adding a node file needs no edit of this one. Sub-packages (``engines/``: the
+ComfyUI-backed engines the nodes use) hold no nodes and are not collected. A module that fails to import is
 reported in ComfyUI's log by name, and the rest of the pack still loads.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ log = logging.getLogger("IDSculpt")
 def _collect_nodes() -> list[type[io.ComfyNode]]:
     nodes: list[type[io.ComfyNode]] = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
+        if info.name.startswith("_") or info.ispkg:
             continue
         try:
             module = importlib.import_module(f"{__name__}.{info.name}")
@@ -66,9 +67,26 @@ async def register_node_replacements(replacements: list[dict], node_ids: set[str
     return len(replacements)
 
 
+_loaded = False
+
+
+def load_once() -> None:
+    """What the pack does once per host process when the host loads it, never at import (importing a node
+    module has no effect beyond defining it): the diagnostic VRAM cap (``IDSCULPT_VRAM_CAP_GIB``, which probes
+    CUDA). Called from ``on_load`` (newer ComfyUI) and from ``get_node_list`` (0.3.64 has no ``on_load``)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from .engines.vram import apply_vram_cap
+
+    apply_vram_cap()
+
+
 class IDSculptExtension(ComfyExtension):
     async def on_load(self) -> None:
         # called by newer ComfyUI before get_node_list (0.3.64 does not call it)
+        load_once()
         if not NODE_REPLACEMENTS or not hasattr(io, "NodeReplace"):
             return
         try:
@@ -80,4 +98,5 @@ class IDSculptExtension(ComfyExtension):
             log.exception("IDSculpt: could not register node replacements")
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        load_once()
         return _collect_nodes()

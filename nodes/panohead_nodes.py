@@ -23,7 +23,7 @@ from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core
 from .face_nodes import NO_TASK, landmarker_model_input, landmarker_model_path
 from .perceptual import AUTO, lpips_weights_input, resolve_lpips_weights
 from .types import CAMERA, FACE_ID, GAN_VIEWS, HEAD_MESH, PANOHEAD
-from .vram import graphs_allowed, module_tensors, stage, vram_mode_input
+from .engines.vram import graphs_allowed, module_tensors, stage, vram_mode_input
 
 log = logging.getLogger("IDSculpt")
 

@@ -1,5 +1,5 @@
 """core/ reads no environment (issue 21): switches are parameters, and the few diagnostic ones are read in one
-place on the node side (nodes/vram.py), from ComfyUI's environment."""
+place on the node side (nodes/engines/vram.py), from ComfyUI's environment."""
 from __future__ import annotations
 
 import ast
@@ -29,7 +29,7 @@ def test_no_file_in_core_reads_the_environment() -> None:
     reads = []
     for folder, _, files in os.walk(CORE):
         reads += [r for f in files if f.endswith(".py") for r in _environment_reads(os.path.join(folder, f))]
-    assert reads == [], "core/ must take switches as parameters (read them in nodes/vram.py): " + ", ".join(reads)
+    assert reads == [], "core/ must take switches as parameters (read them in nodes/engines/vram.py): " + ", ".join(reads)
 
 
 def test_the_detector_finds_a_read(tmp_path) -> None:
@@ -41,7 +41,7 @@ def test_the_detector_finds_a_read(tmp_path) -> None:
 @pytest.mark.comfy
 def test_the_node_side_reads_the_diagnostic_switches(comfy_inprocess, monkeypatch, tmp_path) -> None:
     from idsculpt.core.render import torch_backend
-    from idsculpt.nodes import vram
+    from idsculpt.nodes.engines import vram
 
     monkeypatch.setenv(vram.FUSED_WALK_ENV, "0")
     monkeypatch.setenv(vram.SCULPT_PROFILE_ENV, str(tmp_path))

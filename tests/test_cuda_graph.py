@@ -1,4 +1,4 @@
-"""core/cuda_graph.py: which calls share a graph, eager fallbacks, and (on CUDA) that replays equal eager calls."""
+"""core/speed/cuda_graph.py: which calls share a graph, eager fallbacks, and (on CUDA) that replays equal eager calls."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,7 @@ import uuid
 import pytest
 import torch
 
-from idsculpt.core.cuda_graph import GraphedCall
+from idsculpt.core.speed.cuda_graph import GraphedCall
 
 sys.path.insert(0, os.path.dirname(__file__))
 from cuda_malloc_async import rerun_under_cuda_malloc_async  # noqa: E402
@@ -159,7 +159,7 @@ def test_repeated_captures_do_not_grow_allocated_memory() -> None:
 
 
 def test_graph_memory_release_is_a_no_op_without_cuda(monkeypatch) -> None:
-    from idsculpt.core import cuda_graph
+    from idsculpt.core.speed import cuda_graph
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert cuda_graph.release_graph_memory() is False
@@ -168,5 +168,5 @@ def test_graph_memory_release_is_a_no_op_without_cuda(monkeypatch) -> None:
 @cuda
 def test_capture_failure_does_not_abort_under_cuda_malloc_async() -> None:
     """ComfyUI's default allocator: a host sync inside a capture used to kill the process (SIGABRT, on an
-    H100); the warm-up now finds the sync first (core.cuda_graph.no_host_syncs) and the call stays eager."""
+    H100); the warm-up now finds the sync first (core.speed.cuda_graph.no_host_syncs) and the call stays eager."""
     rerun_under_cuda_malloc_async(__file__, "test_capture_failure_falls_back_to_eager", timeout=300)

@@ -1,4 +1,4 @@
-"""nodes/cuda_graphs.py inside a real ComfyUI (in-process, CPU): the wrappers sit in the UNet and
+"""nodes/engines/cuda_graphs.py inside a real ComfyUI (in-process, CPU): the wrappers sit in the UNet and
 ControlNet call path, change nothing, and leave the user's MODEL and CONTROL_NET as they were.
 
 On CPU every call runs eagerly (graphs need CUDA); the replays themselves are checked against eager
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.comfy
 def test_wrappers_are_in_the_call_path_and_change_nothing(comfy_inprocess, monkeypatch) -> None:
     import comfy.sample
 
-    from idsculpt.nodes.cuda_graphs import WRAPPER_KEY, DiffusionGraphs
-    from idsculpt.nodes.texture_nodes import attach_control
+    from idsculpt.nodes.engines.cuda_graphs import WRAPPER_KEY, DiffusionGraphs
+    from idsculpt.nodes.engines.sampling import attach_control
     from tiny_models import tiny_conditioning, tiny_controlnet, tiny_sd15_model
 
     model, cn = tiny_sd15_model(), tiny_controlnet()
@@ -37,7 +37,7 @@ def test_wrappers_are_in_the_call_path_and_change_nothing(comfy_inprocess, monke
             return comfy.sample.sample(m, noise, 3, 4.0, "ddim", "ddim_uniform", p, n, latent, disable_pbar=True, seed=0)
 
     plain = sample(model)
-    import idsculpt.nodes.cuda_graphs as cg
+    import idsculpt.nodes.engines.cuda_graphs as cg
 
     graphs = DiffusionGraphs(model, cn, enabled=True)
     assert not graphs.enabled  # a CPU model: no graphs
@@ -80,7 +80,7 @@ def _fake_prefetch(args) -> types.ModuleType:
 def test_graphs_off_reason_follows_the_host(comfy_inprocess, monkeypatch) -> None:
     import comfy.cli_args
 
-    import idsculpt.nodes.cuda_graphs as cg
+    import idsculpt.nodes.engines.cuda_graphs as cg
 
     args = comfy.cli_args.args
     monkeypatch.setattr(cg, "_cuda_available", lambda: False)
@@ -114,7 +114,7 @@ def test_graphs_off_reason_follows_the_host(comfy_inprocess, monkeypatch) -> Non
 
 
 def test_one_log_line_says_why_graphs_are_off(comfy_inprocess, monkeypatch, caplog) -> None:
-    import idsculpt.nodes.cuda_graphs as cg
+    import idsculpt.nodes.engines.cuda_graphs as cg
     from tiny_models import tiny_sd15_model
 
     model = tiny_sd15_model().clone()
@@ -137,7 +137,7 @@ def test_residency_needs_every_parameter_and_no_dynamic_load(comfy_inprocess) ->
     from dynamic_vram_standin import DynamicVRAMStandIn
     from tiny_models import tiny_vae
 
-    import idsculpt.nodes.cuda_graphs as cg
+    import idsculpt.nodes.engines.cuda_graphs as cg
 
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
     assert cg.not_resident_reason(net, device_type="cpu") is None
@@ -159,7 +159,7 @@ def test_residency_needs_every_parameter_and_no_dynamic_load(comfy_inprocess) ->
 
 
 def test_per_call_check_is_cached_and_logged_once(comfy_inprocess, monkeypatch, caplog) -> None:
-    import idsculpt.nodes.cuda_graphs as cg
+    import idsculpt.nodes.engines.cuda_graphs as cg
     from tiny_models import tiny_sd15_model
 
     model = tiny_sd15_model()

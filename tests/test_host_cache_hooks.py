@@ -35,7 +35,7 @@ def test_perceptual_net_reports_its_weights() -> None:
 
 @pytest.mark.comfy
 def test_module_tensors_and_unique_models(comfy_inprocess) -> None:
-    from idsculpt.nodes.vram import module_tensors, unique_models
+    from idsculpt.nodes.engines.vram import module_tensors, unique_models
 
     a = torch.nn.Linear(3, 2)
     b = torch.nn.BatchNorm1d(4)
@@ -77,8 +77,8 @@ def test_isd_guidance_models_tracked_and_sized(comfy_inprocess) -> None:
     cache sizes it by its own tensors and, once a later prompt no longer uses it, evicts it first."""
     import comfy.model_patcher
 
-    from idsculpt.nodes.guidance_nodes import ComfyISDGuidance, build_isd_guidance
-    from idsculpt.nodes.vram import module_tensors
+    from idsculpt.nodes.engines.isd_guidance import ComfyISDGuidance, build_isd_guidance
+    from idsculpt.nodes.engines.vram import module_tensors
     from tiny_models import tiny_conditioning, tiny_controlnet, tiny_sd15_model, tiny_vae
 
     class TrackedDynamic(comfy.model_patcher.ModelPatcher):
@@ -149,7 +149,7 @@ def test_panohead_model_reports_generator_and_perceptual_weights(comfy_inprocess
     from panohead_fixtures import tiny_generator
 
     from idsculpt.nodes.panohead_nodes import PanoHeadModel
-    from idsculpt.nodes.vram import module_tensors
+    from idsculpt.nodes.engines.vram import module_tensors
 
     g, vgg = tiny_generator(seed=1), VGG16Perceptual()
     usage = ram_usage([PanoHeadModel(g, vgg, "n")])[0]

@@ -49,7 +49,7 @@ def clone_semantics(request, monkeypatch, comfy_inprocess) -> str:
 @pytest.fixture(scope="module")
 def env(comfy_inprocess, tmp_path_factory):
     from idsculpt.core.face.id_adapter import load_id_adapter
-    from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
+    from idsculpt.nodes.engines.id_patch import apply_id_adapter
 
     adapter = load_id_adapter(write_tiny_faceid_adapter(str(tmp_path_factory.mktemp("clones") / "faceid.bin"), scale=4.0))
     model = tiny_sd15_model()
@@ -90,7 +90,7 @@ def test_the_stand_in_reproduces_the_leak(env, clone_semantics: str) -> None:
     """Without the pack's ON_CLONE callback, list/dict-only copying shares the patch with the parent."""
     import comfy.patcher_extension
 
-    from idsculpt.nodes.id_adapter_nodes import ON_CLONE_KEY
+    from idsculpt.nodes.engines.id_patch import ON_CLONE_KEY
 
     bare = env.id_model.clone()
     bare.remove_callbacks_with_key(comfy.patcher_extension.CallbacksMP.ON_CLONE, ON_CLONE_KEY)
@@ -132,7 +132,7 @@ def test_stacked_adapters_and_foreign_patches_across_clones(env, clone_semantics
     import comfy.patcher_extension
 
     from idsculpt.core.face.id_adapter import SD15_ATTN2_BLOCKS
-    from idsculpt.nodes.id_adapter_nodes import ON_CLONE_KEY, IDAttentionPatch, apply_id_adapter
+    from idsculpt.nodes.engines.id_patch import ON_CLONE_KEY, IDAttentionPatch, apply_id_adapter
 
     twice = apply_id_adapter(env.id_model, env.adapter, -env.emb)
     cbs = twice.callbacks[comfy.patcher_extension.CallbacksMP.ON_CLONE]

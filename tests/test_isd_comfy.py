@@ -37,7 +37,7 @@ def env(comfy_inprocess, tmp_path_factory):
 @pytest.fixture(scope="module")
 def shared(env):
     """Predictions several tests compare against (computed once: each UNet call costs ~1 s on CPU)."""
-    from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
+    from idsculpt.nodes.engines.id_patch import apply_id_adapter
 
     m1 = apply_id_adapter(env.model, env.adapter, env.emb1)
     return types.SimpleNamespace(m1=m1, base=_predict(env, env.model), on=_predict(env, m1))
@@ -65,7 +65,7 @@ def _views(b: int = 2, id_enabled=None, sigma: float = 2.0) -> tuple[torch.Tenso
 
 
 def _predict(env, model, views=None, control=False, landmarks=None, model_options_extra=None):
-    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+    from idsculpt.nodes.engines.noise_predictor import ComfyNoisePredictor
 
     x, s, v = views or _views()
     p = ComfyNoisePredictor(model, env.pos, env.neg, env.vae, env.controlnet if control else None,
@@ -79,7 +79,7 @@ def _predict(env, model, views=None, control=False, landmarks=None, model_option
 
 
 def test_id_tokens_change_cond_not_uncond(env, shared) -> None:
-    from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
+    from idsculpt.nodes.engines.id_patch import apply_id_adapter
 
     base, p1 = shared.base, shared.on
     m2 = apply_id_adapter(env.model, env.adapter, env.emb2)
@@ -96,7 +96,7 @@ def test_id_tokens_change_cond_not_uncond(env, shared) -> None:
 
 
 def test_id_switch_per_view_and_per_call(env, shared) -> None:
-    from idsculpt.nodes.id_adapter_nodes import ID_ENABLED_KEY, apply_id_adapter
+    from idsculpt.nodes.engines.id_patch import ID_ENABLED_KEY, apply_id_adapter
 
     m1, base, on = shared.m1, shared.base, shared.on
     mixed = _predict(env, m1, views=_views(id_enabled=[True, False]))
@@ -107,7 +107,7 @@ def test_id_switch_per_view_and_per_call(env, shared) -> None:
     late = apply_id_adapter(env.model, env.adapter, env.emb1, start_percent=0.9, end_percent=1.0)
     assert torch.allclose(_predict(env, late).cond, base.cond, atol=1e-5)
     # a KSampler-style global switch in transformer_options
-    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+    from idsculpt.nodes.engines.noise_predictor import ComfyNoisePredictor
 
     off = m1.clone()
     off.model_options["transformer_options"][ID_ENABLED_KEY] = False
@@ -133,7 +133,7 @@ def test_upstream_patches_stay_active(env, shared) -> None:
     import comfy.ldm.modules.attention as attn
 
     from idsculpt.core.face.id_adapter import SD15_ATTN2_BLOCKS
-    from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
+    from idsculpt.nodes.engines.id_patch import apply_id_adapter
 
     seen = []
 
@@ -185,7 +185,7 @@ class PrefetchingLandmarks(RandomLandmarks):
 
 
 def test_prefetched_landmark_hint_is_the_one_drawn_for_the_step(env, shared) -> None:
-    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+    from idsculpt.nodes.engines.noise_predictor import ComfyNoisePredictor
 
     x, s, v = _views()
     plain = _predict(env, shared.m1, (x, s, v), control=True, landmarks=RandomLandmarks(1))
@@ -202,8 +202,8 @@ def test_prefetched_landmark_hint_is_the_one_drawn_for_the_step(env, shared) -> 
 
 
 def test_isd_gradient_through_vae(env) -> None:
-    from idsculpt.nodes.guidance_nodes import build_isd_guidance
-    from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
+    from idsculpt.nodes.engines.isd_guidance import build_isd_guidance
+    from idsculpt.nodes.engines.id_patch import apply_id_adapter
 
     m1 = apply_id_adapter(env.model, env.adapter, env.emb1)
     lm = RandomLandmarks(3)
@@ -223,7 +223,7 @@ def test_isd_gradient_through_vae(env) -> None:
     # the posterior noise comes from the guidance's seeded generator
     assert g.predictor.generator is g.generator and g.predictor.vae_posterior == "sample"
     # posterior="mean": the differentiable encoder is ComfyUI's VAE encode in the model's latent scale
-    from idsculpt.nodes.guidance_nodes import DifferentiableVAEEncoder
+    from idsculpt.nodes.engines.vae_encoder import DifferentiableVAEEncoder
 
     lf = m1.get_model_object("latent_format")
     with torch.inference_mode(False):
@@ -245,7 +245,7 @@ def test_isd_gradient_through_vae(env) -> None:
 def test_patched_model_samples_in_ksampler(env) -> None:
     import comfy.sample
 
-    from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
+    from idsculpt.nodes.engines.id_patch import apply_id_adapter
 
     m1 = apply_id_adapter(env.model, env.adapter, env.emb1)
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -275,7 +275,7 @@ def test_nodes_load_apply_and_refuse(env) -> None:
     face = FaceID(embedding=env.emb1, box=torch.zeros(4), keypoints=torch.zeros(5, 2), aligned_crop=torch.zeros(112, 112, 3), det_score=0.9)
     m = ci.run_node(apply, model=env.model, id_adapter=ad, face_id=face, weight=1.0, start_percent=0.0, end_percent=1.0).result[0]
     assert len(m.model_options["transformer_options"]["patches_replace"]["attn2"]) == 16
-    from idsculpt.nodes.guidance_nodes import has_id_adapter
+    from idsculpt.nodes.engines.id_patch import has_id_adapter
 
     assert has_id_adapter(m) and not has_id_adapter(env.model)
     g = ci.run_node(nodes["IDSculptISDGuidance"], model=m, positive=env.pos, negative=env.neg, vae=env.vae, cfg=50.0,
@@ -288,7 +288,7 @@ def test_nodes_load_apply_and_refuse(env) -> None:
 
 def test_view_dependent_prompts(env, shared) -> None:
     """Views get their own prompt (front/side) in one batch; unequal token lengths fall back to groups."""
-    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+    from idsculpt.nodes.engines.noise_predictor import ComfyNoisePredictor
 
     side = tiny_conditioning(5)
     side_long = [[torch.cat([side[0][0], side[0][0]], 1), {}]]  # 154 tokens: cannot share a batch row-wise
@@ -313,7 +313,7 @@ def test_layer_map_matches_full_size_sd15(comfy_inprocess) -> None:
     import comfy.supported_models
 
     from idsculpt.core.face.id_adapter import SD15_ATTN2_BLOCKS, IDAdapter, IDAdapterInfo, sd15_layer_hidden
-    from idsculpt.nodes.id_adapter_nodes import _check_layer_width
+    from idsculpt.nodes.engines.id_patch import _check_layer_width
     from tiny_models import sd15_unet_config
 
     unet = comfy.model_base.BaseModel(comfy.supported_models.SD15(sd15_unet_config(full=True)), device="meta").diffusion_model
@@ -330,7 +330,7 @@ def test_layer_map_matches_full_size_sd15(comfy_inprocess) -> None:
 
 def test_adapter_model_mismatch_is_refused(env, tmp_path) -> None:
     from idsculpt.core.face.id_adapter import load_id_adapter
-    from idsculpt.nodes.id_adapter_nodes import apply_id_adapter
+    from idsculpt.nodes.engines.id_patch import apply_id_adapter
 
     wide = load_id_adapter(write_tiny_faceid_adapter(str(tmp_path / "wide.bin"), cross_attention_dim=96))
     with pytest.raises(ValueError, match="context width 96"):
@@ -368,7 +368,7 @@ def _views_no_id(b, id_enabled, cond_no_id, azimuth=None):
 def test_third_row_runs_with_id_off_in_the_same_call(env, shared) -> None:
     """cond_no_id of an ID view = the prediction without the ID patch; cond/uncond keep the ID (both
     CFG rows), and all three conds run in ONE batched UNet call."""
-    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+    from idsculpt.nodes.engines.noise_predictor import ComfyNoisePredictor
 
     rec = CallRecorder()
     x, s, v = _views_no_id(2, [True, True], [True, True])
@@ -385,7 +385,7 @@ def test_third_row_runs_with_id_off_in_the_same_call(env, shared) -> None:
 def test_third_row_with_controlnet_and_mixed_views(env, shared) -> None:
     """Landmark ControlNet on all three rows; several views run in ONE call of a fixed shape (3 rows per
     view, so one CUDA graph serves every step); a view without ID keeps cond as its estimator."""
-    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+    from idsculpt.nodes.engines.noise_predictor import ComfyNoisePredictor
 
     rec = CallRecorder()
     x, s, v = _views_no_id(2, [True, False], [True, False])
@@ -405,7 +405,7 @@ def test_third_row_with_controlnet_and_mixed_views(env, shared) -> None:
 def test_several_views_run_as_one_call_of_one_shape(env, shared) -> None:
     """Whatever views have ID on, four views are one UNet call of 3 x 4 rows (one CUDA graph for the whole
     sculpt), and each view's estimator is the ID-off row where asked, cond elsewhere."""
-    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+    from idsculpt.nodes.engines.noise_predictor import ComfyNoisePredictor
 
     shapes: list = []
 
@@ -432,7 +432,7 @@ def test_several_views_run_as_one_call_of_one_shape(env, shared) -> None:
 
 
 def test_no_extra_row_without_an_id_patch(env, shared) -> None:
-    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+    from idsculpt.nodes.engines.noise_predictor import ComfyNoisePredictor
 
     rec = CallRecorder()
     x, s, v = _views_no_id(2, [True, True], [True, True])
@@ -446,7 +446,7 @@ def test_no_extra_row_without_an_id_patch(env, shared) -> None:
 def test_view_dependent_negatives(env, shared) -> None:
     """A back view (|az| > 120) runs with the back negative, a front view with the front positive,
     in one UNet call (equal token lengths), each row equal to a plain call with that pair."""
-    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+    from idsculpt.nodes.engines.noise_predictor import ComfyNoisePredictor
 
     pos_front, neg_back = tiny_conditioning(11), tiny_conditioning(12)
     x, s, v = _views(2)
@@ -496,7 +496,7 @@ class _StubMoments(torch.nn.Module):
 
 def test_encoder_posterior_sample_on_a_stub_vae(comfy_inprocess) -> None:
     """Known moments: the sample has their mean and std, the gradient reaches the image through both."""
-    from idsculpt.nodes.guidance_nodes import DifferentiableVAEEncoder
+    from idsculpt.nodes.engines.vae_encoder import DifferentiableVAEEncoder
 
     vae = types.SimpleNamespace(vae_dtype=torch.float32, latent_channels=4, process_input=lambda im: im * 2.0 - 1.0)
     lf = types.SimpleNamespace(process_in=lambda z: z * 0.18215)
@@ -527,7 +527,7 @@ def test_encoder_posterior_sample_on_a_stub_vae(comfy_inprocess) -> None:
 def test_multigpu_model_is_refused_by_name(env) -> None:
     """A MODEL from newer ComfyUI's 'MultiGPU CFG Split' carries copies for other GPUs in
     additional_models["multigpu"]; ISD (one device) refuses it before loading anything."""
-    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+    from idsculpt.nodes.engines.noise_predictor import ComfyNoisePredictor
 
     m = env.model.clone()
     m.set_additional_models("multigpu", [env.model.clone()])
@@ -571,7 +571,7 @@ def test_hooked_conds_on_a_dynamic_model_run_on_its_delegate(env, shared, monkey
     import comfy.hooks
     import comfy.samplers
 
-    from idsculpt.nodes.guidance_nodes import ComfyNoisePredictor
+    from idsculpt.nodes.engines.noise_predictor import ComfyNoisePredictor
 
     monkeypatch.setattr(comfy.samplers.CFGGuider, "inner_set_conds", _upstream_inner_set_conds)
     log: list = []

@@ -55,7 +55,7 @@ def test_isd_encoder_gradient_equals_reference(comfy_inprocess, loader: str) -> 
     import comfy.latent_formats
     from dynamic_vram_standin import make_vae_dynamic
 
-    from idsculpt.nodes.guidance_nodes import DifferentiableVAEEncoder
+    from idsculpt.nodes.engines.vae_encoder import DifferentiableVAEEncoder
 
     lf = comfy.latent_formats.SD15()
     vae = tiny_vae(seed=11)

@@ -198,7 +198,8 @@ def test_face_id_from_photos_drops_the_other_person(three_photos) -> None:
 def test_nodes_id_embed_apply_and_panohead_selection(comfy_inprocess, three_photos, adapters) -> None:
     pytest.importorskip("insightface")
     from idsculpt.nodes.face_nodes import IDEmbed
-    from idsculpt.nodes.id_adapter_nodes import IDAttentionPatch, apply_id_adapter, face_embedding
+    from idsculpt.nodes.engines.id_patch import IDAttentionPatch, apply_id_adapter
+    from idsculpt.nodes.id_adapter_nodes import face_embedding
     from idsculpt.nodes.panohead_nodes import photo_from_batch
     from tiny_models import tiny_sd15_model
 

@@ -1,4 +1,4 @@
-"""Graph mode of the PanoHead inversion (core/panohead/graphed_step.py, invert.py).
+"""Graph mode of the PanoHead inversion (core/speed/graphed_step.py, invert.py).
 
 CPU (always): the eager loop keeps its per-step losses on the device and reads them back only at the
 read-back points; non-finite losses raise a clear error; the config flag and the CPU fall back to the
@@ -31,11 +31,11 @@ from panohead_fixtures import tiny_generator  # noqa: E402
 from torch_threads import one_thread  # noqa: E402,F401  (autouse: this module runs single-threaded)
 
 from idsculpt.core.camera import eg3d_frontal_label  # noqa: E402
-from idsculpt.core.panohead.graphed_step import GraphCaptureError, GraphedStep  # noqa: E402
+from idsculpt.core.speed.graphed_step import GraphCaptureError, GraphedStep  # noqa: E402
 from idsculpt.core.panohead.perceptual import VGG16Perceptual  # noqa: E402
 
 inv = importlib.import_module("idsculpt.core.panohead.invert")  # the module (the package exports a function `invert`)
-gsm = importlib.import_module("idsculpt.core.panohead.graphed_step")
+gsm = importlib.import_module("idsculpt.core.speed.graphed_step")
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA GPU (run on the GPU machine)")
@@ -283,7 +283,7 @@ def test_invert_runs_both_stages_in_graph_mode():
 @needs_cuda
 def test_graph_mode_under_cuda_malloc_async():
     """ComfyUI's default allocator: stage 1 is graphed there too (its graph memory is trimmed after each
-    loop, core.cuda_graph.release_graph_memory): the graph-mode test above, in a cudaMallocAsync process."""
+    loop, core.speed.cuda_graph.release_graph_memory): the graph-mode test above, in a cudaMallocAsync process."""
     rerun_under_cuda_malloc_async(__file__, "test_invert_runs_both_stages_in_graph_mode")
 
 

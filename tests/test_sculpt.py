@@ -257,7 +257,7 @@ def test_profile_hook_writes_report_and_keeps_the_run(target, sphere, tmp_path, 
     """profile_folder (the node's IDSCULPT_PROFILE_SCULPT) profiles a few stage-B steps of a real run: the report has
     each kind's per-step wall times, the run still takes every step (with progress), and the profiled steps are
     left out of step_ms."""
-    from idsculpt.core.sculpt import profiling
+    from idsculpt.core.speed import profiling
 
     monkeypatch.setattr(profiling, "PROFILE_AFTER", 1)
     monkeypatch.setattr(profiling, "PROFILE_STEPS", 4)

@@ -80,7 +80,7 @@ def test_progressive_inpaint_then_refine_change_the_texture(env):
 
 
 def test_inpainter_blends_latents_and_uses_the_normal_hint(env):
-    from idsculpt.nodes.texture_nodes import ComfyInpainter, ComfySampling
+    from idsculpt.nodes.engines.sampling import ComfyInpainter, ComfySampling
 
     g = torch.Generator().manual_seed(0)
     image = torch.rand(RES, RES, 3, generator=g)
@@ -144,7 +144,7 @@ def recorder(env, monkeypatch):
     import comfy.sample
     from tiny_models import tiny_conditioning
 
-    from idsculpt.nodes import texture_nodes
+    from idsculpt.nodes.engines import sampling
 
     conds = {f"{s}_{d}": tiny_conditioning(10 + k) for k, (s, d) in enumerate((s, d) for s in ("positive", "negative") for d in DIRECTIONS)}
     name = {id(c[0][0]): key for key, c in conds.items()}
@@ -155,7 +155,7 @@ def recorder(env, monkeypatch):
         rec.pairs.append((name[id(positive[0][0])], name[id(negative[0][0])]))
         return latent_image
 
-    inpaint, denoise = texture_nodes.ComfyInpainter.inpaint, texture_nodes.ComfyDenoiser.denoise
+    inpaint, denoise = sampling.ComfyInpainter.inpaint, sampling.ComfyDenoiser.denoise
 
     def rec_inpaint(self, image, generate_mask, normal_control, context):
         rec.views.append((context.view.azimuth, context.view.elevation))
@@ -166,8 +166,8 @@ def recorder(env, monkeypatch):
         return denoise(self, image, normal_control, view, t)
 
     monkeypatch.setattr(comfy.sample, "sample", fake_sample)
-    monkeypatch.setattr(texture_nodes.ComfyInpainter, "inpaint", rec_inpaint)
-    monkeypatch.setattr(texture_nodes.ComfyDenoiser, "denoise", rec_denoise)
+    monkeypatch.setattr(sampling.ComfyInpainter, "inpaint", rec_inpaint)
+    monkeypatch.setattr(sampling.ComfyDenoiser, "denoise", rec_denoise)
     return rec
 
 
@@ -340,7 +340,7 @@ def _inpaint_kw(env, steps: int, plan: str) -> dict:
 def test_progressive_inpaint_bar_counts_sampler_steps_and_cancel_stops_inside_a_view(env, progress_hook, monkeypatch):
     import comfy.model_management as mm
 
-    from idsculpt.nodes import cuda_graphs
+    from idsculpt.nodes.engines import cuda_graphs
 
     steps, plan = 3, "-15, 90; -15, -90"  # the portrait (1) + 2 views x 3 sampler steps = 7
     env.ci.run_node(env.nodes["IDSculptProgressiveInpaint"], **_inpaint_kw(env, steps, plan))
@@ -369,7 +369,7 @@ def _cancel_in_unet(env, when: str, steps: int = 20):
     flag on its first call, ``before`` or ``after`` the UNet runs. Returns (UNet calls started, finished)."""
     import comfy.model_management as mm
 
-    from idsculpt.nodes.texture_nodes import ComfyDenoiser, ComfySampling
+    from idsculpt.nodes.engines.sampling import ComfyDenoiser, ComfySampling
 
     started, finished = [], []
 

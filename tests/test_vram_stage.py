@@ -1,4 +1,4 @@
-"""nodes/vram.py in a real ComfyUI (in-process, CPU): the stage record, the mode check, the node inputs."""
+"""nodes/engines/vram.py in a real ComfyUI (in-process, CPU): the stage record, the mode check, the node inputs."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ STAGE_NODES = ("IDSculptPanoHeadInvert", "IDSculptDMTetSculpt", "IDSculptProgres
 
 
 def test_stage_writes_one_json_line_per_stage(comfy_inprocess, tmp_path, monkeypatch) -> None:
-    from idsculpt.nodes import vram
+    from idsculpt.nodes.engines import vram
 
     path = tmp_path / "stages.jsonl"
     monkeypatch.setenv(vram.LOG_ENV, str(path))
@@ -32,7 +32,7 @@ def test_stage_profile_names_the_stage_work(comfy_inprocess, tmp_path, monkeypat
     """IDSCULPT_PROFILE_DIR: each stage writes a cProfile (.prof + readable .txt) of its own work."""
     import pstats
 
-    from idsculpt.nodes import vram
+    from idsculpt.nodes.engines import vram
 
     def sculpt_like_work() -> int:
         return sum(i * i for i in range(20000))
@@ -53,7 +53,7 @@ def test_stage_profile_names_the_stage_work(comfy_inprocess, tmp_path, monkeypat
 
 
 def test_vram_cap_is_a_no_op_without_cuda_or_env(comfy_inprocess, monkeypatch) -> None:
-    from idsculpt.nodes import vram
+    from idsculpt.nodes.engines import vram
 
     monkeypatch.setenv(vram.CAP_ENV, "8")
     vram.apply_vram_cap()  # CPU: nothing to cap, no error
@@ -61,8 +61,33 @@ def test_vram_cap_is_a_no_op_without_cuda_or_env(comfy_inprocess, monkeypatch) -
     vram.apply_vram_cap()
 
 
+def test_vram_cap_is_set_once_by_the_load_hook(comfy_inprocess, monkeypatch) -> None:
+    """The cap (a CUDA probe) is set when the host loads the pack, once, whichever hook the host calls
+    (on_load on newer ComfyUI, get_node_list on 0.3.64): 2 GiB of an 8 GiB card is a fraction of 0.25."""
+    import asyncio
+
+    import torch
+
+    import idsculpt
+    import idsculpt.nodes as pack_nodes
+    from idsculpt.nodes.engines import vram
+
+    calls = []
+    monkeypatch.setenv(vram.CAP_ENV, "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: type("P", (), {"total_memory": 8 * 2**30})())
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, dev: calls.append((f, dev)))
+    monkeypatch.setattr(vram.mm, "get_torch_device", lambda: "cuda:0")
+    monkeypatch.setattr(pack_nodes, "_loaded", False)
+    ext = asyncio.run(idsculpt.comfy_entrypoint())
+    assert calls == []  # building the extension does nothing
+    asyncio.run(ext.on_load())
+    asyncio.run(ext.get_node_list())
+    assert calls == [(0.25, "cuda:0")]
+
+
 def test_stage_nodes_offer_vram_mode(comfy_inprocess) -> None:
-    from idsculpt.nodes.vram import VRAM_MODES
+    from idsculpt.nodes.engines.vram import VRAM_MODES
 
     nodes = comfy_inprocess.load_pack_nodes()
     for nid in STAGE_NODES:
@@ -80,7 +105,7 @@ def test_offload_keeps_dynamic_models_and_records_dynamic_vram(comfy_inprocess, 
 
     import comfy.model_management as mm
 
-    from idsculpt.nodes import vram
+    from idsculpt.nodes.engines import vram
 
     static, dynamic = types.SimpleNamespace(model=types.SimpleNamespace()), types.SimpleNamespace(
         model=types.SimpleNamespace(is_dynamic=lambda: True))
@@ -111,7 +136,7 @@ def test_not_counted_names_what_the_peaks_cannot_see(comfy_inprocess, monkeypatc
 
     import comfy.model_management as mm
 
-    from idsculpt.nodes import vram
+    from idsculpt.nodes.engines import vram
 
     class SD15UNet:  # the model class the record names
         pass

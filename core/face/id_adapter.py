@@ -31,7 +31,7 @@ Variants recognised:
 FaceID Plus / Plus v2 (need CLIP-vision features), portrait-unnorm and non-FaceID IP-Adapters are
 refused with a message saying what the file is.
 
-Nothing here imports ComfyUI; the ComfyUI attention patch lives in nodes/id_adapter_nodes.py.
+Nothing here imports ComfyUI; the ComfyUI attention patch lives in nodes/engines/id_patch.py.
 """
 from __future__ import annotations
 

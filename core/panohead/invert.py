@@ -10,7 +10,7 @@ Noise inputs are 'const' (the stored per-layer noise), so the result is determin
 seed (the seed drives w_avg sampling, w noise and the stratified ray samples).
 
 On CUDA each step (render, loss, backward, Adam) is replayed from a CUDA graph (``cuda_graphs``,
-see :mod:`.graphed_step`): the same method several times faster, because the eager step is bound
+see :mod:`..speed.graphed_step`): the same method several times faster, because the eager step is bound
 by Python's kernel launches. What differs from the eager loop: the renderer's random ray samples
 come from one seeded generator advancing from step to step instead of a generator re-seeded
 per step (both reproducible run to run), and Adam runs in its ``capturable`` form (the same update,
@@ -30,8 +30,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..cuda_graph import release_graph_memory
-from .graphed_step import GraphCaptureError, GraphedStep, graphs_unsupported_reason
+from ..speed.cuda_graph import release_graph_memory
+from ..speed.graphed_step import GraphCaptureError, GraphedStep, graphs_unsupported_reason
 from .perceptual import VGG16Perceptual
 from .triplane import TriPlaneGenerator
 

@@ -32,7 +32,7 @@ from ..dmtet.sdf_init import NORMALISED_HEAD_EXTENT, MeshNormalization
 from ..mesh import HeadMesh
 from ..render import render_mesh
 from .losses import depth_losses, gan_normal_loss, mask_loss, masked_mse
-from . import profiling
+from ..speed import profiling
 from .schedule import Weight, check_weight, scheduled_weight
 from .views import GanViews, RandomViewRanges, ReferenceGeometry, check_gan_views, check_reference, random_views
 
@@ -107,7 +107,7 @@ class SculptConfig:
     # walks. False = plain nvdiffrast everywhere (the authors' behaviour, faster).
     silhouette_gradients: bool = True
     seed: int = 0
-    #: diagnostic: profile ten stage-B steps into this folder (core/sculpt/profiling.py); None = off
+    #: diagnostic: profile ten stage-B steps into this folder (core/speed/profiling.py); None = off
     profile_folder: Optional[str] = None
     preview_every: int = 50
     preview_resolution: int = 256

@@ -10,7 +10,7 @@ the holes and the gutters between UV charts (project.fill_holes).
 The ``Inpainter`` is anything with ``inpaint(image, generate_mask, normal_control, context) -> image``;
 ``context`` (ViewContext) carries the view's camera and orbit angles, so an inpainter picks the prompt
 pair of the view's direction (a back view gets the back prompt and the "face" negative).
-nodes/texture_nodes.py implements it with ComfyUI sampling (blended latents + normalbae ControlNet),
+nodes/engines/sampling.py implements it with ComfyUI sampling (blended latents + normalbae ControlNet),
 tests implement it with an oracle that renders a ground-truth textured mesh.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Optional torch.profiler capture of a few sculpt steps inside a real run (a diagnostic, off by default).
 
 Give ``SculptConfig.profile_folder`` a folder (the DMTet Sculpt node takes it from the diagnostic switch
-``IDSCULPT_PROFILE_SCULPT=<folder>``, read in nodes/vram.py: core reads no environment) and the sculpt
+``IDSCULPT_PROFILE_SCULPT=<folder>``, read in nodes/engines/vram.py: core reads no environment) and the sculpt
 profiles ``PROFILE_STEPS`` steps of stage B, starting ``PROFILE_AFTER`` steps into it (past the CUDA
 graph captures and the allocator's warm-up), then writes ``<folder>/sculpt_steps_profile.txt``: for
 each step kind, the wall time, the GPU kernel time, the number of kernel and graph launches and of host
@@ -54,7 +54,7 @@ def _counts(ka) -> dict:
 
 
 def _report(per_kind: dict[str, list]) -> str:
-    lines = ["# sculpt steps inside a real run (core/sculpt/profiling.py; each step under its own profiler)", ""]
+    lines = ["# sculpt steps inside a real run (core/speed/profiling.py; each step under its own profiler)", ""]
     for kind, steps in per_kind.items():
         c = [_counts(ka) for _, ka, _ in steps]
         mean = {k: sum(x[k] for x in c) / len(c) for k in c[0]}

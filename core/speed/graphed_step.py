@@ -1,5 +1,5 @@
-"""One optimisation step of the PanoHead inversion (forward render, loss, backward, Adam) replayed
-from a CUDA graph.
+"""One optimisation step (forward render, loss, backward, Adam) replayed from a CUDA graph. Its user is the
+PanoHead inversion (core/panohead/invert.py builds the step closure, so the method's loss stays in the stage).
 
 Why: a W+ projection or PTI step of the full generator is thousands of small kernels (StyleGAN2
 blocks with pure-torch upfirdn2d/bias_act, the volume renderer, VGG16, their backward, Adam). On an
@@ -43,7 +43,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..cuda_graph import no_host_syncs, warmup_stream
+from .cuda_graph import no_host_syncs, warmup_stream
 
 log = logging.getLogger("IDSculpt")
 

@@ -2,7 +2,7 @@
 
 ISD, progressive inpainting and texture refinement call an SD1.5 UNet (+ ControlNet) thousands of
 times at CFG batch 2, where eager PyTorch is bound by Python's kernel launches (docs/PERFORMANCE.md).
-``DiffusionGraphs`` replays those calls from CUDA graphs (core/cuda_graph.py) without changing what
+``DiffusionGraphs`` replays those calls from CUDA graphs (core/speed/cuda_graph.py) without changing what
 runs: the graph is recorded from ComfyUI's own forward, with every patch, LoRA and attention
 replacement of the MODEL in it.
 
@@ -40,7 +40,7 @@ from comfy_api.latest import io
 
 import comfy.patcher_extension
 
-from ..core.cuda_graph import GraphedCall
+from ...core.speed.cuda_graph import GraphedCall
 
 log = logging.getLogger("IDSculpt")
 

@@ -19,7 +19,8 @@ The pack's diagnostic switches are all read here, from ComfyUI's environment (co
 silhouette walk without its Triton kernel).
 
 ``IDSCULPT_VRAM_CAP_GIB=8`` in ComfyUI's environment caps PyTorch's allocations in that process
-(``torch.cuda.set_per_process_memory_fraction``) to check that a run fits a smaller card.
+(``torch.cuda.set_per_process_memory_fraction``) to check that a run fits a smaller card. The cap is set
+when the host loads the pack (nodes/__init__.py's load hook), not at import.
 
 Every stage logs its peak (``torch.cuda.max_memory_allocated`` from the stage's start) and, when
 the ``IDSCULPT_VRAM_LOG`` environment variable names a file, appends a JSON line there (used by
@@ -63,14 +64,14 @@ FUSED_WALK_ENV = "IDSCULPT_FUSED_WALK"
 
 
 def sculpt_profile_folder() -> str | None:
-    """IDSCULPT_PROFILE_SCULPT=<folder>: DMTet Sculpt profiles ten stage-B steps into it (core/sculpt/profiling.py)."""
+    """IDSCULPT_PROFILE_SCULPT=<folder>: DMTet Sculpt profiles ten stage-B steps into it (core/speed/profiling.py)."""
     return os.environ.get(SCULPT_PROFILE_ENV) or None
 
 
 def apply_render_switches() -> None:
     """IDSCULPT_FUSED_WALK=0: the torch renderer's silhouette walk as torch ops instead of the Triton kernel (for
     before/after benchmarks in one process tree). Read at every stage, so a server's environment decides."""
-    from ..core.render import torch_backend
+    from ...core.render import torch_backend
 
     torch_backend.FUSED_WALK = os.environ.get(FUSED_WALK_ENV, "1") != "0"
 
@@ -252,5 +253,3 @@ def stage(name: str, mode: str = "offload") -> Iterator[dict]:
             except OSError as e:
                 log.warning("IDSculpt: cannot append to %s=%s: %s", LOG_ENV, path, e)
 
-
-apply_vram_cap()
