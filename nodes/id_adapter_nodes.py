@@ -27,6 +27,7 @@ import folder_paths
 from ..core.face.id_adapter import SD15_ATTN2_BLOCKS, IDAdapter, decoupled_cross_attention, load_id_adapter
 from .common import model_path
 from .types import FACE_ID, ID_ADAPTER
+from .validation import known, verdict
 from .vram import module_tensors
 
 ID_ENABLED_KEY = "idsculpt_id_enabled"
@@ -158,11 +159,22 @@ class IDAttentionPatch:
         return decoupled_cross_attention(q, out.to(q.dtype), k_rows, v_rows, heads, w).to(out.dtype)
 
 
+def percent_range_problem(start_percent: float, end_percent: float) -> str | None:
+    """The ID adapter acts from ``start_percent`` to ``end_percent`` of sampling: a start after the end is refused."""
+    if start_percent > end_percent:
+        return (f"start_percent ({start_percent}) is after end_percent ({end_percent}): the ID adapter would never act; "
+                "start must not be after end (0 and 1: every step)")
+    return None
+
+
 def apply_id_adapter(model, adapter: IDAdapter, id_embedding: torch.Tensor, weight: float = 1.0,
                      start_percent: float = 0.0, end_percent: float = 1.0, uncond: str = "zero_id"):
     """A clone of ``model`` (ModelPatcher) with the ID adapter on all SD1.5 cross-attention blocks."""
     if uncond not in ("zero_id", "none"):
         raise ValueError(f"uncond must be 'zero_id' or 'none', got {uncond!r}")
+    problem = percent_range_problem(start_percent, end_percent)
+    if problem:
+        raise ValueError(problem)
     dm = getattr(model.model, "diffusion_model", None)
     ctx = getattr(dm, "context_dim", None)
     info = adapter.info
@@ -333,10 +345,13 @@ class ApplyIDAdapter(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, start_percent=None, end_percent=None) -> bool | str:
+        return verdict(cls, {"start_percent": start_percent, "end_percent": end_percent},
+                       percent_range_problem(start_percent, end_percent) if known(start_percent) and known(end_percent) else None)
+
+    @classmethod
     def execute(cls, model, id_adapter, face_id, weight: float, start_percent: float, end_percent: float,
                 negative_branch: str = "zero_id") -> io.NodeOutput:
-        if start_percent > end_percent:
-            raise ValueError(f"start_percent ({start_percent}) must not be after end_percent ({end_percent})")
         return io.NodeOutput(apply_id_adapter(model, id_adapter, face_embedding(face_id), weight, start_percent,
                                               end_percent, negative_branch))
 

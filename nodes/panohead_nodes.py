@@ -23,6 +23,7 @@ from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core
 from .face_nodes import NO_TASK, landmarker_model_input, landmarker_model_path
 from .perceptual import AUTO, lpips_weights_input, resolve_lpips_weights
 from .types import CAMERA, FACE_ID, GAN_VIEWS, HEAD_MESH, PANOHEAD
+from .validation import UNCONNECTED, connected, known, verdict
 from .vram import graphs_allowed, module_tensors, stage, vram_mode_input
 
 log = logging.getLogger("IDSculpt")
@@ -240,6 +241,18 @@ class PanoHeadInvert(io.ComfyNode):
             ],
             outputs=stage1_outputs(),
         )
+
+    @classmethod
+    def validate_inputs(cls, init=None, w_steps=None, pti_steps=None, panohead=UNCONNECTED) -> bool | str:
+        init_problem = steps_problem = None
+        if init == "panohead" and not connected(panohead):
+            init_problem = ("init is 'panohead' but the panohead input is not connected: connect IDSculpt PanoHead Loader, "
+                            "or set init to 'auto' or 'template'")
+        if (init != "template" and connected(panohead) and known(w_steps) and known(pti_steps)
+                and w_steps + pti_steps == 0):
+            steps_problem = ("w_steps and pti_steps are both 0: PanoHead would give its average head, not this person's "
+                             "(the authors: 500 + 500); set one above 0, or init to 'template'")
+        return verdict(cls, {"init": init, "w_steps": w_steps, "pti_steps": pti_steps}, init_problem, steps_problem)
 
     @classmethod
     def execute(cls, portrait: torch.Tensor, panohead: Optional[PanoHeadModel] = None, init: str = "auto", w_steps: int = 500,
