@@ -429,10 +429,13 @@ class _StubGuidance:
         self.views: list[int] = []
         self.graphs_seen: list[bool] = []
         self.predictor = type("P", (), {"cuda_graphs": True})()
+        self.given_predictor = self.predictor  # the object the upstream node output holds
+        self.given_seen: list[bool] = []
 
     def __call__(self, images, cameras, **kw):
         self.views.append(int(images.shape[0]))
         self.graphs_seen.append(self.predictor.cuda_graphs)
+        self.given_seen.append(self.given_predictor.cuda_graphs)
         return (images * 0.0).sum()
 
 
@@ -445,7 +448,8 @@ def test_sculpt_node_low_vram_mode_takes_one_view_and_no_graphs(comfy_inprocess,
     comfy_inprocess.run_node(node, head_mesh=sphere, reference_geometry=ref, guidance=stub, steps=4, gan_steps=0,
                              grid_resolution=32, lr=0.01, render_resolution=64, guidance_views=3, seed=0, vram_mode="low_vram")
     assert stub.views and set(stub.views) == {1} and not any(stub.graphs_seen)
-    assert stub.predictor.cuda_graphs is True  # the guidance is ComfyUI's cached output of another node: restored
+    # the guidance is ISD Guidance's cached output: never changed, not even while the sculpt runs (it gets a copy)
+    assert stub.predictor.cuda_graphs is True and stub.given_seen and all(stub.given_seen)
     stub2 = _StubGuidance()
     comfy_inprocess.run_node(node, head_mesh=sphere, reference_geometry=ref, guidance=stub2, steps=4, gan_steps=0,
                              grid_resolution=32, lr=0.01, render_resolution=64, guidance_views=3, seed=0)
