@@ -159,22 +159,11 @@ class IDAttentionPatch:
         return decoupled_cross_attention(q, out.to(q.dtype), k_rows, v_rows, heads, w).to(out.dtype)
 
 
-def percent_range_problem(start_percent: float, end_percent: float) -> str | None:
-    """The ID adapter acts from ``start_percent`` to ``end_percent`` of sampling: a start after the end is refused."""
-    if start_percent > end_percent:
-        return (f"start_percent ({start_percent}) is after end_percent ({end_percent}): the ID adapter would never act; "
-                "start must not be after end (0 and 1: every step)")
-    return None
-
-
 def apply_id_adapter(model, adapter: IDAdapter, id_embedding: torch.Tensor, weight: float = 1.0,
                      start_percent: float = 0.0, end_percent: float = 1.0, uncond: str = "zero_id"):
     """A clone of ``model`` (ModelPatcher) with the ID adapter on all SD1.5 cross-attention blocks."""
     if uncond not in ("zero_id", "none"):
         raise ValueError(f"uncond must be 'zero_id' or 'none', got {uncond!r}")
-    problem = percent_range_problem(start_percent, end_percent)
-    if problem:
-        raise ValueError(problem)
     dm = getattr(model.model, "diffusion_model", None)
     ctx = getattr(dm, "context_dim", None)
     info = adapter.info
@@ -294,6 +283,14 @@ def as_loaded_adapter(adapter: IDAdapter) -> IDAdapter:
     return adapter
 
 
+def percent_range_problem(start_percent: float, end_percent: float) -> str | None:
+    """The ID adapter acts from ``start_percent`` to ``end_percent`` of sampling: a start after the end is refused."""
+    if start_percent > end_percent:
+        return (f"start_percent ({start_percent}) is after end_percent ({end_percent}): the ID adapter would never act; "
+                "start must not be after end (0 and 1: every step)")
+    return None
+
+
 class IDAdapterLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -352,6 +349,9 @@ class ApplyIDAdapter(io.ComfyNode):
     @classmethod
     def execute(cls, model, id_adapter, face_id, weight: float, start_percent: float, end_percent: float,
                 negative_branch: str = "zero_id") -> io.NodeOutput:
+        problem = percent_range_problem(start_percent, end_percent)
+        if problem:  # also when called outside a queued prompt (validate_inputs runs only there)
+            raise ValueError(problem)
         return io.NodeOutput(apply_id_adapter(model, id_adapter, face_embedding(face_id), weight, start_percent,
                                               end_percent, negative_branch))
 
