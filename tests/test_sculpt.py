@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from torch_threads import one_thread  # noqa: F401  (autouse: this module runs single-threaded)
+from unchanged import assert_unchanged, snapshot
 from idsculpt.core.camera import Cameras
 import math
 
@@ -404,8 +405,10 @@ def test_dmtet_sculpt_node_in_comfyui(comfy_inprocess, target, sphere):
         views = gan_views_of(target, 32)
         ref = reference_of(target, 32)
         views = GanViews(views.cameras, views.normals.clone(), views.masks.clone())
+    given = snapshot((sphere, ref, views))
     out = comfy_inprocess.run_node(node, head_mesh=sphere, reference_geometry=ref, gan_views=views, steps=6, gan_steps=3,
                                    grid_resolution=32, lr=0.01, render_resolution=64, seed=0)
+    assert_unchanged(given, (sphere, ref, views))
     mesh, preview, camera = out.args
     assert [o.display_name for o in schema.outputs] == ["head_mesh", "preview", "reference_camera"]
     assert isinstance(mesh, HeadMesh) and mesh.faces.shape[0] > 100 and torch.isfinite(mesh.vertices).all()
