@@ -169,3 +169,25 @@ def test_evaluate_head_refuses_a_label_that_is_not_25_numbers(check):
     assert "reference_label: an EG3D camera label has 25 numbers (cam2world 16 + intrinsics 9), got 3" in msg
     inputs["reference_label"] = " ".join(["1"] * 25)
     assert not _messages(check(prompt), "1")
+
+
+# ---------------------------------------------------------------------------------------------- ISD Guidance
+def _isd(**widgets) -> dict:
+    base = dict(cfg=50.0, t_min=20, t_max=500, id_azimuth_limit=70.0, control_strength=1.0, anneal="none", t_max_final=200,
+                grad_clip=0.0, resolution=512, seed=0, estimator="authors", vae_posterior="sample")
+    base.update(widgets)
+    sculpt = _sculpt()
+    sculpt["1"]["inputs"]["guidance"] = ["2", 0]
+    sculpt["2"] = {"class_type": "IDSculptISDGuidance", "inputs": base}
+    return sculpt
+
+
+def test_isd_guidance_refuses_an_inverted_range_and_a_final_t_max_outside_it(check):
+    msg = _messages(check(_isd(t_min=600, t_max=500)), "2")
+    assert "t_min (600) is above t_max (500)" in msg
+    assert not _messages(check(_isd(t_min=500, t_max=500)), "2")  # one timestep: allowed (ISD draws from [t_min, t_max])
+    msg = _messages(check(_isd(anneal="linear", t_max_final=700)), "2")
+    assert "t_max_final (700) must lie in [t_min, t_max] = [20, 500]" in msg
+    assert not _messages(check(_isd(anneal="none", t_max_final=700)), "2")  # unused without annealing
+    assert not _messages(check(_isd(anneal="sqrt", t_max_final=200)), "2")
+    assert "resolution (100) must be a multiple of 8" in _messages(check(_isd(resolution=100)), "2")
