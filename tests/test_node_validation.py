@@ -191,3 +191,28 @@ def test_isd_guidance_refuses_an_inverted_range_and_a_final_t_max_outside_it(che
     assert not _messages(check(_isd(anneal="none", t_max_final=700)), "2")  # unused without annealing
     assert not _messages(check(_isd(anneal="sqrt", t_max_final=200)), "2")
     assert "resolution (100) must be a multiple of 8" in _messages(check(_isd(resolution=100)), "2")
+
+
+# ---------------------------------------------------------------------------------------------- shipped workflows
+@pytest.mark.parametrize("name", ["geometry", "full", "full_multiphoto", "full_stylised", "full_from_mesh"])
+def test_shipped_workflows_pass_every_check(comfy_inprocess, name):
+    """Each IDSculpt node of the API twins, given its widget values as ComfyUI passes them to validate_inputs (a
+    link as None, an unconnected optional input not at all), passes (the server test validates whole prompts)."""
+    import inspect
+    import json
+    import os
+
+    pack = comfy_inprocess.load_pack_nodes()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "workflows", "api", f"{name}.json"), encoding="utf-8") as fh:
+        prompt = json.load(fh)
+    checked = 0
+    for nid, node in prompt.items():
+        cls = pack.get(node["class_type"])
+        if cls is None or "validate_inputs" not in cls.__dict__:
+            continue
+        params = inspect.signature(cls.validate_inputs).parameters
+        given = {k: (None if isinstance(v, list) else v) for k, v in node["inputs"].items() if k in params}
+        assert cls.validate_inputs(**given) is True, (name, nid, node["class_type"])
+        checked += 1
+    assert checked >= 3
