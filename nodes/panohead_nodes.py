@@ -50,7 +50,7 @@ def stage1_outputs() -> list:
     """What every stage-1 node gives the graph (PanoHead Invert, Place Head Mesh): one socket layout, so either
     can start stages 2-3."""
     return [
-        HEAD_MESH.Output(display_name="head_mesh"),
+        HEAD_MESH.Output(display_name="head"),  # "head_mesh" up to 0.1.0: links are by slot, saved workflows still load
         CAMERA.Output(display_name="reference_camera"),
         io.Image.Output(display_name="aligned_portrait"),
         GAN_VIEWS.Output(display_name="gan_views"),

@@ -61,6 +61,7 @@ class DMTetSculpt(io.ComfyNode):
             "the reference view only. Works in the authors' normalised head frame (vertex mean at the origin, largest "
             "|coordinate| 0.9) and outputs the head and the reference camera in that frame, for the texture stage.",
             inputs=[
+                # "head_mesh", not "head": saved prompts name inputs, and ComfyUI 0.3.64 has no input aliases
                 HEAD_MESH.Input("head_mesh", tooltip="Initial head mesh (the PanoHead mesh). Its SDF initialises the grid "
                                 "after the authors' normalisation: vertex mean to the origin, largest |coordinate| 0.9."),
                 REFERENCE_GEOMETRY.Input("reference_geometry", tooltip="Reference-view targets from IDSculpt Geo "
@@ -107,12 +108,12 @@ class DMTetSculpt(io.ComfyNode):
                 vram_mode_input(),
             ],
             outputs=[
-                HEAD_MESH.Output(display_name="head_mesh", tooltip="The sculpted head in the authors' normalised frame "
+                HEAD_MESH.Output(display_name="head", tooltip="The sculpted head in the authors' normalised frame "
                                  "(vertex mean of the input mesh at the origin, its largest |coordinate| 0.9, up +y, front "
                                  "+z): the size the texture stage's cameras assume. Use it with reference_camera."),
                 io.Image.Output(display_name="preview"),
                 CAMERA.Output(display_name="reference_camera", tooltip="The reference (portrait) camera in the same "
-                              "normalised frame: it sees head_mesh exactly as the input camera saw the input head. "
+                              "normalised frame: it sees head exactly as the input camera saw the input head. "
                               "Connect it to the texture nodes."),
             ],
         )

@@ -410,7 +410,7 @@ def test_dmtet_sculpt_node_in_comfyui(comfy_inprocess, target, sphere):
                                    grid_resolution=32, lr=0.01, render_resolution=64, seed=0)
     assert_unchanged(given, (sphere, ref, views))
     mesh, preview, camera = out.args
-    assert [o.display_name for o in schema.outputs] == ["head_mesh", "preview", "reference_camera"]
+    assert [o.display_name for o in schema.outputs] == ["head", "preview", "reference_camera"]
     assert isinstance(mesh, HeadMesh) and mesh.faces.shape[0] > 100 and torch.isfinite(mesh.vertices).all()
     assert preview.shape == (8, 512, 512, 3) and 0 <= float(preview.min()) and float(preview.max()) <= 1
     # The result is in the authors' normalised frame: the input sphere (r 0.55, centred) scaled to L∞ 0.9,
