@@ -24,6 +24,7 @@ from ..core.eval.lpips import load_lpips_alex
 from ..core.mesh import HeadMesh
 from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core, model_folder
 from .types import CAMERA, HEAD_MESH
+from .validation import UNCONNECTED, connected, known, verdict
 
 #: IPAdapter_plus's socket type for a loaded insightface FaceAnalysis; accepted as is.
 INSIGHTFACE = io.Custom("INSIGHTFACE")
@@ -117,6 +118,16 @@ class EvaluateHead(io.ComfyNode):
             ],
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, reference_label=None, reference_camera=UNCONNECTED) -> bool | str:
+        label = None
+        if known(reference_label) and reference_label.strip() and not connected(reference_camera):
+            try:
+                ev.resolve_reference_camera(reference_label, 512, 512)
+            except ValueError as e:
+                label = f"reference_label: {e}"
+        return verdict(cls, {}, label)
 
     @classmethod
     def execute(

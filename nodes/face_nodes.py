@@ -161,6 +161,7 @@ class LandmarkRender(io.ComfyNode):
             "RANSAC similarity), drawn as MediaPipe-face ControlNet landmark images from a few azimuths.",
             inputs=[
                 io.Image.Input("image", tooltip="The aligned portrait: the reference view of the head mesh."),
+                # "head_mesh", not "head": saved prompts name inputs, and ComfyUI 0.3.64 has no input aliases
                 HEAD_MESH.Input("head_mesh", tooltip="The head mesh to place the landmarks on (e.g. from PanoHead Invert)."),
                 CAMERA.Input("reference_camera", tooltip="The portrait's camera in the mesh's frame (first camera used)."),
                 io.Int.Input("face_index", default=0, min=0, max=63,

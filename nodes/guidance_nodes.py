@@ -64,6 +64,23 @@ class ISDGuidanceNode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, t_min=None, t_max=None, anneal="none", t_max_final=None, resolution=None) -> bool | str:
+        from .validation import known, verdict  # (local: this commit touches the node class only)
+
+        t_range = final = size = None
+        if known(t_min) and known(t_max) and t_min > t_max:
+            t_range = (f"t_min ({t_min}) is above t_max ({t_max}): each guidance step draws its timestep from "
+                       "[t_min, t_max] (ID-Sculpt: 20 to 500)")
+        if known(anneal) and anneal != "none" and known(t_max_final) and known(t_min) and known(t_max) \
+                and not t_min <= t_max_final <= t_max:
+            final = (f"t_max_final ({t_max_final}) must lie in [t_min, t_max] = [{t_min}, {t_max}]: anneal '{anneal}' "
+                     "lowers t_max toward it over the run")
+        if known(resolution) and int(resolution) % 8:
+            size = f"resolution ({resolution}) must be a multiple of 8: the VAE encodes 8x8-pixel blocks (SD1.5: 512)"
+        return verdict(cls, {"t_min": t_min, "t_max": t_max, "anneal": anneal, "t_max_final": t_max_final,
+                             "resolution": resolution}, t_range, final, size)
+
+    @classmethod
     def execute(cls, model, positive, negative, vae, cfg: float, t_min: int, t_max: int, id_azimuth_limit: float,
                 control_net=None, landmarks=None, control_strength: float = 1.0, anneal: str = "none",
                 t_max_final: int = 200, grad_clip: float = 0.0, resolution: int = 512, seed: int = 0,

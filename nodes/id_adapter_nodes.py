@@ -14,6 +14,7 @@ from .common import model_path
 from .engines.id_patch import apply_id_adapter
 from .engines.vram import module_tensors
 from .types import FACE_ID, ID_ADAPTER
+from .validation import known, verdict
 
 IPADAPTER_FOLDER = "ipadapter"
 
@@ -57,6 +58,14 @@ def as_loaded_adapter(adapter: IDAdapter) -> IDAdapter:
     if type(adapter) is IDAdapter:
         adapter.__class__ = LoadedIDAdapter
     return adapter
+
+
+def percent_range_problem(start_percent: float, end_percent: float) -> str | None:
+    """The ID adapter acts from ``start_percent`` to ``end_percent`` of sampling: a start after the end is refused."""
+    if start_percent > end_percent:
+        return (f"start_percent ({start_percent}) is after end_percent ({end_percent}): the ID adapter would never act; "
+                "start must not be after end (0 and 1: every step)")
+    return None
 
 
 class IDAdapterLoader(io.ComfyNode):
@@ -110,10 +119,16 @@ class ApplyIDAdapter(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, start_percent=None, end_percent=None) -> bool | str:
+        return verdict(cls, {"start_percent": start_percent, "end_percent": end_percent},
+                       percent_range_problem(start_percent, end_percent) if known(start_percent) and known(end_percent) else None)
+
+    @classmethod
     def execute(cls, model, id_adapter, face_id, weight: float, start_percent: float, end_percent: float,
                 negative_branch: str = "zero_id") -> io.NodeOutput:
-        if start_percent > end_percent:
-            raise ValueError(f"start_percent ({start_percent}) must not be after end_percent ({end_percent})")
+        problem = percent_range_problem(start_percent, end_percent)
+        if problem:  # also when called outside a queued prompt (validate_inputs runs only there)
+            raise ValueError(problem)
         return io.NodeOutput(apply_id_adapter(model, id_adapter, face_embedding(face_id), weight, start_percent,
                                               end_percent, negative_branch))
 

@@ -24,6 +24,7 @@ from .face_nodes import NO_TASK, landmarker_model_input, landmarker_model_path
 from .perceptual import AUTO, lpips_weights_input, resolve_lpips_weights
 from .types import CAMERA, FACE_ID, GAN_VIEWS, HEAD_MESH, PANOHEAD
 from .engines.vram import graphs_allowed, module_tensors, stage, vram_mode_input
+from .validation import UNCONNECTED, connected, known, verdict
 
 log = logging.getLogger("IDSculpt")
 
@@ -49,7 +50,7 @@ def stage1_outputs() -> list:
     """What every stage-1 node gives the graph (PanoHead Invert, Place Head Mesh): one socket layout, so either
     can start stages 2-3."""
     return [
-        HEAD_MESH.Output(display_name="head_mesh"),
+        HEAD_MESH.Output(display_name="head"),  # "head_mesh" up to 0.1.0: links are by slot, saved workflows still load
         CAMERA.Output(display_name="reference_camera"),
         io.Image.Output(display_name="aligned_portrait"),
         GAN_VIEWS.Output(display_name="gan_views"),
@@ -240,6 +241,18 @@ class PanoHeadInvert(io.ComfyNode):
             ],
             outputs=stage1_outputs(),
         )
+
+    @classmethod
+    def validate_inputs(cls, init=None, w_steps=None, pti_steps=None, panohead=UNCONNECTED) -> bool | str:
+        init_problem = steps_problem = None
+        if init == "panohead" and not connected(panohead):
+            init_problem = ("init is 'panohead' but the panohead input is not connected: connect IDSculpt PanoHead Loader, "
+                            "or set init to 'auto' or 'template'")
+        if (init != "template" and connected(panohead) and known(w_steps) and known(pti_steps)
+                and w_steps + pti_steps == 0):
+            steps_problem = ("w_steps and pti_steps are both 0: PanoHead would give its average head, not this person's "
+                             "(the authors: 500 + 500); set one above 0, or init to 'template'")
+        return verdict(cls, {"init": init, "w_steps": w_steps, "pti_steps": pti_steps}, init_problem, steps_problem)
 
     @classmethod
     def execute(cls, portrait: torch.Tensor, panohead: Optional[PanoHeadModel] = None, init: str = "auto", w_steps: int = 500,

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
+from ..core.dmtet.sdf_init import axis_rotation
 from ..core.panohead.align import align_portrait
 from ..core.panohead.place_mesh import AXES, run_stage1_mesh
 from .common import ComfyProgress, core_to_image, image_to_core
@@ -17,6 +18,7 @@ from .core_mesh import core_mesh_to_head
 from .face_nodes import NO_TASK, landmarker_model_input, landmarker_model_path
 from .panohead_nodes import face_id_box, stage1_outputs
 from .types import FACE_ID, HEAD_MESH
+from .validation import UNCONNECTED, connected, known, verdict
 
 log = logging.getLogger("IDSculpt")
 
@@ -53,6 +55,20 @@ class PlaceHeadMesh(io.ComfyNode):
             ],
             outputs=stage1_outputs(),
         )
+
+    @classmethod
+    def validate_inputs(cls, head=UNCONNECTED, mesh=UNCONNECTED, up_axis=None, front_axis=None) -> bool | str:
+        source = axes = None
+        if connected(head) == connected(mesh):
+            source = ("connect either 'head' (IDSculpt Load Head, ...) or 'mesh' (a core MESH from another generator or "
+                      "Load 3D) to IDSculpt Place Head Mesh: " + ("both are connected" if connected(head) else "neither is"))
+        if known(up_axis) and known(front_axis):
+            try:
+                axis_rotation(up_axis, front_axis)
+            except ValueError:
+                axes = (f"up_axis ({up_axis}) and front_axis ({front_axis}) lie on one axis: the top of the head and the "
+                        "direction the face looks along are perpendicular (glTF: up_axis +y, front_axis +z)")
+        return verdict(cls, {"up_axis": up_axis, "front_axis": front_axis}, source, axes)
 
     @classmethod
     def execute(cls, portrait: torch.Tensor, head=None, mesh: Any = None, up_axis: str = "+y", front_axis: str = "+z",

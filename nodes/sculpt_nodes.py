@@ -1,7 +1,9 @@
 """DMTet Sculpt node: stage 2 of ID-Sculpt (GAN-view fit, then reference view + ISD guidance)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
 
 import torch
 from comfy_api.latest import io
@@ -10,6 +12,9 @@ from ..core.sculpt import RandomViewRanges, SculptConfig, preview_cameras, rende
 from .common import progress_callbacks
 from .engines.vram import check_mode, graphs_allowed, sculpt_profile_folder, stage, vram_mode_input
 from .types import CAMERA, GAN_VIEWS, HEAD_MESH, ISD_GUIDANCE, REFERENCE_GEOMETRY
+from .validation import known, verdict
+
+log = logging.getLogger("IDSculpt")
 
 
 def _fresh(x):
@@ -23,6 +28,23 @@ def _fresh(x):
         return {k: _fresh(v) for k, v in x.items()}
     return x
 
+
+
+def guidance_for_mode(guidance, vram_mode: str):
+    """The guidance the sculpt runs under ``vram_mode``: low_vram replays no CUDA graphs (their memory pools).
+
+    The guidance is ISD Guidance's cached output, which ComfyUI hands to every later run and branch: it is never
+    changed here. Where the mode turns the graphs off, the sculpt gets a shallow copy of it with a shallow copy of
+    its predictor (weights, conditioning and generator shared; the switch and the per-run state its own)."""
+    predictor = getattr(guidance, "predictor", None)
+    graphs = getattr(predictor, "cuda_graphs", None)
+    if graphs is None or graphs_allowed(graphs, vram_mode) == graphs:
+        return guidance
+    own_predictor = copy.copy(predictor)
+    own_predictor.cuda_graphs = graphs_allowed(graphs, vram_mode)
+    own = copy.copy(guidance)
+    own.predictor = own_predictor
+    return own
 
 class DMTetSculpt(io.ComfyNode):
     @classmethod
@@ -39,6 +61,7 @@ class DMTetSculpt(io.ComfyNode):
             "the reference view only. Works in the authors' normalised head frame (vertex mean at the origin, largest "
             "|coordinate| 0.9) and outputs the head and the reference camera in that frame, for the texture stage.",
             inputs=[
+                # "head_mesh", not "head": saved prompts name inputs, and ComfyUI 0.3.64 has no input aliases
                 HEAD_MESH.Input("head_mesh", tooltip="Initial head mesh (the PanoHead mesh). Its SDF initialises the grid "
                                 "after the authors' normalisation: vertex mean to the origin, largest |coordinate| 0.9."),
                 REFERENCE_GEOMETRY.Input("reference_geometry", tooltip="Reference-view targets from IDSculpt Geo "
@@ -85,15 +108,24 @@ class DMTetSculpt(io.ComfyNode):
                 vram_mode_input(),
             ],
             outputs=[
-                HEAD_MESH.Output(display_name="head_mesh", tooltip="The sculpted head in the authors' normalised frame "
+                HEAD_MESH.Output(display_name="head", tooltip="The sculpted head in the authors' normalised frame "
                                  "(vertex mean of the input mesh at the origin, its largest |coordinate| 0.9, up +y, front "
                                  "+z): the size the texture stage's cameras assume. Use it with reference_camera."),
                 io.Image.Output(display_name="preview"),
                 CAMERA.Output(display_name="reference_camera", tooltip="The reference (portrait) camera in the same "
-                              "normalised frame: it sees head_mesh exactly as the input camera saw the input head. "
+                              "normalised frame: it sees head exactly as the input camera saw the input head. "
                               "Connect it to the texture nodes."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, steps=None, gan_steps=None) -> bool | str:
+        stages = None
+        if known(steps) and known(gan_steps) and gan_steps > steps:
+            stages = (f"gan_steps ({gan_steps}) is more than steps ({steps}): the GAN-view fit would take every step and "
+                      "the reference view and guidance would never run (the authors: 1000 of 6000); lower gan_steps or "
+                      "raise steps")
+        return verdict(cls, {"steps": steps, "gan_steps": gan_steps}, stages)
 
     @classmethod
     def execute(cls, head_mesh, reference_geometry, gan_views=None, guidance=None, steps: int = 6000, gan_steps: int = 1000,
@@ -106,7 +138,7 @@ class DMTetSculpt(io.ComfyNode):
 
         device = mm.get_torch_device()
         if check_mode(vram_mode) == "low_vram" and guidance_views > 1:
-            print(f"[IDSculpt] DMTet Sculpt: vram_mode low_vram runs one guidance view per step (asked: {guidance_views})")
+            log.info("IDSculpt DMTet Sculpt: vram_mode low_vram runs one guidance view per step (asked: %d)", guidance_views)
             guidance_views = 1
         cfg = SculptConfig(
             steps=steps, gan_steps=gan_steps, grid_resolution=grid_resolution, lr=lr, guidance_batch=guidance_views,
@@ -118,24 +150,17 @@ class DMTetSculpt(io.ComfyNode):
             views=RandomViewRanges(resolution=render_resolution), profile_folder=sculpt_profile_folder(),
         )
         progress, interrupt = progress_callbacks(steps)
-        predictor = getattr(guidance, "predictor", None)
-        graphs_before = getattr(predictor, "cuda_graphs", None)
-        if graphs_before is not None:
-            predictor.cuda_graphs = graphs_allowed(graphs_before, vram_mode)  # low_vram: no graph memory pools
-        try:
-            with stage("DMTet Sculpt", vram_mode) as record, torch.inference_mode(False), torch.enable_grad():
-                mesh = _fresh(head_mesh).to(device)
-                result = sculpt(mesh, _fresh(gan_views), _fresh(reference_geometry), guidance, cfg, progress=progress,
-                                interrupt=interrupt, device=device)
-                record["step_ms"] = result.step_ms  # per step kind: where the stage's time goes (bench_pipeline)
-                print("[IDSculpt] DMTet Sculpt: " + ", ".join(f"{k} steps {v['steps']} x {v['mean_ms']:.1f} ms (median {v['median_ms']:.1f})"
-                                                             for k, v in result.step_ms.items()))
-                m = result.mesh_normalized.to(device)
-                previews = render_previews(m.vertices, m.faces, preview_cameras(8, 512).to(device))
-                camera = result.normalization.apply_cameras(reference_geometry.camera.to("cpu"))  # CPU, as the mesh
-        finally:
-            if graphs_before is not None:
-                predictor.cuda_graphs = graphs_before  # the guidance object is ComfyUI's cached node output
+        guidance = guidance_for_mode(guidance, vram_mode)
+        with stage("DMTet Sculpt", vram_mode) as record, torch.inference_mode(False), torch.enable_grad():
+            mesh = _fresh(head_mesh).to(device)
+            result = sculpt(mesh, _fresh(gan_views), _fresh(reference_geometry), guidance, cfg, progress=progress,
+                            interrupt=interrupt, device=device)
+            record["step_ms"] = result.step_ms  # per step kind: where the stage's time goes (bench_pipeline)
+            log.info("IDSculpt DMTet Sculpt: %s", ", ".join(f"{k} steps {v['steps']} x {v['mean_ms']:.1f} ms (median "
+                                                           f"{v['median_ms']:.1f})" for k, v in result.step_ms.items()))
+            m = result.mesh_normalized.to(device)
+            previews = render_previews(m.vertices, m.faces, preview_cameras(8, 512).to(device))
+            camera = result.normalization.apply_cameras(reference_geometry.camera.to("cpu"))  # CPU, as the mesh
         return io.NodeOutput(result.mesh_normalized, previews, camera)
 
 

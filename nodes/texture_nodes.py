@@ -40,6 +40,7 @@ from .engines.cuda_graphs import cuda_graphs_input
 from .engines.sampling import ComfyDenoiser, ComfyInpainter, ComfySampling
 from .engines.vram import graphs_allowed, stage, vram_mode_input
 from .types import CAMERA, HEAD_MESH
+from .validation import UNCONNECTED, both_or_neither, known, verdict
 from .view_prompts import view_conditioning, view_conditioning_inputs
 
 log = logging.getLogger("IDSculpt")
@@ -105,6 +106,18 @@ def _reference_inputs() -> list:
     ]
 
 
+def _crop_problem(resolution) -> Optional[str]:
+    """The view size must split into the VAE's 8-pixel blocks (the widget's step of 64 binds the UI only)."""
+    if known(resolution) and int(resolution) % 8:
+        return f"resolution ({resolution}) must be a multiple of 8: the VAE encodes 8x8-pixel blocks (SD1.5: 512)"
+    return None
+
+
+def _reference_problem(reference_image, reference_camera) -> Optional[str]:
+    return both_or_neither("reference_image", reference_image, "reference_camera", reference_camera,
+                           "the portrait is placed on the head by its camera: DMTet Sculpt's reference_camera")
+
+
 # ---------------------------------------------------------------------------------------------- nodes
 class ProgressiveInpaint(io.ComfyNode):
     @classmethod
@@ -136,6 +149,18 @@ class ProgressiveInpaint(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, texture_size=None, view_plan=None, resolution=None, reference_image=UNCONNECTED,
+                        reference_camera=UNCONNECTED) -> bool | str:
+        plan = None
+        if known(view_plan):
+            try:
+                parse_view_plan(view_plan)
+            except ValueError as e:
+                plan = f"view_plan: {e}"
+        return verdict(cls, {"texture_size": texture_size, "resolution": resolution}, plan, _crop_problem(resolution),
+                       _reference_problem(reference_image, reference_camera))
+
+    @classmethod
     def execute(cls, head, model, positive, negative, vae, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                 denoise: float, control_strength: float, texture_size: str, max_faces: int, view_plan: str, resolution: int,
                 erode_iterations: int, cos_threshold: float, policy: str, control_net=None, reference_image=None,
@@ -150,7 +175,7 @@ class ProgressiveInpaint(io.ComfyNode):
         if not mesh.has_uv:
             mesh, info = unwrap_uv(mesh.to("cpu"), size, max_faces)
             note = info.summary()
-            print(f"[IDSculpt] {note}")
+            log.info("IDSculpt Progressive Inpaint: %s", note)
         mesh = _device_mesh(mesh)
         reference = _reference(reference_image, reference_camera, reference_mask)
         sampling = ComfySampling(model, positive, negative, vae, control_net, control_strength, steps, cfg, sampler_name, scheduler, seed,
@@ -215,6 +240,16 @@ class TextureRefine(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, t_min=None, t_max=None, resolution=None, reference_image=UNCONNECTED,
+                        reference_camera=UNCONNECTED) -> bool | str:
+        t_range = None
+        if known(t_min) and known(t_max) and t_min >= t_max:
+            t_range = (f"t_min ({t_min}) must be below t_max ({t_max}): each random view's SDEdit start timestep is "
+                       "drawn from [t_min, t_max) (ID-Sculpt: 50 to 200)")
+        return verdict(cls, {"t_min": t_min, "t_max": t_max, "resolution": resolution}, t_range, _crop_problem(resolution),
+                       _reference_problem(reference_image, reference_camera))
+
+    @classmethod
     def execute(cls, head, model, positive, negative, vae, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                 refine_steps: int, t_min: int, t_max: int, learning_rate: float, control_strength: float, resolution: int,
                 perceptual_model: str = "none", control_net=None, reference_image=None, reference_camera=None,
@@ -222,8 +257,6 @@ class TextureRefine(io.ComfyNode):
                 **per_direction) -> io.NodeOutput:
         if not isinstance(head, HeadMesh) or not head.has_uv or head.texture is None:
             raise ValueError("Texture Refine needs a textured head with UVs: connect IDSculpt Progressive Inpaint's head output")
-        if t_min >= t_max:
-            raise ValueError(f"t_min ({t_min}) must be below t_max ({t_max})")
         views = view_conditioning(positive, negative, TEXTURE_VIEW_THRESHOLDS, **per_direction)
         _check_head_frame(head, "Texture Refine")
         mesh = _device_mesh(head)

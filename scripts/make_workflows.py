@@ -563,7 +563,7 @@ def geometry_stages(wf: Workflow, schedule=DEFAULT_SCHEDULE) -> dict:
                     w_steps=schedule.w_steps, pti_steps=schedule.pti_steps, mesh_resolution=512, mesh_level=20.0, view_resolution=256, seed=0,
                     face_index=0, face_id=id_embed["face_id"], landmarker_model="(none)")  # the face ID Embed chose
     wf.add("PreviewImage", "Aligned portrait (PanoHead crop)", g1, 2, images=invert["aligned_portrait"])
-    lms = wf.add("IDSculptLandmarkRender", None, g1, 3, image=invert["aligned_portrait"], head_mesh=invert["head_mesh"],
+    lms = wf.add("IDSculptLandmarkRender", None, g1, 3, image=invert["aligned_portrait"], head_mesh=invert["head"],
                  reference_camera=invert["reference_camera"], face_index=0, preview_resolution=512, landmarker_model="(none)",
                  occlusion=False)
     wf.add("PreviewImage", "Landmarks on the head (ControlNet hints)", g1, 3, images=lms["preview"])
@@ -602,7 +602,7 @@ def geometry_stages(wf: Workflow, schedule=DEFAULT_SCHEDULE) -> dict:
                  negative=isd_neg["CONDITIONING"], vae=vae["VAE"], cfg=50.0, t_min=20, t_max=500, id_azimuth_limit=70.0,
                  control_net=face_cn["CONTROL_NET"], landmarks=lms["landmarks"], control_strength=1.0, anneal="none",
                  t_max_final=200, grad_clip=0.0, resolution=512, seed=0, estimator="authors", vae_posterior="sample", **views)
-    sculpt = wf.add("IDSculptDMTetSculpt", None, g2, 8, head_mesh=invert["head_mesh"], reference_geometry=geo["reference_geometry"],
+    sculpt = wf.add("IDSculptDMTetSculpt", None, g2, 8, head_mesh=invert["head"], reference_geometry=geo["reference_geometry"],
                     gan_views=invert["gan_views"], guidance=isd["guidance"], steps=schedule.sculpt_steps,
                     gan_steps=schedule.gan_steps, guidance_views=schedule.guidance_views, lr=schedule.sculpt_lr, seed=0)
     return {"caption": caption, "subject": subject, "portrait": portrait, "invert": invert, "id_embed": id_embed,
@@ -619,7 +619,7 @@ def build_geometry() -> Workflow:
     s = geometry_stages(wf)
     g2 = s["g2"]
     wf.add("PreviewImage", SCULPT_VIEWS_TITLE, g2, 9, images=s["sculpt"]["preview"])
-    save = wf.add("IDSculptSaveHead", None, g2, 9, head=s["sculpt"]["head_mesh"], filename_prefix="IDSculpt/head_geometry",
+    save = wf.add("IDSculptSaveHead", None, g2, 9, head=s["sculpt"]["head"], filename_prefix="IDSculpt/head_geometry",
                   save_obj=False, reference_camera=s["sculpt"]["reference_camera"])
     wf.add("Preview3D", "3D view", g2, 9, model_file=save["model_file"])
     return wf
@@ -635,7 +635,7 @@ def build_full(name: str = "full", texture_ckpt: str = TEXTURE_SD15, style: Opti
     s = geometry_stages(wf, schedule)
     g2 = s["g2"]
     wf.add("PreviewImage", SCULPT_VIEWS_TITLE, g2, 9, images=s["sculpt"]["preview"])
-    wf.add("IDSculptSaveHead", "Save sculpted head (untextured)", g2, 9, head=s["sculpt"]["head_mesh"],
+    wf.add("IDSculptSaveHead", "Save sculpted head (untextured)", g2, 9, head=s["sculpt"]["head"],
            filename_prefix="IDSculpt/head_geometry", save_obj=False, reference_camera=s["sculpt"]["reference_camera"])
 
     g3 = wf.group("3 · Texture: progressive inpainting (ID adapter + normal ControlNet) → deblur → refinement → GLB")
@@ -660,7 +660,7 @@ def build_full(name: str = "full", texture_ckpt: str = TEXTURE_SD15, style: Opti
                   reference_camera=sculpt["reference_camera"], reference_mask=s["geo"]["head_mask"],
                   seed=0, steps=20, cfg=10.0, sampler_name=SAMPLER, scheduler=SCHEDULER, control_strength=1.0, resolution=512,
                   **views)
-    inpaint = wf.add("IDSculptProgressiveInpaint", None, g3, 3, head=sculpt["head_mesh"], denoise=0.95, texture_size="1024",
+    inpaint = wf.add("IDSculptProgressiveInpaint", None, g3, 3, head=sculpt["head"], denoise=0.95, texture_size="1024",
                      max_faces=100000, view_plan="default", erode_iterations=8, cos_threshold=0.0, policy="first",
                      upscale_model=upscaler["UPSCALE_MODEL"], **common)
     wf.add("PreviewImage", "Inpainted views", g3, 3, images=inpaint["views"])

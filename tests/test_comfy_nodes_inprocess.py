@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from idsculpt.core.mesh import HeadMesh
+from unchanged import assert_unchanged, snapshot
 
 pytestmark = pytest.mark.comfy
 
@@ -37,8 +38,10 @@ def test_pack_nodes_load_through_entrypoint(comfy_inprocess):
 
 def test_core_mesh_bridge_uses_core_class_and_round_trips(comfy_inprocess, mesh_nodes):
     head = tetra()
+    given = snapshot(head)
     out = comfy_inprocess.run_node(mesh_nodes.HeadToMesh, head=head)
     mesh = out.args[0]
+    assert_unchanged(given, head)
     # the host's class: Types.MESH on newer ComfyUI, comfy_extras/nodes_hunyuan3d's on 0.3.64
     cls = mesh_nodes.core_mesh_class()
     assert type(mesh) is cls and cls.__name__ == "MESH"
@@ -46,7 +49,9 @@ def test_core_mesh_bridge_uses_core_class_and_round_trips(comfy_inprocess, mesh_
     assert mesh.vertices.dtype == torch.float32 and mesh.faces.dtype == torch.int64
     # a batch of two core meshes (as VoxelToMesh makes): pick the second
     batch = cls(torch.stack([mesh.vertices[0], mesh.vertices[0] * 2]), torch.cat([mesh.faces, mesh.faces]))
+    given = snapshot(batch)
     back = comfy_inprocess.run_node(mesh_nodes.MeshToHead, mesh=batch, index=1).args[0]
+    assert_unchanged(given, batch)
     assert isinstance(back, HeadMesh) and back.uvs is None
     torch.testing.assert_close(back.vertices, head.vertices * 2)
     torch.testing.assert_close(back.faces, head.faces)
@@ -59,7 +64,10 @@ def test_core_mesh_bridge_uses_core_class_and_round_trips(comfy_inprocess, mesh_
 
 def test_save_head_output_and_ui(comfy_inprocess, mesh_nodes):
     out_dir = comfy_inprocess.folder_paths.get_output_directory()
-    res = comfy_inprocess.run_node(mesh_nodes.SaveHead, head=tetra(), filename_prefix="inproc/tet", save_obj=True)
+    head = tetra()
+    given = snapshot(head)
+    res = comfy_inprocess.run_node(mesh_nodes.SaveHead, head=head, filename_prefix="inproc/tet", save_obj=True)
+    assert_unchanged(given, head)
     path, mesh = res.args
     assert path == "inproc/tet_00001_.glb"
     assert os.path.isfile(os.path.join(out_dir, path))

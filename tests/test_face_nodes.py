@@ -13,6 +13,7 @@ import trimesh
 
 from idsculpt.core.camera import EG3D_FOCAL, EG3D_RADIUS, Cameras
 from idsculpt.core.mesh import HeadMesh
+from unchanged import assert_unchanged, snapshot
 
 pytestmark = pytest.mark.comfy
 
@@ -54,7 +55,9 @@ def test_nodes_registered(comfy_inprocess):
 def test_loader_and_id_embed(comfy_inprocess, face_nodes, portrait):
     app = comfy_inprocess.run_node(face_nodes.InsightFaceLoader, model_name="buffalo_l", provider="CPU").args[0]
     assert set(app.models) == {"detection", "recognition"}
+    given = snapshot(portrait)
     fid, crop, info = comfy_inprocess.run_node(face_nodes.IDEmbed, image=portrait, insightface=app, face_index=0).args
+    assert_unchanged(given, portrait)
     assert fid.embedding.shape == (512,) and abs(float(fid.embedding.norm()) - 1) < 1e-5
     assert crop.shape == (1, 112, 112, 3) and "face found at detector size 640" in info
     with pytest.raises(ValueError, match="too small"):
@@ -70,9 +73,11 @@ def test_landmark_render_and_geo_supervision(comfy_inprocess, face_nodes, portra
 
     mesh = head()
     cam = Cameras.orbit(0.0, 0.0, EG3D_RADIUS, EG3D_FOV, 512)
+    given = snapshot((portrait, mesh, cam))
     lm, preview, info = comfy_inprocess.run_node(face_nodes.LandmarkRender, image=portrait, head_mesh=mesh,
                                                  reference_camera=cam, face_index=0, preview_resolution=128,
                                                  landmarker_model="(none)").args
+    assert_unchanged(given, (portrait, mesh, cam))
     assert lm.points.shape == (478, 3) and preview.shape == (6, 128, 128, 3)
     assert "7/7 keypoints hit" in info and float(preview.max()) > 0
     # the landmarks' drawing from the reference camera lands where the portrait shows them
@@ -84,9 +89,11 @@ def test_landmark_render_and_geo_supervision(comfy_inprocess, face_nodes, portra
     nimg = torch.where(out.coverage > 0.5, (out.normal_view + 1) / 2, torch.zeros(3))
     dimg = out.disparity.expand(-1, -1, -1, 3)
     p128 = torch.nn.functional.interpolate(portrait.permute(0, 3, 1, 2), size=(128, 128), mode="area").permute(0, 2, 3, 1)
+    given = snapshot((p128, cam, nimg, dimg, lm))
     ref, prev, text, head_mask, face_mask = comfy_inprocess.run_node(
         geo_nodes.GeoSupervision, portrait=p128, reference_camera=cam, normal_map=nimg, depth_map=dimg, landmarks=lm,
         depth_convention="near_is_bright").args
+    assert_unchanged(given, (p128, cam, nimg, dimg, lm))
     assert "MediaPipe face oval" in text and prev.shape == (3, 128, 128, 3)
     assert "mask: portrait: MediaPipe selfie segmentation ∪ face oval" in text  # the head mask comes from the portrait
     # the masks it settled on come out as ComfyUI MASKs for the texture stage

@@ -11,6 +11,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from panohead_fixtures import dump_release_pickle, tiny_generator  # noqa: E402
 from torch_threads import one_thread  # noqa: E402,F401  (autouse: this module runs single-threaded)
+from unchanged import assert_unchanged, snapshot  # noqa: E402
 
 pytestmark = pytest.mark.comfy
 
@@ -64,9 +65,17 @@ def test_loader_converts_release_pickle_and_invert_uses_it(comfy_inprocess, node
     assert "pickle code not executed" in info and not os.path.exists(marker)
     assert not model.perceptual.has_lpips_heads and "NOT the authors' LPIPS-VGG" in info  # no lpips/vgg.pth here
     assert os.path.isfile(os.path.join(folder, "tiny-panohead.safetensors")) and os.path.isfile(os.path.join(folder, "tiny-panohead.json"))
+    portrait = _portrait(portraits_dir)
+
+    def given_values():  # the loader's output as Invert receives it: the weights, the render settings, the portrait
+        g = model.generator
+        return (portrait, dict(g.state_dict()), g.rendering_kwargs, g.neural_rendering_resolution, dict(model.perceptual.state_dict()))
+
+    given = snapshot(given_values())
     mesh, cam, aligned, views, info = comfy_inprocess.run_node(
-        nodes.PanoHeadInvert, portrait=_portrait(portraits_dir), panohead=model, init="auto", w_steps=2, pti_steps=1,
+        nodes.PanoHeadInvert, portrait=portrait, panohead=model, init="auto", w_steps=2, pti_steps=1,
         mesh_resolution=64, mesh_level=0.0, view_resolution=16, seed=0).args
+    assert_unchanged(given, given_values())  # inversion and PTI tune a copy
     assert info.startswith("init=panohead") and mesh.faces.shape[0] > 0 and "NOT the authors' LPIPS-VGG" in info
     assert torch.isfinite(mesh.vertices).all() and views.normals.shape == (40, 16, 16, 3)
 

@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from torch_threads import one_thread  # noqa: E402,F401  (autouse: this module runs single-threaded)
+from unchanged import assert_unchanged, snapshot  # noqa: E402
 
 from idsculpt.core.camera import Cameras  # noqa: E402
 from idsculpt.core.mesh import HeadMesh  # noqa: E402
@@ -175,8 +176,10 @@ def test_place_head_mesh_node_from_a_glb_and_from_a_core_mesh(comfy_inprocess, t
     glb = str(tmp_path / "head.glb")
     _in_file_frame(template).save(glb)
     loaded = HeadMesh.load(glb)
+    given = snapshot((portrait, loaded))
     mesh, cam, aligned, views, info = comfy_inprocess.run_node(PlaceHeadMesh, portrait=portrait, head=loaded, up_axis="+z",
                                                                front_axis="-y", view_resolution=32).args
+    assert_unchanged(given, (portrait, loaded))
     assert isinstance(mesh, HeadMesh) and len(cam) == 1 and aligned.shape == (1, 512, 512, 3)
     assert views.normals.shape == (40, 32, 32, 3) and views.masks.shape == (40, 32, 32, 1)
     assert info.startswith("init=mesh") and float(views.masks[0].sum()) > 50

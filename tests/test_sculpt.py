@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from torch_threads import one_thread  # noqa: F401  (autouse: this module runs single-threaded)
+from unchanged import assert_unchanged, snapshot
 from idsculpt.core.camera import Cameras
 import math
 
@@ -404,10 +405,12 @@ def test_dmtet_sculpt_node_in_comfyui(comfy_inprocess, target, sphere):
         views = gan_views_of(target, 32)
         ref = reference_of(target, 32)
         views = GanViews(views.cameras, views.normals.clone(), views.masks.clone())
+    given = snapshot((sphere, ref, views))
     out = comfy_inprocess.run_node(node, head_mesh=sphere, reference_geometry=ref, gan_views=views, steps=6, gan_steps=3,
                                    grid_resolution=32, lr=0.01, render_resolution=64, seed=0)
+    assert_unchanged(given, (sphere, ref, views))
     mesh, preview, camera = out.args
-    assert [o.display_name for o in schema.outputs] == ["head_mesh", "preview", "reference_camera"]
+    assert [o.display_name for o in schema.outputs] == ["head", "preview", "reference_camera"]
     assert isinstance(mesh, HeadMesh) and mesh.faces.shape[0] > 100 and torch.isfinite(mesh.vertices).all()
     assert preview.shape == (8, 512, 512, 3) and 0 <= float(preview.min()) and float(preview.max()) <= 1
     # The result is in the authors' normalised frame: the input sphere (r 0.55, centred) scaled to L∞ 0.9,
@@ -429,10 +432,13 @@ class _StubGuidance:
         self.views: list[int] = []
         self.graphs_seen: list[bool] = []
         self.predictor = type("P", (), {"cuda_graphs": True})()
+        self.given_predictor = self.predictor  # the object the upstream node output holds
+        self.given_seen: list[bool] = []
 
     def __call__(self, images, cameras, **kw):
         self.views.append(int(images.shape[0]))
         self.graphs_seen.append(self.predictor.cuda_graphs)
+        self.given_seen.append(self.given_predictor.cuda_graphs)
         return (images * 0.0).sum()
 
 
@@ -445,7 +451,8 @@ def test_sculpt_node_low_vram_mode_takes_one_view_and_no_graphs(comfy_inprocess,
     comfy_inprocess.run_node(node, head_mesh=sphere, reference_geometry=ref, guidance=stub, steps=4, gan_steps=0,
                              grid_resolution=32, lr=0.01, render_resolution=64, guidance_views=3, seed=0, vram_mode="low_vram")
     assert stub.views and set(stub.views) == {1} and not any(stub.graphs_seen)
-    assert stub.predictor.cuda_graphs is True  # the guidance is ComfyUI's cached output of another node: restored
+    # the guidance is ISD Guidance's cached output: never changed, not even while the sculpt runs (it gets a copy)
+    assert stub.predictor.cuda_graphs is True and stub.given_seen and all(stub.given_seen)
     stub2 = _StubGuidance()
     comfy_inprocess.run_node(node, head_mesh=sphere, reference_geometry=ref, guidance=stub2, steps=4, gan_steps=0,
                              grid_resolution=32, lr=0.01, render_resolution=64, guidance_views=3, seed=0)

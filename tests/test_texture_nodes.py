@@ -15,6 +15,7 @@ import trimesh
 
 from idsculpt.core.camera import Cameras
 from idsculpt.core.mesh import HeadMesh
+from unchanged import assert_unchanged, snapshot
 
 pytestmark = pytest.mark.comfy
 
@@ -49,6 +50,7 @@ def test_nodes_registered(env):
 
 
 def test_progressive_inpaint_then_refine_change_the_texture(env):
+    given = snapshot((env.head, env.portrait, env.camera, env.pos, env.neg))
     inpaint = env.ci.run_node(
         env.nodes["IDSculptProgressiveInpaint"], head=env.head, model=env.model, positive=env.pos, negative=env.neg, vae=env.vae,
         control_net=env.controlnet, reference_image=env.portrait, reference_camera=env.camera, reference_mask=None,
@@ -56,6 +58,8 @@ def test_progressive_inpaint_then_refine_change_the_texture(env):
         resolution=RES, erode_iterations=8, cos_threshold=0.0, policy="first", **_sampler(),
     )
     head, texture, views = inpaint.args
+    assert_unchanged(given, (env.head, env.portrait, env.camera, env.pos, env.neg))
+    given = snapshot(head)
     assert isinstance(head, HeadMesh) and head.has_uv and head.texture.shape == (512, 512, 3)
     assert texture.shape == (1, 512, 512, 3) and bool(torch.isfinite(texture).all())
     assert views.shape[1:] == (RES, RES, 3) and views.shape[0] >= 3  # the portrait + generated views as previews
@@ -74,6 +78,7 @@ def test_progressive_inpaint_then_refine_change_the_texture(env):
         **_sampler(),
     )
     head2, texture2 = refined.args
+    assert_unchanged(given, head, "Progressive Inpaint's head")
     assert torch.equal(head2.uvs, head.uvs) and torch.equal(head2.faces, head.faces)
     assert bool(torch.isfinite(texture2).all()) and texture2.min() >= 0 and texture2.max() <= 1
     assert (texture2 - texture).abs().max() > 1e-3
