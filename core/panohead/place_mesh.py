@@ -11,7 +11,7 @@ camera -- and its renders from the 40 GAN-view cameras become the stage-A target
    by a Lambert light so shape shows; plain Lambert-shaded grey otherwise: MediaPipe finds a face on
    such a render, even on the template head) goes through the pack's landmark detector; a second render
    framed on the found face refines them. Each landmark is lifted to 3D by casting its pixel's ray onto
-   the mesh (``core.face.align.raycast``); landmarks whose ray misses are left out.
+   the mesh (``core.face.raycast.raycast``); landmarks whose ray misses are left out.
 3. Similarity to the portrait: the portrait's landmarks are lifted into the reference camera's frame
    with MediaPipe's own depth (weak perspective at the camera's distance to the head centre); a
    Umeyama fit of the mesh's 3D landmarks to them starts a least-squares refinement of the landmarks'
@@ -33,7 +33,8 @@ import torch
 
 from ..camera import Cameras, look_at
 from ..dmtet.sdf_init import axis_rotation
-from ..face.align import pixel_rays, raycast, umeyama
+from ..face.raycast import pixel_rays, raycast
+from ..face.similarity import umeyama
 from ..face.landmarks import KEYPOINTS_7, detect_landmarks
 from ..mesh import HeadMesh
 from ..stage_types import InterruptFn
