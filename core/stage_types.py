@@ -3,17 +3,36 @@
 Stage 1 (core/panohead: the PanoHead inversion, or a placed head mesh) gives the sculpt its multi-view
 supervision (:class:`GanViews`); the reference-view targets built from the generated normal/depth maps and the
 portrait's masks (:class:`ReferenceGeometry`, core/geo_supervision.py) feed the sculpt's reference steps.
-Besides these, stages meet only through the primitives (camera, mesh, render, dmtet, face, guidance).
+The progress/interrupt contract (:data:`ProgressFn`, :data:`InterruptFn`) every long loop in core takes is
+declared here too. Besides these, stages meet only through the primitives (camera, mesh, render, dmtet, face,
+guidance).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from .camera import Cameras, view_to_world_normals
 from .held_tensors import held_tensors
+
+#: ``progress(step, total, preview)``: called by a long loop after a step; ``step`` counts 1..``total``.
+#: ``preview`` is None or one image as a torch tensor [H,W,3] float 0..1 (CPU or device; a host may also
+#: accept [B,H,W,3] and show the first). One type for every stage, so a host adapter (nodes/common.py
+#: ComfyProgress) needs no per-stage conversion: a stage whose previews are uint8 arrays (eval) converts
+#: them before calling. A progress callback may itself raise to stop (ComfyProgress checks the interrupt
+#: flag there too), so the same rule as for the interrupt holds for it.
+ProgressFn = Callable[[int, int, Optional[torch.Tensor]], None]
+
+#: ``interrupt()``: called at least once per iteration of every long loop (between chunks, views, steps);
+#: it returns nothing and RAISES to stop. Its return value is never read: a callable that returns True
+#: does not stop anything. ComfyUI's is ``comfy.model_management.throw_exception_if_processing_interrupted``
+#: (nodes/common.py ComfyProgress.interrupt), which raises ``comfy.model_management.InterruptProcessingException``
+#: (a plain ``Exception`` subclass) once the user pressed Cancel; ComfyUI's executor catches it and marks the
+#: prompt interrupted. core never catches it: no ``except`` in core wraps a loop that calls ``interrupt`` or
+#: ``progress``, so the exception leaves the stage with no result, and ``finally`` blocks only release memory.
+InterruptFn = Callable[[], None]
 
 
 @dataclass

@@ -198,7 +198,7 @@ class EvaluateHead(io.ComfyNode):
         res = ev.evaluate_head(
             head.detach().to(device), image[0], ref, lpips_model=lpips_model, image_embedder=embedder,
             recognizers=recognizers, skipped=skipped, config=cfg,
-            progress=lambda step, total, prev: bar.progress(step, total, None if prev is None else torch.from_numpy(prev.astype(np.float32) / 255.0)),
+            progress=bar.progress,
             interrupt=bar.interrupt,
             identity_photos=None if identity_photos is None else list(image_to_core(identity_photos)),
         )

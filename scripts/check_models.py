@@ -20,27 +20,34 @@ Runs with any Python 3.9+ that has this repo (standard library only; PyYAML only
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import types
 from typing import Callable, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
+#: the bare package core/'s pure-Python modules are loaded under (see _load_core_module)
+_CORE_PACKAGE = "idsculpt_core"
+
+
 def _load_core_module(stem: str):
-    """core/<stem>.py on its own, without importing the pack (the pure-Python modules: no torch, no ComfyUI)."""
-    name = f"idsculpt_core_{stem}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "core", f"{stem}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """core/<stem>.py without importing the pack (the pure-Python modules: no torch, no ComfyUI).
+
+    It is loaded as ``idsculpt_core.<stem>`` of a bare package whose path is core/ and whose __init__ is not
+    run (core/__init__.py would import torch), so its relative imports of its pure-Python siblings work
+    (core/models.py imports core/model_table.py and core/model_docs.py)."""
+    if _CORE_PACKAGE not in sys.modules:
+        pkg = types.ModuleType(_CORE_PACKAGE)
+        pkg.__path__ = [os.path.join(ROOT, "core")]
+        sys.modules[_CORE_PACKAGE] = pkg
+    return importlib.import_module(f"{_CORE_PACKAGE}.{stem}")
 
 
 def load_models_module():

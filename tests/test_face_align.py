@@ -16,15 +16,9 @@ import torch
 import trimesh
 
 from idsculpt.core.camera import EG3D_FOCAL, EG3D_RADIUS, Cameras
-from idsculpt.core.face.align import (
-    align_landmarks_to_mesh,
-    pixel_rays,
-    preview_cameras,
-    ransac_similarity,
-    raycast,
-    raycast_bruteforce,
-    umeyama,
-)
+from idsculpt.core.face.align import align_landmarks_to_mesh, preview_cameras
+from idsculpt.core.face.raycast import pixel_rays, raycast, raycast_bruteforce
+from idsculpt.core.face.similarity import ransac_similarity, umeyama
 from idsculpt.core.face.landmark_image import GROUP_COLORS_BGR, GROUP_COLORS_RGB, PUPIL_COLORS_RGB, draw_landmark_image
 from idsculpt.core.face.landmarks import KEYPOINTS_7, FaceLandmarks2D
 from idsculpt.core.mesh import HeadMesh

@@ -13,7 +13,7 @@ import torch
 import trimesh
 
 from idsculpt.core.camera import EG3D_FOCAL, EG3D_RADIUS, Cameras, view_to_world_normals, world_to_view_normals
-from idsculpt.core.face.align import raycast
+from idsculpt.core.face.raycast import raycast
 from idsculpt.core.face.landmarks import FaceLandmarks2D
 from idsculpt.core.geo_supervision import (
     build_reference_geometry,

@@ -276,8 +276,15 @@ def test_invert_runs_both_stages_in_graph_mode():
     assert torch.equal(torch.rand(4, device="cuda"), a)
     # interrupt between replays
     calls = []
-    with pytest.raises(InterruptedError):
-        inv.invert(g, image, lab, vgg, cfg, interrupt=lambda: calls.append(1) or len(calls) > 5)
+
+    def stop_after_five() -> None:  # interrupt raises to stop (core/stage_types.py InterruptFn)
+        calls.append(1)
+        if len(calls) > 5:
+            raise InterruptedError("cancelled")
+
+    with pytest.raises(InterruptedError, match="cancelled"):
+        inv.invert(g, image, lab, vgg, cfg, interrupt=stop_after_five)
+    assert len(calls) == 6
 
 
 @needs_cuda

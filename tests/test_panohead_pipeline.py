@@ -140,8 +140,11 @@ def test_inversion_and_pti_losses_decrease():
     res2 = invert(g, image, lab, vgg, InversionConfig(**{**cfg.__dict__, "w_steps": 2, "pti_steps": 0}))
     res3 = invert(g, image, lab, vgg, InversionConfig(**{**cfg.__dict__, "w_steps": 2, "pti_steps": 0}))
     assert torch.equal(res2.ws, res3.ws) and not torch.equal(res2.ws, res.ws)
-    with pytest.raises(InterruptedError):
-        invert(g, image, lab, vgg, cfg, interrupt=lambda: True)
+    def stop() -> None:  # the contract (core/stage_types.py InterruptFn): interrupt raises to stop
+        raise InterruptedError("cancelled")
+
+    with pytest.raises(InterruptedError, match="cancelled"):
+        invert(g, image, lab, vgg, cfg, interrupt=stop)
 
 
 # Eye midpoint, mouth centre (fractions of the crop) and inter-ocular distance that MediaPipe finds in

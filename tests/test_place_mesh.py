@@ -105,7 +105,7 @@ def test_real_portrait_placement_ignores_the_pose_and_scale_given(template, port
 
 
 def test_views_are_the_placed_mesh_seen_by_the_gan_cameras(template):
-    from idsculpt.core.face.align import raycast
+    from idsculpt.core.face.raycast import raycast
     from idsculpt.core.panohead.extract import gan_view_cameras
     from idsculpt.core.panohead.place_mesh import render_mesh_views
 

@@ -27,12 +27,12 @@ import torch
 
 from ..camera import Cameras, eg3d_frontal_label
 from ..mesh import HeadMesh
+from ..stage_types import InterruptFn, ProgressFn
 from .identity import DLIB_SAME_PERSON_DISTANCE, FaceRecognizer, cosine, to_uint8_rgb
 from .lpips import LPIPSAlex, lpips_distance
 from .plot import draw_id_curve
 
 ImageEmbedder = Callable[[torch.Tensor], torch.Tensor]  # [B,H,W,3] 0..1 → [B,D]
-ProgressFn = Callable[[int, int, Optional[np.ndarray]], None]
 
 # The paper's four ID views (names from §4.3; angles are our choice, see the module docstring).
 PAPER_ID_VIEWS: tuple[tuple[str, float], ...] = (
@@ -119,7 +119,7 @@ def orbit_like(reference: Cameras, azimuths: Sequence[float], resolution: int) -
 # ---------------------------------------------------------------------- rendering
 def render_head(
     mesh: HeadMesh, cameras: Cameras, background: float, batch: int = 8, backend: Optional[str] = None,
-    interrupt: Optional[Callable[[], None]] = None,
+    interrupt: Optional[InterruptFn] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Colour [B,H,W,3] on ``background`` and coverage [B,H,W,1] of a textured / vertex-coloured head."""
     from ..render import render_mesh
@@ -180,7 +180,7 @@ def evaluate_head(
     skipped: Optional[dict[str, str]] = None,
     config: Optional[EvalConfig] = None,
     progress: Optional[ProgressFn] = None,
-    interrupt: Optional[Callable[[], None]] = None,
+    interrupt: Optional[InterruptFn] = None,
     identity_photos: Optional[Sequence[Any]] = None,
 ) -> EvalResult:
     """Render ``mesh`` at the reference view and round the head, and score it against ``portrait``.
@@ -211,7 +211,7 @@ def evaluate_head(
     total = 3 + len(rec_items) * (len(azimuths) + 2 + len(photos)) + (1 if image_embedder is not None else 0)
     step = 0
 
-    def tick(preview: Optional[np.ndarray] = None) -> None:
+    def tick(preview: Optional[torch.Tensor] = None) -> None:
         nonlocal step
         step += 1
         if progress is not None:
@@ -229,9 +229,9 @@ def evaluate_head(
     else:
         ref_render = ref_color
     ref_render = ref_render.clamp(0, 1)
-    tick(to_uint8_rgb(ref_render[0]))
+    tick(ref_render[0])  # the contract's preview: [H,W,3] float 0..1 (core/stage_types.py ProgressFn)
     views, masks = render_head(mesh, view_cams, cfg.background, cfg.render_batch, cfg.render_backend, interrupt)
-    tick(to_uint8_rgb(views[len(views) // 2]))
+    tick(views[len(views) // 2])
 
     el = float(orbit_elevation(ref_cam))
     view_rows: list[dict[str, Any]] = []

@@ -16,7 +16,7 @@ accumulated opacity ≥ 250/255, largest 8-connected component (as ID-Sculpt sav
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -25,11 +25,8 @@ import torch.nn.functional as F
 
 from ..camera import Cameras
 from ..mesh import HeadMesh
-from ..stage_types import GanViews
+from ..stage_types import GanViews, InterruptFn, ProgressFn
 from .triplane import TriPlaneGenerator
-
-ProgressFn = Callable[[int, int, Optional[torch.Tensor]], None]
-InterruptFn = Callable[[], Optional[bool]]
 
 
 @torch.no_grad()
@@ -48,8 +45,8 @@ def density_grid(G: TriPlaneGenerator, planes: torch.Tensor, resolution: int = 5
     yy, zz = torch.meshgrid(lin, lin, indexing="ij")
     yz = torch.stack([yy.reshape(-1), zz.reshape(-1)], -1)
     for x0 in range(0, resolution, xs_per_chunk):
-        if interrupt is not None and interrupt():
-            raise InterruptedError("mesh extraction interrupted")
+        if interrupt is not None:
+            interrupt()
         xs = lin[x0: x0 + xs_per_chunk]
         pts = torch.cat([xs[:, None, None].expand(-1, per_x, 1), yz[None].expand(len(xs), -1, -1)], -1).reshape(1, -1, 3)
         sigma = G.renderer.density(planes[:1], G.decoder, pts, G.rendering_kwargs)
@@ -176,8 +173,8 @@ def render_gan_views(G: TriPlaneGenerator, ws: Optional[torch.Tensor] = None, pl
     gen = torch.Generator(device=dev).manual_seed(seed)
     normals, masks, colors = [], [], []
     for i in range(0, len(cams), batch):
-        if interrupt is not None and interrupt():
-            raise InterruptedError("GAN view rendering interrupted")
+        if interrupt is not None:
+            interrupt()
         c = labels[i: i + batch]
         o, d = G.ray_sampler(c[:, :16].view(-1, 4, 4), c[:, 16:].view(-1, 3, 3), resolution)
         feats, _, wsum = G.renderer(planes[:1].expand(len(c), -1, -1, -1, -1), G.decoder, o, d, opts, with_normals=True,

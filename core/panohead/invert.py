@@ -32,13 +32,11 @@ import torch.nn.functional as F
 
 from ..speed.cuda_graph import release_graph_memory
 from ..speed.graphed_step import GraphCaptureError, GraphedStep, graphs_unsupported_reason
+from ..stage_types import InterruptFn, ProgressFn
 from .perceptual import VGG16Perceptual
 from .triplane import TriPlaneGenerator
 
 log = logging.getLogger("IDSculpt")
-
-ProgressFn = Callable[[int, int, Optional[torch.Tensor]], None]
-InterruptFn = Callable[[], Optional[bool]]
 
 
 @dataclass
@@ -79,11 +77,6 @@ class InversionResult:
     w_std: float = 0.0
     label: Optional[torch.Tensor] = None  # [1,25] the camera actually used (after self-adaptation)
     modes: dict = field(default_factory=dict)  # {"w": {...}, "pti": {...}}: how each loop ran ("cuda_graph"/"eager", why, capture_s)
-
-
-def _check_interrupt(interrupt: Optional[InterruptFn]) -> None:
-    if interrupt is not None and interrupt():
-        raise InterruptedError("PanoHead inversion interrupted")
 
 
 def _to_preview(img: torch.Tensor) -> torch.Tensor:
@@ -217,7 +210,8 @@ def _run_steps(n: int, do_step: Callable[[int], tuple[torch.Tensor, torch.Tensor
     (and the non-finite check) on preview steps and at the end, progress with a preview image."""
     every = max(cfg.preview_every, 1)
     for step in range(n):
-        _check_interrupt(interrupt)
+        if interrupt is not None:
+            interrupt()
         loss, synth = do_step(step)
         losses.put(step, loss)
         preview = step % every == 0 or step == n - 1

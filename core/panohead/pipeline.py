@@ -6,22 +6,20 @@ rendered supervision) and the procedural template head otherwise; ``Stage1Result
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
 from ..camera import Cameras
 from ..mesh import HeadMesh
+from ..stage_types import InterruptFn, ProgressFn
 from .align import AlignedPortrait, align_portrait
 from .extract import GanViews, extract_mesh, gan_view_cameras, render_gan_views
 from .invert import InversionConfig, invert
 from .perceptual import VGG16Perceptual
 from .template import place_template, render_sdf_views, template_mesh
 from .triplane import TriPlaneGenerator
-
-ProgressFn = Callable[[int, int, Optional[torch.Tensor]], None]
-InterruptFn = Callable[[], Optional[bool]]
 
 
 @dataclass
@@ -62,8 +60,8 @@ def run_stage1(portrait: np.ndarray, generator: Optional[TriPlaneGenerator] = No
         # fallback: template head placed by the landmarks at the reference camera
         placement = place_template(al.landmarks, ref_cam)
         mesh = template_mesh(min(mesh_resolution, 160), placement, device=device).to("cpu")
-        if interrupt is not None and interrupt():
-            raise InterruptedError("template initialisation interrupted")
+        if interrupt is not None:
+            interrupt()
         normals, masks = render_sdf_views(placement.sdf, cams.to(device))
         views = GanViews(cams, normals.cpu(), masks.cpu())
         info = (f"init=template (no PanoHead checkpoint): scale {placement.scale:.3f}, translation "

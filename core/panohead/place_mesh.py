@@ -11,7 +11,7 @@ camera -- and its renders from the 40 GAN-view cameras become the stage-A target
    by a Lambert light so shape shows; plain Lambert-shaded grey otherwise: MediaPipe finds a face on
    such a render, even on the template head) goes through the pack's landmark detector; a second render
    framed on the found face refines them. Each landmark is lifted to 3D by casting its pixel's ray onto
-   the mesh (``core.face.align.raycast``); landmarks whose ray misses are left out.
+   the mesh (``core.face.raycast.raycast``); landmarks whose ray misses are left out.
 3. Similarity to the portrait: the portrait's landmarks are lifted into the reference camera's frame
    with MediaPipe's own depth (weak perspective at the camera's distance to the head centre); a
    Umeyama fit of the mesh's 3D landmarks to them starts a least-squares refinement of the landmarks'
@@ -26,16 +26,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
 from ..camera import Cameras, look_at
 from ..dmtet.sdf_init import axis_rotation
-from ..face.align import pixel_rays, raycast, umeyama
+from ..face.raycast import pixel_rays, raycast
+from ..face.similarity import umeyama
 from ..face.landmarks import KEYPOINTS_7, detect_landmarks
 from ..mesh import HeadMesh
+from ..stage_types import InterruptFn
 from .extract import GanViews, _largest_cc_mask, gan_view_cameras
 
 AXES = ("+x", "-x", "+y", "-y", "+z", "-z")
@@ -45,7 +47,6 @@ RENDER_FOV = 20.0
 FACE_FRAMING = 2.2
 #: MediaPipe's face-detection threshold on renders (a render is known to hold one head)
 RENDER_MIN_CONFIDENCE = 0.3
-InterruptFn = Callable[[], Optional[bool]]
 
 
 @dataclass
@@ -328,8 +329,8 @@ def render_mesh_views(mesh: HeadMesh, cameras: Cameras, batch: int = 8, device: 
     tex = m.texture if (m.has_uv and m.texture is not None) else None
     normals, masks, colors = [], [], []
     for i in range(0, len(cameras), batch):
-        if interrupt is not None and interrupt():
-            raise InterruptedError("mesh view rendering interrupted")
+        if interrupt is not None:
+            interrupt()
         cams = cameras[list(range(i, min(i + batch, len(cameras))))].to(device)
         out = render_mesh(m.vertices, m.faces, cams, vertex_colors=None if tex is not None else m.vertex_colors,
                           uvs=m.uvs if tex is not None else None, uv_faces=m.uv_faces if tex is not None else None,
@@ -361,9 +362,9 @@ def run_stage1_mesh(aligned, mesh: HeadMesh, up: str = "+y", front: str = "+z", 
     from .pipeline import Stage1Result
 
     cam = aligned.cameras
+    if interrupt is not None:  # before the placement (landmark renders and fits: seconds), not after it
+        interrupt()
     placed, placement = place_mesh(mesh, aligned.landmarks, cam, up, front, model_path=model_path, device=device)
-    if interrupt is not None and interrupt():
-        raise InterruptedError("mesh placement interrupted")
     views = mesh_stage1_views(placed, n_views, view_resolution, device=device, interrupt=interrupt)
     rep = placement.report
     info = (f"init=mesh: placed by {rep['landmarks_used']} face landmarks, scale {placement.scale:.4g}, translation "

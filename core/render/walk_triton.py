@@ -1,6 +1,6 @@
 """The walking antialiaser's edge search as one Triton kernel (CUDA only).
 
-Why: the search in ``TorchBackend._find_silhouette_edge`` is ~50 small tensor ops per walk step over
+Why: the search in ``silhouette.find_silhouette_edge`` is ~50 small tensor ops per walk step over
 all discontinuity pairs, up to ``walk_steps + 1`` steps, with a host sync per step. On an H100 a
 mask-loss render spends ~1,280 kernel launches and 28 host syncs on the walk while the GPU is busy
 for ~4 ms of a ~40 ms render (docs/PERFORMANCE.md): Python's launches are the cost, not the maths.
@@ -50,7 +50,7 @@ def find_silhouette_edge(sxy: torch.Tensor, tri: torch.Tensor, neighbor: torch.T
                          b: torch.Tensor, t: torch.Tensor, t_other: torch.Tensor, off: torch.Tensor, ds: torch.Tensor,
                          down: torch.Tensor, to_bg: torch.Tensor, walk_steps: int, background_silhouettes: bool,
                          eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``TorchBackend._find_silhouette_edge`` in one launch: (edge triangle [K], edge slot [K], usable [K]).
+    """``silhouette.find_silhouette_edge`` in one launch: (edge triangle [K], edge slot [K], usable [K]).
 
     sxy [B,N,2] vertex screen positions (pixels, from the image centre); tri/neighbor/opposite [M,3];
     per pair: batch b, owning triangle t, the other pixel's triangle t_other, off [K,2] (centre minus

@@ -31,13 +31,11 @@ from ..dmtet import (DMTetGeometry, TetGrid, laplacian_loss, mesh_edges, mesh_sd
 from ..dmtet.sdf_init import NORMALISED_HEAD_EXTENT, MeshNormalization
 from ..mesh import HeadMesh
 from ..render import render_mesh
+from ..stage_types import InterruptFn, ProgressFn
 from .losses import depth_losses, gan_normal_loss, mask_loss, masked_mse
 from ..speed import profiling
 from .schedule import Weight, check_weight, scheduled_weight
 from .views import GanViews, RandomViewRanges, ReferenceGeometry, check_gan_views, check_reference, random_views
-
-ProgressFn = Callable[[int, int, Optional[torch.Tensor]], None]
-InterruptFn = Callable[[], None]
 
 
 @runtime_checkable

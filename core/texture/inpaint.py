@@ -16,17 +16,15 @@ tests implement it with an oracle that renders a ground-truth textured mesh.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
 import torch
 
 from ..camera import Cameras
 from ..mesh import HeadMesh
+from ..stage_types import InterruptFn, ProgressFn
 from .project import TexelGeometry, TextureState, backproject, backprojection_mask, project_texels, rasterize_uv, sample_at, sample_in_crop, view_cosine
 from .views import CropBox, TextureView, alpha_crop_box, crop_image, default_view_plan, normalbae_control
-
-ProgressFn = Callable[[int, int, Optional[torch.Tensor]], None]
-InterruptFn = Callable[[], None]
 
 
 @dataclass

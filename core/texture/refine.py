@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from ..camera import Cameras
 from ..mesh import HeadMesh
-from .inpaint import InterruptFn, ProgressFn, ReferenceView, render_textured, shade
+from ..stage_types import InterruptFn, ProgressFn
+from .inpaint import ReferenceView, render_textured, shade
 from .views import normalbae_control
 
 PerceptualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
