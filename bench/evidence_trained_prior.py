@@ -56,7 +56,7 @@ import prior_data as D  # noqa: E402
 import prior_model as M  # noqa: E402
 import sculpt_schedule_harness as H  # noqa: E402
 
-from idsculpt.core.dmtet import chamfer_distance, normalize_mesh  # noqa: E402
+from idsculpt.core.dmtet import chamfer_distance  # noqa: E402
 from idsculpt.core.guidance import ISDGuidance  # noqa: E402
 from idsculpt.core.mesh import HeadMesh  # noqa: E402
 from idsculpt.core.schedules import FAST, PAPER, Schedule  # noqa: E402

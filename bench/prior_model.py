@@ -24,7 +24,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import prior_data
 from prior_data import HEAD, ID, NULL, PriorDataset, encode_images
 
 from idsculpt.core.guidance import NoisePrediction, ViewBatch, sd15_alphas_cumprod, sigma_from_alphas_cumprod  # noqa: E402
@@ -198,13 +197,13 @@ def denoising_loss(model: nn.Module, batch: dict, alphas_cumprod: torch.Tensor) 
 
 
 def _draw(data: PriorDataset, n: int, cfg: TrainConfig, g: torch.Generator, dev: torch.device) -> dict:
-    idx = torch.randint(0, len(data), (n,), generator=g).to(dev)
-    label = data.labels[idx].clone()
-    drop = (torch.rand(n, generator=g) < cfg.label_dropout).to(dev)
-    label[drop] = NULL
-    t = torch.randint(cfg.t_range[0], cfg.t_range[1] + 1, (n,), generator=g).to(dev)
-    eps = torch.randn(data.latents[idx].shape, generator=g).to(dev)
-    return dict(x0=data.latents[idx], t=t, eps=eps, label=label, azimuth=data.azimuth[idx], elevation=data.elevation[idx])
+    """A training batch drawn with ``g`` (a generator on ``dev``: no host round trip per step)."""
+    idx = torch.randint(0, len(data), (n,), generator=g, device=dev)
+    label = torch.where(torch.rand(n, generator=g, device=dev) < cfg.label_dropout, NULL, data.labels[idx])
+    t = torch.randint(cfg.t_range[0], cfg.t_range[1] + 1, (n,), generator=g, device=dev)
+    x0 = data.latents[idx]
+    eps = torch.randn(x0.shape, generator=g, device=dev)
+    return dict(x0=x0, t=t, eps=eps, label=label, azimuth=data.azimuth[idx], elevation=data.elevation[idx])
 
 
 def train_prior(data: PriorDataset, model: PriorUNet, cfg: TrainConfig, device: torch.device | str,
@@ -218,10 +217,11 @@ def train_prior(data: PriorDataset, model: PriorUNet, cfg: TrainConfig, device: 
     data = data.to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     ac = sd15_alphas_cumprod().to(dev)
-    g = torch.Generator().manual_seed(cfg.seed)
-    eval_batch = _draw((eval_data or data).to(dev), cfg.eval_batch, cfg, torch.Generator().manual_seed(cfg.seed + 1), dev)
+    g = torch.Generator(device=dev).manual_seed(cfg.seed)
+    eval_batch = _draw((eval_data or data).to(dev), cfg.eval_batch, cfg, torch.Generator(device=dev).manual_seed(cfg.seed + 1), dev)
     res = TrainResult(0, 0.0, eval_start=denoising_loss(model, eval_batch, ac))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema_params, model_params = list(ema.parameters()), list(model.parameters())
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
@@ -250,8 +250,7 @@ def train_prior(data: PriorDataset, model: PriorUNet, cfg: TrainConfig, device: 
         opt.step()
         decay = min(cfg.ema, (1 + step) / (10 + step))  # short runs: the EMA warms up with the step count
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
+            torch._foreach_lerp_(ema_params, model_params, 1 - decay)
         run += loss.detach()
         n_run += 1
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
@@ -347,4 +346,4 @@ def load_prior(path: str, device: torch.device | str = "cpu") -> PriorUNet:
 
 
 __all__ = ["PriorConfig", "PriorUNet", "TrainConfig", "TrainResult", "train_prior", "denoising_loss",
-           "TrainedPriorPredictor", "save_prior", "load_prior", "parameter_count", "prior_data"]
+           "TrainedPriorPredictor", "save_prior", "load_prior", "parameter_count"]
