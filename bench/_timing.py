@@ -116,8 +116,8 @@ def parser(description: Optional[str], smoke_help: str, *, res: Optional[int] = 
 
 def find_comfyui(arg: Optional[str], script: str) -> str:
     """Point $COMFYUI_PATH at the ComfyUI checkout: ``--comfy``, else $COMFYUI_PATH, else
-    <repo>/.comfy/ComfyUI, else /work/ComfyUI; exit with what to pass when none is there."""
-    for cand in (arg, os.environ.get("COMFYUI_PATH"), os.path.join(ROOT, ".comfy", "ComfyUI"), "/work/ComfyUI"):
+    <repo>/.comfy/ComfyUI; exit with what to pass when none is there."""
+    for cand in (arg, os.environ.get("COMFYUI_PATH"), os.path.join(ROOT, ".comfy", "ComfyUI")):
         if cand and os.path.isfile(os.path.join(cand, "comfy", "model_patcher.py")):
             os.environ["COMFYUI_PATH"] = os.path.abspath(cand)
             return os.environ["COMFYUI_PATH"]
