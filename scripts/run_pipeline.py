@@ -60,6 +60,7 @@ if HERE not in sys.path:
 
 import check_models  # noqa: E402  (scripts/ sibling)
 from comfy_server import ComfyError, ComfyServer  # noqa: E402
+from workflow_file import read_workflow  # noqa: E402
 
 SAVE_HEAD = "IDSculptSaveHead"
 LOAD_IMAGE = "LoadImage"
@@ -75,20 +76,16 @@ class UsageError(ValueError):
 
 # --------------------------------------------------------------------------- workflow
 def load_workflow(path: str) -> dict:
+    """Read an API-format workflow; a UI-format file is refused with its API twin named."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            wf = json.load(fh)
-    except FileNotFoundError:
-        raise UsageError(f"workflow {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"workflow {path} is not JSON: {exc}") from None
-    if isinstance(wf, dict) and "nodes" in wf and "links" in wf:
+        kind, wf = read_workflow(path)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if kind == "ui":
         twin = os.path.join(os.path.dirname(os.path.abspath(path)), "api", os.path.basename(path))
         hint = f"use its API twin {twin}" if os.path.isfile(twin) else "export it with 'Save (API)' in ComfyUI"
         raise UsageError(f"{path} is a UI workflow (for the editor); {hint}")
-    if isinstance(wf, dict) and "prompt" in wf and isinstance(wf["prompt"], dict):
-        wf = wf["prompt"]
-    if not isinstance(wf, dict) or not all(isinstance(v, dict) and "class_type" in v for v in wf.values()):
+    if kind != "api":
         raise UsageError(f"{path} is not an API-format workflow (node id -> {{class_type, inputs}})")
     return wf
 
