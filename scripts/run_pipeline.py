@@ -471,15 +471,10 @@ class ProgressPrinter:
 # --------------------------------------------------------------------------- turntable
 def _load_pack():
     """The repo as the package ``idsculpt`` (as ComfyUI loads it), for core.mesh / core.render."""
-    import importlib.util
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import _pack  # bench/_pack.py: the one loader of the repo as package ``idsculpt``
 
-    if "idsculpt" in sys.modules:
-        return sys.modules["idsculpt"]
-    spec = importlib.util.spec_from_file_location("idsculpt", os.path.join(ROOT, "__init__.py"), submodule_search_locations=[ROOT])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["idsculpt"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return _pack.load()
 
 
 def render_turntable(glb: str, out_prefix: str, frames: int = 24, size: int = 256, elevation: float = 5.0,

@@ -72,12 +72,10 @@ def _ensure_pack() -> None:
         sys.path.insert(0, HERE)
     if "idsculpt" in sys.modules:
         return
-    import importlib.util
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import _pack  # bench/_pack.py: the one loader of the repo as package ``idsculpt``
 
-    spec = importlib.util.spec_from_file_location("idsculpt", os.path.join(ROOT, "__init__.py"), submodule_search_locations=[ROOT])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["idsculpt"] = mod
-    spec.loader.exec_module(mod)
+    _pack.load()
 
 
 def _ensure_comfy(comfy_path: Optional[str]) -> None:
