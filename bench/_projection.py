@@ -6,7 +6,7 @@ same way on any machine and tested with known numbers (tests/test_bench_report.p
 
     settings = workflow_settings("workflows/api/full.json")
     rates = card_rates(card_json, None, "")
-    rows = step_rows(results, default_counts(settings), rates)     # results: {stage: merged JSON}
+    rows = step_rows(results, default_counts(settings), rates)     # results: {stage: its results JSON}
     markdown = render_tables(rows, rates, read_server_stages(path))
 
 Where a stage JSON has both an eager and a CUDA-graph measurement of a step, the graph one is used:
@@ -79,16 +79,6 @@ def default_counts(settings: dict[str, dict]) -> dict[str, int]:
     }
 
 
-def merge(*docs: dict) -> dict:
-    """Deep merge of result JSONs of one stage (later files win key by key): lets one table combine a
-    full stage run with a later run of some of its parts."""
-    out: dict = {}
-    for d in docs:
-        for k, v in d.items():
-            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def get(d: Optional[dict], path: str) -> Any:
     """``d["a"]["b"]`` for "a.b"; None when any part is missing."""
     for part in path.split("."):
@@ -141,7 +131,8 @@ def card_rates(card: Optional[dict], fallback_tflops: Optional[float], fallback_
     rates = get(card, "matmul_tflops") or {}
     half = max([v for k, v in rates.items() if k in ("bf16", "fp16") and v] or [0.0])
     if half:
-        return {"half": half, "fp32": rates.get("tf32") or half, "source": f"bench_card.py on {card.get('device', '?')}"}
+        source = card.get("source") or f"bench_card.py on {card.get('device', '?')}"
+        return {"half": half, "fp32": rates.get("tf32") or half, "source": source}
     if fallback_tflops:
         return {"half": fallback_tflops, "fp32": fallback_tflops, "source": fallback_source}
     return {"half": None, "fp32": None, "source": "no card rate: floors left out"}
@@ -227,13 +218,13 @@ def _f(v: Optional[float], digits: int = 1) -> str:
 
 
 def render_tables(rows: list[Row], rates: dict[str, Any], server: Optional[dict[str, dict]] = None,
-                  sources: Optional[dict[str, list[str]]] = None, card: str = "") -> str:
+                  sources: Optional[dict[str, str]] = None, card: str = "") -> str:
     """The per-step table, the per-stage projection with the server run beside it, and the totals."""
     out = [f"Card: {card or '?'}. Floors at {_f(rates.get('half'))} TFLOP/s (half precision) and {_f(rates.get('fp32'))} "
            f"TFLOP/s (PanoHead, fp32/TF32); rates: {rates.get('source')}. ms/step: stage benchmarks (warm-up, CUDA events, "
            "median); the server column: medians of the sculpt's own step timer in a ComfyUI run at these settings.", ""]
     if sources:
-        out += ["Result files: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in sources.items()) + ".", ""]
+        out += ["Result files (bench/results, measured): " + "; ".join(sources.values()) + ".", ""]
     out += ["| stage | step | steps | ms/step (bench) | ms/step (server) | seconds | GFLOP/step | floor ms/step | × floor | peak MiB |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -116,8 +116,8 @@ def parser(description: Optional[str], smoke_help: str, *, res: Optional[int] = 
 
 def find_comfyui(arg: Optional[str], script: str) -> str:
     """Point $COMFYUI_PATH at the ComfyUI checkout: ``--comfy``, else $COMFYUI_PATH, else
-    <repo>/.comfy/ComfyUI, else /work/ComfyUI; exit with what to pass when none is there."""
-    for cand in (arg, os.environ.get("COMFYUI_PATH"), os.path.join(ROOT, ".comfy", "ComfyUI"), "/work/ComfyUI"):
+    <repo>/.comfy/ComfyUI; exit with what to pass when none is there."""
+    for cand in (arg, os.environ.get("COMFYUI_PATH"), os.path.join(ROOT, ".comfy", "ComfyUI")):
         if cand and os.path.isfile(os.path.join(cand, "comfy", "model_patcher.py")):
             os.environ["COMFYUI_PATH"] = os.path.abspath(cand)
             return os.environ["COMFYUI_PATH"]
@@ -132,6 +132,18 @@ def write_json(result: dict, out: Optional[str], indent: int = 2) -> None:
             json.dump(result, fh, indent=indent)
 
 
+def comfy_version(path: str) -> str:
+    """ComfyUI's version (its comfyui_version.py), recorded instead of the checkout's path on this machine."""
+    try:
+        with open(os.path.join(path, "comfyui_version.py"), encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("__version__"):
+                    return line.split("=", 1)[1].strip().strip("\"'")
+    except OSError:
+        pass
+    return "unknown"
+
+
 def comfy_header(stage: str, device: torch.device, unet_dtype: Any, vae: Any) -> dict:
     """The leading keys of the ComfyUI-backed benchmarks' JSON (ISD, texture): what ran, on what."""
     import comfy.ldm.modules.attention as attention  # the caller has ComfyUI on sys.path already
@@ -141,7 +153,7 @@ def comfy_header(stage: str, device: torch.device, unet_dtype: Any, vae: Any) ->
         "device": device_name(device),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "comfyui": os.environ["COMFYUI_PATH"],
+        "comfyui": comfy_version(os.environ["COMFYUI_PATH"]),
         "attention": getattr(attention.optimized_attention, "__name__", "?"),
         "unet_dtype": str(unet_dtype),
         "vae_dtype": str(vae.vae_dtype),

@@ -9,7 +9,7 @@ encoder forward+backward alone, and peak VRAM (torch.cuda.max_memory_allocated).
     python bench/bench_isd.py --out bench/results/isd.json [--comfy PATH]   # CUDA
     python bench/bench_isd.py --smoke [--out x.json]                         # tiny models, CPU
 
-ComfyUI is found from --comfy, else $COMFYUI_PATH, else <repo>/.comfy/ComfyUI, else /work/ComfyUI.
+ComfyUI is found from --comfy, else $COMFYUI_PATH, else <repo>/.comfy/ComfyUI.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ Timing: warm-up, CUDA events, median. JSON out.
     python bench/bench_texture.py --out bench/results/texture.json [--comfy PATH]   # CUDA
     python bench/bench_texture.py --smoke [--out x.json]                             # tiny models, CPU
 
-ComfyUI is found from --comfy, else $COMFYUI_PATH, else <repo>/.comfy/ComfyUI, else /work/ComfyUI.
+ComfyUI is found from --comfy, else $COMFYUI_PATH, else <repo>/.comfy/ComfyUI.
 """
 from __future__ import annotations
 

@@ -1,18 +1,17 @@
-"""Run every stage benchmark on the GPU and write the stage table into docs/PERFORMANCE.md.
+"""Run the stage benchmarks on the GPU and write the stage table into docs/PERFORMANCE.md.
 
-Each bench/bench_<stage>.py writes a JSON file (``--out``); this script runs them one after the
-other (so peak VRAM is per stage), collects the JSON files and renders:
-  * docs/BENCH_RESULTS.md: the stage table and every measured value;
-  * the stage table inside docs/PERFORMANCE.md (between its generated-table markers): each step at the
-    shipped workflow's default counts, ms per step, seconds, peak VRAM, FLOPs per step
-    (bench_flops.py), the floor at the card's measured rate (bench_card.py) and the ratio to it, then
-    the end-to-end projection per stage beside a ComfyUI server run's stage times when given.
+``bench/results`` holds the LATEST result of each benchmark, one file each (``<stage>.json``; history
+is git's). Each bench/bench_<stage>.py writes its JSON (``--out``); this script runs them one after
+the other (so peak VRAM is per stage), overwrites ``<stage>.json`` with what it measured (stamped with
+the date and the commit), and renders the stage table inside docs/PERFORMANCE.md (between its
+generated-table markers): each step at the shipped workflow's default counts, ms per step, seconds,
+peak VRAM, FLOPs per step (bench_flops.py), the floor at the card's measured rate (card.json from
+bench_card.py) and the ratio to it, then the projection per stage beside the stage times of the latest
+ComfyUI server run (``pipeline_default.stages.jsonl``, the stage records bench_pipeline.py collects).
 Usage on a CUDA machine:
 
-    python bench/run_all.py --out-dir bench/results [--stages card,flops,render,sculpt,isd,panohead,texture,landmarks]
-    python bench/run_all.py --report-only --out-dir bench/results   # re-render both documents
-    python bench/run_all.py --report-only --result isd=isd.json,isd_graphs.json \
-        --server-stages bench/results/pipeline_default_s5_stages.jsonl      # later files win key by key
+    python bench/run_all.py [--stages card,flops,render,sculpt,isd,panohead,texture,landmarks]
+    python bench/run_all.py --report-only        # re-render the table from bench/results
 """
 from __future__ import annotations
 
@@ -27,51 +26,48 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if HERE not in sys.path:  # also when imported by the tests, not only run as a script
     sys.path.insert(0, HERE)
-from _projection import (card_rates, default_counts, merge, read_server_stages, render_tables, replace_block,  # noqa: E402
+from _projection import (card_rates, default_counts, read_server_stages, render_tables, replace_block,  # noqa: E402
                          step_rows, workflow_settings)
 STAGES = ["card", "flops", "render", "sculpt", "isd", "panohead", "texture", "landmarks"]
+SERVER_STAGES = "pipeline_default.stages.jsonl"  # bench_pipeline.py --profile default: <work>/vram_stages.jsonl, copied here
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
 
 
 def run_stage(stage: str, out_dir: str, extra: list[str], timeout: int) -> dict:
+    """Run bench_<stage>.py; on success its JSON replaces ``<stage>.json`` (stamped ``measured``: date, commit),
+    on failure the previous result stays and the error is returned."""
     script = os.path.join(HERE, f"bench_{stage}.py")
     out = os.path.join(out_dir, f"{stage}.json")
     if not os.path.isfile(script):
         return {"stage": stage, "error": "no benchmark script"}
     t0 = time.time()
-    proc = subprocess.run([sys.executable, script, "--out", out, *extra], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    tmp = out + ".running"
+    proc = subprocess.run([sys.executable, script, "--out", tmp, *extra], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     log = (proc.stdout + proc.stderr)[-4000:]
-    with open(os.path.join(out_dir, f"{stage}.log"), "w") as fh:
-        fh.write(proc.stdout + proc.stderr)
-    if proc.returncode != 0 or not os.path.isfile(out):
+    if proc.returncode != 0 or not os.path.isfile(tmp):
+        if os.path.isfile(tmp):
+            os.remove(tmp)
         return {"stage": stage, "error": f"exit {proc.returncode}", "log_tail": log}
-    with open(out) as fh:
+    with open(tmp) as fh:
         data = json.load(fh)
+    os.remove(tmp)
     data.setdefault("wall_s", round(time.time() - t0, 1))
+    data["measured"] = {"date": time.strftime("%Y-%m-%d"), "commit": _commit()}
+    with open(out, "w") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
     return data
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
-    rows = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            rows += _flatten(v, key + ".")
-        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
-            for i, x in enumerate(v):
-                rows += _flatten(x, f"{key}[{i}].")
-        else:
-            rows.append((key, v))
-    return rows
-
-
 def stage_table(results: dict[str, dict], workflow: str, server_stages: str | None = None, card_tflops: float | None = None,
-                card_source: str = "", sources: dict[str, list[str]] | None = None) -> str:
+                card_source: str = "", sources: dict[str, str] | None = None) -> str:
     """The generated stage table (see _projection) for these results at the workflow's default counts."""
     settings = workflow_settings(workflow)
     card = results.get("card")
@@ -85,83 +81,63 @@ def stage_table(results: dict[str, dict], workflow: str, server_stages: str | No
     return intro + render_tables(rows, rates, server, sources, card=", ".join(cards))
 
 
-def render_report(results: dict[str, dict], table: str = "") -> str:
-    lines = ["# Stage benchmarks (generated by bench/run_all.py)", ""]
-    if table:
-        lines += ["## Stage table and projection", "", table, ""]
-    for stage, data in results.items():
-        lines.append(f"## {stage}")
-        if "error" in data:
-            lines += ["", f"Not measured: {data['error']}", "", "```", str(data.get("log_tail", ""))[-1500:], "```", ""]
-            continue
-        lines += ["", "| measure | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in _flatten(data)]
-        lines.append("")
-    return "\n".join(lines)
+def _measured(data: dict) -> str:
+    m = data.get("measured") or {}
+    return ", ".join(str(m[k]) for k in ("date", "commit") if m.get(k))
 
 
-def load_results(stages: list[str], out_dir: str, overrides: list[str]) -> tuple[dict[str, dict], dict[str, list[str]]]:
-    """Each stage's JSON from ``out_dir``, or the files ``--result STAGE=FILE[,FILE...]`` names (relative
-    to ``out_dir``), deep-merged in order; also which files each stage came from."""
-    files = {s: [f"{s}.json"] for s in stages}
-    for spec in overrides:
-        stage, _, names = spec.partition("=")
-        if stage not in files or not names:
-            raise SystemExit(f"--result {spec!r}: expected STAGE=FILE[,FILE...] with STAGE one of {stages}")
-        files[stage] = names.split(",")
+def load_results(stages: list[str], out_dir: str) -> tuple[dict[str, dict], dict[str, str]]:
+    """Each stage's ``<stage>.json`` from ``out_dir`` (the latest result of that benchmark), and for each
+    found file its name with when and at which commit it was measured."""
     results, sources = {}, {}
-    for stage, names in files.items():
-        docs = []
-        for name in names:
-            path = os.path.join(out_dir, name)
-            if os.path.isfile(path):
-                with open(path) as fh:
-                    docs.append(json.load(fh))
-        results[stage] = merge(*docs) if docs else {"error": "no result file"}
-        sources[stage] = [n for n in names if os.path.isfile(os.path.join(out_dir, n))]
-    return results, {k: v for k, v in sources.items() if v}
+    for stage in stages:
+        path = os.path.join(out_dir, f"{stage}.json")
+        if not os.path.isfile(path):
+            results[stage] = {"error": "no result file"}
+            continue
+        with open(path) as fh:
+            results[stage] = json.load(fh)
+        when = _measured(results[stage])
+        sources[stage] = f"{stage}.json" + (f" ({when})" if when else "")
+    return results, sources
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out-dir", default=os.path.join(HERE, "results"))
+    ap.add_argument("--out-dir", default=os.path.join(HERE, "results"), help="the latest result of each benchmark")
     ap.add_argument("--stages", default=",".join(STAGES))
-    ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--result", action="append", default=[], metavar="STAGE=FILE[,FILE]",
-                    help="with --report-only: read these files (in --out-dir) for STAGE, merged in order")
+    ap.add_argument("--report-only", action="store_true", help="render the table from --out-dir without running anything")
     ap.add_argument("--timeout", type=int, default=400)
-    ap.add_argument("--report", default=os.path.join(ROOT, "docs", "BENCH_RESULTS.md"))
     ap.add_argument("--performance", default=os.path.join(ROOT, "docs", "PERFORMANCE.md"),
-                    help="the document whose generated stage table is replaced ('' = leave it)")
+                    help="the document whose generated stage table is replaced ('' = print it instead)")
     ap.add_argument("--workflow", default=os.path.join(ROOT, "workflows", "api", "full.json"), help="default step counts come from here")
-    ap.add_argument("--server-stages", default=None, help="a ComfyUI run's stage records (vram_stages.jsonl from bench_pipeline.py)")
-    ap.add_argument("--card-tflops", type=float, default=None, help="the card's rate when no card.json was measured")
+    ap.add_argument("--server-stages", default=None,
+                    help=f"a ComfyUI run's stage records (default: {SERVER_STAGES} in --out-dir; '' = none)")
+    ap.add_argument("--card-tflops", type=float, default=None, help="the card's rate when --out-dir has no card.json")
     ap.add_argument("--card-source", default="given on the command line", help="where --card-tflops comes from")
     args, extra = ap.parse_known_args()
     os.makedirs(args.out_dir, exist_ok=True)
     stages = args.stages.split(",")
-    if args.report_only:
-        results, sources = load_results(stages, args.out_dir, args.result)
-    else:
-        results, sources = {}, {}
+    if not args.report_only:
         for stage in stages:
             print(f"== {stage}", flush=True)
             try:
-                results[stage] = run_stage(stage, args.out_dir, extra, args.timeout)
+                data = run_stage(stage, args.out_dir, extra, args.timeout)
             except subprocess.TimeoutExpired:
-                results[stage] = {"error": f"timed out after {args.timeout} s"}
-            sources[stage] = [f"{stage}.json"]
-            print(json.dumps(results[stage])[:2000], flush=True)
-    table = stage_table(results, args.workflow, args.server_stages, args.card_tflops, args.card_source, sources)
-    with open(args.report, "w") as fh:
-        fh.write(render_report(results, table))
-    print("wrote", args.report)
-    if args.performance:
-        with open(args.performance) as fh:
-            doc = fh.read()
-        with open(args.performance, "w") as fh:
-            fh.write(replace_block(doc, table))
-        print("wrote the stage table into", args.performance)
+                data = {"error": f"timed out after {args.timeout} s"}
+            print(json.dumps(data)[:2000], flush=True)
+    # the table always renders from the files, so a stage that failed now shows its previous result
+    results, sources = load_results(stages, args.out_dir)
+    server_stages = os.path.join(args.out_dir, SERVER_STAGES) if args.server_stages is None else args.server_stages
+    table = stage_table(results, args.workflow, server_stages or None, args.card_tflops, args.card_source, sources)
+    if not args.performance:
+        print(table)
+        return
+    with open(args.performance) as fh:
+        doc = fh.read()
+    with open(args.performance, "w") as fh:
+        fh.write(replace_block(doc, table))
+    print("wrote the stage table into", args.performance)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Start a headless ComfyUI and drive it over its HTTP + websocket API (standard library only).
 
-Used by scripts/run_pipeline.py. The test harness (tests/comfy_harness.py) has its own sandboxed
-launcher for tests; this one runs a user's ComfyUI as it is installed (its models, input and output
-folders), optionally with an extra_model_paths.yaml and a --base-directory.
+Used by scripts/run_pipeline.py and bench/bench_pipeline.py; the test harness (tests/comfy_harness.py)
+subclasses :class:`ComfyServer` to start it in a sandbox. Run as it is, it serves a user's ComfyUI as
+installed (its models, input and output folders), optionally with an extra_model_paths.yaml and a
+--base-directory.
 
     server = ComfyServer(comfy_path, python, extra_args=[...]).start()
     name = server.upload_image("portrait.jpg")            # POST /upload/image -> ComfyUI's input/
@@ -189,7 +190,8 @@ class ComfyServer:
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self.proc.poll() is not None:
-                raise ComfyError(f"ComfyUI exited with code {self.proc.returncode} during start-up; log:\n{self.log_tail()}")
+                raise ComfyError(f"ComfyUI exited with code {self.proc.returncode} during start-up (python: {self.python}); "
+                                 f"log:\n{self.log_tail()}")
             try:
                 self.get("/system_stats", timeout=10)
                 return self

@@ -32,6 +32,11 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # also when loaded by path (tests)
+    sys.path.insert(0, HERE)
+from workflow_file import read_workflow  # noqa: E402  (scripts/ sibling)
+
 # LiteGraph's geometry constants (litegraph.core.js / ComfyUI frontend): what turns pos/size/slot index
 # into the canvas positions the editor draws.
 TITLE_HEIGHT = 30.0   # the title bar sits ABOVE node.pos (pos is the top-left of the body)
@@ -132,17 +137,11 @@ def _display_names(workflow_path: str) -> dict:
 
 def load_workflow(path: str) -> Workflow:
     """Read a UI-format workflow; refuse API-format files with a message saying what to pass instead."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise ValueError(f"{path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not JSON: {exc}") from None
-    if not isinstance(data, dict) or "nodes" not in data:
-        if isinstance(data, dict) and data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
-            raise ValueError(f"{path} is an API-format workflow (no positions): draw its UI twin "
-                             f"(e.g. workflows/full.json, not workflows/api/full.json)")
+    kind, data = read_workflow(path)
+    if kind == "api":
+        raise ValueError(f"{path} is an API-format workflow (no positions): draw its UI twin "
+                         f"(e.g. workflows/full.json, not workflows/api/full.json)")
+    if kind != "ui":
         raise ValueError(f"{path} is not a ComfyUI UI workflow (no 'nodes' list)")
     names = _display_names(path)
     nodes = {}

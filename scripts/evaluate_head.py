@@ -13,7 +13,6 @@ downloaded. The portrait must be the image the reference camera sees (the pipeli
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -23,11 +22,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _load_pack():
     """Import this repo as the package ``idsculpt`` (relative imports inside it need a package)."""
-    if "idsculpt" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("idsculpt", os.path.join(ROOT, "__init__.py"), submodule_search_locations=[ROOT])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["idsculpt"] = mod
-        spec.loader.exec_module(mod)
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import _pack  # bench/_pack.py: the one loader of the repo as package ``idsculpt``
+
+    _pack.load()
     import idsculpt.core.eval as ev
     from idsculpt.core.mesh import HeadMesh
 

@@ -3,10 +3,10 @@
 random-weight test models, its intermediate images and both turntables on one sheet.
 
     # 1. run the pipeline (headless ComfyUI, ~1 min on 2 CPU cores) and keep every preview image
-    python scripts/make_pipeline_picture.py run --comfyui /work/ComfyUI --python /work/comfyvenv/bin/python \
-        --models tests/output/test_models/small --run-dir /tmp/pipeline_picture
+    python scripts/make_pipeline_picture.py run --comfyui "$COMFYUI_PATH" --python <ComfyUI's python> \
+        --models tests/output/test_models/small --run-dir tests/output/pipeline_picture
     # 2. compose the sheet
-    python scripts/make_pipeline_picture.py compose --run-dir /tmp/pipeline_picture \
+    python scripts/make_pipeline_picture.py compose --run-dir tests/output/pipeline_picture \
         --out docs/images/pipeline_test_models.png
 
 ``--models``: a model folder as ``tests/build_test_models.py --size small`` writes it (random weights

@@ -60,6 +60,7 @@ if HERE not in sys.path:
 
 import check_models  # noqa: E402  (scripts/ sibling)
 from comfy_server import ComfyError, ComfyServer  # noqa: E402
+from workflow_file import read_workflow  # noqa: E402
 
 SAVE_HEAD = "IDSculptSaveHead"
 LOAD_IMAGE = "LoadImage"
@@ -75,20 +76,16 @@ class UsageError(ValueError):
 
 # --------------------------------------------------------------------------- workflow
 def load_workflow(path: str) -> dict:
+    """Read an API-format workflow; a UI-format file is refused with its API twin named."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            wf = json.load(fh)
-    except FileNotFoundError:
-        raise UsageError(f"workflow {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"workflow {path} is not JSON: {exc}") from None
-    if isinstance(wf, dict) and "nodes" in wf and "links" in wf:
+        kind, wf = read_workflow(path)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if kind == "ui":
         twin = os.path.join(os.path.dirname(os.path.abspath(path)), "api", os.path.basename(path))
         hint = f"use its API twin {twin}" if os.path.isfile(twin) else "export it with 'Save (API)' in ComfyUI"
         raise UsageError(f"{path} is a UI workflow (for the editor); {hint}")
-    if isinstance(wf, dict) and "prompt" in wf and isinstance(wf["prompt"], dict):
-        wf = wf["prompt"]
-    if not isinstance(wf, dict) or not all(isinstance(v, dict) and "class_type" in v for v in wf.values()):
+    if kind != "api":
         raise UsageError(f"{path} is not an API-format workflow (node id -> {{class_type, inputs}})")
     return wf
 
@@ -474,15 +471,10 @@ class ProgressPrinter:
 # --------------------------------------------------------------------------- turntable
 def _load_pack():
     """The repo as the package ``idsculpt`` (as ComfyUI loads it), for core.mesh / core.render."""
-    import importlib.util
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import _pack  # bench/_pack.py: the one loader of the repo as package ``idsculpt``
 
-    if "idsculpt" in sys.modules:
-        return sys.modules["idsculpt"]
-    spec = importlib.util.spec_from_file_location("idsculpt", os.path.join(ROOT, "__init__.py"), submodule_search_locations=[ROOT])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["idsculpt"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return _pack.load()
 
 
 def render_turntable(glb: str, out_prefix: str, frames: int = 24, size: int = 256, elevation: float = 5.0,

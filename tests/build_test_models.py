@@ -1,7 +1,7 @@
 """Write random-weight stand-ins for every model the workflows load, in the real formats and layout.
 
-    <ComfyUI python> tests/build_test_models.py --models-dir /tmp/models [--size full|small]
-        [--seed 0] [--only normal_sd15,controlnet_canny,...] [--comfyui /work/ComfyUI] [--force]
+    <ComfyUI python> tests/build_test_models.py --models-dir MODELS_DIR [--size full|small]
+        [--seed 0] [--only normal_sd15,controlnet_canny,...] [--comfyui PATH] [--force]
 
 What it writes (keys = core/models.py table keys; file names = the table's canonical names, under
 ``<models-dir>/<ComfyUI folder key>/``):
@@ -72,12 +72,10 @@ def _ensure_pack() -> None:
         sys.path.insert(0, HERE)
     if "idsculpt" in sys.modules:
         return
-    import importlib.util
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import _pack  # bench/_pack.py: the one loader of the repo as package ``idsculpt``
 
-    spec = importlib.util.spec_from_file_location("idsculpt", os.path.join(ROOT, "__init__.py"), submodule_search_locations=[ROOT])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["idsculpt"] = mod
-    spec.loader.exec_module(mod)
+    _pack.load()
 
 
 def _ensure_comfy(comfy_path: Optional[str]) -> None:
@@ -388,7 +386,7 @@ def main(argv=None) -> int:
                     "small: SD1.5-detectable with channel_mult 1,1,1,1 (see the module docstring)")
     ap.add_argument("--seed", type=int, default=0, help="one seed for every model (each adds a fixed offset)")
     ap.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(DEFAULT_KEYS)}")
-    ap.add_argument("--comfyui", default=None, help="ComfyUI checkout (default: $COMFYUI_PATH or /work/ComfyUI)")
+    ap.add_argument("--comfyui", default=None, help="ComfyUI checkout (default: $COMFYUI_PATH, else <repo>/.comfy/ComfyUI)")
     ap.add_argument("--force", action="store_true", help="overwrite files that exist")
     args = ap.parse_args(argv)
     keys = tuple(k for k in args.only.split(",") if k) or DEFAULT_KEYS

@@ -30,14 +30,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from typing import Any, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The HTTP helpers both launchers share live in scripts/comfy_server.py (standard library only).
 if os.path.join(ROOT, "scripts") not in sys.path:
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from comfy_server import format_validation_error, free_port, stop_process  # noqa: E402
+import comfy_server  # noqa: E402
+from comfy_server import format_validation_error  # noqa: E402
 
 PACK_NAME = "ComfyUI-IDSculpt"
 NODE_PREFIX = "IDSculpt"
@@ -185,57 +185,23 @@ class ComfyPromptError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- server
-class ComfyServer:
-    """A headless ComfyUI (``main.py --cpu``) serving the HTTP API on a free loopback port."""
+class ComfyServer(comfy_server.ComfyServer):
+    """A headless ComfyUI (``main.py --cpu``) in a sandbox, serving the HTTP API on a free loopback port.
+    Start-up and shutdown are scripts/comfy_server.py's (start-up failures raise its ComfyError, a
+    RuntimeError); the requests below parse ComfyUI's JSON errors for the tests."""
 
     def __init__(self, comfy_path: str, python: str, sandbox: ComfySandbox, startup_timeout: float = 240.0,
                  front_end: bool = False) -> None:
-        self.comfy_path = comfy_path
+        super().__init__(comfy_path, python, log_path=os.path.join(sandbox.root, "comfyui.log"), startup_timeout=startup_timeout)
         self.front_end = front_end  # True: serve the real web UI (see ComfySandbox.args)
-        self.python = python
         self.sandbox = sandbox
-        self.startup_timeout = startup_timeout
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.client_id = uuid.uuid4().hex
-        self.log_path = os.path.join(sandbox.root, "comfyui.log")
-        self.proc: Optional[subprocess.Popen] = None
-        self._log_fh = None
 
-    # ----------------------------------------------------------------- life cycle
     def command(self) -> list[str]:
         return [self.python, "main.py", *self.sandbox.args(self.front_end), "--listen", "127.0.0.1", "--port", str(self.port)]
-
-    def start(self) -> "ComfyServer":
-        self._log_fh = open(self.log_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(self.command(), cwd=self.comfy_path, stdout=self._log_fh, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with code {self.proc.returncode} during start-up "
-                                   f"(python: {self.python}). Log tail:\n{self.log_tail()}")
-            try:
-                self._get("/object_info", timeout=30)
-                return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"ComfyUI did not answer /object_info within {self.startup_timeout:.0f} s. Log tail:\n{self.log_tail()}")
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        if self._log_fh is not None:
-            self._log_fh.close()
-            self._log_fh = None
 
     # ----------------------------------------------------------------- logs
     def log(self) -> str:
         """Everything ComfyUI printed so far (stdout + stderr)."""
-        if self._log_fh is not None:
-            self._log_fh.flush()
         try:
             with open(self.log_path, "rb") as fh:
                 return fh.read().decode("utf-8", errors="replace")

@@ -1,7 +1,6 @@
 """Load the pack as the package ``idsculpt`` (as ComfyUI loads it, by file location) for tests."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
@@ -16,16 +15,10 @@ PORTRAITS = os.path.join(SHARED, "data", "portraits")
 OUTPUT = os.path.join(ROOT, "tests", "output")
 
 
-def _load_pack() -> None:
-    if "idsculpt" in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location("idsculpt", os.path.join(ROOT, "__init__.py"), submodule_search_locations=[ROOT])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["idsculpt"] = mod
-    spec.loader.exec_module(mod)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import _pack  # noqa: E402  (bench/_pack.py: the one loader of the repo as package ``idsculpt``)
 
-
-_load_pack()
+_pack.load()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 #
 #   bash tests/setup_comfyui.sh [COMFYUI_DIR] [VENV_DIR]
 #
-# COMFYUI_DIR (default /work/ComfyUI): an existing ComfyUI checkout. If it does not exist, it is
+# COMFYUI_DIR (default $COMFYUI_PATH, else <pack>/.comfy/ComfyUI): an existing ComfyUI checkout. If it does not exist, it is
 #   unpacked from COMFYUI_TARBALL (a .tar.gz of a ComfyUI tree) when set; else, if
 #   COMFYUI_GIT_DIR names a ComfyUI git directory (e.g. a bare mirror), the tree at its HEAD is
 #   exported there file by file (a partial mirror may lack a few large blobs: they are listed, and
@@ -12,7 +12,7 @@
 #   harness looks for ComfyUI's Python when IDSCULPT_COMFY_PYTHON is not set.
 set -euo pipefail
 PACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-COMFY="${1:-${COMFYUI_PATH:-/work/ComfyUI}}"
+COMFY="${1:-${COMFYUI_PATH:-$PACK_DIR/.comfy/ComfyUI}}"
 VENV="${2:-$(dirname "$COMFY")/comfyvenv}"
 PY="${PYTHON:-python3}"
 

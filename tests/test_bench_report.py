@@ -90,8 +90,7 @@ def test_card_rate_fallback_and_absence() -> None:
     assert all(r.floor_ms is None for r in proj.step_rows(_results(), counts, none))
 
 
-def test_merge_and_replace_block() -> None:
-    assert proj.merge({"a": {"x": 1, "y": 2}, "b": 1}, {"a": {"y": 3}, "c": 4}) == {"a": {"x": 1, "y": 3}, "b": 1, "c": 4}
+def test_replace_block() -> None:
     doc = "# Perf\n\nintro\n"
     once = proj.replace_block(doc, "table 1")
     assert once.startswith(doc.rstrip("\n")) and "table 1" in once
@@ -99,30 +98,57 @@ def test_merge_and_replace_block() -> None:
     assert "table 1" not in twice and "table 2" in twice and twice.endswith("\nafter\n") and twice.count(proj.MARK_BEGIN) == 1
 
 
-def test_run_all_renders_the_table_into_both_documents(tmp_path) -> None:
+def _run_all(argv: list[str]) -> None:
     import run_all
 
-    out = tmp_path / "results"
-    out.mkdir()
-    for stage, data in _results().items():
-        (out / f"{stage}.json").write_text(json.dumps(dict(data, device="Test Card")))
-    (out / "isd_more.json").write_text(json.dumps({"isd_step": {"1view_graphs": {"median_ms": 30.0}}}))
-    perf = tmp_path / "PERFORMANCE.md"
-    perf.write_text("# Performance\n\n" + proj.MARK_BEGIN + "\nold\n" + proj.MARK_END + "\n\n## Later\n")
-    report = tmp_path / "BENCH.md"
-    argv = ["run_all.py", "--report-only", "--out-dir", str(out), "--report", str(report), "--performance", str(perf),
-            "--stages", "panohead,sculpt,isd,texture,flops", "--result", "isd=isd.json,isd_more.json", "--card-tflops", "500"]
     old = sys.argv
-    sys.argv = argv
+    sys.argv = ["run_all.py", *argv]
     try:
         run_all.main()
     finally:
         sys.argv = old
+
+
+def test_run_all_renders_the_table_from_one_file_per_stage(tmp_path) -> None:
+    out = tmp_path / "results"
+    out.mkdir()
+    for stage, data in _results().items():
+        (out / f"{stage}.json").write_text(json.dumps(dict(data, device="Test Card", measured={"date": "2026-01-02", "commit": "abc1234"})))
+    (out / "card.json").write_text(json.dumps({"device": "Test Card", "matmul_tflops": {"bf16": 500.0, "tf32": 250.0},
+                                               "source": "a known rate"}))
+    # the server run's stage records are found in the results folder by their fixed name
+    (out / "pipeline_default.stages.jsonl").write_text(json.dumps({"stage": "DMTet Sculpt", "seconds": 300.0, "peak_mib": 4000.0}) + "\n")
+    perf = tmp_path / "PERFORMANCE.md"
+    perf.write_text("# Performance\n\n" + proj.MARK_BEGIN + "\nold\n" + proj.MARK_END + "\n\n## Later\n")
+    _run_all(["--report-only", "--out-dir", str(out), "--performance", str(perf), "--stages", "card,panohead,sculpt,isd,texture,flops"])
     doc = perf.read_text()
     assert "old" not in doc and doc.endswith("## Later\n") and "Card: Test Card" in doc
-    assert "| DMTet Sculpt | ISD step (1 view) | 2,500 | 40.0 |" in doc  # merged file wins: 30 + render 10
-    assert "isd: isd.json, isd_more.json" in doc
-    assert "## Stage table and projection" in report.read_text()
+    assert "| DMTet Sculpt | ISD step (1 view) | 2,500 | 50.0 |" in doc  # graphed 40 + the sculpt's render part 10
+    assert "Floors at 500 TFLOP/s (half precision) and 250 TFLOP/s" in doc and "rates: a known rate" in doc
+    assert "isd.json (2026-01-02, abc1234)" in doc
+    assert "| DMTet Sculpt | 222 | 300 |" in doc  # SDF 2 + 1000·20 + 2500·30 + 2500·50 ms beside the server's 300 s
+    assert "pipeline_default.stages.jsonl" in doc
+
+
+def test_run_all_overwrites_a_stage_only_when_it_succeeds(tmp_path, monkeypatch) -> None:
+    import run_all
+
+    scripts, out = tmp_path / "bench", tmp_path / "results"
+    scripts.mkdir()
+    out.mkdir()
+    (scripts / "bench_ok.py").write_text("import json, sys\njson.dump({'stage': 'ok', 'ms': 2.0}, open(sys.argv[2], 'w'))\n")
+    (scripts / "bench_boom.py").write_text("import sys\nprint('no GPU')\nsys.exit(3)\n")
+    for stage in ("ok", "boom"):
+        (out / f"{stage}.json").write_text(json.dumps({"stage": stage, "ms": 1.0}))
+    monkeypatch.setattr(run_all, "HERE", str(scripts))
+    ok = run_all.run_stage("ok", str(out), [], timeout=60)
+    assert json.loads((out / "ok.json").read_text()) == ok and ok["ms"] == 2.0 and set(ok["measured"]) == {"date", "commit"}
+    boom = run_all.run_stage("boom", str(out), [], timeout=60)
+    assert boom["error"] == "exit 3" and "no GPU" in boom["log_tail"]
+    assert json.loads((out / "boom.json").read_text()) == {"stage": "boom", "ms": 1.0}  # the previous result stays
+    assert sorted(p.name for p in out.iterdir()) == ["boom.json", "ok.json"]  # no scratch file left behind
+    results, sources = run_all.load_results(["ok", "card"], str(out))
+    assert results["card"] == {"error": "no result file"} and list(sources) == ["ok"] and sources["ok"].startswith("ok.json (")
 
 
 # ---------------------------------------------------------------------------------- FLOP counting

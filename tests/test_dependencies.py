@@ -205,10 +205,10 @@ def test_first_mediapipe_import_is_quiet():
 
 
 _SITES_CHILD = r"""
-import importlib.util, os, sys
+import os, sys
 root, models = sys.argv[1], sys.argv[2]
-spec = importlib.util.spec_from_file_location("idsculpt", os.path.join(root, "__init__.py"), submodule_search_locations=[root])
-mod = importlib.util.module_from_spec(spec); sys.modules["idsculpt"] = mod; spec.loader.exec_module(mod)
+sys.path.insert(0, os.path.join(root, "bench"))
+import _pack; _pack.load()  # the repo as package idsculpt
 import numpy as np
 sys.modules["onnx"] = None        # as after `pip install --no-deps insightface` without onnx
 sys.modules["matplotlib"] = None  # as after `pip install --no-deps mediapipe` without matplotlib

@@ -1,5 +1,5 @@
 """ID Embed, InsightFace Loader, Landmark Render and Geo Supervision nodes inside a real ComfyUI
-(in-process: run pytest with ComfyUI's Python, e.g. /work/comfyvenv/bin/python -m pytest)."""
+(in-process: run pytest with ComfyUI's Python and COMFYUI_PATH set, docs/COMFYUI_TESTING.md)."""
 from __future__ import annotations
 
 import math

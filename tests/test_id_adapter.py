@@ -15,7 +15,7 @@ from idsculpt.core.face.id_adapter import (
     decoupled_cross_attention,
     detect_variant,
     load_id_adapter,
-    read_state_dict,
+    read_id_adapter,
     sd15_layer_hidden,
 )
 from tiny_models import write_tiny_faceid_adapter
@@ -24,7 +24,7 @@ from tiny_models import write_tiny_faceid_adapter
 @pytest.mark.parametrize("variant,ext", [("faceid-portrait", ".bin"), ("faceid-portrait", ".safetensors"), ("faceid", ".bin"), ("faceid", ".safetensors")])
 def test_roundtrip_and_variant(tmp_path, variant: str, ext: str) -> None:
     path = write_tiny_faceid_adapter(str(tmp_path / f"a{ext}"), variant)
-    raw = read_state_dict(path)
+    raw = read_id_adapter(path)
     ad = load_id_adapter(path)
     assert ad.variant == variant
     assert ad.info.num_tokens == (16 if variant == "faceid-portrait" else 4)

@@ -3,7 +3,7 @@
 Progressive Inpaint and Texture Refine run through ComfyUI's node execution (run_node: the class
 clone with hidden inputs, under torch.inference_mode) on comfy.sample.sample, a ControlNet and a VAE.
 Skipped when no ComfyUI is importable: run with
-``COMFYUI_PATH=/work/ComfyUI /work/comfyvenv/bin/python -m pytest -q tests/test_texture_nodes.py``.
+``COMFYUI_PATH=<ComfyUI> <ComfyUI's python> -m pytest -q tests/test_texture_nodes.py`` (docs/COMFYUI_TESTING.md).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""core/texture/unwrap.py: surface patches and the patched xatlas atlas (docs/PERFORMANCE.md, "UV unwrap")."""
+"""core/texture/unwrap.py: surface patches and the patched xatlas atlas (docs/TEXTURE.md, unwrap.py)."""
 from __future__ import annotations
 
 import numpy as np

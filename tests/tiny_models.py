@@ -97,7 +97,9 @@ def init_weights(module: torch.nn.Module, seed: int = 0, std_scale: float = 1.0)
 
 # ----------------------------------------------------------------------------- ComfyUI
 def comfy_path() -> str | None:
-    for p in (os.environ.get("COMFYUI_PATH"), "/work/ComfyUI"):
+    """$COMFYUI_PATH, else <repo>/.comfy/ComfyUI (where tests/setup_comfyui.sh puts it), if it holds ComfyUI."""
+    repo_comfy = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".comfy", "ComfyUI")
+    for p in (os.environ.get("COMFYUI_PATH"), repo_comfy):
         if p and os.path.isfile(os.path.join(p, "comfy", "model_patcher.py")):
             return os.path.abspath(p)
     return None

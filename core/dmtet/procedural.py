@@ -8,7 +8,9 @@ from __future__ import annotations
 import torch
 
 
-def _ellipsoid(p: torch.Tensor, center, radii) -> torch.Tensor:
+def ellipsoid_sdf(p: torch.Tensor, center, radii) -> torch.Tensor:
+    """Signed distance bound of an axis-aligned ellipsoid at points p [...,3] (negative inside): zero exactly
+    on the surface, the true distance for a sphere; the shape primitive of the procedural and the template head."""
     c = torch.as_tensor(center, dtype=p.dtype, device=p.device)
     r = torch.as_tensor(radii, dtype=p.dtype, device=p.device)
     q = (p - c) / r
@@ -31,16 +33,16 @@ def smax(a: torch.Tensor, b: torch.Tensor, k: float) -> torch.Tensor:
 
 def head_sdf(p: torch.Tensor) -> torch.Tensor:
     """Approximate signed distance (negative inside) of the procedural head at points p [...,3]."""
-    d = _ellipsoid(p, (0.0, 0.05, -0.02), (0.52, 0.62, 0.6))  # skull
-    d = smin(d, _ellipsoid(p, (0.0, -0.3, 0.12), (0.34, 0.3, 0.4)), 0.08)  # jaw
-    d = smin(d, _ellipsoid(p, (0.0, -0.52, 0.3), (0.13, 0.1, 0.12)), 0.06)  # chin bump
-    d = smin(d, _ellipsoid(p, (0.0, 0.2, 0.5), (0.36, 0.07, 0.1)), 0.05)  # brow ridge
-    d = smin(d, _ellipsoid(p, (0.0, -0.03, 0.62), (0.07, 0.17, 0.12)), 0.04)  # nose
-    d = smin(d, _ellipsoid(p, (0.24, -0.1, 0.4), (0.12, 0.1, 0.1)), 0.05)  # cheeks
-    d = smin(d, _ellipsoid(p, (-0.24, -0.1, 0.4), (0.12, 0.1, 0.1)), 0.05)
-    d = smin(d, _ellipsoid(p, (0.0, -0.62, -0.1), (0.2, 0.22, 0.2)), 0.08)  # neck
+    d = ellipsoid_sdf(p, (0.0, 0.05, -0.02), (0.52, 0.62, 0.6))  # skull
+    d = smin(d, ellipsoid_sdf(p, (0.0, -0.3, 0.12), (0.34, 0.3, 0.4)), 0.08)  # jaw
+    d = smin(d, ellipsoid_sdf(p, (0.0, -0.52, 0.3), (0.13, 0.1, 0.12)), 0.06)  # chin bump
+    d = smin(d, ellipsoid_sdf(p, (0.0, 0.2, 0.5), (0.36, 0.07, 0.1)), 0.05)  # brow ridge
+    d = smin(d, ellipsoid_sdf(p, (0.0, -0.03, 0.62), (0.07, 0.17, 0.12)), 0.04)  # nose
+    d = smin(d, ellipsoid_sdf(p, (0.24, -0.1, 0.4), (0.12, 0.1, 0.1)), 0.05)  # cheeks
+    d = smin(d, ellipsoid_sdf(p, (-0.24, -0.1, 0.4), (0.12, 0.1, 0.1)), 0.05)
+    d = smin(d, ellipsoid_sdf(p, (0.0, -0.62, -0.1), (0.2, 0.22, 0.2)), 0.08)  # neck
     for sx in (0.17, -0.17):  # eye sockets (concave)
-        d = smax(d, -_ellipsoid(p, (sx, 0.08, 0.58), (0.1, 0.06, 0.09)), 0.03)
+        d = smax(d, -ellipsoid_sdf(p, (sx, 0.08, 0.58), (0.1, 0.06, 0.09)), 0.03)
     return d
 
 

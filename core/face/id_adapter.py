@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..state_dict import read_state_dict as read_weights
+from ..state_dict import read_state_dict
 from ..state_dict import wrong_model_error
 
 # ComfyUI SD1.5 cross-attention blocks -> IP-Adapter processor key (attn2 of transformer 0).
@@ -182,7 +182,7 @@ def decoupled_cross_attention(
 
 
 # ----------------------------------------------------------------------------- file reading
-def read_state_dict(path: str) -> dict[str, dict[str, torch.Tensor]]:
+def read_id_adapter(path: str) -> dict[str, dict[str, torch.Tensor]]:
     """Read an IP-Adapter file into {"image_proj": {...}, "ip_adapter": {...}} without running pickles.
 
     The pack's one reader (core/state_dict.py) reads the file: the .bin's nested dicts and the
@@ -190,7 +190,7 @@ def read_state_dict(path: str) -> dict[str, dict[str, torch.Tensor]]:
     file raises its ModelFileError (what it is, and that the FaceID Portrait file was expected)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ID adapter file not found: {path}")
-    flat = read_weights(path, "id_adapter")
+    flat = read_state_dict(path, "id_adapter")
     sd: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
     for k, v in flat.items():
         head, _, rest = k.partition(".")
@@ -269,7 +269,7 @@ def detect_variant(sd: dict[str, dict[str, torch.Tensor]], name: str = "file") -
 def load_id_adapter(path: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> IDAdapter:
     """Load a public IP-Adapter FaceID file (.bin read with weights_only, or .safetensors)."""
     name = os.path.basename(path)
-    sd = read_state_dict(path)
+    sd = read_id_adapter(path)
     info = detect_variant(sd, name)
     adapter = IDAdapter(info)
     adapter.image_proj.load_state_dict(sd["image_proj"])

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..camera import Cameras
+from ..dmtet.procedural import ellipsoid_sdf as _ellipsoid
 from ..dmtet.procedural import smax, smin
 from ..mesh import HeadMesh
 
@@ -49,14 +50,6 @@ _MP_KEYPOINTS = {
     "mouth_img_left": (61,),
     "mouth_img_right": (291,),
 }
-
-
-def _ellipsoid(p: torch.Tensor, c, r) -> torch.Tensor:
-    r_t = torch.tensor(r, dtype=p.dtype, device=p.device)
-    q = p - torch.tensor(c, dtype=p.dtype, device=p.device)
-    k0 = (q / r_t).norm(dim=-1)
-    k1 = (q / r_t ** 2).norm(dim=-1).clamp_min(1e-9)
-    return k0 * (k0 - 1) / k1
 
 
 def template_sdf(p: torch.Tensor) -> torch.Tensor:

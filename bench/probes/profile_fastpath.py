@@ -1,6 +1,6 @@
 """Fast-path profiling (issue "Speed and memory"): where the time of a sculpt / ISD / refine step goes.
 
-    python bench/profile_fastpath.py --out DIR [--parts sculpt,isd,refine,panohead] [--tag base]
+    python bench/probes/profile_fastpath.py --out DIR [--parts sculpt,isd,refine,panohead] [--tag base]
 
 sculpt: one stage-A and one reference step at 512² on the 256-equivalent grid (procedural head,
         analytic SDF init so no 16 s mesh-SDF init), their sub-parts, and torch.profiler tables
@@ -24,7 +24,7 @@ import time
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))  # bench/: the shared timing code and pack loader
 import _pack  # noqa: E402
 import _timing  # noqa: E402
 
@@ -56,7 +56,7 @@ def prof_table(fn, n: int, title: str, rows: int = 30) -> str:
 
 
 def _load_base():
-    """The pre-fast-path torch backend and Sculptor (copies in bench/_fastpath_base), or None."""
+    """The pre-fast-path torch backend and Sculptor (copies in bench/probes/_fastpath_base), or None."""
     import importlib.util
     d = os.path.join(HERE, "_fastpath_base")
     if not os.path.isdir(d):

@@ -1,6 +1,6 @@
 """Does core.speed.cuda_graph.release_graph_memory give CUDA's graph memory pool back? (GPU, diagnostic)
 
-    PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync python bench/check_graph_memory_trim.py
+    PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync python bench/probes/check_graph_memory_trim.py
 
 Captures a small matmul graph twice and frees it, first without and then with the trim, printing the
 device memory (cudaMemGetInfo) not returned after each. On an H100 (torch 2.11, CUDA 13) the trimmed

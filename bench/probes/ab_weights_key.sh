@@ -1,6 +1,6 @@
 # Before/after of the graph signature's weights key (issue "Speed and memory"): bench_isd.py twice in one
 # process on the GPU, first with the old per-call walk over .parameters() swapped in, then the current
-# cached-dict key. Results: $OUT/wk_before.json, $OUT/wk_after.json (bench/results/isd_weights_key.json).
+# cached-dict key. Results: $OUT/wk_before.json, $OUT/wk_after.json (the "after" run is bench/results/isd.json's graphed rows). A one-off: the old key is gone from the code.
 source bench/gpu_env.sh >/dev/null 2>&1
 python - <<'PY'
 import json, os, sys
