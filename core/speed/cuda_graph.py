@@ -171,7 +171,7 @@ class GraphedCall:
         self.max_verify_diff = 0.0
         # the parameter/buffer dicts of every submodule, gathered once: walking a UNet's ~1,000 modules
         # with .parameters() at every call cost ~8 ms of host time per call (ISD predictor on an H100:
-        # 37.6 -> 21.3 ms for its UNet + ControlNet pair, bench/ab_weights_key.sh)
+        # 37.6 -> 21.3 ms for its UNet + ControlNet pair, bench/probes/ab_weights_key.sh)
         self._weight_slots: Optional[list[dict]] = None
 
     # -- public ---------------------------------------------------------------------------------
