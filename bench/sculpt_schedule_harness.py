@@ -194,12 +194,12 @@ class OraclePredictor:
         return self.latents(img)
 
     def predict_noise(self, x: torch.Tensor, sigma: torch.Tensor, views: ViewBatch) -> NoisePrediction:
-        if views.cameras is None:
-            raise ValueError("the oracle denoiser renders the target at the views' cameras: ViewBatch.cameras is None")
         z = self._last
         if z is None or z.shape != x.shape:
             raise RuntimeError("the oracle denoiser needs the latents of the current render: call encode() on the "
                                f"same images first (have {None if z is None else tuple(z.shape)}, x {tuple(x.shape)})")
+        if views.cameras is None:
+            raise ValueError("the oracle denoiser renders the target at the views' cameras: ViewBatch.cameras is None")
         self.calls += 1
         with torch.no_grad():
             z_t = self.target_latents(views.cameras.to(x.device)).to(x.dtype)
