@@ -55,6 +55,20 @@ def test_harness_builds_the_sculpt_config_as_the_node_does():
     assert (v.gan_steps, v.sculpt_steps, v.isd_view_samples) == (1000, 2250, 2500)
 
 
+def test_evidence_runs_the_shipped_schedules_and_scales_them_evenly():
+    """bench/evidence_oracle_sculpt.py runs PAPER and FAST themselves at --step-scale 1; a CPU smoke scale keeps
+    the two schedules' ISD view samples equal (0.016: 40 x 1 and 10 x 4) and the stage-B layout (2 steps per ISD step)."""
+    import evidence_oracle_sculpt as E
+
+    full = E.schedules(1.0)
+    assert full["paper"] == PAPER and full["fast"] == FAST
+    assert full["fast_lr2"].sculpt_lr == 2 * FAST.sculpt_lr and full["fast_paper_stage_a"].gan_steps == PAPER.gan_steps
+    small = E.schedules(0.016)
+    assert (small["paper"].gan_steps, small["paper"].isd_steps, small["paper"].sculpt_steps) == (16, 40, 96)
+    assert (small["fast"].gan_steps, small["fast"].isd_steps, small["fast"].sculpt_steps) == (4, 10, 24)
+    assert small["paper"].isd_view_samples == small["fast"].isd_view_samples == 40
+
+
 # ---------------------------------------------------------------------------- the oracle's gradient
 class _SpyOracle(H.OraclePredictor):
     """The oracle, keeping the latents ISD differentiates (their .grad is d loss / d z = grad_z / B)."""
