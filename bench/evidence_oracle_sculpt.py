@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         r = H.run_schedule(target, start, sch[name], H.OraclePredictor(target.to(dev)), progress=progress, **kw)
         r["schedule_fields"] = sch[name].as_dict()
         result["runs"][name] = r
-        print(f"[evidence] {name}: chamfer {r['chamfer']:.5f} (start {r['chamfer_start']:.5f}), iou {r['mask_iou']:.4f}, "
+        print(f"[evidence] {name}: chamfer {r['chamfer']:.5f} (start {r['chamfer_start']:.5f}, on the grid {r['chamfer_init']:.5f}), iou {r['mask_iou']:.4f}, "
               f"normal cos {r['normal_cos']:.4f}, {r['seconds']:.1f} s", flush=True)
         save()
         return r
