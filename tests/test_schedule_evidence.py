@@ -146,7 +146,6 @@ def test_oracle_needs_the_current_latents_and_cameras(small_target):
 
 
 # ---------------------------------------------------------------------------- it sculpts
-@pytest.mark.slow
 def test_oracle_isd_sculpts_toward_the_target():
     """Guidance-only sculpting (no GAN views, no reference, regularisers off) through the real ISDGuidance at
     the shipped settings (CFG 50, t 20..500, the authors' estimator, ID for |az| < 70) around the oracle: a
