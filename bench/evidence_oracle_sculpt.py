@@ -125,10 +125,16 @@ def main(argv: list[str] | None = None) -> dict:
             kw["prepared"] = H.prepare_start(start, a.grid, dev)
             result["sdf_init_seconds"] = round(time.perf_counter() - t, 2)
         print(f"[evidence] {name}: {sch[name].as_dict()}", flush=True)
-        r = H.run_schedule(target, start, sch[name], H.OraclePredictor(target.to(dev)), **kw)
+        t_run, every = time.perf_counter(), max(1, sch[name].sculpt_steps // 10)
+
+        def progress(step: int, total: int, _preview) -> None:
+            if step % every == 0 or step == total:
+                print(f"[evidence] {name}: step {step}/{total}, {time.perf_counter() - t_run:.0f} s", flush=True)
+
+        r = H.run_schedule(target, start, sch[name], H.OraclePredictor(target.to(dev)), progress=progress, **kw)
         r["schedule_fields"] = sch[name].as_dict()
         result["runs"][name] = r
-        print(f"[evidence] {name}: chamfer {r['chamfer']:.5f} (start {r['chamfer_start']:.5f}), iou {r['mask_iou']:.4f}, "
+        print(f"[evidence] {name}: chamfer {r['chamfer']:.5f} (start {r['chamfer_start']:.5f}, on the grid {r['chamfer_init']:.5f}), iou {r['mask_iou']:.4f}, "
               f"normal cos {r['normal_cos']:.4f}, {r['seconds']:.1f} s", flush=True)
         save()
         return r

@@ -194,12 +194,12 @@ class OraclePredictor:
         return self.latents(img)
 
     def predict_noise(self, x: torch.Tensor, sigma: torch.Tensor, views: ViewBatch) -> NoisePrediction:
-        if views.cameras is None:
-            raise ValueError("the oracle denoiser renders the target at the views' cameras: ViewBatch.cameras is None")
         z = self._last
         if z is None or z.shape != x.shape:
             raise RuntimeError("the oracle denoiser needs the latents of the current render: call encode() on the "
                                f"same images first (have {None if z is None else tuple(z.shape)}, x {tuple(x.shape)})")
+        if views.cameras is None:
+            raise ValueError("the oracle denoiser renders the target at the views' cameras: ViewBatch.cameras is None")
         self.calls += 1
         with torch.no_grad():
             z_t = self.target_latents(views.cameras.to(x.device)).to(x.dtype)
@@ -277,7 +277,8 @@ def run_schedule(target: HeadMesh, start: HeadMesh, schedule: Schedule, predicto
     grid_resolution: tet grid (256 ships); render_resolution: the random ISD views (512 ships);
     gan_resolution / reference_resolution: the GAN views and the portrait view (default: render_resolution).
     prepared: ``prepare_start(start, grid_resolution, device)``'s result to share the SDF init between runs.
-    Returns {"schedule", "chamfer", "chamfer_start", "mask_iou", "normal_cos", "seconds", "sculpt_seconds",
+    Returns {"schedule", "chamfer", "chamfer_start" (the start mesh), "chamfer_init" (the start as the tet grid
+    holds it after the SDF init: the grid's floor), "mask_iou", "normal_cos", "seconds", "sculpt_seconds",
     "step_ms", "isd_view_samples", "config"}; "seconds" is the whole run after the shared SDF init.
     """
     dev = torch.device(device)
@@ -292,13 +293,16 @@ def run_schedule(target: HeadMesh, start: HeadMesh, schedule: Schedule, predicto
     generator = torch.Generator().manual_seed(int(seed) + 1)
     guidance = ISDGuidance(predictor, isd or shipped_isd_config(), generator)
     s = Sculptor(start.to(dev), views, ref, guidance, cfg, device=dev, initial_sdf=lambda p: sdf.clone(), normalization=norm)
+    v0, f0 = s.current()  # the start head as the grid holds it: the grid's own floor on the Chamfer
+    init = HeadMesh(norm.invert(v0.detach().float().cpu()), f0.cpu())
     res = s.run(progress=progress)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
     out = shape_metrics(res.mesh, target, chamfer_samples)
     out_start = chamfer_distance(start.vertices.cpu(), start.faces.cpu(), target.vertices.cpu(), target.faces.cpu(), n=chamfer_samples)
-    return {"schedule": schedule.name, **out, "chamfer_start": out_start, "seconds": round(seconds, 2),
+    out_init = chamfer_distance(init.vertices, init.faces, target.vertices.cpu(), target.faces.cpu(), n=chamfer_samples)
+    return {"schedule": schedule.name, **out, "chamfer_start": out_start, "chamfer_init": out_init, "seconds": round(seconds, 2),
             "sculpt_seconds": round(res.seconds, 2), "step_ms": res.step_ms, "isd_view_samples": schedule.isd_view_samples,
             "config": {"steps": cfg.steps, "gan_steps": cfg.gan_steps, "guidance_batch": cfg.guidance_batch, "lr": cfg.lr,
                        "grid_resolution": grid_resolution, "render_resolution": render_resolution,
@@ -325,5 +329,5 @@ if __name__ == "__main__":  # a quick look: python bench/sculpt_schedule_harness
     st = start_head(tgt)
     small = variant(FAST, "fast_tiny", sculpt_steps=40, gan_steps=10)
     r = run_schedule(tgt, st, small, OraclePredictor(tgt), grid_resolution=48, render_resolution=64, chamfer_samples=4000)
-    print({k: r[k] for k in ("schedule", "chamfer_start", "chamfer", "mask_iou", "normal_cos", "seconds")})
+    print({k: r[k] for k in ("schedule", "chamfer_start", "chamfer_init", "chamfer", "mask_iou", "normal_cos", "seconds")})
     assert math.isfinite(r["chamfer"])
