@@ -27,7 +27,7 @@ import _pack  # noqa: E402
 _pack.load()
 
 from idsculpt.core.dmtet import TetGrid, marching_tets  # noqa: E402
-from idsculpt.core.dmtet.procedural import _ellipsoid, smax, smin  # noqa: E402
+from idsculpt.core.dmtet.procedural import ellipsoid_sdf as _ellipsoid, smax, smin  # noqa: E402
 from idsculpt.core.dmtet.sdf_init import normalize_mesh  # noqa: E402
 from idsculpt.core.mesh import HeadMesh  # noqa: E402
 from idsculpt.core.render import render_mesh  # noqa: E402
