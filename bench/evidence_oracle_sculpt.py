@@ -16,7 +16,7 @@ the verdict "fast within 5 % of paper" to bench/results/evidence_oracle_sculpt.j
     python bench/evidence_oracle_sculpt.py --device cuda --grid 256 --resolution 512   # full scale (H100)
     python bench/evidence_oracle_sculpt.py --grid 64 --resolution 64 --step-scale 0.032  # CPU smoke
 
-Full scale on an H100, estimated from the measured step costs (bench/results/pipeline_default_s5_stages.jsonl,
+Full scale on an H100, estimated from the measured step costs (bench/results/pipeline_paper.stages.jsonl,
 grid 256, 512 px: stage-A step ~35 ms, reference ~40 ms, ISD render + oracle ~25 ms for one view, ~40 ms
 for four) and the SDF init (~13 s): paper 1000*35 + 2500*40 + 2500*25 ms ~ 200 s, fast 250*35 + 625*40 +
 625*40 ms ~ 60 s, fast_lr2 ~60 s, fast_paper_stage_a ~85 s: ~7 minutes one after the other. Those steps
