@@ -101,14 +101,15 @@ class OracleDenoiser:
     refinement's white background). ``prior_std`` > 0 keeps a fraction ``sdedit_attenuation(t)`` of the
     input render's deviation (an SDEdit restore that only partly trusts its prior); 0 = perfect oracle."""
 
-    def __init__(self, gt: HeadMesh, background: float = 1.0, prior_std: float = 0.0) -> None:
+    def __init__(self, gt: HeadMesh, background: float = 1.0, prior_std: float = 0.0, backend=None) -> None:
         self.gt = gt
         self.background = background
         self.prior_std = prior_std
+        self.backend = backend  # the refinement's renderer (a name or a RenderBackend), so the truth matches its renders
         self.ts: list[int] = []
 
     def truth(self, camera: Cameras) -> torch.Tensor:
-        out, _ = render_textured(self.gt, self.gt.texture, camera.to(self.gt.vertices.device), background=self.background)
+        out, _ = render_textured(self.gt, self.gt.texture, camera.to(self.gt.vertices.device), self.background, self.backend)
         return out.color[0]
 
     def denoise(self, image: torch.Tensor, normal_control: torch.Tensor, view, t: int) -> torch.Tensor:
@@ -137,3 +138,57 @@ def masked_psnr(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> float:
     """PSNR (dB, peak 1) of a vs b over the pixels where m is True (one pooled MSE)."""
     mse = ((a - b)[m] ** 2).mean().clamp_min(1e-12)
     return float(10 * torch.log10(1 / mse))
+
+
+def degraded_texture(texture: torch.Tensor, seed: int = 0, blur: float = 4.0 / 256, shift: float = 0.15,
+                     wrong_fraction: float = 0.03) -> torch.Tensor:
+    """A start texture as Progressive Inpaint leaves it, made from the truth ``texture`` [T,T,3]:
+    * blurred (Gaussian, sigma = ``blur`` x T texels: the same blur in UV units at every texture size,
+      standing in for resampling in the back-projection and the deblur pass),
+    * colour-shifted by a smooth random field of amplitude ±``shift`` per channel (views painted by
+      the diffusion model in slightly different tones),
+    * with ~``wrong_fraction`` of the atlas in random-coloured squares of T/32 texels (seams, wrong
+      inpaint content).
+    Deterministic in ``seed``; clamped to 0.02..0.98 (the logit of the refinement stays finite)."""
+    t = texture.shape[0]
+    dev = texture.device
+    g = torch.Generator().manual_seed(int(seed))
+    x = texture.permute(2, 0, 1)[None].float()
+    sigma = blur * t
+    if sigma > 0:
+        r = max(1, int(math.ceil(3 * sigma)))
+        k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2)
+        k = (k / k.sum()).to(dev)
+        x = torch.nn.functional.pad(x, (r, r, r, r), mode="replicate")
+        x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+        x = torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
+    field = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(t, t), mode="bicubic", align_corners=True)
+    x = x + (2 * shift) * (field.to(dev) - 0.5)
+    side = max(1, t // 32)
+    n = int(round(wrong_fraction * t * t / side**2))
+    corners = torch.randint(0, t - side + 1, (n, 2), generator=g)
+    colours = torch.rand(n, 3, generator=g)
+    for (i, j), c in zip(corners.tolist(), colours):
+        x[0, :, i:i + side, j:j + side] = c.to(dev)[:, None, None]
+    return x[0].permute(1, 2, 0).clamp(0.02, 0.98).contiguous()
+
+
+#: novel views of the evidence: 8 azimuths between the refinement's and the reference's (22.5° + k·45°,
+#: none frontal) x 2 elevations, at the middle of the refinement's distance and FoV ranges
+NOVEL_ELEVATIONS = (0.0, 30.0)
+NOVEL_AZIMUTHS = tuple(22.5 + 45.0 * k for k in range(8))
+
+
+def novel_cameras(resolution: int, distance: float = 3.0, fov: float = 37.5) -> Cameras:
+    el = [e for e in NOVEL_ELEVATIONS for _ in NOVEL_AZIMUTHS]
+    az = [a for _ in NOVEL_ELEVATIONS for a in NOVEL_AZIMUTHS]
+    return Cameras.orbit(el, az, distance, fov, resolution)
+
+
+def novel_view_psnr(mesh: HeadMesh, texture: torch.Tensor, truth, cams: Cameras, backend=None) -> tuple[float, list[float]]:
+    """(pooled PSNR over every view's head pixels, per-view PSNRs) of ``mesh`` with ``texture`` against
+    ``truth`` (a RenderOutput of the ground truth at ``cams``, white background)."""
+    out, _ = render_textured(mesh, texture, cams.to(mesh.vertices.device), 1.0, backend)
+    cov = truth.mask[..., 0] > 0.5
+    per = [masked_psnr(truth.color[i], out.color[i], cov[i]) for i in range(len(cams))]
+    return masked_psnr(truth.color, out.color, cov), per
