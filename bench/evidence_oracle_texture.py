@@ -25,6 +25,7 @@ over the head's pixels) against the true renders. Verdict: FAST within 0.5 dB of
     python bench/evidence_oracle_texture.py                    # CPU scale: texture 256, render 128
     python bench/evidence_oracle_texture.py --device cuda      # full scale: texture 1024, render 512
     python bench/evidence_oracle_texture.py --extra 100:0.04 150:0.02   # more (steps:lr) runs
+    python bench/evidence_oracle_texture.py --fast-from-paper          # one run: FAST = PAPER after 100 steps
 
 On CPU the pure-torch rasteriser runs with nvdiffrast's antialiasing rule (walk_steps=0,
 background_silhouettes=False: the same rule as the CUDA path; the silhouette walk only matters for
@@ -33,10 +34,12 @@ vertex gradients, and this stage optimises the texture only).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from typing import Callable, Iterator
 
 import torch
 
@@ -84,6 +87,35 @@ def _perceptual(kind: str, args, dev: torch.device):
     return (lambda a, b: net(a, b, max_size=None)), f"{kind}: {net.weights_note}"
 
 
+@contextlib.contextmanager
+def texture_snapshots(at: set[int], take: Callable[[int, torch.Tensor], None]) -> Iterator[Callable]:
+    """Watch a ``refine_texture`` run: ``take(k, texture)`` after its k-th step for every k in ``at``.
+
+    refine_texture keeps its texture as the logits its AdamW optimises; this swaps ``torch.optim.AdamW``
+    for a subclass that remembers them, and the returned progress callback (progress(k, total, preview),
+    called right after step k's update) reads sigmoid(logits) there. That texture is exactly what
+    ``refine_texture`` with ``steps=k`` returns, the rest of the config equal: the step count only
+    bounds the loop (same cameras and t drawn in the same order, constant lr), which the evidence test
+    checks. One PAPER run thus also gives the FAST texture and the curve in between."""
+    seen: list[torch.optim.Optimizer] = []
+    base = torch.optim.AdamW
+
+    class Watched(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            seen.append(self)
+
+    def progress(k: int, total: int, preview) -> None:
+        if k in at and seen:
+            take(k, torch.sigmoid(seen[-1].param_groups[0]["params"][0].detach()).clone())
+
+    torch.optim.AdamW = Watched
+    try:
+        yield progress
+    finally:
+        torch.optim.AdamW = base
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -97,7 +129,12 @@ def main() -> None:
     ap.add_argument("--lpips-weights", default=None)
     ap.add_argument("--seed", type=int, default=0, help="RefineConfig.seed (random views and t)")
     ap.add_argument("--extra", nargs="*", default=[], help="further runs as steps:lr (e.g. 150:0.02)")
-    ap.add_argument("--skip-paper", action="store_true", help="only FAST and --extra (PAPER's PSNR from --paper-psnr)")
+    ap.add_argument("--skip-paper", action="store_true", help="only FAST and --extra")
+    ap.add_argument("--checkpoints", type=int, nargs="*", default=[50, 150, 200, 300],
+                    help="also evaluate the PAPER run after these steps (the steps-only variants, free)")
+    ap.add_argument("--fast-from-paper", action="store_true",
+                    help="take FAST as the PAPER run after FAST.refine_steps instead of a separate run (identical, see "
+                    "texture_snapshots; halves the CPU time)")
     ap.add_argument("--out", default=os.path.join(_timing.ROOT, "bench", "results", "evidence_oracle_texture.json"))
     args = ap.parse_args()
 
@@ -132,7 +169,8 @@ def main() -> None:
     runs: dict[str, dict] = {"start": evaluate(start)}
     print(f"start: novel {runs['start']['novel_psnr_db']} dB, reference {runs['start']['reference_psnr_db']} dB (setup {setup_s:.1f} s)", flush=True)
     plan = [] if args.skip_paper else [("paper", PAPER.refine_steps, RefineConfig().lr)]
-    plan.append(("fast", FAST.refine_steps, RefineConfig().lr))
+    if not args.fast_from_paper or args.skip_paper:
+        plan.append(("fast", FAST.refine_steps, RefineConfig().lr))
     for e in args.extra:
         steps, lr = e.split(":")
         plan.append((f"steps{int(steps)}_lr{float(lr):g}", int(steps), float(lr)))
@@ -140,9 +178,18 @@ def main() -> None:
         cfg = RefineConfig(steps=steps, lr=lr, resolution=res, seed=args.seed, backend=be)
         den = OracleDenoiser(gt, background=cfg.background, prior_std=args.prior_std, backend=be)
         t1 = time.perf_counter()
-        result = refine_texture(mesh.with_(texture=start), den, reference, cfg, perceptual)
+        snaps: dict[int, torch.Tensor] = {}
+        at = set()
+        if name == "paper":
+            at = {k for k in args.checkpoints if 0 < k < steps} | ({FAST.refine_steps} if args.fast_from_paper else set())
+        with texture_snapshots(at, snaps.__setitem__) as progress:
+            result = refine_texture(mesh.with_(texture=start), den, reference, cfg, perceptual, progress=progress)
         _timing.sync(dev)
         runs[name] = {"steps": steps, "lr": lr, **evaluate(result.mesh.texture), "seconds": round(time.perf_counter() - t1, 1)}
+        for k in sorted(snaps):
+            key = "fast" if (args.fast_from_paper and k == FAST.refine_steps) else f"paper_after_{k}"
+            runs[key] = {"steps": k, "lr": lr, **evaluate(snaps[k]), "from": f"the paper run after step {k}"}
+            print(f"{key}: novel {runs[key]['novel_psnr_db']} dB", flush=True)
         print(f"{name}: steps {steps} lr {lr}: novel {runs[name]['novel_psnr_db']} dB, reference "
               f"{runs[name]['reference_psnr_db']} dB ({runs[name]['seconds']} s)", flush=True)
 
