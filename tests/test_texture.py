@@ -1,6 +1,6 @@
 """Stage 3 (texture) oracle tests on CPU: no diffusion, known answers.
 
-A textured ground-truth head (an ellipsoid with a nose, colours a smooth function of 3D position)
+A textured ground-truth head (tests/texture_oracle.py: an ellipsoid with a nose, colours a smooth function of 3D position)
 stands in for the diffusion model: the oracle "inpainter" returns renders of it, the oracle "denoiser"
 returns its renders too. Baking those views must reproduce the ground truth at novel views.
 """
@@ -10,10 +10,8 @@ import math
 
 import pytest
 import torch
-import trimesh
 
 from idsculpt.core.camera import Cameras
-from idsculpt.core.mesh import HeadMesh
 from idsculpt.core.texture import (
     CropBox,
     InpaintConfig,
@@ -36,29 +34,11 @@ from idsculpt.core.texture import (
     unwrap_uv,
 )
 from idsculpt.core.texture.project import erode, sample_in_crop, view_cosine
+from texture_oracle import OracleDenoiser, OracleInpainter, gt_color, head_mesh
+from texture_oracle import masked_psnr as psnr
 
 TEX = 256
 RES = 96
-
-
-def head_mesh(subdiv: int = 3) -> HeadMesh:
-    s = trimesh.creation.icosphere(subdiv)
-    v = torch.tensor(s.vertices, dtype=torch.float32) * torch.tensor([0.8, 1.0, 0.9])
-    nose = 0.35 * torch.exp(-(v[:, 0] ** 2 + (v[:, 1] + 0.1) ** 2) / 0.05) * (v[:, 2] > 0)
-    v = v + nose[:, None] * torch.tensor([0.0, 0.0, 1.0])  # a nose that occludes the cheeks from the side
-    return HeadMesh(v, torch.tensor(s.faces))
-
-
-def gt_color(p: torch.Tensor) -> torch.Tensor:
-    return 0.5 + 0.4 * torch.stack(
-        [torch.sin(3 * p[..., 0] + 1), torch.sin(2.5 * p[..., 1] - 0.5 + 2 * p[..., 2]), torch.cos(3 * p[..., 2] + p[..., 0])], -1
-    )
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> float:
-    mse = ((a - b)[m] ** 2).mean().clamp_min(1e-12)
-    return float(10 * torch.log10(1 / mse))
-
 
 @pytest.fixture(scope="module")
 def scene():
@@ -66,21 +46,6 @@ def scene():
     texels = rasterize_uv(mesh, TEX)
     gt_tex = fill_holes(torch.where(texels.covered[..., None], gt_color(texels.position), torch.zeros(1)), texels.covered)
     return mesh, texels, mesh.with_(texture=gt_tex), info
-
-
-class OracleInpainter:
-    """Returns the ground-truth render of the requested view, cropped like the loop crops."""
-
-    def __init__(self, gt: HeadMesh) -> None:
-        self.gt = gt
-        self.calls: list = []
-
-    def inpaint(self, image, generate_mask, normal_control, context):
-        assert image.shape == (context.crop_size, context.crop_size, 3)
-        assert generate_mask.shape == image.shape[:2] and normal_control.shape == image.shape
-        self.calls.append((context.index, float(generate_mask.mean())))
-        out, _ = render_textured(self.gt, self.gt.texture, context.camera)
-        return crop_image(out.color[0], context.crop, context.crop_size)
 
 
 @pytest.fixture(scope="module")
@@ -287,17 +252,6 @@ def test_interrupt_stops_the_loop(scene):
 
 
 # ------------------------------------------------------------------------------------ refinement
-class OracleDenoiser:
-    def __init__(self, gt: HeadMesh) -> None:
-        self.gt = gt
-        self.ts: list[int] = []
-
-    def denoise(self, image, normal_control, view, t):
-        self.ts.append(t)
-        out, _ = render_textured(self.gt, self.gt.texture, view.camera, background=1.0)  # the refine views' white
-        return out.color[0]
-
-
 def test_refinement_moves_texture_toward_denoised_views(scene):
     mesh, texels, gt, _ = scene
     g = torch.Generator().manual_seed(1)
