@@ -254,10 +254,10 @@ def call_structure(workflow: dict) -> dict[str, dict[str, int]]:
     ref = ReferenceView(torch.rand(res, res, 3), Cameras.orbit(0.0, 0.0, 2.7, 13.37, res))
     config = dict(resolution=res, seed=0, preview_every=0, t_range=(refine["t_min"], refine["t_max"]))
     with log.watch(_diffusion_targets(model, control, vae) + [(vgg, "taps", "vgg_taps")]):
-        refine_texture(textured, ComfyDenoiser(sampling), None, RefineConfig(steps=1, **config), lambda a, b: vgg(a * 2 - 1, b * 2 - 1))
+        refine_texture(textured, ComfyDenoiser(sampling), None, RefineConfig(refine_steps=1, **config), lambda a, b: vgg(a * 2 - 1, b * 2 - 1))
     out["refine_random_step"] = log.take()
     with log.watch(_diffusion_targets(model, control, vae)):
-        refine_texture(textured, None, ref, RefineConfig(steps=1, **config))
+        refine_texture(textured, None, ref, RefineConfig(refine_steps=1, **config))
     out["refine_reference_step"] = log.take()
 
     # Reference normal / depth: ComfyUI's own KSampler (canny ControlNet) from an empty latent, then VAE decode

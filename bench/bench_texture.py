@@ -156,7 +156,7 @@ def main() -> None:
                 plan = default_view_plan()[:n_views]
                 with torch.inference_mode():
                     s, peak, res_ = _timing.wall(dev, lambda: progressive_inpaint(mesh, ComfyInpainter(sampling, 0.95), plan, reference,
-                                                                          InpaintConfig(render_resolution=2 * res, crop_size=res), tex))
+                                                                          InpaintConfig(render_resolution=2 * res, resolution=res), tex))
                 painted = float(res_.state.painted.float().sum() / res_.texels.covered.float().sum())
                 return {"views": len(plan), "seconds": round(s, 2), "seconds_per_view": round(s / len(plan), 3), "peak_mem_mib": None if peak is None else round(peak, 1),
                         "painted_fraction": round(painted, 4)}
@@ -169,10 +169,10 @@ def main() -> None:
         def refine_parts() -> dict:
             cfg_r = dict(resolution=res, seed=0, preview_every=0)
             with torch.inference_mode():
-                rnd = _timing.timed(dev, lambda: refine_texture(textured, denoiser, None, RefineConfig(steps=1, **cfg_r)), warmup, iters)
-                ref = _timing.timed(dev, lambda: refine_texture(textured, None, reference, RefineConfig(steps=1, **cfg_r)), warmup, iters)
+                rnd = _timing.timed(dev, lambda: refine_texture(textured, denoiser, None, RefineConfig(refine_steps=1, **cfg_r)), warmup, iters)
+                ref = _timing.timed(dev, lambda: refine_texture(textured, None, reference, RefineConfig(refine_steps=1, **cfg_r)), warmup, iters)
                 n = 2 * max(2, iters)
-                s, peak, _ = _timing.wall(dev, lambda: refine_texture(textured, denoiser, reference, RefineConfig(steps=n, **cfg_r)))
+                s, peak, _ = _timing.wall(dev, lambda: refine_texture(textured, denoiser, reference, RefineConfig(refine_steps=n, **cfg_r)))
             return {"random_step": rnd, "reference_step": ref,
                     "alternating_mean_ms": round(1000 * s / n, 2), "alternating_steps": n, "peak_mem_mib": None if peak is None else round(peak, 1),
                     "note": "random step = render + SDEdit (VAE enc, steps x UNet+ControlNet at CFG 10, VAE dec) + MSE backward; "

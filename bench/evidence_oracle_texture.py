@@ -16,8 +16,8 @@ frame, a detailed analytic colour baked into its xatlas UVs) stands in for the d
   lpips --vgg16 FILE [--lpips-weights FILE]`` uses the pack's LPIPS-VGG as Texture Refine does,
   ``--perceptual random-vgg`` a fixed random-weight VGG16 with unit channel weights (NOT LPIPS);
 
-then runs ``refine_texture`` with ``RefineConfig(steps=PAPER.refine_steps)`` and
-``(steps=FAST.refine_steps)`` (core/schedules.py), every other setting the shipped RefineConfig
+then runs ``refine_texture`` with ``RefineConfig(refine_steps=PAPER.refine_steps)`` and
+``(refine_steps=FAST.refine_steps)`` (core/schedules.py), every other setting the shipped RefineConfig
 (lr 0.02, AdamW, t range, camera ranges, loss weights, white background) except the render size, and
 measures the novel-view PSNR (8 azimuths 22.5° + k·45° x elevations 0° and 30°, distance 3, FoV 37.5°,
 over the head's pixels) against the true renders. Verdict: FAST within 0.5 dB of PAPER.
@@ -153,7 +153,7 @@ def main() -> None:
     cams = novel_cameras(res).to(dev)
     truth, _ = render_textured(gt, gt.texture, cams, 1.0, be)
     if args.start == "inpaint":
-        ipc = InpaintConfig(render_resolution=res, crop_size=res, backend=be)
+        ipc = InpaintConfig(render_resolution=res, resolution=res, backend=be)
         start = progressive_inpaint(mesh, OracleInpainter(gt), reference=reference, config=ipc, texture_size=tex).mesh.texture
     else:
         start = degraded_texture(gt.texture, seed=0)
@@ -169,14 +169,14 @@ def main() -> None:
 
     runs: dict[str, dict] = {"start": evaluate(start)}
     print(f"start: novel {runs['start']['novel_psnr_db']} dB, reference {runs['start']['reference_psnr_db']} dB (setup {setup_s:.1f} s)", flush=True)
-    plan = [] if args.skip_paper else [("paper", PAPER.refine_steps, RefineConfig().lr)]
+    plan = [] if args.skip_paper else [("paper", PAPER.refine_steps, RefineConfig().learning_rate)]
     if not args.skip_fast and (not args.fast_from_paper or args.skip_paper):
-        plan.append(("fast", FAST.refine_steps, RefineConfig().lr))
+        plan.append(("fast", FAST.refine_steps, RefineConfig().learning_rate))
     for e in args.extra:
         steps, lr = e.split(":")
         plan.append((f"steps{int(steps)}_lr{float(lr):g}", int(steps), float(lr)))
     for name, steps, lr in plan:
-        cfg = RefineConfig(steps=steps, lr=lr, resolution=res, seed=args.seed, backend=be)
+        cfg = RefineConfig(refine_steps=steps, learning_rate=lr, resolution=res, seed=args.seed, backend=be)
         den = OracleDenoiser(gt, background=cfg.background, prior_std=args.prior_std, backend=be)
         t1 = time.perf_counter()
         snaps: dict[int, torch.Tensor] = {}

@@ -131,7 +131,7 @@ def guidance_only(args, target: HeadMesh, start: HeadMesh, prepared, model: M.Pr
         torch.cuda.synchronize(dev)
     out = H.shape_metrics(res.mesh, target, args.chamfer_samples)
     return {**out, "chamfer_start": chamfer_distance(start.vertices.cpu(), start.faces.cpu(), target.vertices.cpu(),
-                                                     target.faces.cpu(), n=args.chamfer_samples), "seconds": round(time.perf_counter() - t0, 2), "steps": cfg.steps, "views_per_step": cfg.guidance_batch,
+                                                     target.faces.cpu(), n=args.chamfer_samples), "seconds": round(time.perf_counter() - t0, 2), "steps": cfg.steps, "views_per_step": cfg.guidance_views,
             "predictor_calls": pred.calls, "unet_rows": pred.rows}
 
 

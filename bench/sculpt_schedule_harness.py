@@ -18,7 +18,7 @@ What runs is the pack's own stage 2: ``core.sculpt.Sculptor`` with
   * guidance: ``core.guidance.ISDGuidance`` at the shipped settings (``shipped_isd_config``: CFG 50,
     t in [20, 500], the "authors" estimator, ID for |azimuth| < 70) around the given ``NoisePredictor``;
   * ``SculptConfig`` built from the ``core.schedules.Schedule`` exactly as the DMTet Sculpt node builds it
-    (steps, gan_steps, guidance_batch = guidance_views, lr; the regulariser switch after step gan_steps
+    (steps, gan_steps, guidance_views, lr; the regulariser switch after step gan_steps
     through ``step_schedule``); only the scale knobs (grid, render resolution) are arguments.
 
 The target lives in the input (PanoHead-like) frame; the Sculptor normalises the START head as it
@@ -221,12 +221,12 @@ def shipped_isd_config() -> ISDConfig:
 def sculpt_config(schedule: Schedule, grid_resolution: int = 256, render_resolution: int = 512, seed: int = 0,
                   **overrides: Any) -> SculptConfig:
     """SculptConfig from a Schedule, built as nodes/sculpt_nodes.py builds it from the node's widgets:
-    steps, gan_steps, guidance_batch = guidance_views, lr, and the regulariser weights switching from their
+    steps, gan_steps, guidance_views, lr, and the regulariser weights switching from their
     "before" to their "after" value after step gan_steps (threestudio's C([gan_steps, a, b, gan_steps + 1]))."""
     d = SculptConfig()
     nc, lap = d.lambda_normal_consistency, d.lambda_laplacian  # (1000, before, after, 1001)
     kw: dict[str, Any] = dict(
-        steps=schedule.sculpt_steps, gan_steps=schedule.gan_steps, guidance_batch=schedule.guidance_views,
+        steps=schedule.sculpt_steps, gan_steps=schedule.gan_steps, guidance_views=schedule.guidance_views,
         lr=schedule.sculpt_lr, grid_resolution=grid_resolution, seed=seed,
         lambda_normal_consistency=step_schedule(nc[1], nc[2], schedule.gan_steps),
         lambda_laplacian=step_schedule(lap[1], lap[2], schedule.gan_steps),
@@ -304,7 +304,7 @@ def run_schedule(target: HeadMesh, start: HeadMesh, schedule: Schedule, predicto
     out_init = chamfer_distance(init.vertices, init.faces, target.vertices.cpu(), target.faces.cpu(), n=chamfer_samples)
     return {"schedule": schedule.name, **out, "chamfer_start": out_start, "chamfer_init": out_init, "seconds": round(seconds, 2),
             "sculpt_seconds": round(res.seconds, 2), "step_ms": res.step_ms, "isd_view_samples": schedule.isd_view_samples,
-            "config": {"steps": cfg.steps, "gan_steps": cfg.gan_steps, "guidance_batch": cfg.guidance_batch, "lr": cfg.lr,
+            "config": {"steps": cfg.steps, "gan_steps": cfg.gan_steps, "guidance_views": cfg.guidance_views, "lr": cfg.lr,
                        "grid_resolution": grid_resolution, "render_resolution": render_resolution,
                        "gan_resolution": gan_res, "reference_resolution": ref_res, "seed": seed,
                        "lambda_normal_consistency": list(cfg.lambda_normal_consistency),

@@ -37,7 +37,7 @@ class Schedule:
     gan_steps: int
     guidance_views: int
     sculpt_lr: float
-    # stage 3, texture refinement (RefineConfig.steps; the node's refine_steps)
+    # stage 3, texture refinement (RefineConfig.refine_steps, the node's refine_steps)
     refine_steps: int
 
     @property

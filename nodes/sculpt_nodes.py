@@ -80,16 +80,16 @@ class DMTetSculpt(io.ComfyNode):
                 io.Float.Input("lr", default=d.lr, min=1e-5, max=0.1, step=1e-4, tooltip="Adam learning rate (authors: 0.005)."),
                 io.Int.Input("render_resolution", default=d.views.resolution, min=64, max=1024, step=64,
                              tooltip="Resolution of the random guidance views (authors: 512)."),
-                io.Int.Input("guidance_views", default=d.guidance_batch, min=1, max=8,
+                io.Int.Input("guidance_views", default=d.guidance_views, min=1, max=8,
                              tooltip="Random views per guidance step (batching views is cheaper per view on a GPU)."),
-                io.Float.Input("guidance_weight", default=d.lambda_guidance, min=0.0, max=1000.0, step=0.01,
+                io.Float.Input("guidance_weight", default=d.guidance_weight, min=0.0, max=1000.0, step=0.01,
                                tooltip="Multiplier of the guidance loss."),
-                io.Float.Input("ref_normal_weight", default=d.lambda_ref_normal, min=0.0, max=1e6, step=1.0,
+                io.Float.Input("ref_normal_weight", default=d.ref_normal_weight, min=0.0, max=1e6, step=1.0,
                                tooltip="Reference normal MSE inside the face mask (authors: 10000)."),
-                io.Float.Input("ref_depth_weight", default=d.lambda_ref_depth, min=0.0, max=1e6, step=1.0,
+                io.Float.Input("ref_depth_weight", default=d.ref_depth_weight, min=0.0, max=1e6, step=1.0,
                                tooltip="Reference depth MSE after least-squares scale/shift; the same weight is used for "
                                "(1 - Pearson) (authors: 100 each)."),
-                io.Float.Input("ref_mask_weight", default=d.lambda_ref_mask, min=0.0, max=1e6, step=1.0,
+                io.Float.Input("ref_mask_weight", default=d.ref_mask_weight, min=0.0, max=1e6, step=1.0,
                                tooltip="Reference mask MSE (authors: 100)."),
                 io.Float.Input("normal_consistency_start", default=nc[1], min=0.0, max=1e7, step=1.0,
                                tooltip="Normal-consistency weight in steps 0 … gan_steps, i.e. during the GAN-view fit and "
@@ -141,9 +141,9 @@ class DMTetSculpt(io.ComfyNode):
             log.info("IDSculpt DMTet Sculpt: vram_mode low_vram runs one guidance view per step (asked: %d)", guidance_views)
             guidance_views = 1
         cfg = SculptConfig(
-            steps=steps, gan_steps=gan_steps, grid_resolution=grid_resolution, lr=lr, guidance_batch=guidance_views,
-            lambda_guidance=guidance_weight, lambda_ref_normal=ref_normal_weight, lambda_ref_depth=ref_depth_weight,
-            lambda_ref_depth_pearson=ref_depth_weight, lambda_ref_mask=ref_mask_weight,
+            steps=steps, gan_steps=gan_steps, grid_resolution=grid_resolution, lr=lr, guidance_views=guidance_views,
+            guidance_weight=guidance_weight, ref_normal_weight=ref_normal_weight, ref_depth_weight=ref_depth_weight,
+            ref_depth_pearson_weight=ref_depth_weight, ref_mask_weight=ref_mask_weight,
             # threestudio's C([1000, a, b, 1001]) with 1000 = gan_steps: a through step gan_steps, b after
             lambda_normal_consistency=step_schedule(normal_consistency_start, normal_consistency_end, gan_steps),
             lambda_laplacian=step_schedule(laplacian_start, laplacian_end, gan_steps), seed=seed,

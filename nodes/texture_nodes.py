@@ -182,7 +182,7 @@ class ProgressiveInpaint(io.ComfyNode):
                                  graphs_allowed(cuda_graphs, vram_mode), views)
         # views are rendered at twice the crop size: the head's alpha box covers only part of the frame, so the
         # crop handed to the model (resolution²) is then a downscale of the render, not a blurry upscale
-        config = InpaintConfig(render_resolution=min(2 * resolution, 2048), crop_size=resolution, erode_iterations=erode_iterations,
+        config = InpaintConfig(render_resolution=min(2 * resolution, 2048), resolution=resolution, erode_iterations=erode_iterations,
                                cos_threshold=cos_threshold, policy=policy)
         views: list[torch.Tensor] = []
         # the bar counts sampler steps: the portrait's projection is 1, each view ``steps`` (its sampler steps)
@@ -270,7 +270,7 @@ class TextureRefine(io.ComfyNode):
 
         sampling = ComfySampling(model, positive, negative, vae, control_net, control_strength, steps, cfg, sampler_name, scheduler, seed,
                                  graphs_allowed(cuda_graphs, vram_mode), views)
-        config = RefineConfig(steps=refine_steps, lr=learning_rate, t_range=(t_min, t_max), resolution=resolution, seed=seed)
+        config = RefineConfig(refine_steps=refine_steps, learning_rate=learning_rate, t_range=(t_min, t_max), resolution=resolution, seed=seed)
         bar = ComfyProgress(max(refine_steps, 1), preview_size=resolution)
         try:
             with stage("Texture Refine", vram_mode), torch.inference_mode(False):

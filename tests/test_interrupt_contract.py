@@ -142,9 +142,9 @@ def test_texture_inpaint_and_refine_stop(uv_head):
         def denoise(self, image, normal_control, view, t):
             return torch.full_like(image, 0.5)
 
-    _stops_at_first_call(lambda i, p: progressive_inpaint(uv_head, Grey(), config=InpaintConfig(render_resolution=32, crop_size=32),
+    _stops_at_first_call(lambda i, p: progressive_inpaint(uv_head, Grey(), config=InpaintConfig(render_resolution=32, resolution=32),
                                                           progress=p, interrupt=i))
-    _stops_at_first_call(lambda i, p: refine_texture(uv_head, Grey(), None, RefineConfig(steps=3, resolution=32), progress=p,
+    _stops_at_first_call(lambda i, p: refine_texture(uv_head, Grey(), None, RefineConfig(refine_steps=3, resolution=32), progress=p,
                                                      interrupt=i))
 
 

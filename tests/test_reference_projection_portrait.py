@@ -76,7 +76,7 @@ def _texture(chain, head_mask_source: str):
                                    head_mask_source=head_mask_source)
     view = ReferenceView(portrait, cam, mask=ref.mask[..., 0])
     res = progressive_inpaint(mesh, NoiseInpainter(), plan=parse_view_plan(PLAN), reference=view,
-                              config=InpaintConfig(render_resolution=128, crop_size=128), texture_size=512)
+                              config=InpaintConfig(render_resolution=128, resolution=128), texture_size=512)
     return ref, res
 
 

@@ -40,13 +40,13 @@ def test_harness_builds_the_sculpt_config_as_the_node_does():
     """steps / gan_steps / guidance_views / lr from the schedule; the regularisers switch after step gan_steps
     (threestudio's C([gan_steps, before, after, gan_steps + 1]), the node's step_schedule)."""
     c = H.sculpt_config(FAST, grid_resolution=64, render_resolution=128)
-    assert (c.steps, c.gan_steps, c.guidance_batch, c.lr) == (1500, 250, 4, 0.005)
+    assert (c.steps, c.gan_steps, c.guidance_views, c.lr) == (1500, 250, 4, 0.005)
     assert tuple(c.lambda_normal_consistency) == (250, 500.0, 10000.0, 251)
     assert tuple(c.lambda_laplacian) == (250, 1e5, 1.5e5, 251)
     assert (c.grid_resolution, c.views.resolution) == (64, 128)
     p = H.sculpt_config(PAPER)
     d = SculptConfig()
-    assert (p.steps, p.gan_steps, p.guidance_batch) == (6000, 1000, 1)
+    assert (p.steps, p.gan_steps, p.guidance_views) == (6000, 1000, 1)
     assert tuple(p.lambda_normal_consistency) == tuple(d.lambda_normal_consistency)  # the authors' (1000, 500, 1e4, 1001)
     assert tuple(p.lambda_laplacian) == tuple(d.lambda_laplacian)
     i = H.shipped_isd_config()
@@ -153,7 +153,7 @@ def test_oracle_isd_sculpts_toward_the_target():
     (A uniformly scaled copy of the head moves far less: its normal images differ only at the silhouette,
     which the normal-image guidance sees through the antialiased edge alone -- as real ISD would.)"""
     target = procedural_head_mesh(32)  # radius ~0.9: already the sculpting frame (identity normalisation)
-    cfg = SculptConfig(steps=30, gan_steps=0, grid_resolution=48, lr=0.02, guidance_batch=2, seed=0, preview_every=0,
+    cfg = SculptConfig(steps=30, gan_steps=0, grid_resolution=48, lr=0.02, guidance_views=2, seed=0, preview_every=0,
                        lambda_normal_consistency=0.0, lambda_laplacian=0.0, views=RandomViewRanges(resolution=48))
     g = ISDGuidance(H.OraclePredictor(target), H.shipped_isd_config(), torch.Generator().manual_seed(1))
     sc = Sculptor(target, None, None, g, cfg, normalization=MeshNormalization.identity(),

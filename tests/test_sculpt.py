@@ -232,7 +232,7 @@ class OracleGuidance:
 
 def test_stage_b_alternates_reference_and_guidance(target, sphere):
     g = OracleGuidance(procedural_head_mesh(24))
-    cfg = _cfg(steps=10, gan_steps=4, guidance_batch=2, preview_every=4, preview_resolution=24)
+    cfg = _cfg(steps=10, gan_steps=4, guidance_views=2, preview_every=4, preview_resolution=24)
     s = Sculptor(sphere, gan_views_of(target, 32), reference_of(target, 32), g, cfg,
                  normalization=MeshNormalization.identity(), initial_sdf=lambda p: sphere_sdf(p, SPHERE_R))
     kinds = [s.kind(i) for i in range(10)]
@@ -263,7 +263,7 @@ def test_profile_hook_writes_report_and_keeps_the_run(target, sphere, tmp_path, 
     monkeypatch.setattr(profiling, "PROFILE_AFTER", 1)
     monkeypatch.setattr(profiling, "PROFILE_STEPS", 4)
     g = OracleGuidance(procedural_head_mesh(24))
-    cfg = _cfg(steps=10, gan_steps=2, guidance_batch=1, preview_every=0, profile_folder=str(tmp_path / "prof"))
+    cfg = _cfg(steps=10, gan_steps=2, guidance_views=1, preview_every=0, profile_folder=str(tmp_path / "prof"))
     s = Sculptor(sphere, gan_views_of(target, 32), reference_of(target, 32), g, cfg,
                  normalization=MeshNormalization.identity(), initial_sdf=lambda p: sphere_sdf(p, SPHERE_R))
     seen = []
@@ -277,7 +277,7 @@ def test_profile_hook_writes_report_and_keeps_the_run(target, sphere, tmp_path, 
 
 def test_guidance_only_mode_improves_toward_oracle(target, sphere):
     g = OracleGuidance(procedural_head_mesh(32))  # a coarse oracle: it renders at every step
-    cfg = _cfg(steps=30, gan_steps=0, guidance_batch=2, lambda_normal_consistency=0.0, lambda_laplacian=0.0)
+    cfg = _cfg(steps=30, gan_steps=0, guidance_views=2, lambda_normal_consistency=0.0, lambda_laplacian=0.0)
     s = Sculptor(sphere, None, None, g, cfg, normalization=MeshNormalization.identity(),
                  initial_sdf=lambda p: sphere_sdf(p, SPHERE_R))
     assert all(s.kind(i) == "guidance" for i in range(30))
@@ -385,7 +385,7 @@ def test_guidance_gets_cameras_in_the_input_frame(target):
         seen.append((images.detach(), cameras))
         return (images * 0).sum()
 
-    s = Sculptor(stored, None, None, guidance, _cfg(steps=1, gan_steps=0, grid_resolution=48, guidance_batch=2),
+    s = Sculptor(stored, None, None, guidance, _cfg(steps=1, gan_steps=0, grid_resolution=48, guidance_views=2),
                  initial_sdf=None)
     s.step()
     images, cams = seen[0]

@@ -53,7 +53,7 @@ def baked(scene):
     mesh, texels, gt, _ = scene
     oracle = OracleInpainter(gt)
     seen = []
-    res = progressive_inpaint(mesh, oracle, config=InpaintConfig(render_resolution=RES, crop_size=RES), progress=lambda s, t, p: seen.append((s, t)))
+    res = progressive_inpaint(mesh, oracle, config=InpaintConfig(render_resolution=RES, resolution=RES), progress=lambda s, t, p: seen.append((s, t)))
     return res, oracle, seen
 
 
@@ -233,7 +233,7 @@ def test_bad_inpainter_output_is_reported(scene):
             return torch.full_like(image, float("nan"))
 
     with pytest.raises(RuntimeError, match="NaN"):
-        progressive_inpaint(mesh, Broken(), plan=parse_view_plan("0, 0"), config=InpaintConfig(render_resolution=48, crop_size=48))
+        progressive_inpaint(mesh, Broken(), plan=parse_view_plan("0, 0"), config=InpaintConfig(render_resolution=48, resolution=48))
     with pytest.raises(ValueError, match="UVs"):
         progressive_inpaint(head_mesh(1), Broken())
 
@@ -248,7 +248,7 @@ def test_interrupt_stops_the_loop(scene):
         raise Stop
 
     with pytest.raises(Stop):
-        progressive_inpaint(mesh, OracleInpainter(scene[2]), config=InpaintConfig(render_resolution=48, crop_size=48), interrupt=interrupt)
+        progressive_inpaint(mesh, OracleInpainter(scene[2]), config=InpaintConfig(render_resolution=48, resolution=48), interrupt=interrupt)
 
 
 # ------------------------------------------------------------------------------------ refinement
@@ -263,7 +263,7 @@ def test_refinement_moves_texture_toward_denoised_views(scene):
     cov = a.mask[..., 0] > 0.5
     before = psnr(a.color, b0.color, cov)
     den = OracleDenoiser(gt)
-    cfg = RefineConfig(steps=8, resolution=64, lr=0.2, seed=3)
+    cfg = RefineConfig(refine_steps=8, resolution=64, learning_rate=0.2, seed=3)
     res = refine_texture(mesh.with_(texture=start), den, None, cfg, perceptual=lambda x, y: (x - y).abs().mean())
     b1, _ = render_textured(res.mesh, res.mesh.texture, cams)
     after = psnr(a.color, b1.color, cov)
@@ -281,7 +281,7 @@ def test_refinement_reference_steps_fit_the_portrait(scene):
     ref = ReferenceView(ref_img.color[0], cam, mask=face)
     start = torch.full_like(gt.texture, 0.5)
     den = OracleDenoiser(gt)
-    res = refine_texture(mesh.with_(texture=start), den, ref, RefineConfig(steps=10, resolution=48, lr=0.2, seed=0))
+    res = refine_texture(mesh.with_(texture=start), den, ref, RefineConfig(refine_steps=10, resolution=48, learning_rate=0.2, seed=0))
     kinds = [r["kind"] for r in res.losses]
     assert kinds[:4] == ["random", "reference", "random", "reference"]
     ref_l1 = [r["l1"] for r in res.losses if r["kind"] == "reference"]

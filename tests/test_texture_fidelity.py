@@ -112,7 +112,7 @@ def test_refine_steps_use_those_losses_with_white_background(sphere):
             seen["image"], seen["view"] = image.clone(), view
             return torch.full_like(image, 0.5)
 
-    res = refine_texture(mesh.with_(texture=start), Grey(), None, RefineConfig(steps=1, resolution=32, seed=2))
+    res = refine_texture(mesh.with_(texture=start), Grey(), None, RefineConfig(refine_steps=1, resolution=32, seed=2))
     rec = res.losses[0]
     img = seen["image"]
     assert rec["kind"] == "random" and rec["l2"] == pytest.approx(0.5 * float(((img - 0.5) ** 2).sum()), rel=1e-5)
@@ -126,7 +126,7 @@ def test_refine_steps_use_those_losses_with_white_background(sphere):
     portrait = torch.rand(32, 32, 3, generator=g)
     head = torch.zeros(32, 32)
     head[4:28, 6:26] = 1.0  # the whole-head mask: hair and neck included
-    res = refine_texture(mesh.with_(texture=start), None, ReferenceView(portrait, cam, head), RefineConfig(steps=1, seed=0))
+    res = refine_texture(mesh.with_(texture=start), None, ReferenceView(portrait, cam, head), RefineConfig(refine_steps=1, seed=0))
     rec = res.losses[0]
     geometry, _ = render_textured(mesh, start, cam, background=1.0)
     pred = shade(geometry, start, background=1.0)  # the reference view re-textures its one rasterisation
@@ -152,7 +152,7 @@ def test_inpaint_views_render_unpainted_texels_grey_on_white(sphere):
             return torch.tensor([0.9, 0.1, 0.1]).expand_as(image).clone()
 
     plan = [v for v in default_view_plan()[:2]]  # azimuth -45 then +45
-    res = progressive_inpaint(mesh, Red(), plan, config=InpaintConfig(render_resolution=64, crop_size=64), texture_size=256)
+    res = progressive_inpaint(mesh, Red(), plan, config=InpaintConfig(render_resolution=64, resolution=64), texture_size=256)
     inside0, outside0 = masks[0] > 0.999, masks[0] < 1e-6
     assert bool(inside0.any()) and bool(outside0.any())
     assert torch.allclose(images[0][inside0], torch.full((1, 3), 0.5), atol=1e-6)
@@ -178,7 +178,7 @@ def test_every_inpaint_and_refine_view_passes_its_angles(sphere):
             return torch.full_like(image, 0.5)
 
     plan = default_view_plan()
-    progressive_inpaint(mesh, Record(), plan, config=InpaintConfig(render_resolution=32, crop_size=32), texture_size=256)
+    progressive_inpaint(mesh, Record(), plan, config=InpaintConfig(render_resolution=32, resolution=32), texture_size=256)
     index = [k for k, _, _, _ in seen]
     assert len(seen) >= 10 and index == sorted(set(index))  # views with nothing left to paint are skipped
     assert [(e, a) for _, e, a, _ in seen] == [(plan[k].elevation, plan[k].azimuth) for k in index]
@@ -194,7 +194,7 @@ def test_every_inpaint_and_refine_view_passes_its_angles(sphere):
             views.append(view)
             return image
 
-    refine_texture(mesh, Den(), None, RefineConfig(steps=6, resolution=32, seed=5))
+    refine_texture(mesh, Den(), None, RefineConfig(refine_steps=6, resolution=32, seed=5))
     assert len(views) == 6
     for v in views:
         er, ar = math.radians(v.elevation), math.radians(v.azimuth)

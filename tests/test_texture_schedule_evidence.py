@@ -58,7 +58,7 @@ def test_oracle_targets_are_the_true_renders_of_the_views_the_loop_draws(head):
     the oracle renders the very camera refine_texture drew (texture through logit/sigmoid exactly)."""
     _, gt = head
     den = OracleDenoiser(gt, backend=BE)
-    res = refine_texture(gt, den, None, RefineConfig(steps=3, resolution=RES, backend=BE), None)
+    res = refine_texture(gt, den, None, RefineConfig(refine_steps=3, resolution=RES, backend=BE), None)
     assert [r["kind"] for r in res.losses] == ["random"] * 3 and len(den.ts) == 3
     assert res.losses[0]["l2"] < 1e-6  # step 0: the texture is still the truth
     assert all(r["l2"] < 1e-3 for r in res.losses)  # weight decay moves it by ~lr·wd per step only
@@ -72,11 +72,11 @@ def test_a_shorter_schedule_is_the_prefix_of_a_longer_one(head):
     mesh, gt = head
     start = degraded_texture(gt.texture, seed=1)
     cfg = dict(resolution=32, backend=BE, seed=5)
-    short = refine_texture(mesh.with_(texture=start), OracleDenoiser(gt, backend=BE), None, RefineConfig(steps=3, **cfg))
+    short = refine_texture(mesh.with_(texture=start), OracleDenoiser(gt, backend=BE), None, RefineConfig(refine_steps=3, **cfg))
     snaps: dict = {}
     adamw = torch.optim.AdamW
     with bench.texture_snapshots({3}, snaps.__setitem__) as progress:
-        refine_texture(mesh.with_(texture=start), OracleDenoiser(gt, backend=BE), None, RefineConfig(steps=6, **cfg), progress=progress)
+        refine_texture(mesh.with_(texture=start), OracleDenoiser(gt, backend=BE), None, RefineConfig(refine_steps=6, **cfg), progress=progress)
     assert torch.equal(snaps[3], short.mesh.texture)
     assert torch.optim.AdamW is adamw  # the watch is undone
 
@@ -95,7 +95,7 @@ def test_oracle_refinement_recovers_the_truth_at_novel_views(head):
     ref_cam = portrait_camera(res_px)
     ref, _ = render_textured(gt, gt.texture, ref_cam, 1.0, BE)
     reference = ReferenceView(ref.color[0], ref_cam, (ref.mask[0, ..., 0] > 0.5).float())
-    cfg = RefineConfig(steps=24, resolution=res_px, backend=BE)
+    cfg = RefineConfig(refine_steps=24, resolution=res_px, backend=BE)
     res = refine_texture(mesh.with_(texture=start), OracleDenoiser(gt, backend=BE), reference, cfg, None)
     after, per_view = novel_view_psnr(mesh, res.mesh.texture, truth, cams, BE)
     print("novel-view PSNR", before, "->", after)

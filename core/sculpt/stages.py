@@ -85,18 +85,25 @@ class SculptConfig:
     gan_batch: int = 1
     lambda_gan_normal: float = 10000.0
     lambda_gan_mask: float = 0.0
-    # Stage B, reference view.
-    lambda_ref_normal: float = 10000.0
-    lambda_ref_depth: float = 100.0
-    lambda_ref_depth_pearson: float = 100.0
-    lambda_ref_mask: float = 100.0
+    # Stage B, reference view (the authors' lambda_normal, lambda_depth, lambda_depth_rel, lambda_mask).
+    # A field set by one DMTet Sculpt widget has the widget's name (saved workflows match widgets by name, so
+    # the fields follow the widgets); "# widget(s) …:" comments name the widgets that differ, and why
+    # (tests/test_widget_names.py holds the node to them).
+    ref_normal_weight: float = 10000.0
+    ref_depth_weight: float = 100.0
+    # also set by the widget ref_depth_weight: one widget for both depth terms (the authors: 100 each)
+    ref_depth_pearson_weight: float = 100.0
+    ref_mask_weight: float = 100.0
     # Stage B, guidance.
-    guidance_batch: int = 1
-    lambda_guidance: float = 1.0
+    guidance_views: int = 1  # random views per guidance step
+    guidance_weight: float = 1.0  # the authors' lambda_sd
+    # widget render_resolution: sets views.resolution only (views nests the camera ranges the node doesn't expose)
     views: RandomViewRanges = field(default_factory=RandomViewRanges)
     # Regularisers, in every step (stage A too), as threestudio's C() schedules (core/sculpt/schedule.py):
     # a number or [start_step, start_value, end_value, end_step]. The authors': a step after step 1000.
+    # widgets normal_consistency_start, normal_consistency_end: the schedule's two values (its steps are gan_steps)
     lambda_normal_consistency: Weight = (1000, 500.0, 10000.0, 1001)
+    # widgets laplacian_start, laplacian_end: the schedule's two values (its steps are gan_steps)
     lambda_laplacian: Weight = (1000, 1e5, 1.5e5, 1001)
     # Losses that fit a silhouette (the reference mask; stage A's normals composited over the background)
     # need silhouette gradients. nvdiffrast's antialiasing gives dense meshes almost none (0.3 % of the
@@ -250,15 +257,15 @@ class Sculptor:
         inv_depth = torch.where(cover > 0, 1.0 / out.depth.clamp_min(1e-6), torch.zeros_like(out.depth))
         d_mse, d_pearson = depth_losses(inv_depth, r["disparity"], r["depth_mask"] * cover)
         return {
-            "ref_mask": c.lambda_ref_mask * mask_loss(out.mask, r["mask"]),
-            "ref_normal": c.lambda_ref_normal * masked_mse(out.normal_view, r["normal"], r["face_mask"] * cover),
-            "ref_depth": c.lambda_ref_depth * d_mse,
-            "ref_depth_pearson": c.lambda_ref_depth_pearson * d_pearson,
+            "ref_mask": c.ref_mask_weight * mask_loss(out.mask, r["mask"]),
+            "ref_normal": c.ref_normal_weight * masked_mse(out.normal_view, r["normal"], r["face_mask"] * cover),
+            "ref_depth": c.ref_depth_weight * d_mse,
+            "ref_depth_pearson": c.ref_depth_pearson_weight * d_pearson,
         }
 
     def guidance_loss(self, v: torch.Tensor, f: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         c = self.config
-        cams, az, el = random_views(c.guidance_batch, c.views, self.generator)
+        cams, az, el = random_views(c.guidance_views, c.views, self.generator)
         cams = cams.to(self.device)
         # The guidance draws its landmark hints from the cameras, and the landmarks live in the input
         # mesh's frame (placed on the PanoHead mesh): it gets the same views expressed in that frame
@@ -269,7 +276,7 @@ class Sculptor:
             prefetch(input_frame_cams)
         out = render_mesh(v, f, cams, check_inputs=False)
         loss = self.guidance(out.normal_image(), input_frame_cams, azimuth=az, elevation=el, step=step, total_steps=self.total)
-        return {"guidance": c.lambda_guidance * loss}
+        return {"guidance": c.guidance_weight * loss}
 
     def regularizer_weights(self, step: int) -> tuple[float, float]:
         """(normal consistency, Laplacian) weights at ``step`` (threestudio's C(), see schedule.py)."""

@@ -79,8 +79,9 @@ class ReferenceView:
 
 @dataclass
 class InpaintConfig:
-    render_resolution: int = 512  # size of each full view render before cropping
-    crop_size: int = 512  # the crop handed to the inpainter (SD1.5's native size)
+    # A field set by one Progressive Inpaint widget has the widget's name (saved workflows match widgets by name).
+    render_resolution: int = 512  # size of each full view render before cropping (the node: 2 × resolution)
+    resolution: int = 512  # side of the crop handed to the inpainter (SD1.5's native size)
     crop_scale: float = 1.1  # alpha box enlargement
     cos_threshold: float = 0.0  # back-project only where cos(view, normal) exceeds this
     erode_iterations: int = 8  # erosion of the back-projection mask: iterations of a 5×5 kernel at 512 px (see erosion_radius)
@@ -214,7 +215,7 @@ def progressive_inpaint(
         if progress:
             progress(done, total, reference.image)
     r = config.render_resolution
-    s = config.crop_size
+    s = config.resolution
     for k, view in enumerate(plan):
         if interrupt:
             interrupt()

@@ -58,11 +58,14 @@ class Denoiser(Protocol):
 
 @dataclass
 class RefineConfig:
-    steps: int = 400
-    lr: float = 0.02
+    # A field set by one Texture Refine widget has the widget's name (saved workflows match widgets by name);
+    # "# widget(s) …:" comments name the widgets that differ, and why (tests/test_widget_names.py).
+    refine_steps: int = 400  # optimisation steps (the node's steps widget is the sampler's steps per view)
+    learning_rate: float = 0.02
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-4
     weight_decay: float = 0.01  # AdamW's default, as the authors' optimizer
+    # widgets t_min, t_max: the range's two ends (a widget holds one number)
     t_range: tuple[int, int] = (50, 200)  # SDEdit start timestep, U[lo, hi)
     elevation_range: tuple[float, float] = (-20.0, 45.0)
     azimuth_range: tuple[float, float] = (-180.0, 180.0)
@@ -163,8 +166,8 @@ def refine_texture(
     config = config or RefineConfig()
     if not mesh.has_uv or mesh.texture is None:
         raise ValueError("texture refinement needs a textured mesh with UVs: run Progressive Inpaint first")
-    if config.steps < 0:
-        raise ValueError("refinement steps must be ≥ 0")
+    if config.refine_steps < 0:
+        raise ValueError(f"refine_steps must be ≥ 0, got {config.refine_steps}")
     if denoiser is None and reference is None:
         raise ValueError("texture refinement needs a denoiser (random views), a reference view, or both")
     lo, hi = config.t_range
@@ -180,7 +183,7 @@ def refine_texture(
             reference = ReferenceView(reference.image.detach().clone(), reference.camera, None if reference.mask is None else reference.mask.clone())
         tex0 = mesh.texture.detach().clone().float().to(dev)
         logits = torch.logit(tex0.clamp(1e-4, 1 - 1e-4)).clone().requires_grad_(True)
-        opt = torch.optim.AdamW([logits], lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
+        opt = torch.optim.AdamW([logits], lr=config.learning_rate, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
         ref_cam = reference.camera.to(dev) if reference is not None else None
         region = None
         if reference is not None:
@@ -188,7 +191,7 @@ def refine_texture(
             region = reference.mask.to(dev)[None, ..., None] if reference.mask is not None else None
         losses: list[dict] = []
         ref_geometry = None
-        for step in range(config.steps):
+        for step in range(config.refine_steps):
             if interrupt:
                 interrupt()
             texture = torch.sigmoid(logits)
@@ -232,6 +235,6 @@ def refine_texture(
             losses.append(record)
             if progress:
                 show = preview if (config.preview_every > 0 and step % config.preview_every == 0) else None
-                progress(step + 1, config.steps, None if show is None else show.detach().clamp(0, 1))
+                progress(step + 1, config.refine_steps, None if show is None else show.detach().clamp(0, 1))
         final = torch.sigmoid(logits).detach().clone()
     return RefineResult(mesh.with_(texture=final), losses)
