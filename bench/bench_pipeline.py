@@ -13,8 +13,10 @@ every downstream node executes again) and records:
 * CUDA memory held by ComfyUI's PyTorch after every run and after ``/free`` (``/system_stats``),
   against the level before the first run: repeated runs must not grow it.
 
-    python bench/bench_pipeline.py --work /tmp/e2e --portrait face.png --out $OUT/pipeline.json [--profile lowered|default]
+    python bench/bench_pipeline.py --work WORK --portrait face.png --out $OUT/pipeline.json [--profile lowered|default]
         [--runs 3] [--set NODE.INPUT=VALUE ...] [--vram-mode low_vram] [--vram-cap-gib 8] [--comfy PATH]
+
+``WORK`` is a folder outside the repo (the models are built there once and reused, ComfyUI's sandbox too).
 
 ``--profile lowered`` keeps every model and resolution at full size but lowers the step counts so a
 run takes about a minute; ``default`` is ``workflows/api/full.json`` as shipped (the fast schedule of

@@ -2,9 +2,12 @@
 # Prepare the offline GPU machine for bench/bench_pipeline.py (a ComfyUI server run of the workflows).
 # Usage, from the repo root on the device, in two back-to-back calls (one call carries at most 64 MiB):
 #   call 1 (carry .wheels_extra): source bench/gpu_e2e_setup.sh   -> mediapipe, matplotlib, onnx, protobuf 6
-#   call 2 (carry .wheels .comfy .e2e): source bench/gpu_e2e_setup.sh  -> ComfyUI's wheels, kornia, the
-#          InsightFace stand-in (onnx export needs onnx, so it is built on the CPU machine and carried)
+#   call 2 (carry .wheels .comfy .e2e): source bench/gpu_e2e_setup.sh WORK  -> ComfyUI's wheels, kornia, the
+#          InsightFace stand-in (onnx export needs onnx, so it is built on the CPU machine and carried) copied
+#          into WORK/models/insightface; WORK is the folder later passed to bench_pipeline.py --work, outside
+#          the repo (the repo travels to the device on every call; the models there would not fit).
 # Installs persist while the machine stays held.
+E2E_WORK="${1:-}"
 if [ -d .wheels_extra ]; then
   python -m pip install -q --no-index --no-deps --force-reinstall .wheels_extra/*.whl 2>&1 | grep -v -i warn || true
 fi
@@ -14,7 +17,11 @@ fi
 if [ -d .e2e ]; then
   ls .e2e/*.whl >/dev/null 2>&1 && { python -m pip install -q --no-index --no-deps .e2e/*.whl 2>&1 | grep -v -i warn || true; }
   if [ -d .e2e/insightface ]; then
-    mkdir -p /tmp/e2e/models/insightface && cp -r .e2e/insightface/* /tmp/e2e/models/insightface/
+    if [ -z "$E2E_WORK" ]; then
+      echo "gpu_e2e_setup.sh: .e2e/insightface needs the bench work folder: source bench/gpu_e2e_setup.sh WORK" >&2
+    else
+      mkdir -p "$E2E_WORK/models/insightface" && cp -r .e2e/insightface/* "$E2E_WORK/models/insightface/"
+    fi
   fi
 fi
 export COMFYUI_PATH="${COMFYUI_PATH:-$PWD/.comfy/ComfyUI}" PYTHONUNBUFFERED=1

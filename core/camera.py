@@ -139,6 +139,12 @@ class Cameras:
         idx = [idx] if isinstance(idx, int) else idx
         return Cameras(self.cam2world[idx], self.fov[idx], self.height, self.width)
 
+    def first(self) -> "Cameras":
+        """The first camera alone (batch 1): a portrait's reference camera when a batch of them is wired."""
+        if len(self) == 0:
+            raise ValueError("no camera in this Cameras batch")
+        return self[:1]
+
     def to(self, device: torch.device | str) -> "Cameras":
         return Cameras(self.cam2world.to(device), self.fov.to(device), self.height, self.width)
 
@@ -228,6 +234,40 @@ def eg3d_frontal_label() -> torch.Tensor:
     """PanoHead/EG3D's frontal camera label [1,25]: radius 2.7 on +z, focal 4.2647."""
     fov = math.degrees(2 * math.atan(0.5 / EG3D_FOCAL))
     return Cameras.orbit(0.0, 0.0, EG3D_RADIUS, fov).eg3d_label()
+
+
+def framing_distance(radius: float, fov: float, margin: float = 1.0) -> float:
+    """Distance from a sphere's centre at which the sphere, enlarged by ``margin``, just fills a vertical
+    field of view of ``fov`` degrees (its tangent rays from the camera lie on the view's edges)."""
+    return margin * radius / math.sin(math.radians(fov) / 2)
+
+
+def preview_cameras(azimuths: int | Sequence[float] = 4, resolution: int = 256, distance: float = 3.8, fov: float = 40.0,
+                    elevation: float = 10.0, frame: torch.Tensor | None = None, margin: float = 1.1) -> Cameras:
+    """Orbit cameras for preview images of a head.
+
+    ``azimuths``: degrees, or a count n for n cameras evenly spaced from the front (0, 360/n, ... wrapped
+    to (-180, 180]). Without ``frame`` they orbit the origin at ``distance``; the defaults frame the
+    sculpting frame's head (largest |coordinate| 0.9: it fits at 3.8 and 40 degrees). ``frame``: vertices
+    [V,3] to frame instead: the cameras look at their bounding-box centre from the distance at which
+    their bounding sphere, enlarged by ``margin``, just fills the vertical field of view (``distance`` is
+    then unused).
+    """
+    if isinstance(azimuths, int):
+        if azimuths < 1:
+            raise ValueError(f"preview_cameras needs at least one camera, got {azimuths}")
+        az = torch.linspace(0, 360, azimuths + 1)[:-1]
+        az = torch.where(az > 180, az - 360, az)
+    else:
+        az = torch.as_tensor(list(azimuths), dtype=torch.float32)
+    if frame is None:
+        return Cameras.orbit(elevation, az, distance, fov, resolution)
+    v = frame.detach().float().reshape(-1, 3).cpu()
+    if v.shape[0] == 0:
+        raise ValueError("preview_cameras cannot frame an empty vertex set")
+    centre = (v.min(0).values + v.max(0).values) / 2
+    radius = float((v - centre).norm(dim=-1).max())
+    return Cameras.orbit(elevation, az, framing_distance(radius, fov, margin), fov, resolution, target=centre.tolist())
 
 
 # ---------------------------------------------------------------------- normals between frames

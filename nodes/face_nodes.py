@@ -13,7 +13,8 @@ from comfy_api.latest import io
 
 import folder_paths
 
-from ..core.face.align import align_landmarks_to_mesh, preview_cameras
+from ..core.camera import preview_cameras
+from ..core.face.align import align_landmarks_to_mesh
 from ..core.face.detect import INSIGHTFACE_MODEL_NAMES, SAME_PERSON_THRESHOLD, face_id_from_photos, load_face_analysis
 from ..core.face.landmarks import detect_landmarks
 from .common import core_to_image, model_folder, model_path
@@ -188,10 +189,9 @@ class LandmarkRender(io.ComfyNode):
     def execute(cls, image: torch.Tensor, head_mesh, reference_camera, face_index: int, preview_resolution: int,
                 landmarker_model: str = NO_TASK, occlusion: bool = False) -> io.NodeOutput:
         lm2d = detect_landmarks(image, face_index=face_index, model_path=landmarker_model_path(landmarker_model))
-        cam = reference_camera[0] if len(reference_camera) > 1 else reference_camera
-        lm3d = align_landmarks_to_mesh(lm2d, head_mesh, cam)
+        lm3d = align_landmarks_to_mesh(lm2d, head_mesh, reference_camera.first())
         lm3d.occlusion = bool(occlusion)
-        cams = preview_cameras(head_mesh, PREVIEW_AZIMUTHS, resolution=preview_resolution)
+        cams = preview_cameras(PREVIEW_AZIMUTHS, preview_resolution, fov=30.0, elevation=0.0, frame=head_mesh.vertices)
         preview = lm3d.draw(cams)
         info = f"{lm2d.log}; {lm3d.log}; hints: {'occluded landmarks hidden (not the authors)' if occlusion else 'all contours on front/side views (authors)'}"
         return io.NodeOutput(lm3d, core_to_image(preview), info)

@@ -65,7 +65,7 @@ class GeoSupervision(io.ComfyNode):
     def execute(cls, portrait: torch.Tensor, reference_camera, normal_map: torch.Tensor, depth_map: torch.Tensor,
                 head_mask=None, face_mask=None, landmarks=None, depth_convention: str = "near_is_bright",
                 head_mask_source: str = "portrait") -> io.NodeOutput:
-        cam = reference_camera[0] if len(reference_camera) > 1 else reference_camera
+        cam = reference_camera.first()
         lm2d = None
         extra = ""
         if face_mask is None or head_mask is None:  # the face oval feeds both estimated masks

@@ -2,15 +2,13 @@
 its per-call switches: nodes/engines/id_patch.py)."""
 from __future__ import annotations
 
-import os
-
 import torch
 from comfy_api.latest import io
 
 import folder_paths
 
 from ..core.face.id_adapter import IDAdapter, load_id_adapter
-from .common import model_path
+from .common import model_folder, model_path
 from .engines.id_patch import apply_id_adapter
 from .engines.vram import module_tensors
 from .types import FACE_ID, ID_ADAPTER
@@ -19,18 +17,8 @@ from .validation import known, verdict
 IPADAPTER_FOLDER = "ipadapter"
 
 
-def _ensure_ipadapter_folder() -> None:
-    """Register models/ipadapter like IPAdapter_plus does (if that pack is absent)."""
-    default = os.path.join(folder_paths.models_dir, IPADAPTER_FOLDER)
-    if IPADAPTER_FOLDER in folder_paths.folder_names_and_paths:
-        paths, exts = folder_paths.folder_names_and_paths[IPADAPTER_FOLDER]
-        paths = list(paths) + ([default] if default not in paths else [])
-        folder_paths.folder_names_and_paths[IPADAPTER_FOLDER] = (paths, set(exts) | set(folder_paths.supported_pt_extensions))
-    else:
-        folder_paths.folder_names_and_paths[IPADAPTER_FOLDER] = ([default], set(folder_paths.supported_pt_extensions))
-
-
-_ensure_ipadapter_folder()
+# Register models/ipadapter as IPAdapter_plus does (if that pack is absent): its folder, any extension torch loads.
+model_folder(IPADAPTER_FOLDER, set(folder_paths.supported_pt_extensions))
 
 
 def face_embedding(face_id) -> torch.Tensor:

@@ -115,7 +115,7 @@ class SaveHead(io.ComfyNode):
         head = head.detach().to("cpu")
         glb = head.save(os.path.join(full_folder, base + ".glb"))
         if reference_camera is not None:
-            cam = reference_camera[0] if len(reference_camera) > 1 else reference_camera
+            cam = reference_camera.first()
             label = [round(float(x), 7) for x in cam.eg3d_label()[0].tolist()]
             write_glb_extras(glb, {REFERENCE_CAMERA_EXTRA: {"eg3d_label": label, "height": cam.height, "width": cam.width}})
         results = [{"filename": os.path.basename(glb), "subfolder": subfolder, "type": "output"}]

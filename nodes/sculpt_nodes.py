@@ -8,7 +8,8 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..core.sculpt import RandomViewRanges, SculptConfig, preview_cameras, render_previews, sculpt, step_schedule
+from ..core.camera import preview_cameras
+from ..core.sculpt import RandomViewRanges, SculptConfig, render_previews, sculpt, step_schedule
 from .common import progress_callbacks
 from .engines.vram import check_mode, graphs_allowed, sculpt_profile_folder, stage, vram_mode_input
 from .types import CAMERA, GAN_VIEWS, HEAD_MESH, ISD_GUIDANCE, REFERENCE_GEOMETRY

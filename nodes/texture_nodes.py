@@ -55,7 +55,7 @@ def _reference(image, camera, mask) -> Optional[ReferenceView]:
     if not isinstance(camera, Cameras):
         raise ValueError(f"reference_camera must be an IDSCULPT_CAMERA (core Cameras), got {type(camera).__name__}")
     img = image_to_core(image)[0]
-    cam = camera[0] if len(camera) > 1 else camera
+    cam = camera.first()
     m = None if mask is None else mask.reshape(-1, *mask.shape[-2:])[0].float().clone()
     return ReferenceView(img, cam, m)
 

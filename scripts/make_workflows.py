@@ -11,7 +11,7 @@ its template browser, so the API twins and the ``/object_info`` snapshot live in
                                                            # (or a stray .json sits in workflows/ beside the UI files)
     python scripts/make_workflows.py --refresh-object-info # re-read /object_info from a headless ComfyUI first
         [--comfyui /path/to/ComfyUI] [--python /path/to/comfy/python]
-    python scripts/make_workflows.py --quick geometry [--template] --quick-out /tmp/geometry_quick_api.json
+    python scripts/make_workflows.py --quick geometry [--template] --quick-out geometry_quick_api.json
         # an API twin with steps/resolutions lowered (QUICK_TEST) for a smoke run, e.g. with run_pipeline.py
 
 Why a snapshot: the UI format stores widget values by position (``widgets_values``) and sockets by
@@ -812,10 +812,14 @@ def snapshot_entry(spec: dict) -> dict:
     return keep
 
 
-def refresh_snapshot(comfy_path: str, python: Optional[str]) -> dict:
+def refresh_snapshot(comfy_path: Optional[str], python: Optional[str]) -> dict:
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import comfy_harness as ch
 
+    comfy_path = comfy_path or ch.find_comfyui()  # COMFYUI_PATH, else the ComfyUI this pack is installed in
+    if comfy_path is None:
+        raise SystemExit("--refresh-object-info needs a ComfyUI checkout: pass --comfyui /path/to/ComfyUI or set "
+                         "COMFYUI_PATH (or install this pack under <ComfyUI>/custom_nodes)")
     py = python or ch.find_comfy_python(comfy_path)
     root = tempfile.mkdtemp(prefix="idsculpt_wf_")
     try:
@@ -875,7 +879,8 @@ def _old_layout(fname: str) -> bool:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--refresh-object-info", action="store_true", help="re-read /object_info from a headless ComfyUI first")
-    ap.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", "/work/ComfyUI"), help="ComfyUI checkout (for --refresh-object-info)")
+    ap.add_argument("--comfyui", default=None, help="ComfyUI checkout for --refresh-object-info (default: COMFYUI_PATH, "
+                    "else the ComfyUI this pack is installed in)")
     ap.add_argument("--python", default=None, help="ComfyUI's Python (default: found like the test harness does)")
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 when a workflow file is out of date")
     ap.add_argument("--out", default=WORKFLOW_DIR, help="output folder (default workflows/)")

@@ -2,7 +2,9 @@ import math
 
 import torch
 
-from idsculpt.core.camera import EG3D_FOCAL, Cameras, eg3d_frontal_label
+import pytest
+
+from idsculpt.core.camera import EG3D_FOCAL, Cameras, eg3d_frontal_label, preview_cameras
 
 
 def test_orbit_front_camera_axes():
@@ -56,3 +58,36 @@ def test_rays_hit_projected_pixels():
     px = cams.project(p[None])[0, 0]
     assert torch.allclose(px, torch.tensor([40.5, 20.5]), atol=1e-3)
     assert math.isclose(float(cams.focal_normalized()[0]), 0.5 / math.tan(math.radians(15)), rel_tol=1e-6)
+
+
+def test_preview_cameras_evenly_spaced_around_the_origin():
+    """A count n gives azimuths 0, 360/n, ... wrapped to (-180, 180], at the given distance and elevation."""
+    cams = preview_cameras(4, 64, distance=2.0, fov=40.0, elevation=30.0)
+    el, d = math.radians(30.0), 2.0
+    expected = torch.tensor([[0.0, d * math.sin(el), d * math.cos(el)], [d * math.cos(el), d * math.sin(el), 0.0],
+                             [0.0, d * math.sin(el), -d * math.cos(el)], [-d * math.cos(el), d * math.sin(el), 0.0]])
+    assert torch.allclose(cams.position, expected, atol=1e-5)
+    assert (cams.height, cams.width) == (64, 64) and torch.allclose(cams.fov, torch.full((4,), 40.0))
+    # every camera looks at the origin: it projects to the image centre
+    assert torch.allclose(cams.project(torch.zeros(1, 3))[..., :2], torch.full((4, 1, 2), 32.0), atol=1e-4)
+
+
+def test_preview_cameras_frame_vertices():
+    """With ``frame``: look at the bounding-box centre from margin * radius / sin(fov / 2)."""
+    centre = torch.tensor([0.3, -0.2, 0.5])
+    verts = centre + torch.tensor([[1.0, 0, 0], [-1.0, 0, 0], [0, 0.5, 0], [0, -0.5, 0], [0, 0, 0.25], [0, 0, -0.25]])
+    cams = preview_cameras([0.0, 90.0], 32, fov=30.0, elevation=0.0, frame=verts, margin=1.1)
+    dist = 1.1 * 1.0 / math.sin(math.radians(15.0))
+    assert torch.allclose(cams.position, centre + torch.tensor([[0.0, 0.0, dist], [dist, 0.0, 0.0]]), atol=1e-4)
+    assert torch.allclose(cams.project(centre[None])[..., :2], torch.full((2, 1, 2), 16.0), atol=1e-4)
+    with pytest.raises(ValueError, match="empty"):
+        preview_cameras([0.0], 32, frame=torch.zeros(0, 3))
+
+
+def test_first_camera_of_a_batch():
+    cams = Cameras.orbit(0.0, [10.0, 20.0, 30.0], 2.7)
+    first = cams.first()
+    assert len(first) == 1 and torch.equal(first.cam2world, cams.cam2world[:1])
+    assert torch.equal(cams[:1].first().cam2world, cams.cam2world[:1])
+    with pytest.raises(ValueError, match="no camera"):
+        cams[[]].first()

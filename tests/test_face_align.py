@@ -15,8 +15,8 @@ import pytest
 import torch
 import trimesh
 
-from idsculpt.core.camera import EG3D_FOCAL, EG3D_RADIUS, Cameras
-from idsculpt.core.face.align import align_landmarks_to_mesh, preview_cameras
+from idsculpt.core.camera import EG3D_FOCAL, EG3D_RADIUS, Cameras, preview_cameras
+from idsculpt.core.face.align import align_landmarks_to_mesh
 from idsculpt.core.face.raycast import pixel_rays, raycast, raycast_bruteforce
 from idsculpt.core.face.similarity import ransac_similarity, umeyama
 from idsculpt.core.face.landmark_image import GROUP_COLORS_BGR, GROUP_COLORS_RGB, PUPIL_COLORS_RGB, draw_landmark_image
@@ -241,7 +241,7 @@ def _count(img: np.ndarray, color) -> int:
 def test_landmark_images_at_six_azimuths(synthetic, output_dir):
     mesh, cam, _, lm = synthetic
     l3 = align_landmarks_to_mesh(lm, mesh, cam)
-    cams = preview_cameras(mesh, AZIMUTHS, resolution=RES)
+    cams = preview_cameras(AZIMUTHS, RES, fov=30.0, elevation=0.0, frame=mesh.vertices)
     ims = (l3.draw(cams).numpy() * 255).round().astype(np.uint8)
     assert ims.shape == (6, RES, RES, 3)
     for az, im in zip(AZIMUTHS, ims):
@@ -276,7 +276,7 @@ def test_side_and_back_hints_as_the_authors_draw_them(synthetic):
     far (right) eye is behind the head, yet drawn; the occlusion option removes it."""
     mesh, cam, _, lm = synthetic
     l3 = align_landmarks_to_mesh(lm, mesh, cam)
-    cams = preview_cameras(mesh, (80.0, 100.0), resolution=RES)
+    cams = preview_cameras((80.0, 100.0), RES, fov=30.0, elevation=0.0, frame=mesh.vertices)
     ims = (l3.draw(cams).numpy() * 255).round().astype(np.uint8)
     oval, reye, leye = GROUP_COLORS_RGB["face_oval"], GROUP_COLORS_RGB["right_eye"], GROUP_COLORS_RGB["left_eye"]
     side, behind = ims

@@ -13,7 +13,7 @@ HEAVY = {"insightface", "onnxruntime", "mediapipe", "kornia", "spandrel", "dlib"
          "nvdiffrast", "xatlas", "trimesh", "scipy", "skimage", "facexlib", "triton", "lpips", "clip"}
 #: module-level calls allowed: registering model folders with ComfyUI (dictionary updates the node schemas read)
 #: and filling a constant table
-ALLOWED_CALLS = {("nodes/common.py", "model_folder"), ("nodes/id_adapter_nodes.py", "_ensure_ipadapter_folder"),
+ALLOWED_CALLS = {("nodes/common.py", "model_folder"), ("nodes/id_adapter_nodes.py", "model_folder"),
                  ("core/dependencies.py", "PIP_NAMES.update")}
 #: a module that is itself imported lazily (walk_triton imports it inside a function)
 LAZY_MODULES = {"core/render/_walk_kernel.py"}

@@ -276,9 +276,10 @@ def test_own_downloader_resumes_with_a_range_request(tmp_path, sources):
     assert gets[0] is None and gets[1] == f"bytes={len(data) // 2}-"
 
 
-def test_plain_http_is_refused_for_remote_hosts():
+def test_plain_http_is_refused_for_remote_hosts(tmp_path):
     with pytest.raises(installer.InstallError, match="HTTPS only"):
-        installer.download_url("http://example.org/x.bin", "/tmp/never.part")
+        installer.download_url("http://example.org/x.bin", str(tmp_path / "never.part"))
+    assert not (tmp_path / "never.part").exists()
 
 
 @pytest.mark.parametrize("top_folder", [False, True])

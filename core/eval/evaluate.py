@@ -79,7 +79,7 @@ def resolve_reference_camera(reference: Any, height: int, width: int) -> Cameras
     if reference is None:
         cams = Cameras.from_eg3d_label(eg3d_frontal_label())
     elif isinstance(reference, Cameras):
-        cams = reference[0] if len(reference) > 1 else reference
+        cams = reference.first()
     else:
         if isinstance(reference, str):
             txt = reference.replace("[", " ").replace("]", " ").replace(",", " ").split()

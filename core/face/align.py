@@ -221,16 +221,6 @@ def _zbuffer_hidden(cameras: Cameras, px: torch.Tensor, depth: torch.Tensor, dis
     return inside & (z > 0) & (z < depth - tol * depth / dist.clamp_min(1e-12))
 
 
-def preview_cameras(mesh: HeadMesh, azimuths=(0.0, 45.0, -45.0, 90.0, -90.0, 180.0), resolution: int = 512,
-                    fov: float = 30.0, elevation: float = 0.0) -> Cameras:
-    """Orbit cameras around the mesh's bounding-box centre that frame the whole head."""
-    lo, hi = mesh.vertices.detach().min(0).values, mesh.vertices.detach().max(0).values
-    centre = (lo + hi) / 2
-    radius = float((mesh.vertices.detach() - centre).norm(dim=-1).max())
-    dist = 1.1 * radius / math.sin(math.radians(fov) / 2)
-    return Cameras.orbit(elevation, list(azimuths), dist, fov, resolution, target=centre.tolist())
-
-
 def _nearest_vertex_normals(points: torch.Tensor, mesh: HeadMesh) -> torch.Tensor:
     vn = mesh.vertex_normals().detach().cpu()
     v = mesh.vertices.detach().float().cpu()

@@ -31,7 +31,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..camera import Cameras, look_at
+from ..camera import Cameras, framing_distance, look_at
 from ..dmtet.sdf_init import axis_rotation
 from ..face.raycast import pixel_rays, raycast
 from ..face.similarity import umeyama
@@ -67,8 +67,7 @@ class MeshPlacement:
 # --------------------------------------------------------------------------------------- rendering
 def _framing_camera(centre: torch.Tensor, radius: float, resolution: int) -> Cameras:
     """A camera on the +z side of ``centre`` looking along -z whose view holds a sphere of ``radius``."""
-    dist = 1.05 * radius / math.sin(math.radians(RENDER_FOV) / 2)
-    eye = (centre + torch.tensor([0.0, 0.0, dist]))[None]
+    eye = (centre + torch.tensor([0.0, 0.0, framing_distance(radius, RENDER_FOV, margin=1.05)]))[None]
     return Cameras(look_at(eye, centre[None]), torch.tensor([RENDER_FOV]), resolution, resolution)
 
 
@@ -204,7 +203,7 @@ def portrait_points_3d(landmarks_px: np.ndarray | torch.Tensor, camera: Cameras)
     ``camera``: weak perspective at the camera's distance to the world origin (PanoHead's head centre,
     MediaPipe's depth origin), z added along the ray."""
     lm = torch.as_tensor(np.asarray(landmarks_px), dtype=torch.float32)
-    cam = camera[0] if len(camera) > 1 else camera
+    cam = camera.first()
     depth0 = float(cam.to_camera(torch.zeros(1, 3))[0, 0, 2])
     f = float(cam.focal_pixels()[0])
     z = depth0 * (1.0 + lm[:, 2] / f)
@@ -219,7 +218,7 @@ def fit_similarity_to_portrait(mesh_points: torch.Tensor, valid: torch.Tensor, p
     by ``camera``: a Umeyama fit to the portrait's landmarks lifted to 3D, refined by Levenberg-Marquardt on
     the reprojection error (pixels / image height) with a weak prior holding the landmarks' mean depth
     (``depth_prior`` per unit of depth, against residuals in image heights). Returns (s, R, t, report)."""
-    cam = camera[0] if len(camera) > 1 else camera
+    cam = camera.first()
     cam = Cameras(cam.cam2world.double(), cam.fov.double(), cam.height, cam.width)
     lm = torch.as_tensor(np.asarray(portrait_px), dtype=torch.float64)
     src = mesh_points[valid].double()
@@ -291,7 +290,7 @@ def place_mesh(mesh: HeadMesh, portrait_landmarks: np.ndarray, camera: Cameras, 
     found = find_mesh_landmarks(oriented, up, front, resolution, model_path, backend, device)
     s, rot, t, report = fit_similarity_to_portrait(found.points, found.valid, lm, camera)
     log = found.log
-    cam = camera[0] if len(camera) > 1 else camera
+    cam = camera.first()
     for k in range(refine_passes):
         # analysis by synthesis: MediaPipe puts some landmarks where the view decides (the face oval on the
         # silhouette, the eyes' and lips' contours of a turned face), so the mesh's landmarks are found again

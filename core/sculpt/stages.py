@@ -25,7 +25,7 @@ from typing import Callable, Optional, Protocol, runtime_checkable
 
 import torch
 
-from ..camera import Cameras
+from ..camera import Cameras, preview_cameras
 from ..dmtet import (DMTetGeometry, TetGrid, laplacian_loss, mesh_edges, mesh_sdf_on_grid, normal_consistency_loss,
                      normalize_mesh)
 from ..dmtet.sdf_init import NORMALISED_HEAD_EXTENT, MeshNormalization
@@ -148,13 +148,6 @@ class SculptResult:
     # first step ("first_ms": kernel compiles and builds on first use, CUDA graph captures); the median is
     # the steady step.
     step_ms: dict = field(default_factory=dict)
-
-
-def preview_cameras(n: int = 4, resolution: int = 256, distance: float = 3.8, fov: float = 40.0, elevation: float = 10.0) -> Cameras:
-    """n orbit cameras around the normalised head (largest |coordinate| 0.9: it fits at 3.8 and 40°)."""
-    az = torch.linspace(0, 360, n + 1)[:-1]
-    az = torch.where(az > 180, az - 360, az)
-    return Cameras.orbit(elevation, az, distance, fov, resolution)
 
 
 def render_previews(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras) -> torch.Tensor:
