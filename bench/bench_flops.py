@@ -226,7 +226,7 @@ def call_structure(workflow: dict) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
 
     isd, inpaint, refine, ksampler = workflow["isd"], workflow["inpaint"], workflow["refine"], workflow["reference_geometry"]
-    for n in sorted({workflow["sculpt"]["guidance_views"], 4}):
+    for n in sorted({workflow["sculpt"]["guidance_views"], 1, 4}):  # both the fast default (4) and the paper (1)
         g, cams, image = isd_setup(model, pos, neg, vae, control, FixedHints(n, res, dev), n, res, dev)
         g.config.cfg = isd["cfg"]
         # the ISD encodes through its own copy of the VAE encoder (made on first use by deep copy, so

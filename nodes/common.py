@@ -6,6 +6,8 @@ so every node drives the UI progress bar and honours the Cancel button the same 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from typing import Optional
 
@@ -62,6 +64,37 @@ def progress_callbacks(total: int) -> tuple:
     """``(progress, interrupt)`` for a core function with ``total`` steps."""
     p = ComfyProgress(total)
     return p.progress, p.interrupt
+
+
+# --------------------------------------------------------------------------- trainable copies
+def trainable(value, into: Optional[torch.nn.Module] = None):
+    """A copy of a ComfyUI value that an optimisation may use: the one way out of inference mode.
+
+    ComfyUI runs nodes under ``torch.inference_mode()``, so the tensors other nodes hand over are inference
+    tensors, which autograd refuses to save. Tensors are cloned (outside inference mode) through nested
+    dataclasses (HeadMesh, GanViews, ReferenceGeometry, Cameras), dicts, lists and tuples; anything else is
+    returned as is. A module is copied into ``into`` (a fresh instance of its architecture) through its state
+    dict. The caller's value is never changed (no node mutates another node's output).
+    """
+    with torch.inference_mode(False):
+        if isinstance(value, torch.nn.Module):
+            if into is None:
+                raise ValueError("trainable(module) needs a fresh module to copy the weights into")
+            into.load_state_dict({k: v.detach().clone() for k, v in value.state_dict().items()}, strict=True)
+            return into
+        return _cloned(value)
+
+
+def _cloned(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().clone()
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.replace(x, **{f.name: _cloned(getattr(x, f.name)) for f in dataclasses.fields(x) if f.init})
+    if isinstance(x, dict):
+        return {k: _cloned(v) for k, v in x.items()}
+    if type(x) in (list, tuple):  # plain ones (a namedtuple keeps its fields as they are)
+        return type(x)(_cloned(v) for v in x)
+    return x
 
 
 # --------------------------------------------------------------------------- images

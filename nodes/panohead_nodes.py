@@ -19,11 +19,11 @@ from ..core.panohead.invert import InversionConfig
 from ..core.panohead.perceptual import VGG16Perceptual, load_vgg16
 from ..core.panohead.pipeline import run_stage1
 from ..core.panohead.triplane import TriPlaneGenerator, build_generator
-from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core, model_files, model_path
+from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core, model_files, model_path, trainable
 from .face_nodes import NO_TASK, landmarker_model_input, landmarker_model_path
 from .perceptual import AUTO, lpips_weights_input, resolve_lpips_weights
 from .types import CAMERA, FACE_ID, GAN_VIEWS, HEAD_MESH, PANOHEAD
-from .engines.vram import graphs_allowed, module_tensors, stage, vram_mode_input
+from .engines.vram import graphs_allowed, module_tensors, optimisation_stage, vram_mode_input
 from .validation import UNCONNECTED, connected, known, verdict
 
 log = logging.getLogger("IDSculpt")
@@ -63,12 +63,6 @@ def _weights(ext: tuple[str, ...]) -> list[str]:
         return [f for f in model_files(IDSCULPT_FOLDER) if f.lower().endswith(ext)]
     except Exception:  # folder missing: the Combo still shows the 'none' choice
         return []
-
-
-def _trainable_copy(module: torch.nn.Module, fresh: torch.nn.Module) -> torch.nn.Module:
-    """Tensors loaded under ComfyUI's inference_mode can't be trained: clone them outside it."""
-    fresh.load_state_dict({k: v.detach().clone() for k, v in module.state_dict().items()}, strict=True)
-    return fresh
 
 
 def _find(key: str) -> tuple[Optional[str], list[str]]:
@@ -273,15 +267,15 @@ class PanoHeadInvert(io.ComfyNode):
                                  face_box=face_id_box(face_id, image.shape[:2]))
         device = mm.get_torch_device()
         bar = ComfyProgress((w_steps + pti_steps + 20) if use_gan else 1)
-        with stage("PanoHead Invert", vram_mode), torch.inference_mode(False), torch.enable_grad():
+        with optimisation_stage("PanoHead Invert", vram_mode):
             g = vgg = None
             if use_gan:
                 src = panohead.generator
-                g = _trainable_copy(src, build_generator(src.init_kwargs))
+                g = trainable(src, into=build_generator(src.init_kwargs))
                 g.neural_rendering_resolution = src.neural_rendering_resolution
                 g.rendering_kwargs = dict(src.rendering_kwargs)
                 g = g.to(device).eval()
-                vgg = _trainable_copy(panohead.perceptual, VGG16Perceptual()).to(device).eval()
+                vgg = trainable(panohead.perceptual, into=VGG16Perceptual()).to(device).eval()
                 vgg.has_lpips_heads = panohead.perceptual.has_lpips_heads
             cfg = InversionConfig(w_steps=w_steps, pti_steps=pti_steps, seed=seed, cuda_graphs=graphs_allowed(cuda_graphs, vram_mode))
             try:

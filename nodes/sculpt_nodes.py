@@ -2,33 +2,18 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 
-import torch
 from comfy_api.latest import io
 
 from ..core.camera import preview_cameras
 from ..core.sculpt import RandomViewRanges, SculptConfig, render_previews, sculpt, step_schedule
-from .common import progress_callbacks
-from .engines.vram import check_mode, graphs_allowed, sculpt_profile_folder, stage, vram_mode_input
+from .common import progress_callbacks, trainable
+from .engines.vram import check_mode, graphs_allowed, optimisation_stage, sculpt_profile_folder, vram_mode_input
 from .types import CAMERA, GAN_VIEWS, HEAD_MESH, ISD_GUIDANCE, REFERENCE_GEOMETRY
 from .validation import known, verdict
 
 log = logging.getLogger("IDSculpt")
-
-
-def _fresh(x):
-    """A deep copy of the tensors inside (nested) dataclasses, made outside inference mode: tensors
-    from other nodes are inference tensors and cannot take part in an optimisation."""
-    if isinstance(x, torch.Tensor):
-        return x.clone()
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return dataclasses.replace(x, **{f.name: _fresh(getattr(x, f.name)) for f in dataclasses.fields(x) if f.init})
-    if isinstance(x, dict):
-        return {k: _fresh(v) for k, v in x.items()}
-    return x
-
 
 
 def guidance_for_mode(guidance, vram_mode: str):
@@ -152,9 +137,9 @@ class DMTetSculpt(io.ComfyNode):
         )
         progress, interrupt = progress_callbacks(steps)
         guidance = guidance_for_mode(guidance, vram_mode)
-        with stage("DMTet Sculpt", vram_mode) as record, torch.inference_mode(False), torch.enable_grad():
-            mesh = _fresh(head_mesh).to(device)
-            result = sculpt(mesh, _fresh(gan_views), _fresh(reference_geometry), guidance, cfg, progress=progress,
+        with optimisation_stage("DMTet Sculpt", vram_mode) as record:
+            mesh = trainable(head_mesh).to(device)
+            result = sculpt(mesh, trainable(gan_views), trainable(reference_geometry), guidance, cfg, progress=progress,
                             interrupt=interrupt, device=device)
             record["step_ms"] = result.step_ms  # per step kind: where the stage's time goes (bench_pipeline)
             log.info("IDSculpt DMTet Sculpt: %s", ", ".join(f"{k} steps {v['steps']} x {v['mean_ms']:.1f} ms (median "

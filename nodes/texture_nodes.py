@@ -35,10 +35,10 @@ from ..core.texture import (
 from ..core.texture.deblur import deblur_texture
 from .perceptual import load_perceptual, lpips_weights_input, texture_perceptual
 from .upscale import comfy_upscaler
-from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core, model_files
+from .common import IDSCULPT_FOLDER, ComfyProgress, core_to_image, image_to_core, model_files, trainable
 from .engines.cuda_graphs import cuda_graphs_input
 from .engines.sampling import ComfyDenoiser, ComfyInpainter, ComfySampling
-from .engines.vram import graphs_allowed, stage, vram_mode_input
+from .engines.vram import graphs_allowed, optimisation_stage, vram_mode_input
 from .types import CAMERA, HEAD_MESH
 from .validation import UNCONNECTED, both_or_neither, known, verdict
 from .view_prompts import view_conditioning, view_conditioning_inputs
@@ -63,7 +63,7 @@ def _reference(image, camera, mask) -> Optional[ReferenceView]:
 def _device_mesh(head: HeadMesh) -> HeadMesh:
     if not isinstance(head, HeadMesh):
         raise ValueError(f"head must be an IDSCULPT_HEAD_MESH, got {type(head).__name__}")
-    return head.detach().to(comfy.model_management.get_torch_device())
+    return trainable(head).to(comfy.model_management.get_torch_device())
 
 
 def _check_head_frame(head: HeadMesh, node: str) -> Optional[str]:
@@ -202,7 +202,7 @@ class ProgressiveInpaint(io.ComfyNode):
         sampling.on_step = sampler_step
 
         try:
-            with stage("Progressive Inpaint", vram_mode), torch.inference_mode(False):
+            with optimisation_stage("Progressive Inpaint", vram_mode):
                 result = progressive_inpaint(mesh, ComfyInpainter(sampling, denoise), plan, reference, config, size, progress, bar.interrupt)
         finally:
             sampling.close()
@@ -273,7 +273,7 @@ class TextureRefine(io.ComfyNode):
         config = RefineConfig(refine_steps=refine_steps, learning_rate=learning_rate, t_range=(t_min, t_max), resolution=resolution, seed=seed)
         bar = ComfyProgress(max(refine_steps, 1), preview_size=resolution)
         try:
-            with stage("Texture Refine", vram_mode), torch.inference_mode(False):
+            with optimisation_stage("Texture Refine", vram_mode):
                 result = refine_texture(mesh, ComfyDenoiser(sampling), reference, config, perceptual, bar.progress, bar.interrupt)
         finally:
             sampling.close()

@@ -18,14 +18,20 @@ if BENCH not in sys.path:
 import _projection as proj  # noqa: E402
 
 WORKFLOW = os.path.join(ROOT, "workflows", "api", "full.json")
+#: the paper's schedule (one view per ISD step): the known-number tests below are written for it
+PAPER_WORKFLOW = os.path.join(ROOT, "workflows", "api", "full_paper.json")
 
 
-def test_default_counts_are_the_methods_step_counts() -> None:
+def test_default_counts_are_the_shipped_schedules_step_counts() -> None:
+    # full.json, the fast schedule: 500 + 500 inversion, 1500 sculpt steps (250 GAN views, then reference / ISD
+    # alternating, 4 views per ISD step), 15 inpainted views, 400 refine steps, two reference KSamplers
     counts = proj.default_counts(proj.workflow_settings(WORKFLOW))
-    # 500 + 500 inversion, 6000 sculpt steps (1000 GAN views, then reference / ISD alternating),
-    # 15 inpainted views, 400 refine steps (random / reference alternating), two reference KSamplers
-    assert counts == {"panohead_w": 500, "panohead_pti": 500, "reference_geometry": 2, "stage_a": 1000, "reference": 2500,
-                      "isd": 2500, "isd_views": 1, "inpaint_views": 15, "refine_random": 200, "refine_reference": 200}
+    assert counts == {"panohead_w": 500, "panohead_pti": 500, "reference_geometry": 2, "stage_a": 250, "reference": 625,
+                      "isd": 625, "isd_views": 4, "inpaint_views": 15, "refine_random": 200, "refine_reference": 200}
+    # full_paper.json, the paper's: 6000 sculpt steps (1000 GAN views), one view per ISD step
+    paper = proj.default_counts(proj.workflow_settings(os.path.join(ROOT, "workflows", "api", "full_paper.json")))
+    assert paper == {"panohead_w": 500, "panohead_pti": 500, "reference_geometry": 2, "stage_a": 1000, "reference": 2500,
+                     "isd": 2500, "isd_views": 1, "inpaint_views": 15, "refine_random": 200, "refine_reference": 200}
 
 
 def test_odd_step_counts_follow_the_schedules() -> None:
@@ -54,7 +60,7 @@ def _results() -> dict:
 
 
 def test_step_rows_known_numbers() -> None:
-    counts = proj.default_counts(proj.workflow_settings(WORKFLOW))
+    counts = proj.default_counts(proj.workflow_settings(PAPER_WORKFLOW))
     rates = proj.card_rates({"device": "card", "matmul_tflops": {"bf16": 800.0, "fp16": 790.0, "tf32": 400.0}}, None, "")
     assert (rates["half"], rates["fp32"]) == (800.0, 400.0)
     server = {"DMTet Sculpt": {"seconds": 300.0, "peak_mib": 4000.0,
@@ -120,7 +126,8 @@ def test_run_all_renders_the_table_from_one_file_per_stage(tmp_path) -> None:
     (out / "pipeline_default.stages.jsonl").write_text(json.dumps({"stage": "DMTet Sculpt", "seconds": 300.0, "peak_mib": 4000.0}) + "\n")
     perf = tmp_path / "PERFORMANCE.md"
     perf.write_text("# Performance\n\n" + proj.MARK_BEGIN + "\nold\n" + proj.MARK_END + "\n\n## Later\n")
-    _run_all(["--report-only", "--out-dir", str(out), "--performance", str(perf), "--stages", "card,panohead,sculpt,isd,texture,flops"])
+    _run_all(["--report-only", "--out-dir", str(out), "--performance", str(perf), "--stages", "card,panohead,sculpt,isd,texture,flops",
+              "--workflow", PAPER_WORKFLOW])
     doc = perf.read_text()
     assert "old" not in doc and doc.endswith("## Later\n") and "Card: Test Card" in doc
     assert "| DMTet Sculpt | ISD step (1 view) | 2,500 | 50.0 |" in doc  # graphed 40 + the sculpt's render part 10

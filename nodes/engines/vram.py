@@ -253,3 +253,11 @@ def stage(name: str, mode: str = "offload") -> Iterator[dict]:
             except OSError as e:
                 log.warning("IDSculpt: cannot append to %s=%s: %s", LOG_ENV, path, e)
 
+
+
+@contextlib.contextmanager
+def optimisation_stage(name: str, mode: str = "offload") -> Iterator[dict]:
+    """``stage`` for a stage that optimises: outside ComfyUI's inference mode, with gradients on. The one
+    context every training node runs in (its inputs enter through ``nodes.common.trainable``)."""
+    with stage(name, mode) as record, torch.inference_mode(False), torch.enable_grad():
+        yield record
