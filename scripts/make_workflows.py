@@ -675,7 +675,7 @@ def build_full(name: str = "full", texture_ckpt: str = TEXTURE_SD15, style: Opti
 
 def build_full_paper() -> Workflow:
     """``full`` at the paper's step schedule (core/schedules.py PAPER: 6000 sculpt steps with one view per ISD step):
-    the authors' run, ~1.5x the default's time."""
+    the authors' run (four times the sculpt steps)."""
     return build_full("full_paper", description="ID-Sculpt end to end at the paper's step schedule (the authors' run; "
                       "the default full workflow spreads the same ISD views over fewer steps)", schedule=SCHEDULES.PAPER)
 
