@@ -328,10 +328,10 @@ class ComfyNoisePredictor:
     def _predict(self, x: torch.Tensor, sigma: torch.Tensor, views: ViewBatch) -> NoisePrediction:
         """Batches the views into as few UNet calls as their prompts allow.
 
-        Views that need the "ID off" row (``views.cond_no_id``) and views that don't run in separate
-        calls, so the extra row is computed only where asked for; within each, views with different
-        prompts share one call when their token lengths match (row-wise cross_attn), else one call per
-        (positive, negative) pair."""
+        One view: it runs with the "ID off" row only when ``views.cond_no_id`` asks for it. Several views:
+        all run with it, so the step is one call of one shape. Views with different prompts share one call
+        when their token lengths match (row-wise cross_attn), else one call per (positive, negative) pair.
+        A view that did not ask gets ``cond`` as its ``cond_no_id`` (ID is off there already)."""
         st = self._state
         dev = st["device"]
         x = x.to(dev, torch.float32)
@@ -346,7 +346,7 @@ class ComfyNoisePredictor:
             # of one shape (3 rows per view). Only views with ID on ask for it (on average 39 % at +-180 deg),
             # so asking per view meant two calls of B + 1 random shapes a step: a CUDA graph for each (195
             # captures and 11 GiB in a 625-step run on an H100) and two launches where one bigger batch costs
-            # less. The rows nobody asked for are dropped below (their estimator is cond itself).
+            # less. The rows nobody asked for are replaced by cond below (their estimator is cond itself).
             extra = [True] * len(extra)
         jobs: list[tuple[list[int], list[dict], list[dict], bool]] = []
         parts: dict[bool, list[int]] = {}
@@ -373,22 +373,19 @@ class ComfyNoisePredictor:
         if len(jobs) == 1:  # the common case: every view in one call, nothing to scatter
             _, pos, neg, e = jobs[0]
             out = self._run(x, sigma, views, pos, neg, e, hint)
-            no_id = None
-            if want_no_id:
-                no_id = out.cond
-                if e:  # rows not asked for (ID off there already) keep cond: their estimator is cond itself
-                    sel = torch.tensor(asked, device=out.cond.device).view(-1, 1, 1, 1)
-                    no_id = torch.where(sel, out.cond_no_id, out.cond)
-            return NoisePrediction(out.cond, out.uncond, no_id)
-        cond, uncond = torch.empty_like(x), torch.empty_like(x)
-        no_id = torch.empty_like(x) if want_no_id else None
-        for idx, pos, neg, e in jobs:
-            ii = torch.tensor(idx, device=dev)
-            out = self._run(x[ii], sigma[ii], _slice_views(views, idx), pos, neg, e, None if hint is None else hint[ii])
-            cond[ii], uncond[ii] = out.cond, out.uncond
-            if no_id is not None:
+            cond, uncond, no_id = out.cond, out.uncond, (out.cond_no_id if e else out.cond)
+        else:
+            cond, uncond, no_id = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+            for idx, pos, neg, e in jobs:
+                ii = torch.tensor(idx, device=dev)
+                out = self._run(x[ii], sigma[ii], _slice_views(views, idx), pos, neg, e, None if hint is None else hint[ii])
+                cond[ii], uncond[ii] = out.cond, out.uncond
                 no_id[ii] = out.cond_no_id if e else out.cond
-        return NoisePrediction(cond, uncond, no_id)
+        if not want_no_id:
+            return NoisePrediction(cond, uncond, None)
+        # views that did not ask (ID off there already) keep cond: their estimator is cond itself
+        sel = torch.tensor(asked, device=cond.device).view(-1, 1, 1, 1)
+        return NoisePrediction(cond, uncond, torch.where(sel, no_id, cond))
 
     def _run(self, x: torch.Tensor, sigma: torch.Tensor, views: ViewBatch, positive: list[dict], negative: list[dict],
              no_id_row: bool = False, hint: torch.Tensor | None = None) -> NoisePrediction:
