@@ -143,10 +143,6 @@ def cuda_graphs_input() -> io.Boolean.Input:
                                     "--disable-cuda-graphs. The log says why graphs are off.")
 
 
-#: graphs kept per network (see DiffusionGraphs.__init__): the ISD's shapes at up to 4 views per step, + 1
-MAX_GRAPHS = 6
-
-
 class DiffusionGraphs:
     """CUDA graphs for one run of a MODEL (+ optional CONTROL_NET); ``close()`` frees them.
 
@@ -162,14 +158,12 @@ class DiffusionGraphs:
         self.enabled = self.off_reason is None
         self.base_model = model.model
         self.diffusion_model = model.get_model_object("diffusion_model")
-        # One graph per batch shape: several ISD views per step send 2B + k rows (k = views with ID on, which
-        # also need the ID-off row of the authors' estimator), so B + 1 shapes recur at random; four (the
-        # default) thrashed at B = 4. Texture sampling uses one or two shapes.
-        self.unet = GraphedCall("UNet", [self.diffusion_model], enabled=self.enabled, max_graphs=MAX_GRAPHS)
+        # GraphedCall keeps one graph per batch shape (4 at most): the ISD sends one shape per step (with several
+        # views every view carries the ID-off row, nodes/engines/noise_predictor.py), texture sampling one or two.
+        self.unet = GraphedCall("UNet", [self.diffusion_model], enabled=self.enabled)
         cm = getattr(control_net, "control_model", None)
         self.control_model: Optional[torch.nn.Module] = cm if isinstance(cm, torch.nn.Module) else None
-        self.control = GraphedCall("ControlNet", [cm] if self.control_model is not None else [], enabled=self.enabled,
-                                   max_graphs=MAX_GRAPHS)
+        self.control = GraphedCall("ControlNet", [cm] if self.control_model is not None else [], enabled=self.enabled)
         self._resident: dict[int, tuple[tuple, Optional[str]]] = {}
         self._logged: set[str] = set()
 
