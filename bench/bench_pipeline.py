@@ -347,10 +347,9 @@ def main() -> int:
     finally:
         server.stop()
         with open(os.path.join(args.work, "comfyui.log"), encoding="utf-8", errors="replace") as fh:
-            tail = fh.read()[-6000:]
-        result["log_tail"] = tail
-        with open(os.path.join(args.work, "comfyui.log"), encoding="utf-8", errors="replace") as fh:
-            result["cuda_graphs"] = graph_report(fh.read())
+            server_log = fh.read()
+        result["log_tail"] = server_log[-6000:]
+        result["cuda_graphs"] = graph_report(server_log)
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=1)
     log(json.dumps({k: v for k, v in result.items() if k not in ("runs", "log_tail")}, indent=1))
