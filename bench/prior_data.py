@@ -27,7 +27,7 @@ import _pack  # noqa: E402
 _pack.load()
 
 from idsculpt.core.dmtet import TetGrid, marching_tets  # noqa: E402
-from idsculpt.core.dmtet.procedural import ellipsoid_sdf as _ellipsoid, smax, smin  # noqa: E402
+from idsculpt.core.dmtet.procedural import ellipsoid_sdf, smax, smin  # noqa: E402
 from idsculpt.core.dmtet.sdf_init import normalize_mesh  # noqa: E402
 from idsculpt.core.mesh import HeadMesh  # noqa: E402
 from idsculpt.core.render import render_mesh  # noqa: E402
@@ -52,20 +52,20 @@ def family_head_sdf(p: torch.Tensor, f: dict) -> torch.Tensor:
     """Approximate SDF (negative inside) of the head with shape factors ``f`` at points p [...,3]
     (core.dmtet.procedural.head_sdf for ``GENERIC``)."""
     sw, sh, sd = f["skull_w"], f["skull_h"], f["skull_d"]
-    d = _ellipsoid(p, (0.0, 0.05, -0.02), (0.52 * sw, 0.62 * sh, 0.6 * sd))  # skull
-    d = smin(d, _ellipsoid(p, (0.0, -0.3 * f["jaw_h"], 0.12), (0.34 * f["jaw_w"], 0.3 * f["jaw_h"], 0.4)), 0.08)  # jaw
+    d = ellipsoid_sdf(p, (0.0, 0.05, -0.02), (0.52 * sw, 0.62 * sh, 0.6 * sd))  # skull
+    d = smin(d, ellipsoid_sdf(p, (0.0, -0.3 * f["jaw_h"], 0.12), (0.34 * f["jaw_w"], 0.3 * f["jaw_h"], 0.4)), 0.08)  # jaw
     c = f["chin"]
-    d = smin(d, _ellipsoid(p, (0.0, -0.52 * f["jaw_h"] - 0.03 * (c - 1), 0.3 + 0.05 * (c - 1)), (0.13 * c, 0.1 * c, 0.12 * c)), 0.06)
-    d = smin(d, _ellipsoid(p, (0.0, 0.2, 0.5 * sd), (0.36 * sw, 0.07 * f["brow"], 0.1 * f["brow"])), 0.05)  # brow
+    d = smin(d, ellipsoid_sdf(p, (0.0, -0.52 * f["jaw_h"] - 0.03 * (c - 1), 0.3 + 0.05 * (c - 1)), (0.13 * c, 0.1 * c, 0.12 * c)), 0.06)
+    d = smin(d, ellipsoid_sdf(p, (0.0, 0.2, 0.5 * sd), (0.36 * sw, 0.07 * f["brow"], 0.1 * f["brow"])), 0.05)  # brow
     nl, ns = f["nose_len"], f["nose_size"]
-    d = smin(d, _ellipsoid(p, (0.0, -0.03, 0.6 * sd + 0.06 * (nl - 1)), (0.07 * ns, 0.17 * ns, 0.12 * nl)), 0.04)  # nose
+    d = smin(d, ellipsoid_sdf(p, (0.0, -0.03, 0.6 * sd + 0.06 * (nl - 1)), (0.07 * ns, 0.17 * ns, 0.12 * nl)), 0.04)  # nose
     ch = f["cheeks"]
     for sx in (0.24, -0.24):
-        d = smin(d, _ellipsoid(p, (sx * f["jaw_w"], -0.1, 0.4 * sd), (0.12 * ch, 0.1 * ch, 0.1 * ch)), 0.05)
-    d = smin(d, _ellipsoid(p, (0.0, -0.62 * f["jaw_h"], -0.1), (0.2, 0.22, 0.2)), 0.08)  # neck
+        d = smin(d, ellipsoid_sdf(p, (sx * f["jaw_w"], -0.1, 0.4 * sd), (0.12 * ch, 0.1 * ch, 0.1 * ch)), 0.05)
+    d = smin(d, ellipsoid_sdf(p, (0.0, -0.62 * f["jaw_h"], -0.1), (0.2, 0.22, 0.2)), 0.08)  # neck
     e = f["eyes"]
     for sx in (0.17, -0.17):  # eye sockets (concave)
-        d = smax(d, -_ellipsoid(p, (sx, 0.08, 0.58 * sd), (0.1 * e, 0.06 * e, 0.09 * e)), 0.03)
+        d = smax(d, -ellipsoid_sdf(p, (sx, 0.08, 0.58 * sd), (0.1 * e, 0.06 * e, 0.09 * e)), 0.03)
     return d
 
 
