@@ -94,6 +94,33 @@ def test_mesh_is_watertight_and_where_the_camera_sees_it(planted):
         assert iou > 0.85, iou
 
 
+def test_marching_only_the_surface_box_gives_the_whole_grids_mesh():
+    """mesh_from_grid marches the box around the voxels above the level; the mesh must be the whole grid's:
+    the same triangles in the same order at the same places (skimage on the full padded grid as reference),
+    for a head off the grid's centre, and for one touching the border (clamped box)."""
+    from skimage.measure import marching_cubes
+
+    from idsculpt.core.panohead.extract import mesh_from_grid
+
+    n, box = 64, 1.0
+    lin = torch.linspace(-box / 2, box / 2, n)
+    x, y, z = torch.meshgrid(lin, lin, lin, indexing="ij")
+    for centre, radii, border in (((0.08, -0.05, 0.11), (0.17, 0.21, 0.15), 4), ((0.0, 0.0, 0.0), (0.49, 0.3, 0.3), 1)):
+        q = ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((z - centre[2]) / radii[2]) ** 2
+        sigma = 100 * (1 - q) - 10  # 20 on the surface q = 0.7
+        sigma[3, 5, 7] = float("nan")  # NaN counts as empty, as before
+        mesh = mesh_from_grid(sigma, box, level=20.0, border=border, largest_component=False)
+        g = np.nan_to_num(sigma.numpy().copy(), nan=-1000.0)
+        g[:border], g[-border:], g[:, :border], g[:, -border:], g[:, :, :border], g[:, :, -border:] = (-1000,) * 6
+        step = box / (n - 1)
+        verts, faces, _, _ = marching_cubes(g, level=20.0, spacing=(step, step, step), gradient_direction="descent")
+        assert np.array_equal(mesh.faces.numpy(), faces[:, [0, 2, 1]])
+        assert np.allclose(mesh.vertices.numpy(), verts - box / 2, atol=1e-6)
+        assert len(faces) > 500
+    with pytest.raises(RuntimeError, match="never exceeds"):
+        mesh_from_grid(torch.zeros(16, 16, 16), box, level=20.0)
+
+
 def test_gan_views_normals_and_masks_match_the_planted_shape(planted):
     g, planes = planted
     cams = gan_view_cameras(resolution=24)[[0, 10, 20, 30]]
