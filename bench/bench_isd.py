@@ -80,6 +80,8 @@ def main() -> None:
     ap = _timing.parser(__doc__.split("\n\n")[0], "tiny models on CPU", comfy=True)
     ap.add_argument("--cuda-graphs", choices=["on", "off", "both"], default="both",
                     help="UNet/ControlNet replayed from CUDA graphs, eager, or both in turn (with an equality check)")
+    ap.add_argument("--views", default="1,4",
+                    help="comma-separated views per ISD step to time (the fast default takes 4; 8 shows what a longer batch buys)")
     ap.add_argument("--host-profile", action="store_true",
                     help="also cProfile the predictor (1 view) to attribute its host-side time")
     args = ap.parse_args()
@@ -92,7 +94,8 @@ def main() -> None:
         res, iters, warmup, view_counts = 64, 2, 1, (1, 2)
     else:
         dev, full, dtype = _timing.require_cuda("bench_isd.py"), True, torch.float16
-        res, iters, warmup, view_counts = args.res, args.iters, args.warmup, (1, 4)
+        res, iters, warmup = args.res, args.iters, args.warmup
+        view_counts = tuple(int(v) for v in args.views.split(","))
 
     import_comfy(skip=False)
 
@@ -134,6 +137,9 @@ def main() -> None:
     for n in view_counts:
         for graphs in modes:
             key = f"{n}view" + ("_graphs" if graphs else "")
+            if dev.type == "cuda":  # each configuration's own peak, not the run's so far
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
             try:
                 g, cams, image = isd_setup(model, pos, neg, vae, control, hints, n, res, dev, cuda_graphs=graphs)
                 with g:
