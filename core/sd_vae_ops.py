@@ -84,8 +84,9 @@ class _GroupNormSiLU(torch.autograd.Function):
         x, weight, bias, mean, rstd = ctx.saved_tensors
         n, c, hw, groups, eps = ctx.conf
         y = torch.ops.aten.native_group_norm(x, weight, bias, n, c, hw, groups, eps)[0]  # recomputed, same kernel
-        gy = torch.ops.aten.silu_backward(grad.contiguous(), y)
-        del y
+        # SiLU's backward kernel, written over the recomputed y (elementwise, same index): one full
+        # activation less in flight
+        gy = torch.ops.aten.silu_backward.grad_input(grad.contiguous(), y, grad_input=y)
         gx = torch.ops.aten.native_group_norm_backward(gy, x, mean, rstd, weight, n, c, hw, groups, [True, False, False])[0]
         return gx, None, None, None, None
 
