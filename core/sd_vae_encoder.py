@@ -15,6 +15,12 @@ blocks, attention levels) is read from the tensors' shapes, so SD1.x/2.x VAEs (c
 two blocks a level, attention only in the middle) and smaller test VAEs alike load exactly.
 
 Output: the diagonal-Gaussian moments [B, 2C, H/8, W/8] (mean, log-variance) after ``quant_conv``.
+
+Memory: with ``lean_backward`` (default) and frozen weights, a forward that autograd records keeps only
+what the input gradient needs (core/sd_vae_ops.py): each GroupNorm's input, and q, k, v plus the scaled
+logits of the attention, not the GroupNorm/SiLU outputs, the convolutions' inputs, the padded copies or
+the fp32 softmax. At 512² (bf16) that is ~0.5 GiB a view instead of ~1.6; outputs and gradients are the
+same. Without a graph (no_grad, inference) or with weights that need grad, the plain ops run.
 Nothing here imports ComfyUI.
 """
 from __future__ import annotations
@@ -27,6 +33,8 @@ from typing import Callable, Mapping, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .sd_vae_ops import conv2d_input_grad_only, group_norm_silu, matmul_attention_lean, matmul_attention_plain, needs_lean
 
 ENCODER_PREFIX = "encoder."
 QUANT_CONV_PREFIX = "quant_conv."
@@ -45,56 +53,74 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
 
 
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fallback: Optional[Callable] = None,
-                   max_tokens: int = 64 * 64) -> torch.Tensor:
-    """The same attention as explicit matmul + softmax (softmax in fp32), differentiable by plain autograd.
+                     max_tokens: int = 64 * 64, lean: bool = True) -> torch.Tensor:
+    """The same attention as explicit matmul + softmax (softmax in fp32), differentiable.
 
     For the encoder's mid-block attention (one head, 512 channels, 64² tokens at 512²) PyTorch picks
     the memory-efficient kernel for a 512-wide head, whose backward is slow there (~6 ms per view on an
     H100); this form is exact and cheap at that size. Above ``max_tokens`` pixels (renders over 512²)
-    the [N,N] weights grow quadratically, so ``fallback`` is used instead."""
+    the [N,N] weights grow quadratically, so ``fallback`` is used instead. lean: when autograd records
+    it, keep the scaled logits (recomputing the softmax in the backward) instead of the fp32 softmax
+    and its cast (sd_vae_ops.matmul_attention_lean); same values, a third of the bytes."""
     b, c = q.shape[:2]
     if fallback is not None and q.shape[2] * q.shape[3] > max_tokens:
         return fallback(q, k, v)
     qf, kf, vf = (t.reshape(b, c, -1) for t in (q, k, v))  # [B,C,N]
-    w = torch.bmm(qf.transpose(1, 2), kf) * (c ** -0.5)  # [B,N,N]
-    w = torch.softmax(w.float(), dim=-1).to(v.dtype)
-    return torch.bmm(vf, w.transpose(1, 2)).reshape(q.shape)
+    recorded = torch.is_grad_enabled() and any(t.requires_grad for t in (qf, kf, vf))
+    attend = matmul_attention_lean if lean and recorded else matmul_attention_plain
+    return attend(qf, kf, vf).reshape(q.shape)
+
+
+def _norm_act(x: torch.Tensor, norm: nn.GroupNorm, lean: bool) -> torch.Tensor:
+    if lean and needs_lean(x, (norm.weight, norm.bias)):
+        return group_norm_silu(x, norm)
+    return F.silu(norm(x))
+
+
+def _conv(x: torch.Tensor, conv: nn.Conv2d, lean: bool) -> torch.Tensor:
+    if lean and needs_lean(x, (conv.weight, conv.bias)):
+        return conv2d_input_grad_only(x, conv)
+    return conv(x)
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, lean: bool = True) -> None:
         super().__init__()
+        self.lean = lean
         self.norm1, self.conv1 = _group_norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
         self.norm2, self.conv2 = _group_norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))  # dropout 0 (inference)
-        return (x if self.nin_shortcut is None else self.nin_shortcut(x)) + h
+        h = _conv(_norm_act(x, self.norm1, self.lean), self.conv1, self.lean)
+        h = _conv(_norm_act(h, self.norm2, self.lean), self.conv2, self.lean)  # dropout 0 (inference)
+        return (x if self.nin_shortcut is None else _conv(x, self.nin_shortcut, self.lean)) + h
 
 
 class AttnBlock(nn.Module):
     """Self-attention over pixels; ``optimized_attention(q, k, v)`` is the kernel (swappable, as in ComfyUI)."""
 
-    def __init__(self, channels: int, attention: Callable) -> None:
+    def __init__(self, channels: int, attention: Callable, lean: bool = True) -> None:
         super().__init__()
+        self.lean = lean
         self.norm = _group_norm(channels)
         self.q, self.k, self.v, self.proj_out = (nn.Conv2d(channels, channels, 1) for _ in range(4))
         self.optimized_attention = attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.norm(x)
-        return x + self.proj_out(self.optimized_attention(self.q(h), self.k(h), self.v(h)))
+        h = self.norm(x)  # GroupNorm alone (no SiLU): autograd keeps x; the 1x1 convs below keep nothing
+        q, k, v = (_conv(h, conv, self.lean) for conv in (self.q, self.k, self.v))
+        return x + _conv(self.optimized_attention(q, k, v), self.proj_out, self.lean)
 
 
 class Downsample(nn.Module):
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, lean: bool = True) -> None:
         super().__init__()
+        self.lean = lean
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))  # LDM's asymmetric padding
+        return _conv(F.pad(x, (0, 1, 0, 1)), self.conv, self.lean)  # LDM's asymmetric padding
 
 
 @dataclass(frozen=True)
@@ -137,8 +163,9 @@ class EncoderConfig:
 
 
 class _EncoderTrunk(nn.Module):
-    def __init__(self, cfg: EncoderConfig, attention: Callable) -> None:
+    def __init__(self, cfg: EncoderConfig, attention: Callable, lean: bool = True) -> None:
         super().__init__()
+        self.lean = lean
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
         self.down = nn.ModuleList()
         c = cfg.ch
@@ -148,20 +175,20 @@ class _EncoderTrunk(nn.Module):
             level.block = nn.ModuleList()
             level.attn = nn.ModuleList()
             for _ in range(cfg.num_res_blocks):
-                level.block.append(ResnetBlock(c, c_out))
+                level.block.append(ResnetBlock(c, c_out, lean))
                 c = c_out
                 if i in cfg.attn_levels:
-                    level.attn.append(AttnBlock(c, attention))
+                    level.attn.append(AttnBlock(c, attention, lean))
             if i != n - 1:
-                level.downsample = Downsample(c)
+                level.downsample = Downsample(c, lean)
             self.down.append(level)
         self.mid = nn.Module()
-        self.mid.block_1, self.mid.attn_1, self.mid.block_2 = ResnetBlock(c, c), AttnBlock(c, attention), ResnetBlock(c, c)
+        self.mid.block_1, self.mid.attn_1, self.mid.block_2 = ResnetBlock(c, c, lean), AttnBlock(c, attention, lean), ResnetBlock(c, c, lean)
         self.norm_out = _group_norm(c)
         self.conv_out = nn.Conv2d(c, cfg.out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
+        h = _conv(x, self.conv_in, self.lean)
         for i, level in enumerate(self.down):
             for j, block in enumerate(level.block):
                 h = block(h)
@@ -170,28 +197,32 @@ class _EncoderTrunk(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return _conv(_norm_act(h, self.norm_out, self.lean), self.conv_out, self.lean)
 
 
 class SDVAEEncoder(nn.Module):
     """Image in [-1, 1] [B,3,H,W] -> moments [B,2C,H/8,W/8] (encoder + quant_conv), plain PyTorch.
 
-    math_attention: the attention blocks use ``matmul_attention`` (SDPA above 64² pixels); False: SDPA."""
+    math_attention: the attention blocks use ``matmul_attention`` (SDPA above 64² pixels); False: SDPA.
+    lean_backward: under autograd with frozen weights keep only what the input gradient needs
+    (core/sd_vae_ops.py: same outputs and gradients, ~1/3 of the saved bytes); False: plain autograd."""
 
-    def __init__(self, cfg: EncoderConfig, math_attention: bool = True) -> None:
+    def __init__(self, cfg: EncoderConfig, math_attention: bool = True, lean_backward: bool = True) -> None:
         super().__init__()
         self.config = cfg
-        attention = functools.partial(matmul_attention, fallback=sdpa_attention) if math_attention else sdpa_attention
-        self.encoder = _EncoderTrunk(cfg, attention)
+        attention = (functools.partial(matmul_attention, fallback=sdpa_attention, lean=lean_backward)
+                     if math_attention else sdpa_attention)
+        self.encoder = _EncoderTrunk(cfg, attention, lean_backward)
         self.quant_conv = nn.Conv2d(cfg.out_channels, cfg.quant_channels, 1) if cfg.quant_channels is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.encoder(x)
-        return z if self.quant_conv is None else self.quant_conv(z)
+        return z if self.quant_conv is None else _conv(z, self.quant_conv, self.encoder.lean)
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, torch.Tensor], device: torch.device | str = "cpu",
-                        dtype: torch.dtype = torch.float32, math_attention: bool = True) -> "SDVAEEncoder":
+                        dtype: torch.dtype = torch.float32, math_attention: bool = True,
+                        lean_backward: bool = True) -> "SDVAEEncoder":
         """Build from a whole VAE state dict (decoder keys are ignored), with private copies of the weights.
 
         Every tensor is copied (``copy=True``) onto ``device`` / ``dtype``: nothing is shared with the
@@ -200,7 +231,7 @@ class SDVAEEncoder(nn.Module):
         cfg = EncoderConfig.from_state_dict(sd)
         with torch.inference_mode(False):  # the host's weights may be inference tensors; ours must not be
             with torch.device("meta"):
-                enc = cls(cfg, math_attention=math_attention)
+                enc = cls(cfg, math_attention=math_attention, lean_backward=lean_backward)
             own = {}
             for k in enc.state_dict():
                 if k not in sd:

@@ -1,0 +1,150 @@
+"""Memory-lean autograd for an encoder whose weights are frozen: only the input gradient is wanted.
+
+ISD back-propagates from the latents through the SD VAE encoder into the render. Plain autograd keeps,
+for every ``conv(silu(group_norm(x)))`` of a ResNet block, three full activations: GroupNorm's input,
+SiLU's input (GroupNorm's output) and the convolution's input (SiLU's output), because PyTorch's
+convolution saves its input whether or not the weight needs a gradient. At 512² that is ~1.6 GiB a view
+(bf16). The input gradient of a convolution needs only its weight, and SiLU(GroupNorm(x)) can be
+recomputed from x in the backward for the price of one GroupNorm pass (elementwise, cheap against a
+convolution), so each such triple keeps just x:
+
+- ``conv2d_input_grad_only``: a convolution that saves nothing but its (frozen) weight; its backward is
+  ``convolution_backward`` for the input only, the very call autograd makes when the weight needs no
+  gradient.
+- ``group_norm_silu``: SiLU(GroupNorm(x)) that saves x and the per-group mean / 1/std; the backward
+  recomputes GroupNorm(x) with the same kernel, then runs SiLU's and GroupNorm's own backward kernels.
+- ``matmul_attention_lean``: one-head attention (matmul + fp32 softmax) that saves q, k, v and the
+  scaled bf16 logits instead of the fp32 softmax and its bf16 cast (3x the bytes at 64² tokens); the
+  backward recomputes the softmax from the same logits.
+
+Forward outputs are bit-identical to the plain ops, and the backward runs the same kernels on the same
+values, so gradients equal plain autograd's. These Functions assume the weights do not require grad
+(callers check); they are once-differentiable. Nothing here imports the rest of the pack.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+
+def weights_frozen(*tensors: Optional[torch.Tensor]) -> bool:
+    return not any(t is not None and t.requires_grad for t in tensors)
+
+
+class _ConvInputGradOnly(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        ctx.save_for_backward(weight)  # a frozen parameter: no extra memory
+        ctx.conf = (tuple(x.shape), stride, padding, dilation, groups)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        shape, stride, padding, dilation, groups = ctx.conf
+        # convolution_backward reads only the input's shape for the input gradient: a stride-0 stub
+        # stands in for it (as torch.nn.grad.conv2d_input does)
+        stub = grad.new_empty(1).expand(shape)
+        gx = torch.ops.aten.convolution_backward(grad, stub, weight, None, stride, padding, dilation, False,
+                                                 [0, 0], groups, [True, False, False])[0]
+        return gx, None, None, None, None, None, None
+
+
+def conv2d_input_grad_only(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(x)`` for a Conv2d with frozen weights that keeps no activation for the backward."""
+    if isinstance(conv.padding, str):
+        raise ValueError("conv2d_input_grad_only needs numeric padding")
+    return _ConvInputGradOnly.apply(x, conv.weight, conv.bias, list(conv.stride), list(conv.padding),
+                                    list(conv.dilation), conv.groups)
+
+
+def _group_norm_dims(x: torch.Tensor) -> tuple[int, int, int]:
+    n, c = x.shape[:2]
+    return n, c, x.numel() // max(n * c, 1)
+
+
+class _GroupNormSiLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups, eps):
+        x = x.contiguous()  # what F.group_norm hands the kernel
+        n, c, hw = _group_norm_dims(x)
+        y, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, hw, groups, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.conf = (n, c, hw, groups, eps)
+        return F.silu(y)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        n, c, hw, groups, eps = ctx.conf
+        y = torch.ops.aten.native_group_norm(x, weight, bias, n, c, hw, groups, eps)[0]  # recomputed, same kernel
+        # SiLU's backward kernel, written over the recomputed y (elementwise, same index): one full
+        # activation less in flight
+        gy = torch.ops.aten.silu_backward.grad_input(grad.contiguous(), y, grad_input=y)
+        gx = torch.ops.aten.native_group_norm_backward(gy, x, mean, rstd, weight, n, c, hw, groups, [True, False, False])[0]
+        return gx, None, None, None, None
+
+
+def group_norm_silu(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """``F.silu(norm(x))`` for a GroupNorm with frozen (or no) affine parameters, saving only x."""
+    return _GroupNormSiLU.apply(x, norm.weight, norm.bias, norm.num_groups, norm.eps)
+
+
+def _attention_logits(qf: torch.Tensor, kf: torch.Tensor) -> torch.Tensor:
+    return torch.bmm(qf.transpose(1, 2), kf) * (qf.shape[1] ** -0.5)  # [B,N,N] in the inputs' dtype
+
+
+def _attention_weights(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.softmax(logits.float(), dim=-1).to(dtype)  # softmax in fp32
+
+
+def matmul_attention_plain(qf: torch.Tensor, kf: torch.Tensor, vf: torch.Tensor) -> torch.Tensor:
+    """[B,C,N] q, k, v -> [B,C,N]: bmm, fp32 softmax, bmm, differentiated by plain autograd."""
+    w = _attention_weights(_attention_logits(qf, kf), vf.dtype)
+    return torch.bmm(vf, w.transpose(1, 2))
+
+
+class _MatmulAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qf, kf, vf):
+        logits = _attention_logits(qf, kf)
+        w = _attention_weights(logits, vf.dtype)
+        ctx.save_for_backward(qf, kf, vf, logits)
+        return torch.bmm(vf, w.transpose(1, 2))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        qf, kf, vf, logits = ctx.saved_tensors
+        # the ops plain autograd runs for matmul_attention_plain, in its order, on the same values
+        p = torch.softmax(logits.float(), dim=-1)  # recomputed from the same logits: the forward's fp32 weights
+        w = p.to(vf.dtype)
+        wt = w.transpose(1, 2)
+        gv = torch.bmm(grad, wt.transpose(1, 2))
+        gwt = torch.bmm(vf.transpose(1, 2), grad)
+        del w, wt
+        gp = gwt.transpose(1, 2).to(p.dtype)
+        del gwt
+        gs = torch._softmax_backward_data(gp, p, -1, p.dtype).to(logits.dtype)
+        del gp, p
+        gs = gs * (qf.shape[1] ** -0.5)
+        qt = qf.transpose(1, 2)
+        gqt = torch.bmm(gs, kf.transpose(1, 2))
+        gk = torch.bmm(qt.transpose(1, 2), gs)
+        return gqt.transpose(1, 2), gk, gv
+
+
+def matmul_attention_lean(qf: torch.Tensor, kf: torch.Tensor, vf: torch.Tensor) -> torch.Tensor:
+    """``matmul_attention_plain`` that keeps q, k, v and the scaled logits (not the fp32 softmax)."""
+    return _MatmulAttention.apply(qf, kf, vf)
+
+
+def needs_lean(x: torch.Tensor, params: Sequence[Optional[torch.Tensor]]) -> bool:
+    """True when autograd will record this op for an input gradient only (grad on, x tracked, weights frozen)."""
+    return torch.is_grad_enabled() and x.requires_grad and weights_frozen(*params)
