@@ -21,13 +21,20 @@ T = 600  # a deep SDEdit start: the prompt and the hint matter a lot in the tiny
 
 
 @pytest.fixture(scope="module")
-def env(comfy_inprocess):
-    from tiny_models import tiny_conditioning, tiny_controlnet, tiny_sd15_model, tiny_vae
+def env(comfy_inprocess, tmp_path_factory):
+    import torch.nn.functional as F
+    from tiny_models import tiny_conditioning, tiny_controlnet, tiny_sd15_model, tiny_vae, write_tiny_faceid_adapter
+
+    from idsculpt.core.face.id_adapter import load_id_adapter
+    from idsculpt.nodes.engines.id_patch import apply_id_adapter
 
     comfy_inprocess.load_pack_nodes()
     g = torch.Generator().manual_seed(0)
+    model = tiny_sd15_model()
+    adapter = load_id_adapter(write_tiny_faceid_adapter(str(tmp_path_factory.mktemp("batch") / "faceid.bin"), scale=4.0))
+    emb = F.normalize(torch.randn(512, generator=torch.Generator().manual_seed(0)), dim=0)
     return types.SimpleNamespace(
-        model=tiny_sd15_model(), controlnet=tiny_controlnet(), vae=tiny_vae(), pos=tiny_conditioning(3), neg=tiny_conditioning(4),
+        model=model, id_model=apply_id_adapter(model, adapter, emb), controlnet=tiny_controlnet(), vae=tiny_vae(), pos=tiny_conditioning(3), neg=tiny_conditioning(4),
         # the back prompts are twice as long (154 tokens): rows are matched by repeating to the LCM length
         conds={"positive_front": tiny_conditioning(20), "negative_front": tiny_conditioning(21),
                "positive_back": tiny_conditioning(22, tokens=154), "negative_back": tiny_conditioning(23, tokens=154)},
@@ -38,34 +45,37 @@ def env(comfy_inprocess):
 FRONT, BACK, SIDE = (types.SimpleNamespace(azimuth=a, elevation=0.0) for a in (10.0, 170.0, 90.0))
 
 
-def _sampling(env, conds=None, **kw):
+def _sampling(env, conds=None, model=None, **kw):
     from idsculpt.core.guidance import TEXTURE_VIEW_THRESHOLDS
     from idsculpt.nodes.engines.sampling import ComfySampling
     from idsculpt.nodes.view_prompts import view_conditioning
 
     views = view_conditioning(env.pos, env.neg, TEXTURE_VIEW_THRESHOLDS, **(env.conds if conds is None else conds))
-    return ComfySampling(env.model, env.pos, env.neg, env.vae, env.controlnet, 1.0, steps=2, cfg=3.0, seed=5, views=views, **kw)
+    return ComfySampling(env.model if model is None else model, env.pos, env.neg, env.vae, env.controlnet, 1.0, steps=2, cfg=3.0,
+                         seed=5, views=views, **kw)
 
 
-def _singles(env, views, conds=None):
+def _singles(env, views, conds=None, model=None):
     from idsculpt.nodes.engines.sampling import ComfyDenoiser
 
-    den = ComfyDenoiser(_sampling(env, conds))
+    den = ComfyDenoiser(_sampling(env, conds, model))
     return torch.stack([den.denoise(env.images[i], env.hints[i], v, T) for i, v in enumerate(views)])
 
 
-@pytest.mark.parametrize("how", ["rows", "grouped"])
+@pytest.mark.parametrize("how", ["rows", "grouped", "id_adapter"])
 def test_a_batched_run_equals_single_runs_view_by_view(env, how):
     """Views of three directions (front 77 tokens, back 154, side the plain pair) in one run: every row is the single
     run of that view. ``rows``: one CONDITIONING with a row per view; ``grouped``: conds that cannot share rows
-    (an area on them) run one sampler call per direction, the rows keep their noise seeds."""
+    (an area on them) run one sampler call per direction, the rows keep their noise seeds; ``id_adapter``: the
+    MODEL carries the ID adapter's attention patch (its tokens broadcast to every row), which changes the result."""
     from idsculpt.nodes.engines.sampling import ComfyDenoiser
 
+    model = env.id_model if how == "id_adapter" else env.model
     conds = dict(env.conds)
     if how == "grouped":  # an area (the whole latent) stops the row merge, and changes nothing else
         conds = {k: [[c[0][0], {**c[0][1], "area": (RES // 8, RES // 8, 0, 0)}]] for k, c in conds.items()}
     views = [FRONT, BACK, SIDE]
-    s = _sampling(env, conds)
+    s = _sampling(env, conds, model)
     if how == "rows":
         seen = []
         import comfy.sample
@@ -85,8 +95,12 @@ def test_a_batched_run_equals_single_runs_view_by_view(env, how):
     else:
         batch = ComfyDenoiser(s).denoise_batch(env.images, env.hints, views, T)
     assert s.calls == 3
-    single = _singles(env, views, conds)
+    single = _singles(env, views, conds, model)
     torch.testing.assert_close(batch, single, atol=2e-4, rtol=0)
+    if how == "id_adapter":  # the patch acts in the batched run
+        plain = ComfyDenoiser(_sampling(env)).denoise_batch(env.images, env.hints, views, T)
+        assert (plain - batch).abs().max() > 1e-2
+        return
     # the wiring matters: view 0 with view 1's direction gives another picture
     swapped = _singles(env, [BACK], conds)
     assert (swapped[0] - single[0]).abs().max() > 1e-2
