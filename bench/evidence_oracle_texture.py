@@ -16,16 +16,18 @@ frame, a detailed analytic colour baked into its xatlas UVs) stands in for the d
   lpips --vgg16 FILE [--lpips-weights FILE]`` uses the pack's LPIPS-VGG as Texture Refine does,
   ``--perceptual random-vgg`` a fixed random-weight VGG16 with unit channel weights (NOT LPIPS);
 
-then runs ``refine_texture`` with ``RefineConfig(refine_steps=PAPER.refine_steps)`` and
-``(refine_steps=FAST.refine_steps)`` (core/schedules.py), every other setting the shipped RefineConfig
+then runs ``refine_texture`` with ``RefineConfig(refine_steps=PAPER.refine_steps, denoise_batch=PAPER.denoise_batch)``
+and the same with FAST's (core/schedules.py), every other setting the shipped RefineConfig
 (lr 0.02, AdamW, t range, camera ranges, loss weights, white background) except the render size, and
 measures the novel-view PSNR (8 azimuths 22.5° + k·45° x elevations 0° and 30°, distance 3, FoV 37.5°,
-over the head's pixels) against the true renders. Verdict: FAST within 0.5 dB of PAPER.
+over the head's pixels) against the true renders. Verdict: FAST within 0.5 dB of PAPER, for every oracle
+asked (``--prior-std 0 0.5``: the perfect oracle and the SDEdit posterior mean; only the latter sees how
+old a render its target came from, which is what FAST's ``denoise_batch`` changes).
 
     python bench/evidence_oracle_texture.py                    # CPU scale: texture 256, render 128
     python bench/evidence_oracle_texture.py --device cuda      # full scale: texture 1024, render 512
-    python bench/evidence_oracle_texture.py --extra 100:0.04 150:0.02   # more (steps:lr) runs
-    python bench/evidence_oracle_texture.py --fast-from-paper          # one run: FAST = PAPER after 100 steps
+    python bench/evidence_oracle_texture.py --prior-std 0 0.5          # both oracles
+    python bench/evidence_oracle_texture.py --extra 100:0.04 400:0.02:8   # more (steps:lr[:denoise_batch]) runs
 
 On CPU the pure-torch rasteriser runs with nvdiffrast's antialiasing rule (walk_steps=0,
 background_silhouettes=False: the same rule as the CUDA path; the silhouette walk only matters for
@@ -37,6 +39,7 @@ import argparse
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
 from typing import Callable, Iterator
@@ -116,6 +119,18 @@ def texture_snapshots(at: set[int], take: Callable[[int, torch.Tensor], None]) -
         torch.optim.AdamW = base
 
 
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_timing.ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def oracle_name(prior_std: float) -> str:
+    return "perfect" if prior_std <= 0 else f"prior_std_{prior_std:g}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -123,21 +138,29 @@ def main() -> None:
     ap.add_argument("--render", type=int, default=None, help="random-view, reference and evaluation render size (cpu 128, cuda 512)")
     ap.add_argument("--subdiv", type=int, default=None, help="icosphere subdivisions of the head (cpu 4: 5k faces, cuda 6: 82k)")
     ap.add_argument("--start", default="degraded", choices=["degraded", "inpaint"])
-    ap.add_argument("--prior-std", type=float, default=0.0, help="0: perfect oracle; >0: SDEdit posterior-mean oracle")
+    ap.add_argument("--prior-std", type=float, nargs="+", default=[0.0],
+                    help="one run set per value: 0 = perfect oracle; >0 = SDEdit posterior-mean oracle (a stale render changes its target)")
     ap.add_argument("--perceptual", default="none", choices=["none", "lpips", "random-vgg"])
     ap.add_argument("--vgg16", default=None)
     ap.add_argument("--lpips-weights", default=None)
     ap.add_argument("--seed", type=int, default=0, help="RefineConfig.seed (random views and t)")
-    ap.add_argument("--extra", nargs="*", default=[], help="further runs as steps:lr (e.g. 150:0.02)")
+    ap.add_argument("--extra", nargs="*", default=[], help="further runs as steps:lr[:denoise_batch] (e.g. 150:0.02 or 400:0.02:8)")
     ap.add_argument("--skip-paper", action="store_true", help="no PAPER run")
     ap.add_argument("--skip-fast", action="store_true", help="no FAST run (with --skip-paper: only the --extra runs)")
     ap.add_argument("--checkpoints", type=int, nargs="*", default=[50, 150, 200, 300],
                     help="also evaluate the PAPER run after these steps (the steps-only variants, free)")
     ap.add_argument("--fast-from-paper", action="store_true",
-                    help="take FAST as the PAPER run after FAST.refine_steps instead of a separate run (identical, see "
-                    "texture_snapshots; halves the CPU time)")
+                    help="take FAST as the PAPER run after FAST.refine_steps instead of a separate run (identical only while "
+                    "the two differ in steps alone, see texture_snapshots; halves the CPU time)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--note", default="", help="the note of the result's 'measured' stamp")
     ap.add_argument("--out", default=os.path.join(_timing.ROOT, "bench", "results", "evidence_oracle_texture.json"))
     args = ap.parse_args()
+    if args.fast_from_paper and FAST.denoise_batch != PAPER.denoise_batch:
+        sys.exit(f"--fast-from-paper: FAST batches {FAST.denoise_batch} denoised views per sampler run, PAPER "
+                 f"{PAPER.denoise_batch}: FAST is not a prefix of the PAPER run, so it needs its own run")
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -167,51 +190,65 @@ def main() -> None:
         return {"novel_psnr_db": round(pooled, 3), "novel_psnr_per_view_db": [round(p, 2) for p in per],
                 "reference_psnr_db": round(ref_psnr, 3)}
 
-    runs: dict[str, dict] = {"start": evaluate(start)}
-    print(f"start: novel {runs['start']['novel_psnr_db']} dB, reference {runs['start']['reference_psnr_db']} dB (setup {setup_s:.1f} s)", flush=True)
-    plan = [] if args.skip_paper else [("paper", PAPER.refine_steps, RefineConfig().learning_rate)]
+    start_eval = evaluate(start)
+    print(f"start: novel {start_eval['novel_psnr_db']} dB, reference {start_eval['reference_psnr_db']} dB (setup {setup_s:.1f} s)", flush=True)
+    lr0 = RefineConfig().learning_rate
+    plan = [] if args.skip_paper else [("paper", PAPER.refine_steps, lr0, PAPER.denoise_batch)]
     if not args.skip_fast and (not args.fast_from_paper or args.skip_paper):
-        plan.append(("fast", FAST.refine_steps, RefineConfig().learning_rate))
+        plan.append(("fast", FAST.refine_steps, lr0, FAST.denoise_batch))
     for e in args.extra:
-        steps, lr = e.split(":")
-        plan.append((f"steps{int(steps)}_lr{float(lr):g}", int(steps), float(lr)))
-    for name, steps, lr in plan:
-        cfg = RefineConfig(refine_steps=steps, learning_rate=lr, resolution=res, seed=args.seed, backend=be)
-        den = OracleDenoiser(gt, background=cfg.background, prior_std=args.prior_std, backend=be)
-        t1 = time.perf_counter()
-        snaps: dict[int, torch.Tensor] = {}
-        at = set()
-        if name == "paper":
-            at = {k for k in args.checkpoints if 0 < k < steps} | ({FAST.refine_steps} if args.fast_from_paper else set())
-        with texture_snapshots(at, snaps.__setitem__) as progress:
-            result = refine_texture(mesh.with_(texture=start), den, reference, cfg, perceptual, progress=progress)
-        _timing.sync(dev)
-        runs[name] = {"steps": steps, "lr": lr, **evaluate(result.mesh.texture), "seconds": round(time.perf_counter() - t1, 1)}
-        for k in sorted(snaps):
-            key = "fast" if (args.fast_from_paper and k == FAST.refine_steps) else f"paper_after_{k}"
-            runs[key] = {"steps": k, "lr": lr, **evaluate(snaps[k]), "from": f"the paper run after step {k}"}
-            print(f"{key}: novel {runs[key]['novel_psnr_db']} dB", flush=True)
-        print(f"{name}: steps {steps} lr {lr}: novel {runs[name]['novel_psnr_db']} dB, reference "
-              f"{runs[name]['reference_psnr_db']} dB ({runs[name]['seconds']} s)", flush=True)
+        parts = e.split(":")
+        steps, lr, k = int(parts[0]), float(parts[1]), int(parts[2]) if len(parts) > 2 else 1
+        plan.append((f"steps{steps}_lr{lr:g}" + (f"_batch{k}" if k > 1 else ""), steps, lr, k))
+    oracles: dict[str, dict] = {}
+    for prior_std in args.prior_std:
+        oname = oracle_name(prior_std)
+        runs: dict[str, dict] = {"start": start_eval}
+        for name, steps, lr, k in plan:
+            cfg = RefineConfig(refine_steps=steps, learning_rate=lr, resolution=res, seed=args.seed, backend=be, denoise_batch=k)
+            den = OracleDenoiser(gt, background=cfg.background, prior_std=prior_std, backend=be)
+            t1 = time.perf_counter()
+            snaps: dict[int, torch.Tensor] = {}
+            at = set()
+            if name == "paper":
+                at = {c for c in args.checkpoints if 0 < c < steps} | ({FAST.refine_steps} if args.fast_from_paper else set())
+            with texture_snapshots(at, snaps.__setitem__) as progress:
+                result = refine_texture(mesh.with_(texture=start), den, reference, cfg, perceptual, progress=progress)
+            _timing.sync(dev)
+            runs[name] = {"steps": steps, "lr": lr, "denoise_batch": k, "denoiser_calls": den.calls, **evaluate(result.mesh.texture),
+                          "seconds": round(time.perf_counter() - t1, 1)}
+            for c in sorted(snaps):
+                key = "fast" if (args.fast_from_paper and c == FAST.refine_steps) else f"paper_after_{c}"
+                runs[key] = {"steps": c, "lr": lr, "denoise_batch": k, **evaluate(snaps[c]), "from": f"the paper run after step {c}"}
+                print(f"{oname} {key}: novel {runs[key]['novel_psnr_db']} dB", flush=True)
+            print(f"{oname} {name}: steps {steps} lr {lr} denoise_batch {k}: novel {runs[name]['novel_psnr_db']} dB, reference "
+                  f"{runs[name]['reference_psnr_db']} dB, {den.calls} denoiser calls ({runs[name]['seconds']} s)", flush=True)
+        entry: dict = {"oracle": "perfect (true render)" if prior_std <= 0 else
+                       f"SDEdit posterior mean, prior std {prior_std} ([-1,1] units): keeps a(t) of the render's error", "runs": runs}
+        if "paper" in runs and "fast" in runs:
+            diff = runs["paper"]["novel_psnr_db"] - runs["fast"]["novel_psnr_db"]
+            entry["paper_minus_fast_db"] = round(diff, 3)
+            entry["verdict"] = "pass" if diff <= TOLERANCE_DB else "fail"
+            entry["gain_over_start_db"] = {r: round(runs[r]["novel_psnr_db"] - runs["start"]["novel_psnr_db"], 3) for r in ("paper", "fast")}
+            print(f"{oname}: PAPER − FAST = {diff:.3f} dB (tolerance {TOLERANCE_DB}): {entry['verdict']}", flush=True)
+        oracles[oname] = entry
 
     out = {
         "evidence": "issue 22 item 3: texture refinement, FAST vs PAPER schedule, oracle denoiser, novel-view PSNR",
         "device": _timing.device_name(dev), "torch": torch.__version__,
-        "schedules": {"paper": PAPER.refine_steps, "fast": FAST.refine_steps},
+        "schedules": {s.name: {"refine_steps": s.refine_steps, "denoise_batch": s.denoise_batch} for s in (PAPER, FAST)},
         "scale": {"texture": tex, "render": res, "head_faces": int(mesh.faces.shape[0]), "subdiv": subdiv},
-        "start": args.start, "oracle": "perfect (true render)" if args.prior_std <= 0 else f"SDEdit posterior mean, prior std {args.prior_std} ([-1,1] units)",
-        "perceptual": perceptual_note, "seed": args.seed,
+        "start": args.start, "perceptual": perceptual_note, "seed": args.seed,
         "novel_views": {"elevations": list(NOVEL_ELEVATIONS), "azimuths": list(NOVEL_AZIMUTHS), "distance": 3.0, "fov": 37.5},
-        "runs": runs, "tolerance_db": TOLERANCE_DB,
+        "oracles": oracles, "tolerance_db": TOLERANCE_DB,
     }
-    if "paper" in runs and "fast" in runs:
-        diff = runs["paper"]["novel_psnr_db"] - runs["fast"]["novel_psnr_db"]
-        out["paper_minus_fast_db"] = round(diff, 3)
-        out["verdict"] = "pass" if diff <= TOLERANCE_DB else "fail"
-        out["gain_over_start_db"] = {k: round(runs[k]["novel_psnr_db"] - runs["start"]["novel_psnr_db"], 3) for k in ("paper", "fast")}
-        print(f"PAPER − FAST = {diff:.3f} dB (tolerance {TOLERANCE_DB}): {out['verdict']}")
+    verdicts = [o["verdict"] for o in oracles.values() if "verdict" in o]
+    if verdicts:
+        out["verdict"] = "pass" if all(v == "pass" for v in verdicts) else "fail"
+    out["measured"] = {"date": time.strftime("%Y-%m-%d"), "commit": _commit(), "note": args.note}
     _timing.write_json(out, args.out)
-    print(json.dumps({k: out[k] for k in ("scale", "paper_minus_fast_db", "verdict") if k in out}))
+    print(json.dumps({"scale": out["scale"], "verdict": out.get("verdict"),
+                      "paper_minus_fast_db": {k: o.get("paper_minus_fast_db") for k, o in oracles.items()}}))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,11 @@ estimator, regulariser values) and changes only how the work is spread over step
   fewer steps (``guidance_views`` x ISD steps = the paper's 2,500 view samples), stage A and the
   reference steps shortened by the same factor. The regulariser switch stays at the end of stage A
   (threestudio's C() step at 1000 = the authors' stage-A length; the node ties it to ``gan_steps``).
-* texture refinement: the paper's 400 steps. 100 steps failed the texture evidence (an oracle denoiser's
-  refinement from a degraded texture: 25.3 dB novel-view PSNR against 38.3 dB after 400 steps on the CPU
-  scale, bench/results/evidence_oracle_texture.json; the bar is 0.5 dB), so the fast schedule keeps them.
+* texture refinement: the paper's 400 steps (100 steps failed the texture evidence: an oracle denoiser's
+  refinement from a degraded texture reached 25.3 dB novel-view PSNR against 38.3 dB after 400 steps on the
+  CPU scale; the bar is 0.5 dB), with the SDEdit targets of 4 consecutive random views computed in one
+  batched sampler run (``denoise_batch``: one t per batch, each target used by its own later step, so it
+  comes from a render up to 6 Adam steps old). Evidence: bench/results/evidence_oracle_texture.json.
 
 Whether the result holds is shown by the evidence (docs/PERFORMANCE.md "Schedules and evidence").
 """
@@ -37,8 +39,9 @@ class Schedule:
     gan_steps: int
     guidance_views: int
     sculpt_lr: float
-    # stage 3, texture refinement (RefineConfig.refine_steps, the node's refine_steps)
+    # stage 3, texture refinement (RefineConfig.refine_steps / denoise_batch, the node's widgets of those names)
     refine_steps: int
+    denoise_batch: int
 
     @property
     def isd_steps(self) -> int:
@@ -56,11 +59,12 @@ class Schedule:
 #: The authors' executed schedule (REFERENCE.md): 6000 sculpt steps (1000 stage A), one view per ISD
 #: step, 400 refinement steps, 500 + 500 inversion steps.
 PAPER = Schedule(name="paper", w_steps=500, pti_steps=500, sculpt_steps=6000, gan_steps=1000, guidance_views=1,
-                 sculpt_lr=0.005, refine_steps=400)
+                 sculpt_lr=0.005, refine_steps=400, denoise_batch=1)
 
 #: The default: the same 2,500 ISD view samples in 625 steps of 4 views, stage A and the reference
-#: steps a quarter as long; the paper's refinement (see the module docstring).
+#: steps a quarter as long; the paper's 400 refinement steps with the targets of 4 random views per sampler
+#: run (see the module docstring).
 FAST = Schedule(name="fast", w_steps=500, pti_steps=500, sculpt_steps=1500, gan_steps=250, guidance_views=4,
-                sculpt_lr=0.005, refine_steps=400)
+                sculpt_lr=0.005, refine_steps=400, denoise_batch=4)
 
 SCHEDULES = {s.name: s for s in (PAPER, FAST)}

@@ -65,6 +65,11 @@ def test_named_widgets_keep_comfyuis_bounds(check):
     assert "resolution (100) must be a multiple of 8" in msg
 
 
+def test_denoise_batch_below_one_is_refused(check):
+    assert "denoise_batch: value 0 smaller than min of 1" in _messages(check(_refine(denoise_batch=0)), "1")
+    assert not _messages(check(_refine(denoise_batch=4)), "1")
+
+
 def test_reference_image_without_its_camera_is_refused(check):
     prompt = _refine()
     prompt["2"] = {"class_type": "LoadImage", "inputs": {"image": "portrait.png"}}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 
 import pytest
 import torch
@@ -101,3 +102,42 @@ def test_oracle_refinement_recovers_the_truth_at_novel_views(head):
     print("novel-view PSNR", before, "->", after)
     assert after >= before + MARGIN, (before, after)
     assert min(p - b for p, b in zip(per_view, novel_view_psnr(mesh, start, truth, cams, BE)[1])) > 0, per_view  # every view improves
+
+
+def test_the_schedules_refine_alike_but_for_the_batched_targets():
+    """PAPER: the authors' 400 steps, one SDEdit run per random view; FAST: the same 400 steps and 200 random views,
+    their targets 4 to a sampler run, which divides the 200 views (no short batch, one graph shape)."""
+    from idsculpt.core.schedules import FAST, PAPER
+
+    assert (PAPER.refine_steps, PAPER.denoise_batch) == (400, 1)
+    assert (FAST.refine_steps, FAST.denoise_batch) == (400, 4)
+    assert (FAST.refine_steps // 2) % FAST.denoise_batch == 0
+    assert RefineConfig().denoise_batch == PAPER.denoise_batch  # the core's default is the paper's
+
+
+def test_the_bench_runs_each_schedules_batch(head, monkeypatch, tmp_path):
+    """bench/evidence_oracle_texture.py builds each run's RefineConfig from core/schedules.py, denoise_batch included
+    (a stand-in refine_texture records the configs; nothing is optimised), and refuses --fast-from-paper while FAST
+    batches differently (its run is then no prefix of PAPER's)."""
+    import evidence_oracle_texture as bench
+    from idsculpt.core.schedules import FAST, PAPER
+
+    seen = []
+
+    def fake_refine(mesh, den, reference, cfg, perceptual=None, progress=None, interrupt=None):
+        seen.append((cfg.refine_steps, cfg.denoise_batch, den.prior_std))
+        return types.SimpleNamespace(mesh=mesh)
+
+    monkeypatch.setattr(bench, "refine_texture", fake_refine)
+    monkeypatch.setattr(sys, "argv", ["bench", "--texture", "256", "--render", "16", "--subdiv", "2", "--checkpoints",
+                                      "--prior-std", "0", "0.5", "--out", str(tmp_path / "e.json")])
+    bench.main()
+    assert seen == [(PAPER.refine_steps, PAPER.denoise_batch, 0.0), (FAST.refine_steps, FAST.denoise_batch, 0.0),
+                    (PAPER.refine_steps, PAPER.denoise_batch, 0.5), (FAST.refine_steps, FAST.denoise_batch, 0.5)]
+    import json
+
+    out = json.loads((tmp_path / "e.json").read_text())
+    assert set(out["oracles"]) == {"perfect", "prior_std_0.5"} and set(out["measured"]) == {"date", "commit", "note"}
+    monkeypatch.setattr(sys, "argv", ["bench", "--fast-from-paper", "--out", str(tmp_path / "f.json")])
+    with pytest.raises(SystemExit, match="not a prefix"):
+        bench.main()

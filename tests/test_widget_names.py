@@ -60,7 +60,7 @@ REACH_CONFIG: dict[str, set[str]] = {
                             "normal_consistency_start", "normal_consistency_end", "laplacian_start", "laplacian_end",
                             "seed"},
     "IDSculptProgressiveInpaint": {"resolution", "erode_iterations", "cos_threshold", "policy"},
-    "IDSculptTextureRefine": {"refine_steps", "t_min", "t_max", "learning_rate", "resolution", "seed"},
+    "IDSculptTextureRefine": {"refine_steps", "denoise_batch", "t_min", "t_max", "learning_rate", "resolution", "seed"},
 }
 # widgets whose perturbed value must be valid for the node (no generic choice)
 PERTURBED = {"view_plan": "0, 0; 0, 180"}

@@ -106,17 +106,30 @@ class OracleDenoiser:
         self.background = background
         self.prior_std = prior_std
         self.backend = backend  # the refinement's renderer (a name or a RenderBackend), so the truth matches its renders
-        self.ts: list[int] = []
+        self.ts: list[int] = []  # t of every view restored
+        self.calls = 0  # denoise / denoise_batch calls (one sampler run each in the real adapter)
 
     def truth(self, camera: Cameras) -> torch.Tensor:
+        """The true renders [B,H,W,3] of ``camera`` (B cameras)."""
         out, _ = render_textured(self.gt, self.gt.texture, camera.to(self.gt.vertices.device), self.background, self.backend)
-        return out.color[0]
+        return out.color
+
+    def _restore(self, images: torch.Tensor, truth: torch.Tensor, t: int) -> torch.Tensor:
+        a = sdedit_attenuation(t, self.prior_std)
+        return truth if a == 0.0 else truth + a * (images.to(truth) - truth)
 
     def denoise(self, image: torch.Tensor, normal_control: torch.Tensor, view, t: int) -> torch.Tensor:
         self.ts.append(int(t))
-        truth = self.truth(view.camera)
-        a = sdedit_attenuation(t, self.prior_std)
-        return truth if a == 0.0 else truth + a * (image.to(truth) - truth)
+        self.calls += 1
+        return self._restore(image, self.truth(view.camera)[0], t)
+
+    def denoise_batch(self, images: torch.Tensor, normal_controls: torch.Tensor, views: list, t: int) -> torch.Tensor:
+        """K views from one t: each row is what ``denoise`` returns for that view (its own camera's truth and its
+        own render's error, attenuated by the shared t)."""
+        self.ts += [int(t)] * len(views)
+        self.calls += 1
+        truth = self.truth(Cameras.cat([v.camera for v in views]))
+        return self._restore(images, truth, t)
 
 
 class OracleInpainter:
