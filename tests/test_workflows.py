@@ -350,6 +350,8 @@ def test_settings_follow_the_reference(name):
     assert (inpaint["inputs"]["steps"], inpaint["inputs"]["cfg"], inpaint["inputs"]["denoise"]) == (20, 10.0, 0.95)
     assert (inpaint["inputs"]["sampler_name"], refine["inputs"]["refine_steps"]) == ("ddim", sched.refine_steps)
     assert name != "full_paper" or refine["inputs"]["refine_steps"] == 400
+    assert refine["inputs"]["denoise_batch"] == sched.denoise_batch
+    assert name != "full_paper" or refine["inputs"]["denoise_batch"] == 1  # the authors' one sampler run per view
     assert inpaint["inputs"]["head"] == [sid, 0] and refine["inputs"]["head"] == [pid, 0]
     assert api[inpaint["inputs"]["upscale_model"][0]]["inputs"]["model_name"] == MW.REALESRGAN_X2
     assert (refine["inputs"]["perceptual_model"], refine["inputs"]["lpips_weights"]) == (MW.VGG16, "auto")
