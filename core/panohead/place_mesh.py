@@ -298,8 +298,11 @@ def place_mesh(mesh: HeadMesh, portrait_landmarks: np.ndarray, camera: Cameras, 
         placed_v = s * oriented.vertices @ rot.T + t
         again = _lift_from_view(oriented.with_(vertices=placed_v), cam.to("cpu"), model_path, backend, device)
         if again is None:
-            log += f"; pass {k + 2}: no face on the placed mesh's render from the reference camera (kept pass {k + 1})"
-            break
+            # the placed mesh seen by the camera the portrait's face was found in shows no face: the landmarks the
+            # first pass fitted were found on a mis-turned head (a detector can see a face in a head lying on its
+            # back), so the placement is wrong, however well those points fit
+            raise RuntimeError(f"placing the head mesh failed: the placed mesh, rendered from the portrait's camera, shows "
+                               f"no face ({log}); " + _no_face_message(up, front, "placed"))
         pts_world, valid = again
         pts = ((pts_world - t) @ rot) / s  # back into the oriented mesh's frame
         s2, rot2, t2, report2 = fit_similarity_to_portrait(pts, valid, lm, camera)
