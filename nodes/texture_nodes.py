@@ -225,10 +225,6 @@ class TextureRefine(io.ComfyNode):
             description="Optimises the texture against SDEdit-denoised random views and the portrait (ID-Sculpt §3.3, Eq. 8–9).",
             inputs=_model_inputs() + _reference_inputs() + _sampler_inputs(20, 10.0) + [
                 io.Int.Input("refine_steps", default=400, min=0, max=5000, tooltip="Optimisation steps (ID-Sculpt: 400; even = random view, odd = reference)."),
-                io.Int.Input("denoise_batch", default=1, min=1, max=16,
-                             tooltip="Random views whose SDEdit targets come from one batched sampler run (one t per batch; "
-                                     "each target is then used by its own later step). 1: one run per view, as ID-Sculpt. "
-                                     "4: about half the sampling time on a GPU (the fast workflow's value)."),
                 io.Int.Input("t_min", default=50, min=1, max=998, tooltip="Smallest SDEdit start timestep (of 1000)."),
                 io.Int.Input("t_max", default=200, min=2, max=999, tooltip="Largest SDEdit start timestep (exclusive)."),
                 io.Float.Input("learning_rate", default=0.02, min=1e-5, max=1.0, step=0.001, tooltip="AdamW learning rate on the texture logits."),
@@ -239,6 +235,12 @@ class TextureRefine(io.ComfyNode):
                 lpips_weights_input(),
                 cuda_graphs_input(),
                 vram_mode_input(),
+                # the last widget and optional: saved UI workflows keep their widget values in place (they are
+                # positional) and saved API prompts without it still validate (1 = the authors' behaviour)
+                io.Int.Input("denoise_batch", default=1, min=1, max=16, optional=True,
+                             tooltip="Random views whose SDEdit targets come from one batched sampler run (one t per batch; "
+                                     "each target is then used by its own later step). 1: one run per view, as ID-Sculpt. "
+                                     "4 (the fast workflow's value): fewer, larger sampler runs, faster on a GPU."),
             ],
             outputs=[HEAD_MESH.Output(display_name="head"), io.Image.Output(display_name="texture")],
         )
