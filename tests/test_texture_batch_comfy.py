@@ -143,8 +143,8 @@ def test_one_graph_shape_for_the_run_a_short_last_batch_padded(env, monkeypatch)
     torch.testing.assert_close(short, ref, atol=2e-4, rtol=0)
 
 
-def test_rows_that_cannot_merge_are_reported_as_such():
-    """merge_conditioning_rows: one row per view for one-entry conds, None where ComfyUI could not batch them."""
+def test_rows_that_cannot_merge_are_reported_as_such(comfy_inprocess):
+    """merge_conditioning_rows (nodes/engines/sampling.py imports ComfyUI: the in-process fixture provides it): one row per view for one-entry conds, None where ComfyUI could not batch them."""
     from idsculpt.nodes.engines.sampling import merge_conditioning_rows
 
     a, b = torch.randn(1, 77, 8), torch.randn(1, 154, 8)
