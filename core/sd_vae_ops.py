@@ -47,11 +47,9 @@ class _ConvInputGradOnly(torch.autograd.Function):
     def backward(ctx, grad):
         (weight,) = ctx.saved_tensors
         shape, stride, padding, dilation, groups = ctx.conf
-        # convolution_backward reads only the input's shape for the input gradient: a stride-0 stub
-        # stands in for it (as torch.nn.grad.conv2d_input does)
-        stub = grad.new_empty(1).expand(shape)
-        gx = torch.ops.aten.convolution_backward(grad, stub, weight, None, stride, padding, dilation, False,
-                                                 [0, 0], groups, [True, False, False])[0]
+        # PyTorch's public input-gradient op: convolution_backward for the input only, which reads just the
+        # input's shape (the very call autograd makes when the weight is frozen)
+        gx = torch.nn.grad.conv2d_input(shape, weight, grad, stride, padding, dilation, groups)
         return gx, None, None, None, None, None, None
 
 
