@@ -157,7 +157,7 @@ class ComfySampling:
         # under inference mode as in ComfyUI's own samplers (the weights are inference tensors); the result
         # is cloned back out because the texture optimisation keeps it for its loss's backward
         with torch.inference_mode():
-            out = self._sample(image, normal_control, denoise, noise_mask, direction)
+            out = self._sample(image, normal_control, denoise, noise_mask, self.pair(direction))
         return out.clone()
 
     @torch.no_grad()
@@ -199,9 +199,9 @@ class ComfySampling:
         return None if pos is None or neg is None else (pos, neg)
 
     def _sample(self, image: torch.Tensor, normal_control: Optional[torch.Tensor], denoise: float, noise_mask: Optional[torch.Tensor],
-                direction=None, rows: Optional[list[int]] = None) -> torch.Tensor:
-        """One sampler run. ``image`` [H,W,3] (one view, the pair of ``direction``) or [K,H,W,3] with ``direction``
-        the (positive, negative) pair of the batch; noise row i from seed + calls + rows[i] (rows: 0..K−1)."""
+                pair: tuple[list, list], rows: Optional[list[int]] = None) -> torch.Tensor:
+        """One sampler run of the (positive, negative) CONDITIONING ``pair``. ``image`` [H,W,3] (one view) or
+        [K,H,W,3]; noise row i from seed + calls + rows[i] (rows: 0..K−1)."""
         single = image.dim() == 3
         images = image[None] if single else image
         controls = None if normal_control is None else (normal_control[None] if single else normal_control)
@@ -217,8 +217,7 @@ class ComfySampling:
             controls = None if controls is None else torch.cat([controls, controls[-1:].expand(pad, -1, -1, -1)])
             seeds += [seeds[-1]] * pad
         self.rows = max(self.rows, images.shape[0])
-        pos, neg = self.pair(direction) if (direction is None or isinstance(direction, str)) else direction
-        pos, neg = self._with_control(pos, neg, controls)
+        pos, neg = self._with_control(*pair, controls)
         latent = self.vae.encode(images.float().cpu())
         latent = comfy.sample.fix_empty_latent_channels(self.model, latent)
         # per-row noise, each row the noise a single call with its seed draws
