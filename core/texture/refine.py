@@ -257,13 +257,17 @@ def refine_texture(
         losses: list[dict] = []
         ref_geometry = None
         batch = int(config.denoise_batch)
-        random_left = 0 if denoiser is None else sum(1 for s in range(config.refine_steps) if s % 2 == 0 or reference is None)
+
+        def is_random(s: int) -> bool:  # even steps take a random view (every step without a reference)
+            return denoiser is not None and (s % 2 == 0 or reference is None)
+
+        random_left = sum(map(is_random, range(config.refine_steps)))
         pending: list[tuple[RefineView, int, torch.Tensor]] = []  # (view, t, target) of the batch not yet consumed
         for step in range(config.refine_steps):
             if interrupt:
                 interrupt()
             texture = torch.sigmoid(logits)
-            use_random = denoiser is not None and (step % 2 == 0 or reference is None)
+            use_random = is_random(step)
             record: dict = {"step": step}
             preview = None
             if use_random:
