@@ -82,6 +82,9 @@ def main() -> None:
                     help="UNet/ControlNet replayed from CUDA graphs, eager, or both in turn (with an equality check)")
     ap.add_argument("--views", default="1,4",
                     help="comma-separated views per ISD step to time (the fast default takes 4; 8 shows what a longer batch buys)")
+    ap.add_argument("--memory-format", default="contiguous",
+                    help="comma-separated: contiguous (ComfyUI's NCHW), channels_last (UNet and ControlNet weights "
+                    "converted in place, so convolutions run NHWC; keys get the suffix _cl)")
     ap.add_argument("--host-profile", action="store_true",
                     help="also cProfile the predictor (1 view) to attribute its host-side time")
     args = ap.parse_args()
@@ -134,53 +137,57 @@ def main() -> None:
     from idsculpt.core.guidance import ViewBatch
 
     reference_eps: dict = {}
-    for n in view_counts:
-        for graphs in modes:
-            key = f"{n}view" + ("_graphs" if graphs else "")
-            if dev.type == "cuda":  # each configuration's own peak, not the run's so far
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            try:
-                g, cams, image = isd_setup(model, pos, neg, vae, control, hints, n, res, dev, cuda_graphs=graphs)
-                with g:
-                    def step() -> None:
-                        img = image.clone().requires_grad_(True)
-                        loss = g(img, cams)
-                        loss.backward()
-                        assert torch.isfinite(img.grad).all()
+    formats = [f.strip() for f in args.memory_format.split(",") if f.strip()]
+    configs = [(mf, n, graphs) for mf in formats for n in view_counts for graphs in modes]
+    for mf, n, graphs in configs:
+        if mf == "channels_last":  # in place: the networks' convolutions then run NHWC end to end
+            model.model.diffusion_model.to(memory_format=torch.channels_last)
+            control.control_model.to(memory_format=torch.channels_last)
+        key = f"{n}view" + ("_graphs" if graphs else "") + ("_cl" if mf == "channels_last" else "")
+        if dev.type == "cuda":  # each configuration's own peak, not the run's so far
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            g, cams, image = isd_setup(model, pos, neg, vae, control, hints, n, res, dev, cuda_graphs=graphs)
+            with g:
+                def step() -> None:
+                    img = image.clone().requires_grad_(True)
+                    loss = g(img, cams)
+                    loss.backward()
+                    assert torch.isfinite(img.grad).all()
 
-                    result["isd_step"][key] = _timing.timed(dev, step, warmup, iters)
-                    lat = g.predictor.encode(image).detach()
-                    sig = torch.full((n,), 2.0)
-                    views = ViewBatch(torch.zeros(n), torch.zeros(n), torch.ones(n, dtype=torch.bool), torch.full((n,), 300), sig, cams)
-                    noise = torch.randn(lat.shape, generator=torch.Generator().manual_seed(n)).to(lat)
-                    result["predictor_only"][key] = _timing.timed(dev, lambda: g.predictor.predict_noise(lat + 2.0 * noise, sig, views), warmup, iters)
-                    # the same inputs through eager and graphed predictors must give the same noise
-                    eps = g.predictor.predict_noise(lat + 2.0 * noise, sig, views)
-                    if graphs and n in reference_eps:
-                        ref = reference_eps[n]
-                        result["predictor_only"][key]["max_abs_diff_vs_eager"] = float(torch.maximum(
-                            (eps.cond - ref.cond).abs().max(), (eps.uncond - ref.uncond).abs().max()))
-                    elif not graphs:
-                        reference_eps[n] = eps
-                    if graphs:
-                        result["predictor_only"][key]["graph_stats"] = g.predictor._state["graphs"].stats()
-                    if args.host_profile and (graphs or args.cuda_graphs == "off") and n == view_counts[0]:
-                        result["predictor_host_profile"] = host_profile(
-                            dev, lambda: g.predictor.predict_noise(lat + 2.0 * noise, sig, views), iters)
-                        print(result["predictor_host_profile"]["table"], flush=True)
+                result["isd_step"][key] = _timing.timed(dev, step, warmup, iters)
+                lat = g.predictor.encode(image).detach()
+                sig = torch.full((n,), 2.0)
+                views = ViewBatch(torch.zeros(n), torch.zeros(n), torch.ones(n, dtype=torch.bool), torch.full((n,), 300), sig, cams)
+                noise = torch.randn(lat.shape, generator=torch.Generator().manual_seed(n)).to(lat)
+                result["predictor_only"][key] = _timing.timed(dev, lambda: g.predictor.predict_noise(lat + 2.0 * noise, sig, views), warmup, iters)
+                # the same inputs through eager and graphed predictors must give the same noise
+                eps = g.predictor.predict_noise(lat + 2.0 * noise, sig, views)
+                if graphs and (mf, n) in reference_eps:
+                    ref = reference_eps[(mf, n)]
+                    result["predictor_only"][key]["max_abs_diff_vs_eager"] = float(torch.maximum(
+                        (eps.cond - ref.cond).abs().max(), (eps.uncond - ref.uncond).abs().max()))
+                elif not graphs:
+                    reference_eps[(mf, n)] = eps
+                if graphs:
+                    result["predictor_only"][key]["graph_stats"] = g.predictor._state["graphs"].stats()
+                if args.host_profile and (graphs or args.cuda_graphs == "off") and n == view_counts[0]:
+                    result["predictor_host_profile"] = host_profile(
+                        dev, lambda: g.predictor.predict_noise(lat + 2.0 * noise, sig, views), iters)
+                    print(result["predictor_host_profile"]["table"], flush=True)
 
-                    def enc() -> None:
-                        img = image.clone().requires_grad_(True)
-                        g.predictor.encode(img).float().square().sum().backward()
+                def enc() -> None:
+                    img = image.clone().requires_grad_(True)
+                    g.predictor.encode(img).float().square().sum().backward()
 
-                    result["vae_encode_fwd_bwd"][key] = _timing.timed(dev, enc, warmup, iters)
-                result["isd_step"][key]["grad_norm_last"] = round(float(g.last_stats.grad_norm), 4)
-                result["isd_step"][key]["peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20) if dev.type == "cuda" else None
-            except Exception as e:  # noqa: BLE001 - record and go on with the other view count
-                result["isd_step"][key] = {"error": f"{type(e).__name__}: {e}"}
-                traceback.print_exc()
-            print(key, result["isd_step"][key], result["predictor_only"].get(key), result["vae_encode_fwd_bwd"].get(key), flush=True)
+                result["vae_encode_fwd_bwd"][key] = _timing.timed(dev, enc, warmup, iters)
+            result["isd_step"][key]["grad_norm_last"] = round(float(g.last_stats.grad_norm), 4)
+            result["isd_step"][key]["peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20) if dev.type == "cuda" else None
+        except Exception as e:  # noqa: BLE001 - record and go on with the other view count
+            result["isd_step"][key] = {"error": f"{type(e).__name__}: {e}"}
+            traceback.print_exc()
+        print(key, result["isd_step"][key], result["predictor_only"].get(key), result["vae_encode_fwd_bwd"].get(key), flush=True)
 
     print(json.dumps(result, indent=2))
     _timing.write_json(result, args.out, indent=2)
