@@ -5,7 +5,7 @@
 The SD1.x/2.x encoder (ch 128, mult 1,2,4,4, two blocks a level, mid attention; random weights, bf16,
 frozen) at 512², input requiring grad as the ISD's render does. Prints and records:
 - saved-for-backward bytes per view, counted on the meta device (any machine, instant), old vs new;
-- on CUDA: for 1 and 4 views, old vs new: peak memory of forward + backward above the weights
+- on CUDA: for 1 and 4 views, old vs new (and old_cl: plain autograd, weights and input channels_last): peak memory of forward + backward above the weights
   (``max_memory_allocated``), median fwd+bwd time (CUDA events), and the new input gradient's largest
   difference from the old one relative to its largest value (0 or bf16 rounding).
 Runs in well under a minute on an H100.
@@ -62,7 +62,9 @@ def saved_bytes(enc: torch.nn.Module, x: torch.Tensor) -> int:
 
 def cuda_rows(res: int, views: tuple[int, ...], iters: int) -> dict:
     dev, dtype = "cuda", torch.bfloat16
-    encs = {"old": build(False, dev, dtype), "new": build(True, dev, dtype)}
+    encs = {"old": build(False, dev, dtype), "new": build(True, dev, dtype),
+            # plain autograd with NHWC weights and input: what channels_last alone buys the convolutions
+            "old_cl": build(False, dev, dtype).to(memory_format=torch.channels_last)}
     out: dict = {}
     for v in views:
         g = torch.Generator(device=dev).manual_seed(v)
@@ -71,7 +73,10 @@ def cuda_rows(res: int, views: tuple[int, ...], iters: int) -> dict:
         grads = {}
         for name, enc in encs.items():
             def step() -> torch.Tensor:
-                x = x0.detach().requires_grad_(True)
+                x = x0.detach()
+                if name.endswith("_cl"):
+                    x = x.contiguous(memory_format=torch.channels_last)
+                x = x.requires_grad_(True)
                 z = enc(x)
                 z.backward(probe)
                 return x.grad
@@ -97,6 +102,7 @@ def cuda_rows(res: int, views: tuple[int, ...], iters: int) -> dict:
                                       "min_ms": round(min(times), 3), "iters": iters}
         ref = grads["old"].float()
         out[f"{v}view_grad_rel_diff"] = float((grads["new"].float() - ref).abs().max() / ref.abs().max())
+        out[f"{v}view_cl_grad_rel_diff"] = float((grads["old_cl"].float() - ref).abs().max() / ref.abs().max())
         del grads, x0, probe
         torch.cuda.empty_cache()
     return out
