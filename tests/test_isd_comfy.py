@@ -287,22 +287,34 @@ def test_nodes_load_apply_and_refuse(env) -> None:
 
 
 def test_view_dependent_prompts(env, shared) -> None:
-    """Views get their own prompt (front/side) in one batch; unequal token lengths fall back to groups."""
+    """Views get their own prompt (front/side) in one batch, also when the token lengths differ (repeated to
+    their LCM, one UNet call); conds ComfyUI could not concatenate (LCM over 4x the shortest) fall back to groups."""
     from idsculpt.nodes.engines.noise_predictor import ComfyNoisePredictor
 
     side = tiny_conditioning(5)
-    side_long = [[torch.cat([side[0][0], side[0][0]], 1), {}]]  # 154 tokens: cannot share a batch row-wise
+    # 154 tokens, a different prompt than side's: rows of 77 and 154 tokens share a batch (LCM 154)
+    side_long = [[torch.cat([side[0][0], tiny_conditioning(6)[0][0]], 1), {}]]
+    side_huge = [[side[0][0].repeat(1, 5, 1), {}]]  # 385 tokens: LCM with 77 is 5x the shortest, over ComfyUI's 4x
     x, s, v = _views(2)  # azimuths 0 (front) and 40 (front) -> make view 1 a side view
     v.azimuth = torch.tensor([0.0, 90.0])
     with torch.inference_mode(False):
         ref_side = ComfyNoisePredictor(shared.m1, side, env.neg, env.vae, resolution=RES).predict_noise(x, s, v)
+        ref_long = ComfyNoisePredictor(shared.m1, side_long, env.neg, env.vae, resolution=RES).predict_noise(x, s, v)
         mixed = ComfyNoisePredictor(shared.m1, env.pos, env.neg, env.vae, resolution=RES,
                                     view_positive={"side": side}).predict_noise(x, s, v)
-        split = ComfyNoisePredictor(shared.m1, env.pos, env.neg, env.vae, resolution=RES,
-                                    view_positive={"side": side_long}).predict_noise(x, s, v)
+        longer = ComfyNoisePredictor(shared.m1, env.pos, env.neg, env.vae, resolution=RES, view_positive={"side": side_long})
+        merged = longer.predict_noise(x, s, v)
+        huge = ComfyNoisePredictor(shared.m1, env.pos, env.neg, env.vae, resolution=RES, view_positive={"side": side_huge})
+        split = huge.predict_noise(x, s, v)
     assert torch.allclose(mixed.cond[0], shared.on.cond[0], atol=1e-4)
     assert torch.allclose(mixed.cond[1], ref_side.cond[1], atol=1e-4)
     assert torch.allclose(mixed.uncond, shared.on.uncond, atol=1e-4)
+    assert longer.calls == 1  # one UNet call for both views, the front row repeated to 154 tokens
+    assert torch.allclose(merged.cond[0], shared.on.cond[0], atol=1e-4)
+    assert torch.allclose(merged.cond[1], ref_long.cond[1], atol=1e-4)
+    assert (merged.cond[1] - ref_side.cond[1]).abs().max() > 1e-4  # the long prompt is its own prompt
+    assert torch.allclose(merged.uncond, shared.on.uncond, atol=1e-4)
+    assert huge.calls == 2  # cannot share rows: one call per (positive, negative) pair
     assert torch.allclose(split.cond[0], shared.on.cond[0], atol=1e-4)
     assert (split.cond[1] - shared.on.cond[1]).abs().max() > 1e-4
 

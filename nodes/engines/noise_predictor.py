@@ -50,7 +50,7 @@ from ...core.guidance import ISD_VIEW_THRESHOLDS, VIEW_DIRECTIONS, NoisePredicti
 from ...core.speed.transfer import to_device
 from .cuda_graphs import DiffusionGraphs
 from .id_patch import ID_ENABLED_KEY, ID_MASK_KEY, ID_OFF_CONDS_KEY, has_id_adapter
-from .sampling import attach_control
+from .sampling import attach_control, stack_token_rows
 from .vae_encoder import VAE_POSTERIORS, DifferentiableVAEEncoder
 from .vram import module_tensors, unique_models
 
@@ -313,15 +313,17 @@ class ComfyNoisePredictor:
         """One cond list whose cross_attn holds one row per view, or None when the prompts can't merge.
 
         ComfyUI uses a cross_attn whose batch equals the latent batch row by row, so views with
-        different prompts still run in one UNet call. Needs single-entry conds of one token length.
+        different prompts still run in one UNet call. Needs single-entry conds without area or mask;
+        token lengths are matched by repeating to their LCM (``stack_token_rows``), so a view whose
+        prompt is longer does not split the step into calls of varying shapes.
         """
         if any(len(c) != 1 or "cross_attn" not in c[0] or c[0].get("area") is not None or c[0].get("mask") is not None for c in per_view):
             return None
-        rows = [c[0]["cross_attn"][:1] for c in per_view]
-        if any(r.shape != rows[0].shape for r in rows):
+        cross = stack_token_rows([c[0]["cross_attn"][:1] for c in per_view])
+        if cross is None:
             return None
         merged = per_view[0][0].copy()
-        merged["cross_attn"] = torch.cat(rows)
+        merged["cross_attn"] = cross
         merged["model_conds"] = dict(merged.get("model_conds", {}))
         return [merged]
 
@@ -330,7 +332,7 @@ class ComfyNoisePredictor:
 
         One view: it runs with the "ID off" row only when ``views.cond_no_id`` asks for it. Several views:
         all run with it, so the step is one call of one shape. Views with different prompts share one call
-        when their token lengths match (row-wise cross_attn), else one call per (positive, negative) pair.
+        (row-wise cross_attn, token lengths repeated to their LCM), else one call per (positive, negative) pair.
         A view that did not ask gets ``cond`` as its ``cond_no_id`` (ID is off there already)."""
         st = self._state
         dev = st["device"]

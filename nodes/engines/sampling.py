@@ -249,8 +249,6 @@ def merge_conditioning_rows(conds: list[list]) -> Optional[list]:
         return None
     tensors = [c[0][0] for c in conds]
     dicts = [c[0][1] for c in conds]
-    if any(t.dim() != 3 or t.shape[0] != 1 or t.shape[2] != tensors[0].shape[2] for t in tensors):
-        return None
     if any(d.get("area") is not None or d.get("mask") is not None for d in dicts) or any(d.keys() != dicts[0].keys() for d in dicts):
         return None
     extra = {}
@@ -262,12 +260,23 @@ def merge_conditioning_rows(conds: list[list]) -> Optional[list]:
             extra[key] = torch.cat(vals)
         elif any(v is not v0 and not _same(v, v0) for v in vals):
             return None
-    lengths = [t.shape[1] for t in tensors]
+    cross = stack_token_rows(tensors)
+    return None if cross is None else [[cross, {**dicts[0], **extra}]]
+
+
+def stack_token_rows(rows: list[torch.Tensor]) -> Optional[torch.Tensor]:
+    """[n, L, C] from n cross-attention rows [1, L_i, C]: each repeated to the LCM L of the token lengths, as
+    ComfyUI's CONDCrossAttn.concat does (attention over a repeated key set is unchanged), or None where they
+    cannot share a batch: a row batch other than 1, different widths, or an LCM over 4x the shortest length
+    (ComfyUI's own limit in CONDCrossAttn.can_concat). The one row stacker of per-view prompts (texture
+    sampling's merge_conditioning_rows and the ISD's noise predictor)."""
+    if any(t.dim() != 3 or t.shape[0] != 1 or t.shape[2] != rows[0].shape[2] for t in rows):
+        return None
+    lengths = [t.shape[1] for t in rows]
     n = math.lcm(*lengths)
     if n // min(lengths) > 4:
         return None
-    cross = torch.cat([t.repeat(1, n // t.shape[1], 1) for t in tensors])
-    return [[cross, {**dicts[0], **extra}]]
+    return torch.cat([t.repeat(1, n // t.shape[1], 1) for t in rows])
 
 
 def _same(a, b) -> bool:
