@@ -85,10 +85,13 @@ def main() -> None:
     ap.add_argument("--memory-format", default="contiguous",
                     help="comma-separated: contiguous (ComfyUI's NCHW), channels_last (UNet and ControlNet weights "
                     "converted in place, so convolutions run NHWC; keys get the suffix _cl)")
+    ap.add_argument("--cudnn-benchmark", action="store_true",
+                    help="torch.backends.cudnn.benchmark on (cuDNN times its algorithms per shape; ComfyUI leaves it off)")
     ap.add_argument("--host-profile", action="store_true",
                     help="also cProfile the predictor (1 view) to attribute its host-side time")
     args = ap.parse_args()
     _timing.find_comfyui(args.comfy, "bench_isd.py")
+    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
 
     from tiny_models import import_comfy, tiny_conditioning, tiny_controlnet, tiny_sd15_model, tiny_vae, write_tiny_faceid_adapter
 
@@ -127,6 +130,8 @@ def main() -> None:
         "unet_params_m": round(sum(p.numel() for p in model.model.diffusion_model.parameters()) / 1e6, 1),
         "controlnet_params_m": round(sum(p.numel() for p in control.control_model.parameters()) / 1e6, 1),
         "cfg": 50.0,
+        "cudnn_benchmark": bool(args.cudnn_benchmark),
+        "memory_formats": args.memory_format,
         "isd_step": {},
         "predictor_only": {},
         "vae_encode_fwd_bwd": {},
