@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Issue 22's acceptance runs in one lease on the GPU machine, detached so no device call has to outlast its
+# 10-minute limit: the default workflow (full.json, --profile default), then the paper preset (full_paper.json,
+# --profile paper, the same stand-in models), each in its own ComfyUI server, one after the other (never side
+# by side: the timings are the result); then, with `evidence`, bench/gpu_evidence.sh's three pieces.
+#
+#   source bench/gpu_e2e_setup.sh WORK                   # first (three back-to-back calls, see that script)
+#   bash bench/gpu_acceptance.sh start WORK DIR [evidence] # detached (setsid nohup): returns at once
+#   bash bench/gpu_acceptance.sh wait DIR S               # wait up to S seconds; prints where it stands
+#
+# Results in DIR: pipeline_default.json / pipeline_paper.json (bench/results/ keeps them), their stage logs
+# pipeline_<profile>.stages.jsonl (the runs' vram_stages.jsonl), the servers' logs, evidence/ with `evidence`.
+# On an H100: ~6 min (default, models built once) + ~8-9 min (paper) + ~7 min (evidence), estimated.
+set -u
+what="${1:?start|wait}"
+case "$what" in
+  start)
+    work="${2:?WORK (the folder given to gpu_e2e_setup.sh)}" dir="${3:?result folder}" extra="${4:-}"
+    mkdir -p "$dir"
+    portrait="${PORTRAIT:-.e2e/portrait.jpg}"
+    cat > "$dir/run.sh" <<EOF
+set -u
+for p in default paper; do
+  skip=""; [ "\$p" = paper ] && skip="--skip-build"
+  python bench/bench_pipeline.py --work '$work' --portrait '$portrait' --out '$dir/pipeline_'\$p'.json' --profile \$p \
+    --runs 1 --set IDSculptPanoHeadInvert.mesh_level=0.01 \$skip > '$dir/'\$p'.log' 2>&1
+  echo \$? > '$dir/'\$p'.rc'
+  cp '$work/vram_stages.jsonl' '$dir/pipeline_'\$p'.stages.jsonl' 2>/dev/null
+  cp '$work/comfyui.log' '$dir/comfyui_'\$p'.log' 2>/dev/null
+done
+if [ '$extra' = evidence ]; then
+  bash bench/gpu_evidence.sh start '$dir/evidence' && bash bench/gpu_evidence.sh wait '$dir/evidence' 1500
+fi
+echo done > '$dir/done'
+EOF
+    setsid nohup bash "$dir/run.sh" > "$dir/run.log" 2>&1 &
+    echo "started: $dir/run.sh (logs in $dir)"
+    ;;
+  wait)
+    dir="${2:?result folder}" limit="${3:-560}" t=0
+    while [ $t -lt "$limit" ] && [ ! -f "$dir/done" ]; do sleep 5; t=$((t + 5)); done
+    for p in default paper; do
+      echo "== $p rc=$(cat "$dir/$p.rc" 2>/dev/null || echo 'not finished')"; tail -2 "$dir/$p.log" 2>/dev/null
+    done
+    [ -d "$dir/evidence" ] && bash bench/gpu_evidence.sh wait "$dir/evidence" 0
+    [ -f "$dir/done" ] && echo "all done" || echo "still running"
+    ;;
+  *) echo "usage: $0 start WORK DIR [evidence] | wait DIR [seconds]" >&2; exit 2 ;;
+esac
