@@ -12,17 +12,24 @@ convolution), so each such triple keeps just x:
   ``convolution_backward`` for the input only, the very call autograd makes when the weight needs no
   gradient.
 - ``group_norm_silu``: SiLU(GroupNorm(x)) that saves x and the per-group mean / 1/std; the backward
-  recomputes GroupNorm(x) with the same kernel, then runs SiLU's and GroupNorm's own backward kernels.
+  rebuilds GroupNorm(x) from them, then runs SiLU's and GroupNorm's own backward. On CUDA with Triton
+  the rebuild and SiLU's backward are one kernel (``_gn_silu_kernel``) that applies the saved mean /
+  1/std: recomputing them (PyTorch's row-moments kernel) made the whole encoder's fwd + input bwd 19 %
+  slower on an H100 (4 views at 512²: 51.1 -> 60.6 ms; bench/probes/vae_saved_memory.py). Elsewhere
+  the native GroupNorm runs again.
 - ``matmul_attention_lean``: one-head attention (matmul + fp32 softmax) that saves q, k, v and the
   scaled bf16 logits instead of the fp32 softmax and its bf16 cast (3x the bytes at 64² tokens); the
   backward recomputes the softmax from the same logits.
 
 Forward outputs are bit-identical to the plain ops, and the backward runs the same kernels on the same
-values, so gradients equal plain autograd's. These Functions assume the weights do not require grad
+values, so gradients equal plain autograd's (the Triton kernel does PyTorch's float arithmetic with fused
+multiply-adds; its exp may differ in the last bit, hence a bf16 rounding at most). These Functions assume the weights do not require grad
 (callers check); they are once-differentiable. Nothing here imports the rest of the pack.
 """
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Optional, Sequence
 
 import torch
@@ -61,6 +68,52 @@ def conv2d_input_grad_only(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
                                     list(conv.dilation), conv.groups)
 
 
+log = logging.getLogger("IDSculpt")
+_fused_off: list[str] = []  # why the fused kernel was turned off for this process (its first failure)
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_kernel():
+    """The Triton kernel of the lean GroupNorm + SiLU backward, or None where Triton is missing."""
+    try:
+        from ._gn_silu_kernel import silu_grad_of_group_norm
+    except Exception:  # noqa: BLE001  (no Triton: CPU-only torch, Windows without triton-windows)
+        return None
+    return silu_grad_of_group_norm
+
+
+def fused_backward_available(device: torch.device) -> bool:
+    return device.type == "cuda" and not _fused_off and _fused_kernel() is not None
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _silu_grad_fused(x, grad, weight, bias, mean, rstd, n, c, hw, groups) -> torch.Tensor:
+    """grad · SiLU'(GroupNorm(x)) from the saved mean / rstd in one kernel ([N,C,HW]-contiguous tensors)."""
+    out = torch.empty_like(x)
+    block = 1024
+    _fused_kernel()[(n * c, _cdiv(hw, block))](
+        x, grad, out, mean, rstd, weight if weight is not None else x, bias if bias is not None else x, c, hw, c // groups,
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK=block)
+    return out
+
+
+def _silu_grad(x, grad, weight, bias, mean, rstd, n, c, hw, groups, eps) -> torch.Tensor:
+    """SiLU's backward of GroupNorm(x): the fused kernel on CUDA with Triton, else the native kernels again."""
+    if fused_backward_available(x.device):
+        try:
+            return _silu_grad_fused(x, grad, weight, bias, mean, rstd, n, c, hw, groups)
+        except Exception as e:  # noqa: BLE001  (Triton present but unable to compile for this GPU)
+            _fused_off.append(f"{type(e).__name__}: {e}")
+            log.warning("IDSculpt: the fused GroupNorm backward (Triton) failed, using PyTorch's kernels: %s", _fused_off[0][:300])
+    y = torch.ops.aten.native_group_norm(x, weight, bias, n, c, hw, groups, eps)[0]  # recomputed, same kernel
+    # SiLU's backward kernel, written over the recomputed y (elementwise, same index): one full
+    # activation less in flight
+    return torch.ops.aten.silu_backward.grad_input(grad, y, grad_input=y)
+
+
 def _group_norm_dims(x: torch.Tensor) -> tuple[int, int, int]:
     n, c = x.shape[:2]
     return n, c, x.numel() // max(n * c, 1)
@@ -81,10 +134,7 @@ class _GroupNormSiLU(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight, bias, mean, rstd = ctx.saved_tensors
         n, c, hw, groups, eps = ctx.conf
-        y = torch.ops.aten.native_group_norm(x, weight, bias, n, c, hw, groups, eps)[0]  # recomputed, same kernel
-        # SiLU's backward kernel, written over the recomputed y (elementwise, same index): one full
-        # activation less in flight
-        gy = torch.ops.aten.silu_backward.grad_input(grad.contiguous(), y, grad_input=y)
+        gy = _silu_grad(x, grad.contiguous(), weight, bias, mean, rstd, n, c, hw, groups, eps)
         gx = torch.ops.aten.native_group_norm_backward(gy, x, mean, rstd, weight, n, c, hw, groups, [True, False, False])[0]
         return gx, None, None, None, None
 

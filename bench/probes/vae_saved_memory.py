@@ -60,11 +60,39 @@ def saved_bytes(enc: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in seen.values())
 
 
-def cuda_rows(res: int, views: tuple[int, ...], iters: int) -> dict:
+def _conv2d_input_materialised(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    """torch.nn.grad.conv2d_input with a real (uninitialised) input tensor instead of an expanded scalar:
+    tells whether the expanded stand-in changes cuDNN's backward-data algorithm (the ``new_empty`` rows)."""
+    x = torch.empty(input_size, dtype=grad_output.dtype, device=grad_output.device)
+    return torch.ops.aten.convolution_backward(grad_output, x, weight, None, torch.nn.modules.utils._pair(stride),
+                                               torch.nn.modules.utils._pair(padding), torch.nn.modules.utils._pair(dilation),
+                                               False, [0, 0], groups, (True, False, False))[0]
+
+
+def profile_table(enc: torch.nn.Module, x0: torch.Tensor, probe: torch.Tensor, rows: int = 25) -> str:
+    """Top CUDA kernels of 5 forward + backward passes (torch.profiler), as text."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def step() -> None:
+        x = x0.detach().requires_grad_(True)
+        enc(x).backward(probe)
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            step()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70)
+
+
+def cuda_rows(res: int, views: tuple[int, ...], iters: int, profile_views: int = 0) -> dict:
     dev, dtype = "cuda", torch.bfloat16
     encs = {"old": build(False, dev, dtype), "new": build(True, dev, dtype),
             # plain autograd with NHWC weights and input: what channels_last alone buys the convolutions
-            "old_cl": build(False, dev, dtype).to(memory_format=torch.channels_last)}
+            "old_cl": build(False, dev, dtype).to(memory_format=torch.channels_last),
+            # the lean backward with its convolutions' input gradients taken with a real input tensor
+            "new_empty": build(True, dev, dtype)}
     out: dict = {}
     for v in views:
         g = torch.Generator(device=dev).manual_seed(v)
@@ -81,6 +109,9 @@ def cuda_rows(res: int, views: tuple[int, ...], iters: int) -> dict:
                 z.backward(probe)
                 return x.grad
 
+            orig = torch.nn.grad.conv2d_input
+            if name.endswith("_empty"):
+                torch.nn.grad.conv2d_input = _conv2d_input_materialised
             for _ in range(3):
                 step()
             torch.cuda.synchronize()
@@ -98,10 +129,14 @@ def cuda_rows(res: int, views: tuple[int, ...], iters: int) -> dict:
                 b.record()
                 b.synchronize()
                 times.append(a.elapsed_time(b))
+            if v == profile_views and name in ("old", "new"):
+                print(f"== profile, {v} views, {name}\n" + profile_table(enc, x0, probe), flush=True)
+            torch.nn.grad.conv2d_input = orig
             out[f"{v}view_{name}"] = {"peak_mib": round(peak / MIB, 1), "median_ms": round(statistics.median(times), 3),
                                       "min_ms": round(min(times), 3), "iters": iters}
         ref = grads["old"].float()
         out[f"{v}view_grad_rel_diff"] = float((grads["new"].float() - ref).abs().max() / ref.abs().max())
+        out[f"{v}view_empty_grad_rel_diff"] = float((grads["new_empty"].float() - ref).abs().max() / ref.abs().max())
         out[f"{v}view_cl_grad_rel_diff"] = float((grads["old_cl"].float() - ref).abs().max() / ref.abs().max())
         del grads, x0, probe
         torch.cuda.empty_cache()
@@ -113,6 +148,7 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="JSON file to write")
     ap.add_argument("--res", type=int, default=512)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--profile-views", type=int, default=0, help="print the top CUDA kernels of old and new at this many views")
     args = ap.parse_args()
     t0 = time.time()
     x = torch.empty(1, 3, args.res, args.res, device="meta", dtype=torch.bfloat16, requires_grad=True)
@@ -122,7 +158,7 @@ def main() -> None:
     print("saved for backward per view (MiB):", result["saved_mib_per_view"])
     if torch.cuda.is_available():
         result["device"] = torch.cuda.get_device_name()
-        result["cuda"] = cuda_rows(args.res, (1, 4), args.iters)
+        result["cuda"] = cuda_rows(args.res, (1, 4), args.iters, args.profile_views)
         for k, v in result["cuda"].items():
             print(k, v)
     else:
