@@ -119,6 +119,16 @@ def texture_snapshots(at: set[int], take: Callable[[int, torch.Tensor], None]) -
         torch.optim.AdamW = base
 
 
+def evidence_device(args) -> torch.device:
+    """The device of ``--device`` (exits when CUDA is asked for and missing), after ``--threads``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device")
+    return dev
+
+
 def _commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_timing.ROOT, capture_output=True, text=True, timeout=10)
@@ -159,12 +169,7 @@ def main() -> None:
     if args.fast_from_paper and FAST.denoise_batch != PAPER.denoise_batch:
         sys.exit(f"--fast-from-paper: FAST batches {FAST.denoise_batch} denoised views per sampler run, PAPER "
                  f"{PAPER.denoise_batch}: FAST is not a prefix of the PAPER run, so it needs its own run")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    dev = torch.device(args.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device")
+    dev = evidence_device(args)
     scale = SCALES[dev.type]
     tex, res, subdiv = args.texture or scale["texture"], args.render or scale["render"], args.subdiv or scale["subdiv"]
     be = _backend(dev)

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _timing  # noqa: E402
-from evidence_oracle_texture import _backend, _commit, _perceptual  # noqa: E402  (loads the pack and tests/)
+from evidence_oracle_texture import _backend, _commit, _perceptual, evidence_device  # noqa: E402  (loads the pack and tests/)
 import prior_model as M  # noqa: E402
 import texture_prior as T  # noqa: E402
 
@@ -131,11 +131,7 @@ def main() -> None:
     ap.add_argument("--note", default="")
     ap.add_argument("--out", default=os.path.join(_timing.ROOT, "bench", "results", "evidence_trained_texture.json"))
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dev = torch.device(args.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device")
+    dev = evidence_device(args)
     scale = SCALES[dev.type]
     res, factor = scale["render"], scale["factor"]
     be = _backend(dev)

@@ -5,15 +5,12 @@ CPU, small inputs; the byte counts run on the meta device (shapes only, no arith
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from triton_interpreter import in_interpreter, needs_triton, rerun_in_interpreter
 
 from idsculpt.core.sd_vae_encoder import EncoderConfig, SDVAEEncoder, matmul_attention
 from idsculpt.core.sd_vae_ops import (conv2d_input_grad_only, group_norm_silu, matmul_attention_lean,
@@ -204,9 +201,6 @@ def test_matmul_attention_lean_flag_keeps_values() -> None:
 
 
 # ------------------------------------------------------------- the fused GroupNorm + SiLU backward (Triton)
-needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
-
-
 @needs_triton
 def test_fused_silu_grad_of_group_norm_equals_the_native_kernels() -> None:
     """The Triton kernel (``_silu_grad_fused``: SiLU's backward of GroupNorm rebuilt from the saved mean /
@@ -216,12 +210,8 @@ def test_fused_silu_grad_of_group_norm_equals_the_native_kernels() -> None:
     process (the interpreter must be on before Triton is first imported)."""
     if torch.cuda.is_available():
         return _fused_compare(torch.device("cuda"), torch.bfloat16)
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        test = f"{os.path.abspath(__file__)}::test_fused_silu_grad_of_group_norm_equals_the_native_kernels"
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
-                           env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0 and "1 passed" in r.stdout, (r.stdout[-3000:], r.stderr[-2000:])
-        return None
+    if not in_interpreter():
+        return rerun_in_interpreter(__file__, "test_fused_silu_grad_of_group_norm_equals_the_native_kernels")
     return _fused_compare(torch.device("cpu"), torch.float32)
 
 

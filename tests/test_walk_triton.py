@@ -7,12 +7,6 @@ one); the fallback test needs no Triton.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-
-import pytest
 import torch
 
 from idsculpt.core.camera import Cameras
@@ -20,7 +14,7 @@ from idsculpt.core.dmtet.procedural import procedural_head_mesh
 from idsculpt.core.render import walk_triton
 from idsculpt.core.render.torch_backend import TorchBackend
 
-needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+from triton_interpreter import in_interpreter, needs_triton, rerun_in_interpreter
 
 
 def _render(be: TorchBackend, verts: torch.Tensor, faces: torch.Tensor, cams: Cameras, rast: torch.Tensor):
@@ -40,12 +34,8 @@ def test_fused_walk_matches_the_torch_walk(monkeypatch) -> None:
     imported (other packages may import it early): the test then re-runs itself in a fresh process."""
     if torch.cuda.is_available():
         return _compare(torch.device("cuda"), monkeypatch)
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        test = f"{os.path.abspath(__file__)}::test_fused_walk_matches_the_torch_walk"
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
-                           env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0 and "1 passed" in r.stdout, (r.stdout[-3000:], r.stderr[-2000:])
-        return None
+    if not in_interpreter():
+        return rerun_in_interpreter(__file__, "test_fused_walk_matches_the_torch_walk")
     walk_triton._kernel.cache_clear()
     monkeypatch.setattr(walk_triton, "available", lambda dev: walk_triton._kernel() is not None)
     try:
