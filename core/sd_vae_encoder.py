@@ -21,7 +21,8 @@ what the input gradient needs (core/sd_vae_ops.py): each GroupNorm's input, and 
 logits of the attention, not the GroupNorm/SiLU outputs, the convolutions' inputs, the padded copies or
 the fp32 softmax. At 512² (bf16) that is ~0.5 GiB a view instead of ~1.6, at plain autograd's speed on an
 H100; outputs are the same, input gradients within a bf16 rounding (on CUDA one Triton kernel rebuilds the
-GroupNorm for SiLU's backward, see sd_vae_ops). Without a graph (no_grad, inference) or with weights that need grad, the plain ops run.
+GroupNorm for SiLU's backward, see sd_vae_ops). Without a graph (no_grad, inference) or with weights that
+need grad, the plain ops run.
 Nothing here imports ComfyUI.
 """
 from __future__ import annotations

@@ -21,21 +21,22 @@ convolution), so each such triple keeps just x:
   scaled bf16 logits instead of the fp32 softmax and its bf16 cast (3x the bytes at 64² tokens); the
   backward recomputes the softmax from the same logits.
 
-Forward outputs are bit-identical to the plain ops, and the backward runs the same kernels on the same
-values, so gradients equal plain autograd's (the Triton kernel does PyTorch's float arithmetic with fused
-multiply-adds; its exp may differ in the last bit, hence a bf16 rounding at most). These Functions assume the weights do not require grad
-(callers check); they are once-differentiable. Nothing here imports the rest of the pack.
+Forward outputs are bit-identical to the plain ops. The backward runs PyTorch's kernels on the same values,
+so input gradients equal plain autograd's, except that the Triton kernel's exp may differ from CUDA's in
+the last bit (it does PyTorch's float arithmetic, fused multiply-adds included): a bf16 rounding at most.
+These Functions assume the weights do not require grad (callers check); they are once-differentiable. Of
+the rest of the pack only core/speed's optional-kernel switch is imported.
 """
 from __future__ import annotations
 
-import functools
-import logging
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from .speed.triton_kernel import OptionalKernel
 
 
 def weights_frozen(*tensors: Optional[torch.Tensor]) -> bool:
@@ -68,22 +69,14 @@ def conv2d_input_grad_only(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
                                     list(conv.dilation), conv.groups)
 
 
-log = logging.getLogger("IDSculpt")
-_fused_off: list[str] = []  # why the fused kernel was turned off for this process (its first failure)
+def _load_fused():
+    from ._gn_silu_kernel import silu_grad_of_group_norm
 
-
-@functools.lru_cache(maxsize=None)
-def _fused_kernel():
-    """The Triton kernel of the lean GroupNorm + SiLU backward, or None where Triton is missing."""
-    try:
-        from ._gn_silu_kernel import silu_grad_of_group_norm
-    except Exception:  # noqa: BLE001  (no Triton: CPU-only torch, Windows without triton-windows)
-        return None
     return silu_grad_of_group_norm
 
 
-def fused_backward_available(device: torch.device) -> bool:
-    return device.type == "cuda" and not _fused_off and _fused_kernel() is not None
+#: the Triton kernel of the lean GroupNorm + SiLU backward; off for the process after its first failure
+FUSED_BACKWARD = OptionalKernel(_load_fused, "fused GroupNorm backward", "using PyTorch's kernels")
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -94,7 +87,7 @@ def _silu_grad_fused(x, grad, weight, bias, mean, rstd, n, c, hw, groups) -> tor
     """grad · SiLU'(GroupNorm(x)) from the saved mean / rstd in one kernel ([N,C,HW]-contiguous tensors)."""
     out = torch.empty_like(x)
     block = 1024
-    _fused_kernel()[(n * c, _cdiv(hw, block))](
+    FUSED_BACKWARD.get()[(n * c, _cdiv(hw, block))](
         x, grad, out, mean, rstd, weight if weight is not None else x, bias if bias is not None else x, c, hw, c // groups,
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK=block)
     return out
@@ -102,12 +95,11 @@ def _silu_grad_fused(x, grad, weight, bias, mean, rstd, n, c, hw, groups) -> tor
 
 def _silu_grad(x, grad, weight, bias, mean, rstd, n, c, hw, groups, eps) -> torch.Tensor:
     """SiLU's backward of GroupNorm(x): the fused kernel on CUDA with Triton, else the native kernels again."""
-    if fused_backward_available(x.device):
+    if FUSED_BACKWARD.available(x.device):
         try:
             return _silu_grad_fused(x, grad, weight, bias, mean, rstd, n, c, hw, groups)
         except Exception as e:  # noqa: BLE001  (Triton present but unable to compile for this GPU)
-            _fused_off.append(f"{type(e).__name__}: {e}")
-            log.warning("IDSculpt: the fused GroupNorm backward (Triton) failed, using PyTorch's kernels: %s", _fused_off[0][:300])
+            FUSED_BACKWARD.disable(e)
     y = torch.ops.aten.native_group_norm(x, weight, bias, n, c, hw, groups, eps)[0]  # recomputed, same kernel
     # SiLU's backward kernel, written over the recomputed y (elementwise, same index): one full
     # activation less in flight

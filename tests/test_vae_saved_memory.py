@@ -218,8 +218,8 @@ def test_fused_silu_grad_of_group_norm_equals_the_native_kernels() -> None:
 def _fused_compare(dev: torch.device, dtype: torch.dtype) -> None:
     from idsculpt.core import sd_vae_ops as ops
 
-    ops._fused_kernel.cache_clear()
-    assert ops._fused_kernel() is not None
+    ops.FUSED_BACKWARD.reset()
+    assert ops.FUSED_BACKWARD.get() is not None
     g = torch.Generator().manual_seed(0)
     for n, c, h, w, groups, affine in ((2, 32, 9, 7, 8, True), (1, 64, 16, 16, 32, False), (3, 16, 5, 5, 4, True)):
         x = (torch.randn(n, c, h, w, generator=g) * 2 + 0.5).to(dev, dtype)
@@ -238,12 +238,11 @@ def _fused_compare(dev: torch.device, dtype: torch.dtype) -> None:
     lean, plain = _encoder(cfg, True, dtype, str(dev)), _encoder(cfg, False, dtype, str(dev))
     x = torch.rand(1, 3, 32, 32, generator=g).to(dev, dtype) * 2 - 1
     probe = torch.randn(1, 8, 16, 16, generator=g).to(dev, dtype)
-    forced = ops.fused_backward_available
-    ops.fused_backward_available = lambda device: True  # the interpreter runs on the CPU
+    ops.FUSED_BACKWARD.available = lambda device: True  # the interpreter runs on the CPU
     try:
         _, gl = _input_grad(lean, x, probe)
     finally:
-        ops.fused_backward_available = forced
+        del ops.FUSED_BACKWARD.available  # the method again
     _, gp = _input_grad(plain, x, probe)
     rel = float((gl.float() - gp.float()).abs().max() / gp.float().abs().max())
     assert rel < (2e-2 if dtype == torch.bfloat16 else 1e-5), rel

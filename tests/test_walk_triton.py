@@ -36,12 +36,12 @@ def test_fused_walk_matches_the_torch_walk(monkeypatch) -> None:
         return _compare(torch.device("cuda"), monkeypatch)
     if not in_interpreter():
         return rerun_in_interpreter(__file__, "test_fused_walk_matches_the_torch_walk")
-    walk_triton._kernel.cache_clear()
-    monkeypatch.setattr(walk_triton, "available", lambda dev: walk_triton._kernel() is not None)
+    walk_triton.KERNEL.reset()
+    monkeypatch.setattr(walk_triton, "available", lambda dev: walk_triton.KERNEL.get() is not None)
     try:
         return _compare(torch.device("cpu"), monkeypatch)
     finally:
-        walk_triton._kernel.cache_clear()
+        walk_triton.KERNEL.reset()
 
 
 def _compare(device: torch.device, monkeypatch) -> None:
@@ -91,8 +91,8 @@ def test_a_failing_kernel_falls_back_to_the_torch_walk(monkeypatch, caplog) -> N
     def broken(*args, **kwargs):
         raise RuntimeError("PTX compilation failed")
 
-    monkeypatch.setattr(walk_triton, "_disabled", [])
-    monkeypatch.setattr(walk_triton, "available", lambda dev: not walk_triton._disabled)
+    monkeypatch.setattr(walk_triton.KERNEL, "off", None)
+    monkeypatch.setattr(walk_triton, "available", lambda dev: walk_triton.KERNEL.off is None)
     monkeypatch.setattr(walk_triton, "find_silhouette_edge", broken)
     head = procedural_head_mesh(16)
     cams = Cameras.orbit(10.0, 30.0, 3.2, 40.0, 64)

@@ -14,36 +14,30 @@ with autograd (it carries the gradient).
 """
 from __future__ import annotations
 
-import functools
-import logging
-
 import torch
 
-log = logging.getLogger("IDSculpt")
-_disabled: list[str] = []  # why the kernel was turned off for this process (first failure), if it was
+from ..speed.triton_kernel import OptionalKernel
 
 
-@functools.lru_cache(maxsize=None)
-def _kernel():
-    """The kernel (compiled on first launch), or None where Triton is missing."""
-    try:
-        from ._walk_kernel import walk
-    except Exception:  # noqa: BLE001  (no Triton: CPU-only torch, Windows without triton-windows)
-        return None
+def _load():
+    from ._walk_kernel import walk
+
     return walk
+
+
+#: the kernel (compiled on first launch); off for the process after its first failure
+KERNEL = OptionalKernel(_load, "fused silhouette walk", "using the torch walk instead")
 
 
 def available(device: torch.device) -> bool:
     """True where the fused search can run: a CUDA device and a working Triton."""
-    return device.type == "cuda" and not _disabled and _kernel() is not None
+    return KERNEL.available(device)
 
 
 def disable(error: BaseException) -> None:
     """Turn the kernel off for this process after it failed (e.g. Triton installed but unable to
     compile for this GPU): the torch walk takes over, with one warning instead of a failed run."""
-    if not _disabled:
-        _disabled.append(f"{type(error).__name__}: {error}")
-        log.warning("IDSculpt: the fused silhouette walk (Triton) failed, using the torch walk instead: %s", _disabled[0][:300])
+    KERNEL.disable(error)
 
 
 def find_silhouette_edge(sxy: torch.Tensor, tri: torch.Tensor, neighbor: torch.Tensor, opposite: torch.Tensor,
@@ -56,7 +50,7 @@ def find_silhouette_edge(sxy: torch.Tensor, tri: torch.Tensor, neighbor: torch.T
     per pair: batch b, owning triangle t, the other pixel's triangle t_other, off [K,2] (centre minus
     reference pixel), ds (±1), down and to_bg (bool).
     """
-    kernel = _kernel()
+    kernel = KERNEL.get()
     if kernel is None:
         raise RuntimeError("the fused silhouette walk needs Triton")
     n = int(t.shape[0])

@@ -1,0 +1,54 @@
+"""core/speed/triton_kernel.py: an optional Triton kernel is used where it runs and otherwise stays out of
+the way (no Triton: unavailable; a failure: one warning, then off for the process, the torch path runs)."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from idsculpt.core import sd_vae_ops
+from idsculpt.core.speed.triton_kernel import OptionalKernel
+
+
+def test_a_kernel_that_cannot_be_imported_is_unavailable() -> None:
+    def load():
+        raise ImportError("No module named 'triton'")
+
+    k = OptionalKernel(load, "test kernel", "using torch")
+    assert k.get() is None and not k.available(torch.device("cuda")) and k.off is None
+
+
+def test_a_failure_turns_the_kernel_off_with_one_warning(caplog) -> None:
+    k = OptionalKernel(lambda: "kernel", "test kernel", "using torch")
+    assert k.get() == "kernel" and not k.available(torch.device("cpu"))  # CUDA only
+    with caplog.at_level(logging.WARNING, logger="IDSculpt"):
+        k.disable(RuntimeError("PTX compilation failed"))
+        k.disable(RuntimeError("again"))
+    assert k.off == "RuntimeError: PTX compilation failed" and not k.available(torch.device("cuda"))
+    assert caplog.text.count("the test kernel (Triton) failed, using torch") == 1 and "again" not in caplog.text
+
+
+def test_a_failing_fused_group_norm_backward_falls_back_to_the_native_kernels(monkeypatch, caplog) -> None:
+    """The lean GroupNorm + SiLU backward with a kernel that fails to launch: the same gradient as the
+    native recomputation, one warning, and the kernel is not tried again."""
+    class Broken:
+        calls = 0
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                Broken.calls += 1
+                raise RuntimeError("PTX compilation failed")
+            return launch
+
+    fused = OptionalKernel(lambda: Broken(), "fused GroupNorm backward", "using PyTorch's kernels")
+    monkeypatch.setattr(fused, "available", lambda device: fused.off is None)
+    monkeypatch.setattr(sd_vae_ops, "FUSED_BACKWARD", fused)
+    norm = torch.nn.GroupNorm(4, 16).requires_grad_(False)
+    x = torch.randn(2, 16, 6, 6, generator=torch.Generator().manual_seed(0))
+    want = torch.autograd.grad(torch.nn.functional.silu(norm(x.requires_grad_(True))).square().sum(), x)[0]
+    with caplog.at_level(logging.WARNING, logger="IDSculpt"):
+        for _ in range(2):
+            xi = x.detach().requires_grad_(True)
+            got = torch.autograd.grad(sd_vae_ops.group_norm_silu(xi, norm).square().sum(), xi)[0]
+            assert torch.allclose(got, want, atol=1e-6)
+    assert Broken.calls == 1 and caplog.text.count("fused GroupNorm backward (Triton) failed") == 1
