@@ -38,6 +38,7 @@ from evidence_oracle_texture import _backend, _commit, _perceptual, evidence_dev
 import prior_model as M  # noqa: E402
 import texture_prior as T  # noqa: E402
 
+from idsculpt.core.camera import Cameras  # noqa: E402
 from idsculpt.core.schedules import FAST, PAPER  # noqa: E402
 from idsculpt.core.texture import ReferenceView, RefineConfig, refine_texture, render_textured  # noqa: E402
 from idsculpt.core.texture.refine import sample_refine_camera  # noqa: E402
@@ -48,9 +49,9 @@ from texture_oracle import (  # noqa: E402
 TOLERANCE_DB = 0.5  # issue 22, evidence 3's bar
 SCALES = {
     "cpu": {"texture": 256, "render": 64, "factor": 2, "subdiv": 4, "views": 512, "train_steps": 600, "batch": 32,
-            "channels": (16, 32, 64), "max_seconds": 600.0},
+            "channels": (16, 32, 64), "lr": 2e-3, "max_seconds": 600.0},
     "cuda": {"texture": 1024, "render": 512, "factor": 4, "subdiv": 6, "views": 2048, "train_steps": 8000, "batch": 64,
-             "channels": (64, 128, 256), "max_seconds": 240.0},
+             "channels": (64, 128, 256), "lr": 5e-4, "max_seconds": 240.0},
 }
 
 
@@ -67,7 +68,7 @@ def train_or_load(args, scale: dict, gt, dev: torch.device, be) -> tuple[M.Prior
     data = T.texture_dataset(gt, scale["views"], scale["render"], scale["factor"], seed=args.seed, backend=be)
     render_s = time.perf_counter() - t0
     net = M.PriorUNet(M.PriorConfig(channels=tuple(scale["channels"]), attention=True))
-    cfg = M.TrainConfig(steps=args.train_steps or scale["train_steps"], batch=scale["batch"], lr=5e-4 if dev.type == "cuda" else 2e-3,
+    cfg = M.TrainConfig(steps=args.train_steps or scale["train_steps"], batch=scale["batch"], lr=scale["lr"],
                         max_seconds=args.train_seconds or scale["max_seconds"], seed=args.seed)
     model, res = M.train_prior(data, net, cfg, dev, log=print)
     if args.save_prior:
@@ -86,8 +87,6 @@ def target_agreement(model, factor: int, mesh, start: torch.Tensor, gt, steps_li
     views = [sample_refine_camera(cfg, g) for _ in range(n)]
     ts = torch.randint(cfg.t_range[0], cfg.t_range[1], (n,), generator=g).tolist()
     dev = mesh.vertices.device
-    from idsculpt.core.camera import Cameras
-
     cams = Cameras.cat([v.camera for v in views]).to(dev)
     bad, _ = render_textured(mesh, start, cams, cfg.background, be)
     truth, _ = render_textured(gt, gt.texture, cams, cfg.background, be)
