@@ -30,11 +30,12 @@ from prior_model import PriorUNet  # noqa: E402
 from idsculpt.core.camera import Cameras  # noqa: E402
 from idsculpt.core.guidance import sd15_alphas_cumprod  # noqa: E402
 from idsculpt.core.mesh import HeadMesh  # noqa: E402
+from idsculpt.core.schedules import PAPER  # noqa: E402
 from idsculpt.core.texture import RefineConfig, render_textured  # noqa: E402
 from idsculpt.core.texture.refine import RefineView, sample_refine_camera  # noqa: E402
 
-#: the authors' texture guidance runs 20 DDIM steps per SDEdit (``diffusion_steps: 20``)
-PAPER_SAMPLER_STEPS = 20
+#: the authors' texture guidance runs 20 DDIM steps per SDEdit (``diffusion_steps: 20``; the paper schedule's)
+PAPER_SAMPLER_STEPS = PAPER.refine_sampler_steps
 
 
 def sdedit_timesteps(t: int, steps: int) -> list[int]:

@@ -39,9 +39,11 @@ class Schedule:
     gan_steps: int
     guidance_views: int
     sculpt_lr: float
-    # stage 3, texture refinement (RefineConfig.refine_steps / denoise_batch, the node's widgets of those names)
+    # stage 3, texture refinement (RefineConfig.refine_steps / denoise_batch, the node's widgets of those names;
+    # refine_sampler_steps: the Texture Refine node's ``steps``, its DDIM steps per SDEdit target)
     refine_steps: int
     denoise_batch: int
+    refine_sampler_steps: int
 
     @property
     def isd_steps(self) -> int:
@@ -59,12 +61,12 @@ class Schedule:
 #: The authors' executed schedule (REFERENCE.md): 6000 sculpt steps (1000 stage A), one view per ISD
 #: step, 400 refinement steps, 500 + 500 inversion steps.
 PAPER = Schedule(name="paper", w_steps=500, pti_steps=500, sculpt_steps=6000, gan_steps=1000, guidance_views=1,
-                 sculpt_lr=0.005, refine_steps=400, denoise_batch=1)
+                 sculpt_lr=0.005, refine_steps=400, denoise_batch=1, refine_sampler_steps=20)
 
 #: The default: the same 2,500 ISD view samples in 625 steps of 4 views, stage A and the reference
 #: steps a quarter as long; the paper's 400 refinement steps with the targets of 4 random views per sampler
 #: run (see the module docstring).
 FAST = Schedule(name="fast", w_steps=500, pti_steps=500, sculpt_steps=1500, gan_steps=250, guidance_views=4,
-                sculpt_lr=0.005, refine_steps=400, denoise_batch=4)
+                sculpt_lr=0.005, refine_steps=400, denoise_batch=4, refine_sampler_steps=20)
 
 SCHEDULES = {s.name: s for s in (PAPER, FAST)}

@@ -665,7 +665,7 @@ def build_full(name: str = "full", texture_ckpt: str = TEXTURE_SD15, style: Opti
                      upscale_model=upscaler["UPSCALE_MODEL"], **common)
     wf.add("PreviewImage", "Inpainted views", g3, 3, images=inpaint["views"])
     refine = wf.add("IDSculptTextureRefine", None, g3, 4, head=inpaint["head"], refine_steps=schedule.refine_steps, denoise_batch=schedule.denoise_batch, t_min=50, t_max=200,
-                    learning_rate=0.02, perceptual_model=VGG16, lpips_weights="auto", **common)
+                    learning_rate=0.02, perceptual_model=VGG16, lpips_weights="auto", **{**common, "steps": schedule.refine_sampler_steps})
     wf.add("PreviewImage", "Texture (UV)", g3, 4, images=refine["texture"])
     save = wf.add("IDSculptSaveHead", "Save textured head", g3, 5, head=refine["head"], filename_prefix=f"IDSculpt/head_{name}",
                   save_obj=False, reference_camera=sculpt["reference_camera"])

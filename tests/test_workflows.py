@@ -352,6 +352,8 @@ def test_settings_follow_the_reference(name):
     assert name != "full_paper" or refine["inputs"]["refine_steps"] == 400
     assert refine["inputs"]["denoise_batch"] == sched.denoise_batch
     assert name != "full_paper" or refine["inputs"]["denoise_batch"] == 1  # the authors' one sampler run per view
+    assert refine["inputs"]["steps"] == sched.refine_sampler_steps  # DDIM steps per SDEdit target
+    assert name != "full_paper" or refine["inputs"]["steps"] == 20  # the authors' diffusion_steps
     assert inpaint["inputs"]["head"] == [sid, 0] and refine["inputs"]["head"] == [pid, 0]
     assert api[inpaint["inputs"]["upscale_model"][0]]["inputs"]["model_name"] == MW.REALESRGAN_X2
     assert (refine["inputs"]["perceptual_model"], refine["inputs"]["lpips_weights"]) == (MW.VGG16, "auto")
