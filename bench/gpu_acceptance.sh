@@ -1,36 +1,46 @@
 #!/usr/bin/env bash
 # Issue 22's acceptance runs in one lease on the GPU machine, detached so no device call has to outlast its
-# 10-minute limit: the default workflow (full.json, --profile default), then the paper preset (full_paper.json,
-# --profile paper, the same stand-in models), each in its own ComfyUI server, one after the other (never side
-# by side: the timings are the result); then, with `evidence`, bench/gpu_evidence.sh's three pieces.
+# 10-minute limit: the default workflow (full.json, --profile default), the paper preset (full_paper.json,
+# --profile paper, the same stand-in models), each in its own ComfyUI server, and bench/gpu_evidence.sh's three
+# pieces, one after the other in the order given (never side by side: the timings are the result). The order
+# matters when the lease is short: whatever finished before the machine went back is there.
 #
-#   source bench/gpu_e2e_setup.sh WORK                   # first (three back-to-back calls, see that script)
-#   bash bench/gpu_acceptance.sh start WORK DIR [evidence] # detached (setsid nohup): returns at once
-#   bash bench/gpu_acceptance.sh wait DIR S               # wait up to S seconds; prints where it stands
+#   source bench/gpu_e2e_setup.sh WORK                              # first (three back-to-back calls)
+#   bash bench/gpu_acceptance.sh start WORK DIR [PIECE ...]          # detached (setsid nohup): returns at once
+#   bash bench/gpu_acceptance.sh wait DIR S                          # wait up to S seconds; prints where it stands
 #
+# PIECE: default | paper | evidence (default: default paper evidence).
 # Results in DIR: pipeline_default.json / pipeline_paper.json (bench/results/ keeps them), their stage logs
-# pipeline_<profile>.stages.jsonl (the runs' vram_stages.jsonl), the servers' logs, evidence/ with `evidence`.
-# On an H100: ~6 min (default, models built once) + ~8-9 min (paper) + ~7 min (evidence), estimated.
+# pipeline_<profile>.stages.jsonl (the runs' vram_stages.jsonl), the servers' logs, evidence/.
+# On an H100: ~6 min (default, models built by the first server run) + ~8-9 min (paper) + ~7 min (evidence),
+# estimated.
 set -u
 what="${1:?start|wait}"
 case "$what" in
   start)
-    work="${2:?WORK (the folder given to gpu_e2e_setup.sh)}" dir="${3:?result folder}" extra="${4:-}"
+    work="${2:?WORK (the folder given to gpu_e2e_setup.sh)}" dir="${3:?result folder}"
+    shift 3
+    pieces="${*:-default paper evidence}"
+    for p in $pieces; do
+      case "$p" in default|paper|evidence) ;; *) echo "unknown piece: $p (default | paper | evidence)" >&2; exit 2 ;; esac
+    done
     mkdir -p "$dir"
     portrait="${PORTRAIT:-.e2e/portrait.jpg}"
     cat > "$dir/run.sh" <<EOF
 set -u
-for p in default paper; do
-  skip=""; [ "\$p" = paper ] && skip="--skip-build"
+built=""
+for p in $pieces; do
+  if [ "\$p" = evidence ]; then
+    bash bench/gpu_evidence.sh start '$dir/evidence' && bash bench/gpu_evidence.sh wait '$dir/evidence' 1500
+    continue
+  fi
   python bench/bench_pipeline.py --work '$work' --portrait '$portrait' --out '$dir/pipeline_'\$p'.json' --profile \$p \
-    --runs 1 --set IDSculptPanoHeadInvert.mesh_level=0.01 \$skip > '$dir/'\$p'.log' 2>&1
+    --runs 1 --set IDSculptPanoHeadInvert.mesh_level=0.01 \$built > '$dir/'\$p'.log' 2>&1
   echo \$? > '$dir/'\$p'.rc'
+  built="--skip-build"  # the stand-in models are written once
   cp '$work/vram_stages.jsonl' '$dir/pipeline_'\$p'.stages.jsonl' 2>/dev/null
   cp '$work/comfyui.log' '$dir/comfyui_'\$p'.log' 2>/dev/null
 done
-if [ '$extra' = evidence ]; then
-  bash bench/gpu_evidence.sh start '$dir/evidence' && bash bench/gpu_evidence.sh wait '$dir/evidence' 1500
-fi
 echo done > '$dir/done'
 EOF
     setsid nohup bash "$dir/run.sh" > "$dir/run.log" 2>&1 &
@@ -45,5 +55,5 @@ EOF
     [ -d "$dir/evidence" ] && bash bench/gpu_evidence.sh wait "$dir/evidence" 0
     [ -f "$dir/done" ] && echo "all done" || echo "still running"
     ;;
-  *) echo "usage: $0 start WORK DIR [evidence] | wait DIR [seconds]" >&2; exit 2 ;;
+  *) echo "usage: $0 start WORK DIR [default|paper|evidence ...] | wait DIR [seconds]" >&2; exit 2 ;;
 esac

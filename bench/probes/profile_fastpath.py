@@ -329,6 +329,8 @@ def part_panohead(res: dict, out_dir: str, tag: str, neural: int = 128) -> None:
     for name, fn in steps.items():
         out[f"{name}_ms"] = timer(fn)
         tables.append(prof_table(fn, 3, f"PanoHead {name} at neural {neural}²", rows=40))
+        print(f"PanoHead {name}: {out[f'{name}_ms']} ms a step", flush=True)
+        print("\n".join(tables[-1].splitlines()[:16]), flush=True)  # the table file may not come back
     res["panohead"] = out
     with open(os.path.join(out_dir, f"panohead_prof_{tag}.txt"), "w") as fh:
         fh.write("\n\n".join(tables))
@@ -339,9 +341,18 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--parts", default="sculpt,isd,refine")
     ap.add_argument("--tag", default="run")
+    ap.add_argument("--fir-grad", default="own", choices=["own", "autograd"],
+                    help="PanoHead's FIR filters: their own input gradient (shipped) or autograd's cuDNN data-gradient "
+                         "(the before of core/panohead/ops.py _FirCorrelation)")
     a = ap.parse_args()
+    if a.fir_grad == "autograd":
+        import torch.nn.functional as F
+
+        from idsculpt.core.panohead import ops as panohead_ops
+        panohead_ops._fir = lambda x, k: F.conv2d(x, k)
     os.makedirs(a.out, exist_ok=True)
-    res: dict = {"device": _timing.device_name(torch.device("cuda")), "torch": torch.__version__, "tag": a.tag}
+    res: dict = {"device": _timing.device_name(torch.device("cuda")), "torch": torch.__version__, "tag": a.tag,
+                 "fir_grad": a.fir_grad}
     parts = a.parts.split(",")
     models = None
     for name in parts:
