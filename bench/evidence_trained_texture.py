@@ -114,7 +114,8 @@ def target_agreement(model, factor: int, mesh, start: torch.Tensor, gt, steps_li
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--sampler-steps", type=int, nargs="+", default=[10, 5], help="candidate DDIM step counts (the paper: 20)")
+    ap.add_argument("--sampler-steps", type=int, nargs="+", default=sorted({FAST.refine_sampler_steps, 10, 5}, reverse=True),
+                    help="candidate DDIM step counts (the paper: 20; FAST's always among the defaults)")
     ap.add_argument("--denoise-batch", type=int, default=FAST.denoise_batch, help="views per sampler run of the candidates")
     ap.add_argument("--refine-steps", type=int, default=PAPER.refine_steps)
     ap.add_argument("--target-views", type=int, default=32)

@@ -9,7 +9,8 @@
 #   bash bench/gpu_acceptance.sh start WORK DIR [PIECE ...]          # detached (setsid nohup): returns at once
 #   bash bench/gpu_acceptance.sh wait DIR S                          # wait up to S seconds; prints where it stands
 #
-# PIECE: default | paper | evidence (default: default paper evidence).
+# PIECE: default | paper | evidence (default: default paper evidence); EVIDENCE_PIECES="oracle prior" picks the
+# evidence scripts (bench/gpu_evidence.sh; default all three).
 # Results in DIR: pipeline_default.json / pipeline_paper.json (bench/results/ keeps them), their stage logs
 # pipeline_<profile>.stages.jsonl (the runs' vram_stages.jsonl), the servers' logs, evidence/.
 # On an H100: ~6 min (default, models built by the first server run) + ~8-9 min (paper) + ~7 min (evidence),
@@ -31,7 +32,7 @@ set -u
 built=""
 for p in $pieces; do
   if [ "\$p" = evidence ]; then
-    bash bench/gpu_evidence.sh start '$dir/evidence' && bash bench/gpu_evidence.sh wait '$dir/evidence' 1500
+    bash bench/gpu_evidence.sh start '$dir/evidence' ${EVIDENCE_PIECES:-} && bash bench/gpu_evidence.sh wait '$dir/evidence' 1500
     continue
   fi
   python bench/bench_pipeline.py --work '$work' --portrait '$portrait' --out '$dir/pipeline_'\$p'.json' --profile \$p \

@@ -141,3 +141,27 @@ def test_the_bench_runs_each_schedules_batch(head, monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["bench", "--fast-from-paper", "--out", str(tmp_path / "f.json")])
     with pytest.raises(SystemExit, match="not a prefix"):
         bench.main()
+
+
+def test_fast_sampler_steps_rest_on_the_measured_trained_prior_evidence():
+    """FAST restores each SDEdit target in fewer DDIM steps than the authors' 20 only because the trained-prior
+    evidence, measured at full scale on a GPU, passed for exactly FAST's steps and batch (bench/results/
+    evidence_trained_texture.json); changing FAST without new evidence fails here."""
+    import json
+    import os
+
+    from idsculpt.core.schedules import FAST, PAPER
+
+    assert PAPER.refine_sampler_steps == 20  # the authors' diffusion_steps
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", "results", "evidence_trained_texture.json")
+    with open(path) as fh:
+        ev = json.load(fh)
+    assert not ev["scale"]["smoke"] and ev["device"] != "cpu"
+    paper = ev["runs"]["paper"]
+    assert (paper["sampler_steps"], paper["denoise_batch"], ev["refine_steps"]) == (PAPER.refine_sampler_steps, PAPER.denoise_batch,
+                                                                                    PAPER.refine_steps)
+    if FAST.refine_sampler_steps != PAPER.refine_sampler_steps:
+        run = ev["runs"][f"steps{FAST.refine_sampler_steps}_batch{FAST.denoise_batch}"]
+        assert (run["sampler_steps"], run["denoise_batch"]) == (FAST.refine_sampler_steps, FAST.denoise_batch)
+        verdict = ev["verdicts"][f"steps{FAST.refine_sampler_steps}_batch{FAST.denoise_batch}"]
+        assert verdict["verdict"] == "pass" and verdict["paper_minus_run_db"] <= ev["tolerance_db"] == 0.5
