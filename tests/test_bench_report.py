@@ -219,8 +219,11 @@ def test_call_structure_follows_the_step_code_and_comfy_schedules() -> None:
     assert calls["isd_step_4view"] == {"unet": 8, "controlnet": 8, "vae_encoder+grad": 4}
     k = model_calls(settings["inpaint"])
     assert k == 20 and calls["inpaint_view"] == {"unet": 2 * k, "controlnet": 2 * k, "vae_encoder": 1, "vae_decoder": 1}
-    assert calls["refine_random_step"] == {"unet": 40, "controlnet": 40, "vae_encoder": 1, "vae_decoder": 1,
-                                           "vgg_taps+grad": 1, "vgg_taps": 1}
+    from idsculpt.core.schedules import FAST
+
+    k = int(settings["refine"]["steps"])  # the SDEdit's DDIM steps run whole over [0, t]: one call each
+    assert k == FAST.refine_sampler_steps and calls["refine_random_step"] == {
+        "unet": 2 * k, "controlnet": 2 * k, "vae_encoder": 1, "vae_decoder": 1, "vgg_taps+grad": 1, "vgg_taps": 1}
     assert calls["refine_reference_step"] == {}
     k = model_calls(settings["reference_geometry"])
     assert k == 31 and calls["reference_geometry_sample"] == {"unet": 2 * k, "controlnet": 2 * k, "vae_decoder": 1}
