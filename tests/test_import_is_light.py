@@ -15,8 +15,8 @@ HEAVY = {"insightface", "onnxruntime", "mediapipe", "kornia", "spandrel", "dlib"
 #: and filling a constant table
 ALLOWED_CALLS = {("nodes/common.py", "model_folder"), ("nodes/id_adapter_nodes.py", "model_folder"),
                  ("core/dependencies.py", "PIP_NAMES.update")}
-#: modules that are themselves imported lazily (walk_triton and sd_vae_ops import them inside a function)
-LAZY_MODULES = {"core/render/_walk_kernel.py", "core/_gn_silu_kernel.py"}
+#: modules that are themselves imported lazily (walk_triton, sd_vae_ops and triplane import them inside a function)
+LAZY_MODULES = {"core/render/_walk_kernel.py", "core/_gn_silu_kernel.py", "core/panohead/_trigrid_kernel.py"}
 
 
 def _files() -> list[str]:

@@ -344,7 +344,14 @@ def main() -> None:
     ap.add_argument("--fir-grad", default="own", choices=["own", "autograd"],
                     help="PanoHead's FIR filters: their own input gradient (shipped) or autograd's cuDNN data-gradient "
                          "(the before of core/panohead/ops.py _FirCorrelation)")
+    ap.add_argument("--trigrid-grad", default="native", choices=["native", "kernel"],
+                    help="PanoHead's tri-grid lookup: PyTorch's grid_sampler_3d_backward (shipped) or the Triton feature "
+                         "gradient (core/panohead/triplane.py TRIGRID_GRAD_KERNEL, off until timed here)")
     a = ap.parse_args()
+    if a.trigrid_grad == "kernel":
+        from idsculpt.core.panohead import triplane
+
+        triplane.TRIGRID_GRAD_KERNEL = True
     if a.fir_grad == "autograd":
         import torch.nn.functional as F
 
@@ -352,7 +359,7 @@ def main() -> None:
         panohead_ops._fir = lambda x, k: F.conv2d(x, k)
     os.makedirs(a.out, exist_ok=True)
     res: dict = {"device": _timing.device_name(torch.device("cuda")), "torch": torch.__version__, "tag": a.tag,
-                 "fir_grad": a.fir_grad}
+                 "fir_grad": a.fir_grad, "trigrid_grad": a.trigrid_grad}
     parts = a.parts.split(",")
     models = None
     for name in parts:

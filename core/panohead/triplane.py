@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from ..speed.triton_kernel import OptionalKernel
 from .networks import SUPERRESOLUTION, FullyConnectedLayer, MappingNetwork, StyleGAN2Backbone, SynthesisNetwork, ToRGBLayer
 
 
@@ -26,6 +27,70 @@ def generate_planes() -> torch.Tensor:
     return torch.tensor([[[1, 0, 0], [0, 1, 0], [0, 0, 1]],
                          [[1, 0, 0], [0, 0, 1], [0, 1, 0]],
                          [[0, 1, 0], [0, 0, 1], [1, 0, 0]]], dtype=torch.float32)
+
+
+def _load_trigrid_grad():
+    from ._trigrid_kernel import trigrid_feature_grad
+
+    return trigrid_feature_grad
+
+
+#: the Triton kernel of the tri-grid lookup's feature gradient; off for the process after its first failure
+TRIGRID_GRAD = OptionalKernel(_load_trigrid_grad, "tri-grid feature gradient", "using PyTorch's grid_sampler_3d_backward")
+
+
+def _feature_grad_kernel(feats: torch.Tensor, grid: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    p, c, d, h, w = feats.shape
+    m = grid.shape[-2]
+    out = torch.zeros(p, d, h, w, c, device=feats.device, dtype=torch.float32)
+    g = grad.reshape(p, c, m)  # a view: the lookup's output is read as [P, M, C] by the caller, so this is strided
+    block_m = 64
+    TRIGRID_GRAD.get()[(p, -(-m // block_m))](
+        grid.reshape(p, m, 3), g, out, m, c, d, h, w, g.stride(0), g.stride(1), g.stride(2),
+        BLOCK_M=block_m, BLOCK_C=max(16, 1 << (c - 1).bit_length()))
+    return out.permute(0, 4, 1, 2, 3).contiguous().to(feats.dtype)
+
+
+class _TriGridLookup(torch.autograd.Function):
+    """``F.grid_sample`` (trilinear, zero padding, align_corners=False) of fixed sample points, whose feature
+    gradient is one Triton kernel with channels innermost (``_trigrid_kernel``) where it runs.
+
+    Why: PyTorch's ``grid_sampler_3d_backward`` adds each point's gradient to the 8 corners channel by channel,
+    one point per thread and the channels a volume apart, so a warp's atomic adds hit 32 scattered addresses; it
+    was 30 % of a PanoHead inversion step's GPU time on an H100 (docs/PERFORMANCE.md). The forward is PyTorch's
+    own; the points (camera rays, importance samples) carry no gradient in the inversion."""
+
+    @staticmethod
+    def forward(ctx, feats: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        grid = grid.contiguous()
+        ctx.save_for_backward(feats, grid)
+        return F.grid_sample(feats, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        feats, grid = ctx.saved_tensors
+        if TRIGRID_GRAD.available(grad.device):
+            try:
+                return _feature_grad_kernel(feats, grid, grad), None
+            except Exception as e:  # noqa: BLE001  (Triton present but unable to compile for this GPU)
+                TRIGRID_GRAD.disable(e)
+        gf, _ = torch.ops.aten.grid_sampler_3d_backward(grad, feats, grid, 0, 0, False, [True, False])
+        return gf, None
+
+
+#: route the tri-grid lookup's feature gradient through the Triton kernel where it runs (CUDA with Triton).
+#: Off until it is timed on a GPU against PyTorch's kernel (``bench/probes/profile_fastpath.py --trigrid-grad``).
+TRIGRID_GRAD_KERNEL = False
+
+
+def trigrid_lookup(feats: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``F.grid_sample(feats [P,C,D,H,W], grid [P,1,1,M,3])``, trilinear with zero padding (the release's lookup);
+    the feature gradient by the Triton kernel where it is on and the points need no gradient."""
+    if (TRIGRID_GRAD_KERNEL and torch.is_grad_enabled() and feats.requires_grad and not grid.requires_grad
+            and TRIGRID_GRAD.available(feats.device)):
+        return _TriGridLookup.apply(feats, grid)
+    return F.grid_sample(feats, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def sample_from_planes(plane_axes: torch.Tensor, plane_features: torch.Tensor, coordinates: torch.Tensor, box_warp: float,
@@ -45,8 +110,7 @@ def sample_from_planes(plane_axes: torch.Tensor, plane_features: torch.Tensor, c
     inv = plane_axes_inv.to(coords) if plane_axes_inv is not None else torch.linalg.inv(plane_axes.to(coords))
     inv = inv.unsqueeze(0).expand(n, -1, -1, -1).reshape(n * n_planes, 3, 3)
     proj = torch.bmm(coords.unsqueeze(1).expand(-1, n_planes, -1, -1).reshape(n * n_planes, m, 3), inv)
-    out = F.grid_sample(feats, proj.reshape(n * n_planes, 1, 1, m, 3).to(feats.dtype), mode="bilinear", padding_mode="zeros",
-                        align_corners=False)
+    out = trigrid_lookup(feats, proj.reshape(n * n_planes, 1, 1, m, 3).to(feats.dtype))
     return out.permute(0, 4, 3, 2, 1).reshape(n, n_planes, m, c)
 
 
