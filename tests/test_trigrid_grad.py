@@ -8,10 +8,9 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from triton_interpreter import in_interpreter, needs_triton, rerun_in_interpreter
+from triton_interpreter import failing_kernel, in_interpreter, needs_triton, rerun_in_interpreter
 
 from idsculpt.core.panohead import triplane
-from idsculpt.core.speed.triton_kernel import OptionalKernel
 
 
 def _case(p: int, c: int, d: int, h: int, w: int, m: int, dev: torch.device, seed: int = 0):
@@ -82,18 +81,7 @@ def test_sample_from_planes_with_the_kernel_on_gives_the_same_gradients(monkeypa
 
 
 def test_a_failing_kernel_falls_back_to_pytorchs_backward(monkeypatch, caplog) -> None:
-    class Broken:
-        calls = 0
-
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                Broken.calls += 1
-                raise RuntimeError("PTX compilation failed")
-            return launch
-
-    kernel = OptionalKernel(lambda: Broken(), "tri-grid feature gradient", "using PyTorch's grid_sampler_3d_backward")
-    monkeypatch.setattr(kernel, "available", lambda device: kernel.off is None)
-    monkeypatch.setattr(triplane, "TRIGRID_GRAD", kernel)
+    broken = failing_kernel(monkeypatch, triplane, "TRIGRID_GRAD")
     monkeypatch.setattr(triplane, "TRIGRID_GRAD_KERNEL", True)
     feats, grid, grad = _case(2, 4, 3, 6, 6, 50, torch.device("cpu"))
     with caplog.at_level(logging.WARNING, logger="IDSculpt"):
@@ -104,7 +92,7 @@ def test_a_failing_kernel_falls_back_to_pytorchs_backward(monkeypatch, caplog) -
             (got,) = torch.autograd.grad(out, f, grad)
             want = torch.autograd.grad(F.grid_sample(f, grid, align_corners=False), f, grad)[0]
             torch.testing.assert_close(got, want)
-    assert Broken.calls == 1 and caplog.text.count("tri-grid feature gradient (Triton) failed") == 1
+    assert broken.calls == 1 and caplog.text.count("tri-grid feature gradient (Triton) failed") == 1
 
 
 def test_the_kernel_stays_off_by_default_and_without_gradients() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from triton_interpreter import failing_kernel
 
 from idsculpt.core import sd_vae_ops
 from idsculpt.core.speed.triton_kernel import OptionalKernel
@@ -31,18 +32,7 @@ def test_a_failure_turns_the_kernel_off_with_one_warning(caplog) -> None:
 def test_a_failing_fused_group_norm_backward_falls_back_to_the_native_kernels(monkeypatch, caplog) -> None:
     """The lean GroupNorm + SiLU backward with a kernel that fails to launch: the same gradient as the
     native recomputation, one warning, and the kernel is not tried again."""
-    class Broken:
-        calls = 0
-
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                Broken.calls += 1
-                raise RuntimeError("PTX compilation failed")
-            return launch
-
-    fused = OptionalKernel(lambda: Broken(), "fused GroupNorm backward", "using PyTorch's kernels")
-    monkeypatch.setattr(fused, "available", lambda device: fused.off is None)
-    monkeypatch.setattr(sd_vae_ops, "FUSED_BACKWARD", fused)
+    broken = failing_kernel(monkeypatch, sd_vae_ops, "FUSED_BACKWARD")
     norm = torch.nn.GroupNorm(4, 16).requires_grad_(False)
     x = torch.randn(2, 16, 6, 6, generator=torch.Generator().manual_seed(0))
     want = torch.autograd.grad(torch.nn.functional.silu(norm(x.requires_grad_(True))).square().sum(), x)[0]
@@ -51,4 +41,4 @@ def test_a_failing_fused_group_norm_backward_falls_back_to_the_native_kernels(mo
             xi = x.detach().requires_grad_(True)
             got = torch.autograd.grad(sd_vae_ops.group_norm_silu(xi, norm).square().sum(), xi)[0]
             assert torch.allclose(got, want, atol=1e-6)
-    assert Broken.calls == 1 and caplog.text.count("fused GroupNorm backward (Triton) failed") == 1
+    assert broken.calls == 1 and caplog.text.count("fused GroupNorm backward (Triton) failed") == 1
