@@ -9,6 +9,7 @@ toward that head (harness.OraclePredictor), once per schedule:
   fast                  core.schedules.FAST  (1500 steps, stage A 250, 4 views per ISD step)
   fast_lr2              FAST with twice the learning rate
   fast_paper_stage_a    FAST with the paper's stage A (1000 steps) and FAST's 1250 stage-B steps
+  fast_isd400, _isd312  FAST with fewer ISD steps (1,600 and 1,248 view samples): candidates for a faster default
 
 and writes the Chamfer distance of each to the target (plus mask IoU / normal cosine at eight views) and
 the verdict "fast within 5 % of paper" to bench/results/evidence_oracle_sculpt.json.
@@ -19,11 +20,12 @@ the verdict "fast within 5 % of paper" to bench/results/evidence_oracle_sculpt.j
 Full scale on an H100, estimated from the measured step costs (bench/results/pipeline_paper.stages.jsonl,
 grid 256, 512 px: stage-A step ~35 ms, reference ~40 ms, ISD render + oracle ~25 ms for one view, ~40 ms
 for four) and the SDF init (~13 s): paper 1000*35 + 2500*40 + 2500*25 ms ~ 200 s, fast 250*35 + 625*40 +
-625*40 ms ~ 60 s, fast_lr2 ~60 s, fast_paper_stage_a ~85 s: ~7 minutes one after the other. Those steps
-are launch-bound (a few ms of GPU work each), so ``--jobs 4`` (the default on CUDA) runs the four
-schedules as four processes side by side on the one GPU: about the paper run's length, ~4 minutes in all
-(each run's "seconds" is then inflated by the sharing; compare Chamfer, not seconds). With ``--jobs 1``,
-``--variants auto`` (the default there) runs the two variants only when fast misses the 5 % bound.
+625*40 ms ~ 60 s, fast_lr2 ~60 s, fast_paper_stage_a ~85 s, the two fewer-sample runs ~40-50 s each. Those
+steps are launch-bound (a few ms of GPU work each), so on CUDA the schedules run as processes side by side on the
+one GPU by default (``--jobs``): about the paper run's length (335 s on an H100 on 2026-12-06, beside other work;
+each run's "seconds" is then inflated by the sharing; compare Chamfer, not seconds). With ``--jobs 1``,
+``--variants auto`` (the default there) runs the two FAST variants only when fast misses the 5 % bound, and
+the fewer-sample candidates only with ``--variants all``.
 
 ``--step-scale s`` (< 1) multiplies every schedule's stage-A and ISD step counts by s (the reference steps
 follow, one per ISD step) -- for a CPU that cannot run 6000 steps; the JSON says so, and such a run is a
@@ -69,6 +71,7 @@ def schedules(step_scale: float) -> dict[str, Schedule]:
         "fast": fast,
         "fast_lr2": H.variant(fast, "fast_lr2", sculpt_lr=2 * fast.sculpt_lr),
         "fast_paper_stage_a": H.paper_stage_a(fast, paper, "fast_paper_stage_a"),
+        **{f"fast_isd{k}": H.fewer_isd_samples(fast, max(1, round(k * step_scale)), f"fast_isd{k}") for k in H.FEWER_ISD_STEPS},
     }
 
 
@@ -88,11 +91,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--variants", choices=("auto", "all", "none"), default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--chamfer-samples", type=int, default=20000)
-    ap.add_argument("--jobs", type=int, default=None, help="schedules run side by side as processes (default: 4 on CUDA, 1 on CPU)")
+    ap.add_argument("--jobs", type=int, default=None, help="schedules run side by side as processes (default: all of them on CUDA, 1 on CPU)")
     ap.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one schedule, for --jobs' child processes
     ap.add_argument("--out", default=OUT)
     a = ap.parse_args(argv)
-    jobs = a.jobs if a.jobs is not None else (4 if a.device.startswith("cuda") else 1)
+    jobs = a.jobs if a.jobs is not None else (len(schedules(1.0)) if a.device.startswith("cuda") else 1)
 
     dev = torch.device(a.device)
     t0 = time.perf_counter()
@@ -171,6 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
         if a.variants == "all" or (a.variants == "auto" and not ok):
             for name in ("fast_lr2", "fast_paper_stage_a"):
                 run(name)
+        if a.variants == "all":
+            for k in H.FEWER_ISD_STEPS:
+                run(f"fast_isd{k}")
     ratio = {k: round(r["chamfer"] / paper["chamfer"], 4) for k, r in result["runs"].items()}
     result["chamfer_ratio_to_paper"] = ratio
     result["fast_within_5_percent_of_paper"] = ok

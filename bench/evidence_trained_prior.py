@@ -21,6 +21,9 @@ What runs, in order:
    the trained prior, and the same run with the UNTRAINED prior (its output layer is zero: eps_c = eps_u, so
    the ISD gradient is zero and only the regularisers act) as the control. The trained run must end closer
    to the person than it started and than the control: the ISD moves geometry the right way.
+5. Candidates (sculpt_schedule_harness.FEWER_ISD_STEPS): FAST with 400 and 312 ISD steps (1,600 and 1,248 view
+   samples), each with its Chamfer and ratio to PAPER's in the JSON ("candidates"): what a faster default
+   would rest on. None ships.
 
 Result: bench/results/evidence_trained_prior.json (and DIR/evidence_trained_prior.json): Chamfer start /
 paper / fast, fast/paper, verdict (fast <= 1.10 x paper), the guidance-only numbers, training seconds, card.
@@ -28,10 +31,10 @@ paper / fast, fast/paper, verdict (fast <= 1.10 x paper), the guidance-only numb
 GPU time at full scale on one H100 (an estimate from the measured step costs of the real stage, grid 256,
 512 px: stage A ~35 ms, reference ~40 ms, an ISD step ~25-40 ms; the JSON's "seconds" holds the measured
 parts): heads + SDF init ~20 s, training renders ~10 s, training <= 120 s (--train-seconds caps it), then
-the four sculpts side by side as processes (--jobs 4; the steps are launch-bound): about the PAPER run's
-~200 s (alone: PAPER ~200 s, FAST ~60 s, each guidance-only run ~25 s). In all about 6 minutes. To scale
-down: --grid 128, --render-res 256 (latents 32x32; the training renders follow), --train-seconds 90,
---no-control, --skip-guidance-only. --load-weights reuses a saved prior (no training).
+the sculpts side by side as processes (--jobs; the steps are launch-bound): about the PAPER run's ~200 s
+(alone: PAPER ~200 s, FAST ~60 s, the fewer-sample candidates ~40-50 s, each guidance-only run ~25 s). In all
+about 6 minutes. To scale down: --grid 128, --render-res 256 (latents 32x32; the training renders follow),
+--train-seconds 90, --no-control, --skip-guidance-only, --skip-candidates. --load-weights reuses a saved prior.
 """
 from __future__ import annotations
 
@@ -135,13 +138,26 @@ def guidance_only(args, target: HeadMesh, start: HeadMesh, prepared, model: M.Pr
             "predictor_calls": pred.calls, "unet_rows": pred.rows}
 
 
-JOBS = ("paper", "fast", "guidance_only", "guidance_only_control")
+#: the fewer-ISD-sample candidates (sculpt_schedule_harness.FEWER_ISD_STEPS), sculpted beside PAPER and FAST
+CANDIDATES = tuple(f"fast_isd{k}" for k in H.FEWER_ISD_STEPS)
+JOBS = ("paper", "fast", *CANDIDATES, "guidance_only", "guidance_only_control")
+
+
+def job_schedule(name: str, divisor: int) -> Schedule:
+    """The schedule of sculpt job ``name`` (paper, fast or a fewer-sample candidate), its steps divided by ``divisor``."""
+    if name == "paper":
+        return scaled(PAPER, divisor)
+    fast = scaled(FAST, divisor)
+    if name == "fast":
+        return fast
+    k = int(name.removeprefix("fast_isd"))
+    return H.fewer_isd_samples(fast, max(1, round(k / divisor)), name)
 
 
 def run_job(name: str, args, target: HeadMesh, start: HeadMesh, prepared, model: M.PriorUNet, dev: torch.device, log) -> dict:
     """One sculpt of the evidence (``JOBS``)."""
-    if name in ("paper", "fast"):
-        sc = scaled(PAPER if name == "paper" else FAST, args.sculpt_divisor)
+    if name in ("paper", "fast", *CANDIDATES):
+        sc = job_schedule(name, args.sculpt_divisor)
         pred = M.TrainedPriorPredictor(model, args.factor, dev)
         log(f"sculpt {sc.name}: {sc.sculpt_steps} steps ({sc.gan_steps} stage A), {sc.guidance_views} view(s) per ISD step")
         r = H.run_schedule(target, start, sc, pred, grid_resolution=args.grid, render_resolution=args.render_res,
@@ -195,10 +211,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sculpt-divisor", type=int, default=1, help="divide every schedule's sculpt steps (smoke runs)")
     ap.add_argument("--chamfer-samples", type=int, default=20000)
     ap.add_argument("--skip-guidance-only", action="store_true")
+    ap.add_argument("--skip-candidates", action="store_true", help="skip the fewer-ISD-sample candidate schedules")
     ap.add_argument("--no-control", action="store_true", help="skip the untrained-prior control of the guidance-only run")
     ap.add_argument("--jobs", type=int, default=None,
-                    help="sculpts run side by side as processes on the one device (default: 4 on CUDA, 1 on CPU); "
-                         "the steps are launch-bound, so four share an H100 at about the cost of the longest")
+                    help="sculpts run side by side as processes on the one device (default: all on CUDA, 1 on CPU); "
+                         "the steps are launch-bound, so they share an H100 at about the cost of the longest")
     ap.add_argument("--only", choices=JOBS, default=None, help=argparse.SUPPRESS)  # a --jobs child: one sculpt
     ap.add_argument("--prepared", default=None, help=argparse.SUPPRESS)  # a --jobs child: the shared SDF init
     ap.add_argument("--seed", type=int, default=0)
@@ -213,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(1)  # many small ops: one thread is faster than several on a shared machine
     if args.train_seconds is not None and args.train_seconds < 0:
         args.train_seconds = None
-    jobs = args.jobs if args.jobs is not None else (4 if dev.type == "cuda" else 1)
+    jobs = args.jobs if args.jobs is not None else (len(JOBS) if dev.type == "cuda" else 1)
     os.makedirs(args.out, exist_ok=True)
     weights = args.weights or os.path.join(args.out, "trained_prior.pt")
 
@@ -245,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
         M.save_prior(model, weights, {"train_steps": tres.steps, "seconds": tres.seconds})
         log(f"trained {tres.steps} steps in {tres.seconds:.1f} s; held-out loss {tres.eval_start:.4f} -> {tres.eval_end:.4f}; saved {weights}")
 
-    names = ["paper", "fast"]
+    names = ["paper", "fast"] + ([] if args.skip_candidates else list(CANDIDATES))
     if not args.skip_guidance_only:
         names += ["guidance_only"] + ([] if args.no_control else ["guidance_only_control"])
     runs: dict = {}
@@ -293,6 +310,10 @@ def main(argv: list[str] | None = None) -> dict:
         "isd": vars(H.shipped_isd_config()),
         "chamfer_start": chamfer_start, "chamfer_paper": paper, "chamfer_fast": fast, "fast_over_paper": ratio,
         "tolerance": TOLERANCE, "verdict": "pass" if ratio <= 1 + TOLERANCE else "fail",
+        "candidates": {n: {"chamfer": runs[n]["chamfer"], "over_paper": runs[n]["chamfer"] / paper,
+                           "isd_view_samples": runs[n]["isd_view_samples"],
+                           "verdict": "pass" if runs[n]["chamfer"] <= (1 + TOLERANCE) * paper else "fail"}
+                       for n in CANDIDATES if n in runs},
         "sculpted_toward_person": bool(paper < chamfer_start and fast < chamfer_start),
         "guidance_only": gonly,
         "training": None if tres is None else {

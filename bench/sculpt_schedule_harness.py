@@ -316,6 +316,17 @@ def variant(schedule: Schedule, name: str, **changes: Any) -> Schedule:
     return dataclasses.replace(schedule, name=name, **changes)
 
 
+#: ISD steps of the candidate schedules with fewer ISD view samples than the paper's 2,500 (at FAST's 4 views a step:
+#: 1,600 and 1,248). The evidence scripts sculpt them beside PAPER and FAST, so a faster default could rest on them;
+#: none ships (core/schedules.py FAST keeps the paper's samples).
+FEWER_ISD_STEPS = (400, 312)
+
+
+def fewer_isd_samples(schedule: Schedule, isd_steps: int, name: str | None = None) -> Schedule:
+    """``schedule`` with ``isd_steps`` ISD steps (the reference steps follow, one per ISD step); stage A kept."""
+    return variant(schedule, name or f"{schedule.name}_isd{isd_steps}", sculpt_steps=schedule.gan_steps + 2 * isd_steps)
+
+
 def paper_stage_a(schedule: Schedule, paper: Schedule, name: str | None = None) -> Schedule:
     """``schedule`` with the paper's stage-A length and the same number of stage-B steps (ISD view samples kept)."""
     b = schedule.sculpt_steps - schedule.gan_steps

@@ -69,6 +69,22 @@ def test_evidence_runs_the_shipped_schedules_and_scales_them_evenly():
     assert small["paper"].isd_view_samples == small["fast"].isd_view_samples == 40
 
 
+def test_the_fewer_sample_candidates_change_only_the_isd_steps():
+    """Both sculpt evidence scripts sculpt FAST with 400 and 312 ISD steps beside PAPER and FAST: stage A, views per
+    step, lr and the regulariser switch are FAST's; the reference steps follow the ISD steps (stage B alternates)."""
+    import evidence_oracle_sculpt as E
+    import evidence_trained_prior as P
+
+    full = E.schedules(1.0)
+    assert H.FEWER_ISD_STEPS == (400, 312)
+    for k in H.FEWER_ISD_STEPS:
+        for c in (full[f"fast_isd{k}"], P.job_schedule(f"fast_isd{k}", 1)):
+            assert (c.isd_steps, c.isd_view_samples, c.sculpt_steps) == (k, 4 * k, FAST.gan_steps + 2 * k)
+            assert (c.gan_steps, c.guidance_views, c.sculpt_lr, c.refine_steps) == (FAST.gan_steps, 4, FAST.sculpt_lr, 400)
+    assert P.job_schedule("paper", 1) == PAPER and P.job_schedule("fast", 1) == FAST
+    assert P.job_schedule("fast_isd400", 20).isd_steps == 20 and P.JOBS[2:4] == ("fast_isd400", "fast_isd312")
+
+
 # ---------------------------------------------------------------------------- the oracle's gradient
 class _SpyOracle(H.OraclePredictor):
     """The oracle, keeping the latents ISD differentiates (their .grad is d loss / d z = grad_z / B)."""
