@@ -38,6 +38,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
+import _stamp  # noqa: E402  (bench/, the script's directory)
 import comfy_harness as ch  # noqa: E402
 from comfy_server import ComfyError, ComfyServer  # noqa: E402
 from run_pipeline import apply_overrides  # noqa: E402
@@ -221,10 +222,10 @@ def resume(args) -> int:
     server.start()
     ws = server.connect_ws()
     try:
-        entry = server.wait(state["prompt_id"], ws, NodeTimer({}), timeout=args.timeout)
+        server.wait(state["prompt_id"], ws, NodeTimer({}), timeout=args.timeout)
         ok, err = True, None
     except ComfyError as e:
-        entry, ok, err = None, False, str(e)[:2000]
+        ok, err = False, str(e)[:2000]
     finally:
         if ws is not None:
             ws.close()
@@ -350,6 +351,7 @@ def main() -> int:
             server_log = fh.read()
         result["log_tail"] = server_log[-6000:]
         result["cuda_graphs"] = graph_report(server_log)
+        result["measured"] = _stamp.measured(f"bench_pipeline.py --profile {args.profile}")
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=1)
     log(json.dumps({k: v for k, v in result.items() if k not in ("runs", "log_tail")}, indent=1))

@@ -39,7 +39,6 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Callable, Iterator
@@ -48,6 +47,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _pack  # noqa: E402
+import _stamp  # noqa: E402
 import _timing  # noqa: E402
 
 _pack.load(tests=True)
@@ -127,14 +127,6 @@ def evidence_device(args) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device")
     return dev
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_timing.ROOT, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def oracle_name(prior_std: float) -> str:
@@ -250,7 +242,7 @@ def main() -> None:
     verdicts = [o["verdict"] for o in oracles.values() if "verdict" in o]
     if verdicts:
         out["verdict"] = "pass" if all(v == "pass" for v in verdicts) else "fail"
-    out["measured"] = {"date": time.strftime("%Y-%m-%d"), "commit": _commit(), "note": args.note}
+    out["measured"] = _stamp.measured(args.note)
     _timing.write_json(out, args.out)
     print(json.dumps({"scale": out["scale"], "verdict": out.get("verdict"),
                       "paper_minus_fast_db": {k: o.get("paper_minus_fast_db") for k, o in oracles.items()}}))

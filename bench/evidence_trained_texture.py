@@ -33,8 +33,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _stamp  # noqa: E402
 import _timing  # noqa: E402
-from evidence_oracle_texture import _backend, _commit, _perceptual, evidence_device  # noqa: E402  (loads the pack and tests/)
+from evidence_oracle_texture import _backend, _perceptual, evidence_device  # noqa: E402  (loads the pack and tests/)
 import prior_model as M  # noqa: E402
 import texture_prior as T  # noqa: E402
 
@@ -180,7 +181,7 @@ def main() -> None:
         "prior": train, "perceptual": perceptual_note, "refine_steps": args.refine_steps, "seed": args.seed,
         "targets": targets, "runs": runs, "verdicts": verdicts, "tolerance_db": TOLERANCE_DB,
         "seconds": round(time.perf_counter() - t0, 1),
-        "measured": {"date": time.strftime("%Y-%m-%d"), "commit": _commit(), "note": args.note},
+        "measured": _stamp.measured(args.note),
     }
     _timing.write_json(out, args.out)
     print(json.dumps({"verdicts": verdicts, "targets": targets["by_steps"]}))

@@ -26,18 +26,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if HERE not in sys.path:  # also when imported by the tests, not only run as a script
     sys.path.insert(0, HERE)
+import _stamp  # noqa: E402
 from _projection import (card_rates, default_counts, read_server_stages, render_tables, replace_block,  # noqa: E402
                          step_rows, workflow_settings)
 STAGES = ["card", "flops", "render", "sculpt", "isd", "panohead", "texture", "landmarks"]
 SERVER_STAGES = "pipeline_default.stages.jsonl"  # bench_pipeline.py --profile default: <work>/vram_stages.jsonl, copied here
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "?"
-    except (OSError, subprocess.SubprocessError):
-        return "?"
 
 
 def run_stage(stage: str, out_dir: str, extra: list[str], timeout: int) -> dict:
@@ -59,7 +52,7 @@ def run_stage(stage: str, out_dir: str, extra: list[str], timeout: int) -> dict:
         data = json.load(fh)
     os.remove(tmp)
     data.setdefault("wall_s", round(time.time() - t0, 1))
-    data["measured"] = {"date": time.strftime("%Y-%m-%d"), "commit": _commit()}
+    data["measured"] = _stamp.measured()
     with open(out, "w") as fh:
         json.dump(data, fh, indent=2)
         fh.write("\n")

@@ -149,7 +149,7 @@ def test_run_all_overwrites_a_stage_only_when_it_succeeds(tmp_path, monkeypatch)
         (out / f"{stage}.json").write_text(json.dumps({"stage": stage, "ms": 1.0}))
     monkeypatch.setattr(run_all, "HERE", str(scripts))
     ok = run_all.run_stage("ok", str(out), [], timeout=60)
-    assert json.loads((out / "ok.json").read_text()) == ok and ok["ms"] == 2.0 and set(ok["measured"]) == {"date", "commit"}
+    assert json.loads((out / "ok.json").read_text()) == ok and ok["ms"] == 2.0 and set(ok["measured"]) == {"date", "commit", "note"}
     boom = run_all.run_stage("boom", str(out), [], timeout=60)
     assert boom["error"] == "exit 3" and "no GPU" in boom["log_tail"]
     assert json.loads((out / "boom.json").read_text()) == {"stage": "boom", "ms": 1.0}  # the previous result stays
@@ -245,3 +245,15 @@ def test_full_size_network_flops_match_the_published_sd15_counts() -> None:
     # the ISD's encoder backward takes the input gradient only (frozen weights): about one more forward
     assert 1.95 < per["vae_encoder+grad"] / per["vae_encoder"] < 2.1
     assert per["vgg_taps+grad"] == 2 * per["vgg_taps"]
+
+
+def test_a_result_is_stamped_with_the_commit_the_device_command_names(monkeypatch) -> None:
+    """bench/_stamp.py: IDSCULPT_COMMIT (set by the device command: the GPU machine's copy of .git can be older than
+    its files) wins over the checkout's HEAD, which is the fallback."""
+    import _stamp
+
+    monkeypatch.setenv("IDSCULPT_COMMIT", "799ac63")
+    assert _stamp.measured("note")["commit"] == "799ac63" and _stamp.measured("note")["note"] == "note"
+    monkeypatch.delenv("IDSCULPT_COMMIT")
+    head = _stamp.commit()
+    assert head != "799ac63" and (head == "unknown" or len(head) >= 7)
