@@ -95,13 +95,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one schedule, for --jobs' child processes
     ap.add_argument("--out", default=OUT)
     a = ap.parse_args(argv)
-    jobs = a.jobs if a.jobs is not None else (len(schedules(1.0)) if a.device.startswith("cuda") else 1)
 
     dev = torch.device(a.device)
     t0 = time.perf_counter()
     target = H.procedural_target(n=a.target_grid or max(48, a.grid // 2))
     start = H.start_head(target, a.start)
     sch = schedules(a.step_scale)
+    jobs = a.jobs if a.jobs is not None else (len(sch) if a.device.startswith("cuda") else 1)
     kw = dict(grid_resolution=a.grid, render_resolution=a.resolution, gan_resolution=a.gan_resolution, device=dev,
               seed=a.seed, chamfer_samples=a.chamfer_samples)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 22's evidence at the shipped step counts on the GPU machine, side by side: the oracle guidance
+# Issue 22's evidence at the shipped step counts on the GPU machine: the oracle guidance
 # (bench/evidence_oracle_sculpt.py, grid 256, 512 px), the small trained prior of the sculpt
 # (bench/evidence_trained_prior.py) and the trained texture prior of refinement's sampler steps
 # (bench/evidence_trained_texture.py). The two sculpt pieces are launch-bound and small and share the GPU as

@@ -1,4 +1,5 @@
-"""Shared builders for the PanoHead tests: tiny generator, planted analytic density, release-format pickle."""
+"""Shared builders for the PanoHead tests: tiny generator, planted analytic density, release-format pickle; the
+autograd node names of a result (which backward an op routes through)."""
 from __future__ import annotations
 
 import copy
@@ -152,3 +153,14 @@ def dump_release_pickle(g: TriPlaneGenerator, config: dict, module_src: str) -> 
         data = {"G": g, "D": None, "G_ema": g, "augment_pipe": None, "training_set_kwargs": {"resolution": 512, "xflip": False}}
         ReleasePickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(data)
         return buf.getvalue()
+
+
+def autograd_node_names(t: torch.Tensor) -> set[str]:
+    """The class names of every node in ``t``'s backward graph."""
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and fn not in seen:
+            seen.add(fn)
+            todo += [nxt for nxt, _ in fn.next_functions]
+    return {type(fn).__name__ for fn in seen}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from panohead_fixtures import autograd_node_names
 
 from idsculpt.core.panohead import ops
 
@@ -82,22 +83,10 @@ def test_modulated_upsampling_layer_gradient_equals_autograd(monkeypatch):
     torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-5)
 
 
-def _graph_nodes(t: torch.Tensor) -> set[str]:
-    seen, todo, names = set(), [t.grad_fn], set()
-    while todo:
-        fn = todo.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        names.add(type(fn).__name__)
-        todo += [nxt for nxt, _ in fn.next_functions]
-    return names
-
-
 def test_the_filter_uses_its_own_gradient_only_when_one_is_needed():
     x = torch.randn(1, 2, 6, 6, requires_grad=True)
     f = ops.setup_filter([1, 3, 3, 1])
     with torch.no_grad():
         assert ops.upsample2d(x, f).grad_fn is None
-    names = _graph_nodes(ops.upsample2d(x, f))
+    names = autograd_node_names(ops.upsample2d(x, f))
     assert "_FirCorrelationBackward" in names and "ConvolutionBackward0" not in names
