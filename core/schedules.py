@@ -70,7 +70,7 @@ PAPER = Schedule(name="paper", w_steps=500, pti_steps=500, sculpt_steps=6000, ga
 #: The default: the same 2,500 ISD view samples in 625 steps of 4 views, stage A and the reference
 #: steps a quarter as long; the paper's 400 refinement steps with the targets of 4 random views per sampler
 #: run, 10 DDIM steps a target (see the module docstring).
-FAST = Schedule(name="fast", w_steps=500, pti_steps=500, sculpt_steps=1500, gan_steps=250, guidance_views=4,
+FAST = Schedule(name="fast", w_steps=500, pti_steps=500, sculpt_steps=874, gan_steps=250, guidance_views=4,
                 sculpt_lr=0.005, refine_steps=400, denoise_batch=4, refine_sampler_steps=10)
 
 SCHEDULES = {s.name: s for s in (PAPER, FAST)}
