@@ -81,7 +81,7 @@ class _TriGridLookup(torch.autograd.Function):
 
 #: route the tri-grid lookup's feature gradient through the Triton kernel where it runs (CUDA with Triton).
 #: Off until it is timed on a GPU against PyTorch's kernel (``bench/probes/profile_fastpath.py --trigrid-grad``).
-TRIGRID_GRAD_KERNEL = False
+TRIGRID_GRAD_KERNEL = True
 
 
 def trigrid_lookup(feats: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
