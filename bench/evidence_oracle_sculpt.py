@@ -6,10 +6,10 @@ PanoHead's scale, GAN views from PanoHead's 40-camera ring, a frontal reference 
 toward that head (harness.OraclePredictor), once per schedule:
 
   paper                 core.schedules.PAPER (6000 steps, stage A 1000, 1 view per ISD step)
-  fast                  core.schedules.FAST  (1500 steps, stage A 250, 4 views per ISD step)
+  fast                  core.schedules.FAST  (874 steps, stage A 250, 312 ISD steps of 4 views)
   fast_lr2              FAST with twice the learning rate
   fast_paper_stage_a    FAST with the paper's stage A (1000 steps) and FAST's 1250 stage-B steps
-  fast_isd400, _isd312  FAST with fewer ISD steps (1,600 and 1,248 view samples): candidates for a faster default
+  fast_isd625, _isd400  FAST with 625 and 400 ISD steps (2,500 and 1,600 view samples; 625 was FAST's until 2026-12-06)
 
 and writes the Chamfer distance of each to the target (plus mask IoU / normal cosine at eight views) and
 the verdict "fast within 5 % of paper" to bench/results/evidence_oracle_sculpt.json.
@@ -20,12 +20,12 @@ the verdict "fast within 5 % of paper" to bench/results/evidence_oracle_sculpt.j
 Full scale on an H100, estimated from the measured step costs (bench/results/pipeline_paper.stages.jsonl,
 grid 256, 512 px: stage-A step ~35 ms, reference ~40 ms, ISD render + oracle ~25 ms for one view, ~40 ms
 for four) and the SDF init (~13 s): paper 1000*35 + 2500*40 + 2500*25 ms ~ 200 s, fast 250*35 + 625*40 +
-625*40 ms ~ 60 s, fast_lr2 ~60 s, fast_paper_stage_a ~85 s, the two fewer-sample runs ~40-50 s each. Those
+625*40 ms ~ 60 s at 625 ISD steps (FAST's 312: ~35 s), fast_lr2 and fast_paper_stage_a ~35-60 s. Those
 steps are launch-bound (a few ms of GPU work each), so on CUDA the schedules run as processes side by side on the
-one GPU by default (``--jobs``): about the paper run's length (335 s on an H100 on 2026-12-06, beside other work;
+one GPU by default (``--jobs``): about the paper run's length (514 s on an H100 on 2026-12-06, beside the trained prior;
 each run's "seconds" is then inflated by the sharing; compare Chamfer, not seconds). With ``--jobs 1``,
 ``--variants auto`` (the default there) runs the two FAST variants only when fast misses the 5 % bound, and
-the fewer-sample candidates only with ``--variants all``.
+the other ISD step counts only with ``--variants all``.
 
 ``--step-scale s`` (< 1) multiplies every schedule's stage-A and ISD step counts by s (the reference steps
 follow, one per ISD step) -- for a CPU that cannot run 6000 steps; the JSON says so, and such a run is a
@@ -71,7 +71,7 @@ def schedules(step_scale: float) -> dict[str, Schedule]:
         "fast": fast,
         "fast_lr2": H.variant(fast, "fast_lr2", sculpt_lr=2 * fast.sculpt_lr),
         "fast_paper_stage_a": H.paper_stage_a(fast, paper, "fast_paper_stage_a"),
-        **{f"fast_isd{k}": H.fewer_isd_samples(fast, max(1, round(k * step_scale)), f"fast_isd{k}") for k in H.FEWER_ISD_STEPS},
+        **{f"fast_isd{k}": H.with_isd_steps(fast, max(1, round(k * step_scale)), f"fast_isd{k}") for k in H.ISD_STEP_VARIANTS},
     }
 
 
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
             for name in ("fast_lr2", "fast_paper_stage_a"):
                 run(name)
         if a.variants == "all":
-            for k in H.FEWER_ISD_STEPS:
+            for k in H.ISD_STEP_VARIANTS:
                 run(f"fast_isd{k}")
     ratio = {k: round(r["chamfer"] / paper["chamfer"], 4) for k, r in result["runs"].items()}
     result["chamfer_ratio_to_paper"] = ratio

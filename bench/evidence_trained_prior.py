@@ -17,13 +17,13 @@ What runs, in order:
 3. Sculpts (bench/sculpt_schedule_harness.py: the real Sculptor, GAN views + reference rendered from the
    person, the shipped ISD settings -- CFG 50, t in [20, 500], the "authors" estimator, ID for |az| < 70 --
    around ``TrainedPriorPredictor``): PAPER and FAST (core/schedules.py) from the same start and SDF init.
-4. Guidance alone (no GAN views, no reference): FAST's ISD steps (625 x 4 views, stage-B regularisers) with
+4. Guidance alone (no GAN views, no reference): FAST's ISD steps (312 x 4 views, stage-B regularisers) with
    the trained prior, and the same run with the UNTRAINED prior (its output layer is zero: eps_c = eps_u, so
    the ISD gradient is zero and only the regularisers act) as the control. The trained run must end closer
    to the person than it started and than the control: the ISD moves geometry the right way.
-5. Candidates (sculpt_schedule_harness.FEWER_ISD_STEPS): FAST with 400 and 312 ISD steps (1,600 and 1,248 view
-   samples), each with its Chamfer and ratio to PAPER's in the JSON ("candidates"): what a faster default
-   would rest on. None ships.
+5. Candidates (sculpt_schedule_harness.ISD_STEP_VARIANTS): FAST with 625 and 400 ISD steps (2,500 and 1,600 view
+   samples), each with its Chamfer and ratio to PAPER's in the JSON ("candidates"). On 2026-12-06 FAST had 625
+   steps and the candidates were 400 and 312; 312 passed both pieces and ships (bench/evidence_summary.py).
 
 Result: bench/results/evidence_trained_prior.json (and DIR/evidence_trained_prior.json): Chamfer start /
 paper / fast, fast/paper, verdict (fast <= 1.10 x paper), the guidance-only numbers, training seconds, card.
@@ -32,8 +32,8 @@ GPU time at full scale on one H100 (an estimate from the measured step costs of 
 512 px: stage A ~35 ms, reference ~40 ms, an ISD step ~25-40 ms; the JSON's "seconds" holds the measured
 parts): heads + SDF init ~20 s, training renders ~10 s, training <= 120 s (--train-seconds caps it), then
 the sculpts side by side as processes (--jobs; the steps are launch-bound): about the PAPER run's ~200 s
-(alone: PAPER ~200 s, FAST ~60 s, the fewer-sample candidates ~40-50 s, each guidance-only run ~25 s). In all
-about 6 minutes. To scale down: --grid 128, --render-res 256 (latents 32x32; the training renders follow),
+(alone: PAPER ~200 s, FAST ~40 s, the candidates ~50-60 s, each guidance-only run ~20 s). In all about 6 minutes
+alone; on 2026-12-06, beside the oracle's jobs on one H100, 612 s (PAPER's sculpt 399 s). To scale down: --grid 128, --render-res 256 (latents 32x32; the training renders follow),
 --train-seconds 90, --no-control, --skip-guidance-only, --skip-candidates. --load-weights reuses a saved prior.
 """
 from __future__ import annotations
@@ -138,20 +138,20 @@ def guidance_only(args, target: HeadMesh, start: HeadMesh, prepared, model: M.Pr
             "predictor_calls": pred.calls, "unet_rows": pred.rows}
 
 
-#: the fewer-ISD-sample candidates (sculpt_schedule_harness.FEWER_ISD_STEPS), sculpted beside PAPER and FAST
-CANDIDATES = tuple(f"fast_isd{k}" for k in H.FEWER_ISD_STEPS)
+#: FAST with other ISD step counts (sculpt_schedule_harness.ISD_STEP_VARIANTS), sculpted beside PAPER and FAST
+CANDIDATES = tuple(f"fast_isd{k}" for k in H.ISD_STEP_VARIANTS)
 JOBS = ("paper", "fast", *CANDIDATES, "guidance_only", "guidance_only_control")
 
 
 def job_schedule(name: str, divisor: int) -> Schedule:
-    """The schedule of sculpt job ``name`` (paper, fast or a fewer-sample candidate), its steps divided by ``divisor``."""
+    """The schedule of sculpt job ``name`` (paper, fast or a candidate ISD step count), its steps divided by ``divisor``."""
     if name == "paper":
         return scaled(PAPER, divisor)
     fast = scaled(FAST, divisor)
     if name == "fast":
         return fast
     k = int(name.removeprefix("fast_isd"))
-    return H.fewer_isd_samples(fast, max(1, round(k / divisor)), name)
+    return H.with_isd_steps(fast, max(1, round(k / divisor)), name)
 
 
 def run_job(name: str, args, target: HeadMesh, start: HeadMesh, prepared, model: M.PriorUNet, dev: torch.device, log) -> dict:
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sculpt-divisor", type=int, default=1, help="divide every schedule's sculpt steps (smoke runs)")
     ap.add_argument("--chamfer-samples", type=int, default=20000)
     ap.add_argument("--skip-guidance-only", action="store_true")
-    ap.add_argument("--skip-candidates", action="store_true", help="skip the fewer-ISD-sample candidate schedules")
+    ap.add_argument("--skip-candidates", action="store_true", help="skip the candidate ISD step counts")
     ap.add_argument("--no-control", action="store_true", help="skip the untrained-prior control of the guidance-only run")
     ap.add_argument("--jobs", type=int, default=None,
                     help="sculpts run side by side as processes on the one device (default: all on CUDA, 1 on CPU); "

@@ -316,13 +316,13 @@ def variant(schedule: Schedule, name: str, **changes: Any) -> Schedule:
     return dataclasses.replace(schedule, name=name, **changes)
 
 
-#: ISD steps of the candidate schedules with fewer ISD view samples than the paper's 2,500 (at FAST's 4 views a step:
-#: 1,600 and 1,248). The evidence scripts sculpt them beside PAPER and FAST, so a faster default could rest on them;
-#: none ships (core/schedules.py FAST keeps the paper's samples).
-FEWER_ISD_STEPS = (400, 312)
+#: ISD step counts the evidence scripts also sculpt FAST with, beside PAPER and FAST (at 4 views a step): 625 spends the
+#: paper's 2,500 view samples (FAST's until the full-scale evidence of 2026-12-06 showed 312 steps hold), 400 lies
+#: between. bench/evidence_summary.py puts them beside FAST; core/schedules.py FAST is the fewest that passed.
+ISD_STEP_VARIANTS = (625, 400)
 
 
-def fewer_isd_samples(schedule: Schedule, isd_steps: int, name: str | None = None) -> Schedule:
+def with_isd_steps(schedule: Schedule, isd_steps: int, name: str | None = None) -> Schedule:
     """``schedule`` with ``isd_steps`` ISD steps (the reference steps follow, one per ISD step); stage A kept."""
     return variant(schedule, name or f"{schedule.name}_isd{isd_steps}", sculpt_steps=schedule.gan_steps + 2 * isd_steps)
 

@@ -8,10 +8,14 @@ stages with exactly these numbers, so the evidence is about what ships.
 The fast schedule keeps every setting of the method (losses, weights, CFG, timestep ranges,
 estimator, regulariser values) and changes only how the work is spread over steps:
 
-* sculpt: several views per ISD step through one batched UNet/ControlNet call, over proportionally
-  fewer steps (``guidance_views`` x ISD steps = the paper's 2,500 view samples), stage A and the
-  reference steps shortened by the same factor. The regulariser switch stays at the end of stage A
-  (threestudio's C() step at 1000 = the authors' stage-A length; the node ties it to ``gan_steps``).
+* sculpt: several views per ISD step through one batched UNet/ControlNet call (4), stage A a quarter as
+  long (250 steps), and 312 ISD steps (1,248 view samples, half the paper's 2,500), the reference steps
+  following (stage B alternates them). The regulariser switch stays at the end of stage A (threestudio's C()
+  step at 1000 = the authors' stage-A length; the node ties it to ``gan_steps``). At full scale on an H100
+  (2026-12-06), Chamfer to the known head over PAPER's: x1.010 under an oracle denoiser (bar 5 %) and x1.024
+  with a small trained prior through the real ISD (bar 10 %; 625 steps, the paper's samples: x1.006 and
+  x1.028; 400 steps: x1.010 and x1.029). Evidence: bench/results/evidence_oracle_sculpt.json,
+  evidence_trained_prior.json, bench/evidence_summary.py.
 * texture refinement: the paper's 400 steps (100 steps failed the texture evidence: an oracle denoiser's
   refinement from a degraded texture reached 25.3 dB novel-view PSNR against 38.3 dB after 400 steps on the
   CPU scale; the bar is 0.5 dB), with the SDEdit targets of 4 consecutive random views computed in one
@@ -67,9 +71,9 @@ class Schedule:
 PAPER = Schedule(name="paper", w_steps=500, pti_steps=500, sculpt_steps=6000, gan_steps=1000, guidance_views=1,
                  sculpt_lr=0.005, refine_steps=400, denoise_batch=1, refine_sampler_steps=20)
 
-#: The default: the same 2,500 ISD view samples in 625 steps of 4 views, stage A and the reference
-#: steps a quarter as long; the paper's 400 refinement steps with the targets of 4 random views per sampler
-#: run, 10 DDIM steps a target (see the module docstring).
+#: The default: 312 ISD steps of 4 views (1,248 view samples), stage A a quarter as long; the paper's 400
+#: refinement steps with the targets of 4 random views per sampler run, 10 DDIM steps a target (see the module
+#: docstring).
 FAST = Schedule(name="fast", w_steps=500, pti_steps=500, sculpt_steps=874, gan_steps=250, guidance_views=4,
                 sculpt_lr=0.005, refine_steps=400, denoise_batch=4, refine_sampler_steps=10)
 

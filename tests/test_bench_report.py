@@ -23,11 +23,11 @@ PAPER_WORKFLOW = os.path.join(ROOT, "workflows", "api", "full_paper.json")
 
 
 def test_default_counts_are_the_shipped_schedules_step_counts() -> None:
-    # full.json, the fast schedule: 500 + 500 inversion, 1500 sculpt steps (250 GAN views, then reference / ISD
+    # full.json, the fast schedule: 500 + 500 inversion, 874 sculpt steps (250 GAN views, then reference / ISD
     # alternating, 4 views per ISD step), 15 inpainted views, 400 refine steps, two reference KSamplers
     counts = proj.default_counts(proj.workflow_settings(WORKFLOW))
-    assert counts == {"panohead_w": 500, "panohead_pti": 500, "reference_geometry": 2, "stage_a": 250, "reference": 625,
-                      "isd": 625, "isd_views": 4, "inpaint_views": 15, "refine_random": 200, "refine_reference": 200}
+    assert counts == {"panohead_w": 500, "panohead_pti": 500, "reference_geometry": 2, "stage_a": 250, "reference": 312,
+                      "isd": 312, "isd_views": 4, "inpaint_views": 15, "refine_random": 200, "refine_reference": 200}
     # full_paper.json, the paper's: 6000 sculpt steps (1000 GAN views), one view per ISD step
     paper = proj.default_counts(proj.workflow_settings(os.path.join(ROOT, "workflows", "api", "full_paper.json")))
     assert paper == {"panohead_w": 500, "panohead_pti": 500, "reference_geometry": 2, "stage_a": 1000, "reference": 2500,

@@ -1,12 +1,14 @@
 """Issue 22's schedule evidence, item 1 (oracle guidance): the schedules' known relations and the oracle
 denoiser of bench/sculpt_schedule_harness.py, driven through the pack's real ISDGuidance.
 
-Known answers: FAST spends the paper's 2,500 ISD view samples; the oracle's ISD gradient in latent space is
+Known answers: FAST's ISD view samples are the fewest that passed both sculpt evidence pieces at full scale
+(bench/results, bench/evidence_summary.py); the oracle's ISD gradient in latent space is
 k * w(t) / sigma_t * (z - z_T) (k = CFG on views with ID, CFG - 1 elsewhere; harness.OraclePredictor's
 docstring), zero when the render is the target's; and it sculpts a head toward the target.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -28,19 +30,66 @@ from idsculpt.core.sculpt import RandomViewRanges, SculptConfig, Sculptor  # noq
 
 
 # ---------------------------------------------------------------------------- the schedules
-def test_fast_spends_the_papers_isd_view_samples():
+def test_isd_view_samples_of_the_schedules():
     """Stage B asks the guidance every second step: (6000 - 1000) / 2 = 2500 steps of one view (paper) and
-    (1500 - 250) / 2 = 625 steps of four views (fast): the same 2,500 view samples."""
-    assert (PAPER.isd_steps, PAPER.guidance_views) == (2500, 1)
-    assert (FAST.isd_steps, FAST.guidance_views) == (625, 4)
-    assert FAST.isd_view_samples == PAPER.isd_view_samples == 2500
+    (874 - 250) / 2 = 312 steps of four views (fast): 1,248 view samples."""
+    assert (PAPER.isd_steps, PAPER.guidance_views, PAPER.isd_view_samples) == (2500, 1, 2500)
+    assert (FAST.isd_steps, FAST.guidance_views, FAST.isd_view_samples) == (312, 4, 1248)
+
+
+def _evidence(name: str) -> dict:
+    with open(os.path.join(os.path.dirname(H.__file__), "results", name)) as fh:
+        return json.load(fh)
+
+
+def test_fast_sculpt_schedule_rests_on_the_measured_full_scale_evidence():
+    """FAST's sculpt steps are a run of BOTH sculpt evidence pieces as measured at full scale on a GPU (bench/results:
+    grid 256, the shipped step counts, a trained prior that sculpted toward the person) that passed both bars (oracle
+    5 %, trained prior 10 % over PAPER's Chamfer); and no passing run spends fewer ISD view samples. Changing FAST's
+    sculpt schedule without new evidence fails here."""
+    import evidence_summary as S
+
+    oracle, prior = _evidence("evidence_oracle_sculpt.json"), _evidence("evidence_trained_prior.json")
+    s = S.summarize(oracle, prior)
+    assert s["full_scale"] == {"oracle": True, "prior": True} and s["prior_sculpts_toward_person"]
+    assert "cpu" not in (s["cards"]["oracle"], s["cards"]["prior"])
+    fields = ("sculpt_steps", "gan_steps", "guidance_views", "sculpt_lr")
+    fast = [n for n, r in oracle["runs"].items() if all(r["schedule_fields"][f] == getattr(FAST, f) for f in fields)]
+    assert fast, "no oracle run has FAST's sculpt schedule"
+    name = fast[0]
+    assert all(prior["runs"][name]["schedule_fields"][f] == getattr(FAST, f) for f in fields)
+    assert oracle["runs"]["paper"]["schedule_fields"]["sculpt_steps"] == PAPER.sculpt_steps
+    assert name in s["passing"] and s["fewest_isd_steps"] == name
+    assert s["schedules"][name]["oracle"] <= 1.05 and s["schedules"][name]["prior"] <= 1.10
+
+
+def test_evidence_summary_applies_both_bars_and_the_full_scale_rule():
+    """bench/evidence_summary.py on edited copies of the measured files: a run over either bar, a smoke-scale
+    oracle, or a prior that did not sculpt toward the person passes nothing."""
+    import copy
+
+    import evidence_summary as S
+
+    oracle, prior = _evidence("evidence_oracle_sculpt.json"), _evidence("evidence_trained_prior.json")
+    assert S.summarize(oracle, prior)["passing"]
+    o2 = copy.deepcopy(oracle)
+    o2["runs"]["fast_isd312"]["chamfer"] = 1.051 * o2["runs"]["paper"]["chamfer"]
+    assert "fast_isd312" not in S.summarize(o2, prior)["passing"]
+    p2 = copy.deepcopy(prior)
+    p2["runs"]["fast_isd312"]["chamfer"] = 1.101 * p2["chamfer_paper"]
+    assert "fast_isd312" not in S.summarize(oracle, p2)["passing"]
+    o3 = copy.deepcopy(oracle)
+    o3["scale"]["shipped_step_counts"] = False
+    assert S.summarize(o3, prior)["passing"] == []
+    p3 = dict(prior, sculpted_toward_person=False)
+    assert S.summarize(oracle, p3)["passing"] == [] and S.summarize(oracle, p3)["fewest_isd_steps"] is None
 
 
 def test_harness_builds_the_sculpt_config_as_the_node_does():
     """steps / gan_steps / guidance_views / lr from the schedule; the regularisers switch after step gan_steps
     (threestudio's C([gan_steps, before, after, gan_steps + 1]), the node's step_schedule)."""
     c = H.sculpt_config(FAST, grid_resolution=64, render_resolution=128)
-    assert (c.steps, c.gan_steps, c.guidance_views, c.lr) == (1500, 250, 4, 0.005)
+    assert (c.steps, c.gan_steps, c.guidance_views, c.lr) == (874, 250, 4, 0.005)
     assert tuple(c.lambda_normal_consistency) == (250, 500.0, 10000.0, 251)
     assert tuple(c.lambda_laplacian) == (250, 1e5, 1.5e5, 251)
     assert (c.grid_resolution, c.views.resolution) == (64, 128)
@@ -52,12 +101,12 @@ def test_harness_builds_the_sculpt_config_as_the_node_does():
     i = H.shipped_isd_config()
     assert (i.cfg, i.t_min, i.t_max, i.estimator, i.id_azimuth_limit) == (50.0, 20, 500, "authors", 70.0)
     v = H.paper_stage_a(FAST, PAPER)
-    assert (v.gan_steps, v.sculpt_steps, v.isd_view_samples) == (1000, 2250, 2500)
+    assert (v.gan_steps, v.sculpt_steps, v.isd_view_samples) == (1000, 1624, 1248)
 
 
 def test_evidence_runs_the_shipped_schedules_and_scales_them_evenly():
-    """bench/evidence_oracle_sculpt.py runs PAPER and FAST themselves at --step-scale 1; a CPU smoke scale keeps
-    the two schedules' ISD view samples equal (0.016: 40 x 1 and 10 x 4) and the stage-B layout (2 steps per ISD step)."""
+    """bench/evidence_oracle_sculpt.py runs PAPER and FAST themselves at --step-scale 1; a CPU smoke scale scales
+    the stage-A and ISD steps alike (0.016: 40 x 1 and 5 x 4) and keeps the stage-B layout (2 steps per ISD step)."""
     import evidence_oracle_sculpt as E
 
     full = E.schedules(1.0)
@@ -65,24 +114,24 @@ def test_evidence_runs_the_shipped_schedules_and_scales_them_evenly():
     assert full["fast_lr2"].sculpt_lr == 2 * FAST.sculpt_lr and full["fast_paper_stage_a"].gan_steps == PAPER.gan_steps
     small = E.schedules(0.016)
     assert (small["paper"].gan_steps, small["paper"].isd_steps, small["paper"].sculpt_steps) == (16, 40, 96)
-    assert (small["fast"].gan_steps, small["fast"].isd_steps, small["fast"].sculpt_steps) == (4, 10, 24)
-    assert small["paper"].isd_view_samples == small["fast"].isd_view_samples == 40
+    assert (small["fast"].gan_steps, small["fast"].isd_steps, small["fast"].sculpt_steps) == (4, 5, 14)
+    assert (small["paper"].isd_view_samples, small["fast"].isd_view_samples) == (40, 20)
 
 
-def test_the_fewer_sample_candidates_change_only_the_isd_steps():
-    """Both sculpt evidence scripts sculpt FAST with 400 and 312 ISD steps beside PAPER and FAST: stage A, views per
+def test_the_isd_step_variants_change_only_the_isd_steps():
+    """Both sculpt evidence scripts sculpt FAST with 625 and 400 ISD steps beside PAPER and FAST: stage A, views per
     step, lr and the regulariser switch are FAST's; the reference steps follow the ISD steps (stage B alternates)."""
     import evidence_oracle_sculpt as E
     import evidence_trained_prior as P
 
     full = E.schedules(1.0)
-    assert H.FEWER_ISD_STEPS == (400, 312)
-    for k in H.FEWER_ISD_STEPS:
+    assert H.ISD_STEP_VARIANTS == (625, 400)
+    for k in H.ISD_STEP_VARIANTS:
         for c in (full[f"fast_isd{k}"], P.job_schedule(f"fast_isd{k}", 1)):
             assert (c.isd_steps, c.isd_view_samples, c.sculpt_steps) == (k, 4 * k, FAST.gan_steps + 2 * k)
             assert (c.gan_steps, c.guidance_views, c.sculpt_lr, c.refine_steps) == (FAST.gan_steps, 4, FAST.sculpt_lr, 400)
     assert P.job_schedule("paper", 1) == PAPER and P.job_schedule("fast", 1) == FAST
-    assert P.job_schedule("fast_isd400", 20).isd_steps == 20 and P.JOBS[2:4] == ("fast_isd400", "fast_isd312")
+    assert P.job_schedule("fast_isd400", 20).isd_steps == 20 and P.JOBS[2:4] == ("fast_isd625", "fast_isd400")
 
 
 # ---------------------------------------------------------------------------- the oracle's gradient

@@ -90,7 +90,15 @@ def test_a_failing_kernel_falls_back_to_pytorchs_backward(monkeypatch, caplog) -
     assert broken.calls == 1 and caplog.text.count("tri-grid feature gradient (Triton) failed") == 1
 
 
-def test_the_kernel_stays_off_by_default_and_without_gradients() -> None:
+def test_the_kernel_is_on_by_default_where_it_applies(monkeypatch) -> None:
+    """On since the H100 probe of 2026-12-06 (docs/PERFORMANCE.md); routed only where the kernel runs (CUDA) and only
+    for a feature gradient: not without autograd, not when the points need a gradient too (the kernel gives none)."""
+    name = "_TriGridLookupBackward"
     feats, grid, _ = _case(1, 4, 3, 5, 5, 20, torch.device("cpu"))
-    assert triplane.TRIGRID_GRAD_KERNEL is False  # until timed on a GPU (docs/PERFORMANCE.md)
-    assert triplane.trigrid_lookup(feats.requires_grad_(True), grid).grad_fn.__class__.__name__ != "_TriGridLookupBackward"
+    assert triplane.TRIGRID_GRAD_KERNEL is True
+    assert triplane.trigrid_lookup(feats.requires_grad_(True), grid).grad_fn.__class__.__name__ != name  # CPU: PyTorch's
+    monkeypatch.setattr(triplane.TRIGRID_GRAD, "available", lambda device: True)
+    assert triplane.trigrid_lookup(feats, grid).grad_fn.__class__.__name__ == name
+    assert triplane.trigrid_lookup(feats, grid.clone().requires_grad_(True)).grad_fn.__class__.__name__ != name
+    with torch.no_grad():
+        assert triplane.trigrid_lookup(feats, grid).grad_fn is None
