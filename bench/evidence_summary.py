@@ -17,24 +17,27 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _pack  # noqa: E402  (bench/; the pack's import is light: no torch)
+
+_pack.load()
+
+from idsculpt.core.schedules import Schedule  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORACLE = os.path.join(ROOT, "bench", "results", "evidence_oracle_sculpt.json")
 PRIOR = os.path.join(ROOT, "bench", "results", "evidence_trained_prior.json")
 ORACLE_BOUND, PRIOR_BOUND = 0.05, 0.10
 
 
-def _isd_steps(sculpt_steps: int, gan_steps: int) -> int:
-    return (sculpt_steps - gan_steps) // 2  # core/schedules.py Schedule.isd_steps
-
-
 def oracle_rows(oracle: dict) -> dict[str, dict]:
-    """Per schedule: ISD steps, views per step and Chamfer / PAPER's under the oracle."""
+    """Per schedule: ISD steps, views per step, view samples and Chamfer / PAPER's under the oracle."""
     paper = oracle["runs"]["paper"]["chamfer"]
     rows = {}
     for name, r in oracle["runs"].items():
-        f = r["schedule_fields"]
-        rows[name] = {"isd_steps": _isd_steps(f["sculpt_steps"], f["gan_steps"]), "guidance_views": f["guidance_views"],
-                      "gan_steps": f["gan_steps"], "sculpt_lr": f["sculpt_lr"], "oracle": r["chamfer"] / paper}
+        s = Schedule(**r["schedule_fields"])
+        rows[name] = {"isd_steps": s.isd_steps, "guidance_views": s.guidance_views, "isd_view_samples": s.isd_view_samples,
+                      "oracle": r["chamfer"] / paper}
     return rows
 
 
@@ -55,7 +58,7 @@ def summarize(oracle: dict, prior: dict) -> dict:
                          and row["oracle"] <= 1 + ORACLE_BOUND and row["prior"] <= 1 + PRIOR_BOUND)
         rows[name] = row
     passing = [n for n, r in rows.items() if r["passes"]]
-    fewest = min(passing, key=lambda n: (rows[n]["isd_steps"] * rows[n]["guidance_views"], n), default=None)
+    fewest = min(passing, key=lambda n: (rows[n]["isd_view_samples"], n), default=None)
     return {"full_scale": {"oracle": full_oracle, "prior": full_prior}, "prior_sculpts_toward_person": prior_moves,
             "schedules": rows, "passing": passing, "fewest_isd_steps": fewest,
             "cards": {"oracle": oracle.get("device"), "prior": prior.get("card")}}

@@ -37,8 +37,8 @@ def test_isd_view_samples_of_the_schedules():
     assert (FAST.isd_steps, FAST.guidance_views, FAST.isd_view_samples) == (312, 4, 1248)
 
 
-def _evidence(name: str) -> dict:
-    with open(os.path.join(os.path.dirname(H.__file__), "results", name)) as fh:
+def _evidence(path: str) -> dict:
+    with open(path) as fh:
         return json.load(fh)
 
 
@@ -49,7 +49,7 @@ def test_fast_sculpt_schedule_rests_on_the_measured_full_scale_evidence():
     sculpt schedule without new evidence fails here."""
     import evidence_summary as S
 
-    oracle, prior = _evidence("evidence_oracle_sculpt.json"), _evidence("evidence_trained_prior.json")
+    oracle, prior = _evidence(S.ORACLE), _evidence(S.PRIOR)
     s = S.summarize(oracle, prior)
     assert s["full_scale"] == {"oracle": True, "prior": True} and s["prior_sculpts_toward_person"]
     assert "cpu" not in (s["cards"]["oracle"], s["cards"]["prior"])
@@ -70,7 +70,7 @@ def test_evidence_summary_applies_both_bars_and_the_full_scale_rule():
 
     import evidence_summary as S
 
-    oracle, prior = _evidence("evidence_oracle_sculpt.json"), _evidence("evidence_trained_prior.json")
+    oracle, prior = _evidence(S.ORACLE), _evidence(S.PRIOR)
     assert S.summarize(oracle, prior)["passing"]
     o2 = copy.deepcopy(oracle)
     o2["runs"]["fast_isd312"]["chamfer"] = 1.051 * o2["runs"]["paper"]["chamfer"]

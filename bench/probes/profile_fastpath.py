@@ -344,14 +344,13 @@ def main() -> None:
     ap.add_argument("--fir-grad", default="own", choices=["own", "autograd"],
                     help="PanoHead's FIR filters: their own input gradient (shipped) or autograd's cuDNN data-gradient "
                          "(the before of core/panohead/ops.py _FirCorrelation)")
-    ap.add_argument("--trigrid-grad", default="native", choices=["native", "kernel"],
-                    help="PanoHead's tri-grid lookup: PyTorch's grid_sampler_3d_backward (shipped) or the Triton feature "
-                         "gradient (core/panohead/triplane.py TRIGRID_GRAD_KERNEL, off until timed here)")
+    ap.add_argument("--trigrid-grad", default="kernel", choices=["native", "kernel"],
+                    help="PanoHead's tri-grid lookup: the Triton feature gradient (shipped: core/panohead/triplane.py "
+                         "TRIGRID_GRAD_KERNEL) or PyTorch's grid_sampler_3d_backward (the before)")
     a = ap.parse_args()
-    if a.trigrid_grad == "kernel":
-        from idsculpt.core.panohead import triplane
+    from idsculpt.core.panohead import triplane
 
-        triplane.TRIGRID_GRAD_KERNEL = True
+    triplane.TRIGRID_GRAD_KERNEL = a.trigrid_grad == "kernel"  # either way, whatever the shipped setting
     if a.fir_grad == "autograd":
         import torch.nn.functional as F
 
