@@ -173,7 +173,7 @@ class ProgressiveInpaint(io.ComfyNode):
         mesh = head.detach()
         note = ""
         if not mesh.has_uv:
-            mesh, info = unwrap_uv(mesh.to("cpu"), size, max_faces)
+            mesh, info = unwrap_uv(mesh.to("cpu"), size, max_faces, interrupt=ComfyProgress.interrupt)
             note = info.summary()
             log.info("IDSculpt Progressive Inpaint: %s", note)
         mesh = _device_mesh(mesh)

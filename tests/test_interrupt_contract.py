@@ -132,6 +132,12 @@ def test_sculpt_stops_in_its_initialisation_and_in_its_loop(head, gan_views):
 
 
 # ------------------------------------------------------------------------------------ stage 3
+def test_uv_unwrap_stops(head):
+    from idsculpt.core.texture import unwrap_uv
+
+    _stops_at_first_call(lambda i, p: unwrap_uv(head, 256, interrupt=i))
+
+
 def test_texture_inpaint_and_refine_stop(uv_head):
     from idsculpt.core.texture import InpaintConfig, RefineConfig, progressive_inpaint, refine_texture
 

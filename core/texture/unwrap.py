@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 
 from ..mesh import HeadMesh, decimate
+from ..stage_types import InterruptFn
+from .xatlas_process import generate_atlas
 
 ALLOWED_TEXTURE_SIZES = (256, 512, 1024, 2048)
 # Below this many patches' worth of faces the mesh is unwrapped whole: xatlas alone is fast there
@@ -87,7 +90,8 @@ def surface_patches(vertices: np.ndarray, faces: np.ndarray, patch_faces: int, i
 
 
 def unwrap_uv(mesh: HeadMesh, texture_size: int = 1024, max_faces: int = 100_000, padding: int | None = None,
-              max_chart_area_fraction: float | None = None, patch_faces: int | None = 800) -> tuple[HeadMesh, UnwrapInfo]:
+              max_chart_area_fraction: float | None = None, patch_faces: int | None = 800,
+              interrupt: Optional[InterruptFn] = None) -> tuple[HeadMesh, UnwrapInfo]:
     """A copy of ``mesh`` (decimated first when above ``max_faces``) with xatlas UVs and a grey texture.
 
     UVs follow core.mesh: u right, v up. ``padding`` (texels between charts) defaults to size/256 (≥ 2).
@@ -98,9 +102,8 @@ def unwrap_uv(mesh: HeadMesh, texture_size: int = 1024, max_faces: int = 100_000
     (project.fill_holes), so the extra charts cost texels, not visible seams.
     ``patch_faces``: faces per surface patch handed to xatlas (module docstring); None, or a mesh of
     fewer than ``MIN_PATCHES`` patches' worth of faces, is unwrapped whole (xatlas' own behaviour).
+    xatlas runs in a child process (xatlas_process: bounded time, ``interrupt`` polled while it works).
     """
-    import xatlas
-
     texture_size = check_texture_size(texture_size)
     if mesh.faces.shape[0] == 0:
         raise ValueError("the mesh has no faces: nothing to unwrap (check the geometry stage's output)")
@@ -108,6 +111,8 @@ def unwrap_uv(mesh: HeadMesh, texture_size: int = 1024, max_faces: int = 100_000
         raise ValueError(f"max_faces={max_faces} is too small for a head: use at least a few thousand")
     if patch_faces is not None and patch_faces < 50:
         raise ValueError(f"patch_faces={patch_faces} is too small: use a few hundred faces per patch (or None)")
+    if max_chart_area_fraction is not None and not 0 < max_chart_area_fraction <= 1:
+        raise ValueError(f"max_chart_area_fraction must be in (0, 1] (or None for no limit), got {max_chart_area_fraction}")
     t0 = time.perf_counter()
     faces_in = int(mesh.faces.shape[0])
     work = decimate(mesh, max_faces)
@@ -119,30 +124,24 @@ def unwrap_uv(mesh: HeadMesh, texture_size: int = 1024, max_faces: int = 100_000
     else:
         labels = np.zeros(len(f), np.int64)
     fi = f.astype(np.int64)
-    patches = []  # (face rows, patch-local vertex ids -> mesh vertex ids)
-    atlas = xatlas.Atlas()
+    patch_rows = []  # (face rows, patch-local vertex ids -> mesh vertex ids)
+    patch_meshes = []  # what xatlas charts: each patch as a mesh of its own
     for p in np.unique(labels):
         rows = np.flatnonzero(labels == p)
         used, local = np.unique(fi[rows], return_inverse=True)
-        atlas.add_mesh(v[used], local.reshape(-1, 3).astype(np.uint32))
-        patches.append((rows, used))
-    chart_options = xatlas.ChartOptions()
+        patch_meshes.append((v[used], local.reshape(-1, 3).astype(np.uint32)))
+        patch_rows.append((rows, used))
+    max_chart_area = 0.0  # xatlas' unbounded default
     if max_chart_area_fraction is not None:
-        if not 0 < max_chart_area_fraction <= 1:
-            raise ValueError(f"max_chart_area_fraction must be in (0, 1] (or None for no limit), got {max_chart_area_fraction}")
         tri = v[fi]
         area = 0.5 * float(np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum())
-        if area > 0:  # xatlas takes the limit in mesh units², so scale it to the mesh
-            chart_options.max_chart_area = float(max_chart_area_fraction) * area
-    pack_options = xatlas.PackOptions()
-    pack_options.resolution = texture_size
-    pack_options.padding = int(padding if padding is not None else max(2, texture_size // 256))
-    pack_options.bilinear = True
-    atlas.generate(chart_options, pack_options)
+        max_chart_area = float(max_chart_area_fraction) * area  # xatlas takes the limit in mesh units²
+    options = {"max_chart_area": max_chart_area, "resolution": texture_size,
+               "padding": int(padding if padding is not None else max(2, texture_size // 256)), "bilinear": True}
+    parts, charts = generate_atlas(patch_meshes, options, interrupt)
     # xatlas keeps each patch's face order; its vertices are the patch's vertices split at seams
     uv_parts, uv_faces, offset = [], np.empty_like(fi), 0
-    for i, (rows, used) in enumerate(patches):
-        vmapping, indices, uvs = atlas[i]
+    for (rows, used), (vmapping, indices, uvs) in zip(patch_rows, parts):
         indices = indices.astype(np.int64)
         if indices.shape != (len(rows), 3) or not np.array_equal(used[vmapping.astype(np.int64)[indices]], fi[rows]):
             raise RuntimeError("xatlas changed the face order or topology; cannot attach its UVs to the mesh")
@@ -157,5 +156,5 @@ def unwrap_uv(mesh: HeadMesh, texture_size: int = 1024, max_faces: int = 100_000
         torch.from_numpy(np.ascontiguousarray(uv_faces)),
         texture=torch.full((texture_size, texture_size, 3), 0.5),
     )
-    info = UnwrapInfo(faces_in, int(f.shape[0]), faces_in != int(f.shape[0]), int(atlas.chart_count), time.perf_counter() - t0, texture_size)
+    info = UnwrapInfo(faces_in, int(f.shape[0]), faces_in != int(f.shape[0]), charts, time.perf_counter() - t0, texture_size)
     return out, info
