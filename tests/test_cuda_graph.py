@@ -170,3 +170,41 @@ def test_capture_failure_does_not_abort_under_cuda_malloc_async() -> None:
     """ComfyUI's default allocator: a host sync inside a capture used to kill the process (SIGABRT, on an
     H100); the warm-up now finds the sync first (core.speed.cuda_graph.no_host_syncs) and the call stays eager."""
     rerun_under_cuda_malloc_async(__file__, "test_capture_failure_falls_back_to_eager", timeout=300)
+
+
+_NO_UNCAPTURED_FREES = """
+import gc, sys, warnings
+sys.path.insert(0, {bench!r}); sys.path.insert(0, {tests!r})
+import _pack; _pack.load()
+import torch
+from idsculpt.core.speed.cuda_graph import GraphedCall
+from test_cuda_graph import Net, _args
+warnings.simplefilter("always")
+net = Net().cuda()
+gen = torch.Generator().manual_seed(5)
+g = GraphedCall("net", [net], warmup=1)
+with torch.no_grad():
+    outs = [g.call(net, _args(gen, "cuda")) for _ in range(4)]
+assert g.captures == 1 and g.replays == 2, (g.captures, g.replays)
+del outs
+g.reset()
+gc.collect()
+torch.cuda.synchronize()
+print("reset done")
+"""
+
+
+@cuda
+def test_reset_frees_no_captured_allocation_under_cuda_malloc_async() -> None:
+    """A graph's outputs are buffers made outside its capture: dropping them at reset() is an ordinary free.
+    When the capture's own output tensors were kept and dropped at reset, cudaMallocAsync (ComfyUI's default)
+    printed "Attempting uncaptured free of a captured allocation" once per tensor (14 lines per graphed
+    stage of a workflow run on an H100)."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = _NO_UNCAPTURED_FREES.format(bench=os.path.join(os.path.dirname(here), "bench"), tests=here)
+    env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="backend:cudaMallocAsync")
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "reset done" in r.stdout, (r.stdout[-2000:], r.stderr[-3000:])
+    assert "uncaptured free" not in (r.stdout + r.stderr), r.stderr[-3000:]
