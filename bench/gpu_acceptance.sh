@@ -9,7 +9,7 @@
 #   bash bench/gpu_acceptance.sh start WORK DIR [PIECE ...]          # detached (setsid nohup): returns at once
 #   bash bench/gpu_acceptance.sh wait DIR S                          # wait up to S seconds; prints where it stands
 #
-# PIECE: default | paper | evidence | gate | probe | tests (default: default paper evidence); EVIDENCE_PIECES="oracle prior"
+# PIECE: default | paper | evidence | gate | probe (default: default paper evidence); EVIDENCE_PIECES="oracle prior"
 # picks the evidence scripts (bench/gpu_evidence.sh; default all three).
 #   gate   waits (up to GATE_SECONDS, default 900) for the file DIR/go, then goes on with IDSCULPT_COMMIT set to
 #          its content when it has one: the pieces after it run the tree as it is then. For a decision that rests
@@ -17,8 +17,6 @@
 #          syncs the decided tree and writes DIR/go. `wait` returns as soon as the gate waits.
 #   probe  the tri-grid feature gradient, Triton kernel against PyTorch's (bench/probes/profile_fastpath.py
 #          --parts panohead, DIR/prof), then its CUDA tests (tests/test_trigrid_grad.py, test_panohead_graphs.py).
-#   tests  the test suite with CUDA (GPU_TESTS, default: all of tests/; the ComfyUI ones skip without COMFYUI_PATH),
-#          into DIR/tests.log; its tail and the failures show in `wait`.
 # Results in DIR: pipeline_default.json / pipeline_paper.json (bench/results/ keeps them), their stage logs
 # pipeline_<profile>.stages.jsonl (the runs' vram_stages.jsonl), the servers' logs, evidence/.
 # On an H100: ~6 min (default, models built by the first server run) + ~8-9 min (paper) + ~7 min (evidence),
@@ -31,7 +29,7 @@ case "$what" in
     shift 3
     pieces="${*:-default paper evidence}"
     for p in $pieces; do
-      case "$p" in default|paper|evidence|gate|probe|tests) ;; *) echo "unknown piece: $p (default | paper | evidence | gate | probe | tests)" >&2; exit 2 ;; esac
+      case "$p" in default|paper|evidence|gate|probe) ;; *) echo "unknown piece: $p (default | paper | evidence | gate | probe)" >&2; exit 2 ;; esac
     done
     mkdir -p "$dir"
     portrait="${PORTRAIT:-.e2e/portrait.jpg}"
@@ -58,11 +56,6 @@ for p in $pieces; do
     echo \$? > '$dir/probe.rc'
     continue
   fi
-  if [ "\$p" = tests ]; then
-    python -m pytest -q -p no:cacheprovider ${GPU_TESTS:-tests} > '$dir/tests.log' 2>&1
-    echo \$? > '$dir/tests.rc'
-    continue
-  fi
   python bench/bench_pipeline.py --work '$work' --portrait '$portrait' --out '$dir/pipeline_'\$p'.json' --profile \$p \
     --runs 1 --set IDSculptPanoHeadInvert.mesh_level=0.01 \$built > '$dir/'\$p'.log' 2>&1
   echo \$? > '$dir/'\$p'.rc'
@@ -84,13 +77,11 @@ EOF
       python bench/evidence_summary.py --oracle "$dir/evidence/oracle.json" --prior "$dir/evidence/prior.json" 2>&1 | tail -12
     fi
     [ -f "$dir/probe.rc" ] && { echo "== probe rc=$(cat "$dir/probe.rc")"; grep -h "ms a step" "$dir"/probe_*.log; tail -2 "$dir/probe_tests.log"; }
-    [ -f "$dir/tests.rc" ] && { echo "== tests rc=$(cat "$dir/tests.rc")"; grep -E "^(FAILED|ERROR)" "$dir/tests.log"; tail -1 "$dir/tests.log"; }
     for p in default paper; do
       echo "== $p rc=$(cat "$dir/$p.rc" 2>/dev/null || echo 'not finished')"; tail -2 "$dir/$p.log" 2>/dev/null
-      [ -f "$dir/comfyui_$p.log" ] && echo "   cudaMallocAsync 'uncaptured free' warnings in its server log: $(grep -c 'uncaptured free' "$dir/comfyui_$p.log")"
     done
     [ -d "$dir/evidence" ] && bash bench/gpu_evidence.sh wait "$dir/evidence" 0
     [ -f "$dir/done" ] && echo "all done" || echo "still running"
     ;;
-  *) echo "usage: $0 start WORK DIR [default|paper|evidence|gate|probe|tests ...] | wait DIR [seconds]" >&2; exit 2 ;;
+  *) echo "usage: $0 start WORK DIR [default|paper|evidence|gate|probe ...] | wait DIR [seconds]" >&2; exit 2 ;;
 esac

@@ -13,8 +13,7 @@ tree structure, each tensor's shape/dtype/device, the value of each plain Python
 storage addresses of the watched modules' weights (a LoRA re-patch or an offload/reload replaces
 them, and a graph must never read freed weights). The first ``warmup`` calls of a signature run
 eagerly (lazy caches and cuBLAS/cuDNN initialise there), the next one captures: its tensor inputs
-are copied into static buffers that the graph reads, its outputs into buffers made before the capture
-(none of the graph's own allocations outlives it), and later calls copy their inputs in and replay.
+are copied into static buffers that the graph reads, and later calls copy their inputs in and replay.
 
 What is not graphed (runs eagerly): calls with autograd on, CPU tensors, calls made while another
 capture runs, and signatures whose capture failed (logged once). At most ``max_graphs`` graphs are
@@ -147,17 +146,6 @@ def _clone_output(out: Any) -> Any:
     return pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, out)
 
 
-def _copy_into(dst: Any, src: Any) -> None:
-    """Copy every tensor of ``src`` into the same place of ``dst`` (same tree: one call's two results)."""
-    dst_leaves, dst_spec = pytree.tree_flatten(dst)
-    src_leaves, src_spec = pytree.tree_flatten(src)
-    if dst_spec != src_spec:
-        raise RuntimeError("the call returned a different structure in its capture than in its warm-up")
-    for d, s in zip(dst_leaves, src_leaves):
-        if isinstance(d, torch.Tensor):
-            d.copy_(s)
-
-
 class GraphedCall:
     """Replays CUDA graphs of ``fn(*args, **kwargs)`` calls (see the module docstring).
 
@@ -264,20 +252,11 @@ class GraphedCall:
             side = warmup_stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side), no_host_syncs():
-                warm = fn(*s_args, **s_kwargs)
+                fn(*s_args, **s_kwargs)
             torch.cuda.current_stream().wait_stream(side)
-            # The graph copies its result into buffers made here, outside the capture. A tensor the capture
-            # itself allocated outlives it as the output, and dropping it at reset() is an uncaptured free of
-            # a captured allocation, which cudaMallocAsync (ComfyUI's default) warns about once per tensor
-            # (~14 lines per graphed stage: the UNet's output and 13 ControlNet residuals, on an H100).
-            with torch.inference_mode(False):
-                output = _clone_output(warm)
-            del warm
             s_args, s_kwargs = pytree.tree_unflatten(static, spec)
             with torch.cuda.graph(graph):
-                result = fn(*s_args, **s_kwargs)
-                _copy_into(output, result)
-                del result  # freed inside the capture: its memory is the graph's to reuse
+                output = fn(*s_args, **s_kwargs)
         except Exception as e:  # an op that syncs with the host or allocates pageable copies: stay eager
             self._failed.add(key)
             log.warning("IDSculpt: %s runs without CUDA graphs for this input shape (capture failed: %s: %s)",
