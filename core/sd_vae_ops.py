@@ -95,11 +95,9 @@ def _silu_grad_fused(x, grad, weight, bias, mean, rstd, n, c, hw, groups) -> tor
 
 def _silu_grad(x, grad, weight, bias, mean, rstd, n, c, hw, groups, eps) -> torch.Tensor:
     """SiLU's backward of GroupNorm(x): the fused kernel on CUDA with Triton, else the native kernels again."""
-    if FUSED_BACKWARD.available(x.device):
-        try:
-            return _silu_grad_fused(x, grad, weight, bias, mean, rstd, n, c, hw, groups)
-        except Exception as e:  # noqa: BLE001  (Triton present but unable to compile for this GPU)
-            FUSED_BACKWARD.disable(e)
+    fused = FUSED_BACKWARD.attempt(x.device, lambda: _silu_grad_fused(x, grad, weight, bias, mean, rstd, n, c, hw, groups))
+    if fused is not None:
+        return fused
     y = torch.ops.aten.native_group_norm(x, weight, bias, n, c, hw, groups, eps)[0]  # recomputed, same kernel
     # SiLU's backward kernel, written over the recomputed y (elementwise, same index): one full
     # activation less in flight

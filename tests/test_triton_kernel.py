@@ -29,6 +29,28 @@ def test_a_failure_turns_the_kernel_off_with_one_warning(caplog) -> None:
     assert caplog.text.count("the test kernel (Triton) failed, using torch") == 1 and "again" not in caplog.text
 
 
+def test_attempt_runs_where_available_and_turns_off_at_the_first_failure(monkeypatch, caplog) -> None:
+    k = OptionalKernel(lambda: "kernel", "test kernel", "using torch")
+    calls: list[int] = []
+
+    def run(fail: bool):
+        def go() -> str:
+            calls.append(1)
+            if fail:
+                raise RuntimeError("PTX compilation failed")
+            return "fast"
+        return go
+
+    assert k.attempt(torch.device("cpu"), run(False)) is None and calls == []  # not available: never run
+    monkeypatch.setattr(k, "available", lambda device: k.off is None)
+    assert k.attempt(torch.device("cuda"), run(False)) == "fast"
+    with caplog.at_level(logging.WARNING, logger="IDSculpt"):
+        assert k.attempt(torch.device("cuda"), run(True)) is None
+        assert k.attempt(torch.device("cuda"), run(False)) is None  # off for the process: not run again
+    assert len(calls) == 2 and k.off == "RuntimeError: PTX compilation failed"
+    assert caplog.text.count("the test kernel (Triton) failed, using torch") == 1
+
+
 def test_a_failing_fused_group_norm_backward_falls_back_to_the_native_kernels(monkeypatch, caplog) -> None:
     """The lean GroupNorm + SiLU backward with a kernel that fails to launch: the same gradient as the
     native recomputation, one warning, and the kernel is not tried again."""

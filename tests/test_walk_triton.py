@@ -37,7 +37,7 @@ def test_fused_walk_matches_the_torch_walk(monkeypatch) -> None:
     if not in_interpreter():
         return rerun_in_interpreter(__file__, "test_fused_walk_matches_the_torch_walk")
     walk_triton.KERNEL.reset()
-    monkeypatch.setattr(walk_triton, "available", lambda dev: walk_triton.KERNEL.get() is not None)
+    monkeypatch.setattr(walk_triton.KERNEL, "available", lambda dev: walk_triton.KERNEL.get() is not None)
     try:
         return _compare(torch.device("cpu"), monkeypatch)
     finally:
@@ -92,7 +92,7 @@ def test_a_failing_kernel_falls_back_to_the_torch_walk(monkeypatch, caplog) -> N
         raise RuntimeError("PTX compilation failed")
 
     monkeypatch.setattr(walk_triton.KERNEL, "off", None)
-    monkeypatch.setattr(walk_triton, "available", lambda dev: walk_triton.KERNEL.off is None)
+    monkeypatch.setattr(walk_triton.KERNEL, "available", lambda dev: walk_triton.KERNEL.off is None)
     monkeypatch.setattr(walk_triton, "find_silhouette_edge", broken)
     head = procedural_head_mesh(16)
     cams = Cameras.orbit(10.0, 30.0, 3.2, 40.0, 64)

@@ -70,11 +70,9 @@ class _TriGridLookup(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):  # noqa: D102
         feats, grid = ctx.saved_tensors
-        if TRIGRID_GRAD.available(grad.device):
-            try:
-                return _feature_grad_kernel(feats, grid, grad), None
-            except Exception as e:  # noqa: BLE001  (Triton present but unable to compile for this GPU)
-                TRIGRID_GRAD.disable(e)
+        fast = TRIGRID_GRAD.attempt(grad.device, lambda: _feature_grad_kernel(feats, grid, grad))
+        if fast is not None:
+            return fast, None
         gf, _ = torch.ops.aten.grid_sampler_3d_backward(grad, feats, grid, 0, 0, False, [True, False])
         return gf, None
 

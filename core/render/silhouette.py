@@ -99,12 +99,11 @@ def find_silhouette_edge(
     pw = pos[..., 3].clamp_min(1e-8)
     sxy = torch.stack([pos[..., 0] / pw * (w / 2), pos[..., 1] / pw * (h / 2)], dim=-1)  # [B,N,2]
     off = torch.stack([w / 2 - rx, h / 2 - ry], dim=-1)  # [K,2]
-    if fused_walk and walk_triton.available(dev):
-        try:
-            return walk_triton.find_silhouette_edge(sxy, tri, topo.neighbor, topo.opposite, b, t, t_other, off, ds,
-                                                    down, to_bg, walk_steps, background_silhouettes, eps)
-        except Exception as e:  # noqa: BLE001  (a Triton that cannot compile here: fall back, once)
-            walk_triton.disable(e)
+    if fused_walk:
+        fused = walk_triton.KERNEL.attempt(dev, lambda: walk_triton.find_silhouette_edge(
+            sxy, tri, topo.neighbor, topo.opposite, b, t, t_other, off, ds, down, to_bg, walk_steps, background_silhouettes, eps))
+        if fused is not None:
+            return fused
     bcol, dn = b[:, None], down[:, None]
     nxt_a = torch.tensor([1, 2, 0], device=dev)  # edge k joins corners (k+1, k+2)
     nxt_b = torch.tensor([2, 0, 1], device=dev)

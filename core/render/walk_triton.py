@@ -29,17 +29,6 @@ def _load():
 KERNEL = OptionalKernel(_load, "fused silhouette walk", "using the torch walk instead")
 
 
-def available(device: torch.device) -> bool:
-    """True where the fused search can run: a CUDA device and a working Triton."""
-    return KERNEL.available(device)
-
-
-def disable(error: BaseException) -> None:
-    """Turn the kernel off for this process after it failed (e.g. Triton installed but unable to
-    compile for this GPU): the torch walk takes over, with one warning instead of a failed run."""
-    KERNEL.disable(error)
-
-
 def find_silhouette_edge(sxy: torch.Tensor, tri: torch.Tensor, neighbor: torch.Tensor, opposite: torch.Tensor,
                          b: torch.Tensor, t: torch.Tensor, t_other: torch.Tensor, off: torch.Tensor, ds: torch.Tensor,
                          down: torch.Tensor, to_bg: torch.Tensor, walk_steps: int, background_silhouettes: bool,

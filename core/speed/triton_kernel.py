@@ -3,18 +3,19 @@
 Triton is missing on CPU-only torch and on Windows without triton-windows, and a present Triton can still fail
 to compile for a GPU. An ``OptionalKernel`` imports its kernel module on first use (the module imports Triton
 at its top, so it is never imported where nothing asks for it), answers ``available(device)`` only on CUDA,
-and after the first failure a caller reports with ``disable(error)`` stays off for the process with one
-warning, so the run goes on with the torch path instead of failing.
+and after its first failure (``attempt`` catches it; ``disable(error)`` reports one directly) stays off for
+the process with one warning, so the run goes on with the torch path instead of failing.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 
 log = logging.getLogger("IDSculpt")
 _UNLOADED = object()
+T = TypeVar("T")
 
 
 class OptionalKernel:
@@ -44,6 +45,17 @@ class OptionalKernel:
         if self.off is None:
             self.off = f"{type(error).__name__}: {error}"
             log.warning("IDSculpt: the %s (Triton) failed, %s: %s", self.what, self.fallback, self.off[:300])
+
+    def attempt(self, device: torch.device, run: Callable[[], T]) -> Optional[T]:
+        """``run()`` where the kernel is available; None where it is not, or when ``run`` fails (the kernel is
+        then off for the process, with one warning): the caller's torch path takes over in both cases."""
+        if not self.available(device):
+            return None
+        try:
+            return run()
+        except Exception as e:  # noqa: BLE001  (Triton present but unable to compile for this GPU)
+            self.disable(e)
+            return None
 
     def reset(self) -> None:
         """Import the kernel again on next use (tests switch Triton's interpreter on in between)."""
