@@ -115,9 +115,19 @@ def test_a_failing_child_names_its_error():
         xatlas_process.generate_atlas(_patches(), OPTIONS, command=failing)
 
 
-def test_without_a_child_python_xatlas_runs_in_process(caplog):
+@pytest.mark.parametrize("child", ["missing", "without site-packages", "frozen"])
+def test_without_a_usable_child_python_xatlas_runs_in_process(child, monkeypatch, caplog):
+    """No Python at sys.executable; one that lacks numpy and xatlas (``-S``: no site-packages, as a Python
+    other than the one running the pack would); a frozen app: the same atlas, made in-process, and a warning."""
+    commands = {"missing": lambda job, result: ["/nonexistent/python", job, result],
+                "without site-packages": lambda job, result: [sys.executable, "-S", xatlas_process.JOB_SCRIPT, job, result],
+                "frozen": xatlas_process.child_command}
+    if child == "frozen":
+        monkeypatch.setattr(sys, "frozen", True, raising=False)
     patches = _patches()
     with caplog.at_level(logging.WARNING, logger="IDSculpt"):
-        got = xatlas_process.generate_atlas(patches, OPTIONS, command=lambda job, result: ["/nonexistent/python", job, result])
+        got = xatlas_process.generate_atlas(patches, OPTIONS, command=commands[child])
     _same(got, generate(patches, OPTIONS))
-    assert "cannot start a child Python" in caplog.text
+    assert "no child Python for xatlas" in caplog.text
+    assert {"missing": "cannot start", "without site-packages": "ModuleNotFoundError: No module named 'numpy'",
+            "frozen": "frozen application"}[child] in caplog.text

@@ -11,7 +11,18 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
+# The child's exit code when its Python lacks numpy or xatlas (sys.executable is not the Python that runs the
+# pack, as in some embedded set-ups): the parent then runs the job in-process. Checked before the imports below.
+EXIT_MISSING_PACKAGES = 3
+if __name__ == "__main__":
+    try:
+        import numpy  # noqa: F401
+        import xatlas  # noqa: F401
+    except ImportError as missing:
+        print(f"{type(missing).__name__}: {missing}", file=sys.stderr)
+        sys.exit(EXIT_MISSING_PACKAGES)
+
+import numpy as np  # noqa: E402
 
 Patch = tuple[np.ndarray, np.ndarray]  # vertices [V, 3] float32, faces [F, 3] uint32 (patch-local ids)
 PatchUV = tuple[np.ndarray, np.ndarray, np.ndarray]  # xatlas' per-mesh output: vertex map, faces, uvs in [0, 1]

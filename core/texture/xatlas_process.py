@@ -8,8 +8,8 @@ hung until CI's 90-minute limit; mworchel/xatlas-python#16 reports the same) the
 A child process is waited on with a clock, polled for Interrupt, and killed.
 
 Cost: starting the child (Python + numpy + xatlas imports) and the two ``.npz`` files, ~0.2 s against
-1-4 s of xatlas on a head. Where no child can be started (``sys.executable`` is not a usable Python),
-xatlas runs in-process as before, with a warning in the log.
+1-4 s of xatlas on a head. Where no child can do the job (``sys.executable`` cannot be started, is a frozen
+app, or lacks numpy or xatlas), xatlas runs in-process as before, with a warning in the log.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import time
 from typing import Callable, Optional
 
 from ..stage_types import InterruptFn
-from .xatlas_job import Patch, PatchUV, generate, load_result, save_job
+from .xatlas_job import EXIT_MISSING_PACKAGES, Patch, PatchUV, generate, load_result, save_job
 
 log = logging.getLogger("IDSculpt")
 
@@ -55,17 +55,19 @@ def generate_atlas(patches: list[Patch], options: dict, interrupt: Optional[Inte
         for attempt in range(1, attempts + 1):
             if interrupt is not None:
                 interrupt()
+            if getattr(sys, "frozen", False):  # a bundled app: sys.executable is the app, not a Python
+                return _in_process(patches, options, "sys.executable is a frozen application")
             try:  # stderr goes to a file: a pipe nobody reads while waiting could fill and stall the child
                 with open(errors, "wb") as err:
                     proc = subprocess.Popen(command(job, result), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                             stderr=err, creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
             except OSError as e:
-                log.warning("IDSculpt UV unwrap: cannot start a child Python (%s: %s); running xatlas in this process, "
-                            "where it cannot be interrupted", sys.executable, e)
-                return generate(patches, options)
+                return _in_process(patches, options, f"cannot start {sys.executable}: {e}")
             outcome = _wait(proc, interrupt, time_limit_s)
             if outcome == "done":
                 return load_result(result)
+            if outcome == "failed" and proc.returncode == EXIT_MISSING_PACKAGES:
+                return _in_process(patches, options, f"{sys.executable} lacks what this process has ({_last_line(errors)})")
             if outcome == "failed":
                 raise RuntimeError(f"xatlas failed on a {faces}-face mesh (exit code {proc.returncode}): {_last_line(errors)}")
             log.warning("IDSculpt UV unwrap: xatlas did not finish within %.0f s on a %d-face mesh (attempt %d of %d); "
@@ -73,6 +75,12 @@ def generate_atlas(patches: list[Patch], options: dict, interrupt: Optional[Inte
     raise RuntimeError(f"xatlas did not finish the UV atlas of a {faces}-face mesh within {time_limit_s:.0f} s, "
                        f"{attempts} times; it was stopped each time. Lower max_faces on the node (fewer faces, "
                        f"faster charts), or unwrap the mesh in a 3D tool and give the node a mesh that has UVs.")
+
+
+def _in_process(patches: list[Patch], options: dict, why: str) -> tuple[list[PatchUV], int]:
+    log.warning("IDSculpt UV unwrap: no child Python for xatlas (%s); running it in this process, where it "
+                "cannot be interrupted", why)
+    return generate(patches, options)
 
 
 def _wait(proc: subprocess.Popen, interrupt: Optional[InterruptFn], time_limit_s: float) -> str:
