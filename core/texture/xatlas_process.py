@@ -7,8 +7,8 @@ own worker pool never returns (seen once on the 2-core CI machine: an 8k-face sp
 hung until CI's 90-minute limit; mworchel/xatlas-python#16 reports the same) the host hangs for good.
 A child process is waited on with a clock, polled for Interrupt, and killed.
 
-Cost: starting the child (Python + numpy + xatlas imports) and the two ``.npz`` files, ~0.2 s against
-1-4 s of xatlas on a head. Where no child can do the job (``sys.executable`` cannot be started, is a frozen
+Cost: starting the child (Python + numpy + xatlas imports) and the two ``.npz`` files: a 100k-face head
+on the 2-core CPU machine unwraps in 2.8-2.9 s instead of 2.6 s. Where no child can do the job (``sys.executable`` cannot be started, is a frozen
 app, or lacks numpy or xatlas), xatlas runs in-process as before, with a warning in the log.
 """
 from __future__ import annotations
