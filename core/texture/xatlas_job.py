@@ -12,14 +12,13 @@ import json
 import sys
 
 # The child's exit code when its Python lacks numpy or xatlas (sys.executable is not the Python that runs the
-# pack, as in some embedded set-ups): the parent then runs the job in-process. Checked before the imports below.
+# pack, as in some embedded set-ups): the parent then runs the job in-process. Looked up (not imported) before
+# the import below, which would otherwise end the child with a traceback.
 EXIT_MISSING_PACKAGES = 3
 if __name__ == "__main__":
-    try:
-        import numpy  # noqa: F401
-        import xatlas  # noqa: F401
-    except ImportError as missing:
-        print(f"{type(missing).__name__}: {missing}", file=sys.stderr)
+    from importlib.util import find_spec
+
+    if find_spec("numpy") is None or find_spec("xatlas") is None:
         sys.exit(EXIT_MISSING_PACKAGES)
 
 import numpy as np  # noqa: E402

@@ -67,7 +67,7 @@ def generate_atlas(patches: list[Patch], options: dict, interrupt: Optional[Inte
             if outcome == "done":
                 return load_result(result)
             if outcome == "failed" and proc.returncode == EXIT_MISSING_PACKAGES:
-                return _in_process(patches, options, f"{sys.executable} lacks what this process has ({_last_line(errors)})")
+                return _in_process(patches, options, f"{sys.executable} lacks numpy or xatlas")
             if outcome == "failed":
                 raise RuntimeError(f"xatlas failed on a {faces}-face mesh (exit code {proc.returncode}): {_last_line(errors)}")
             log.warning("IDSculpt UV unwrap: xatlas did not finish within %.0f s on a %d-face mesh (attempt %d of %d); "
