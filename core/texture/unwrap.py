@@ -141,7 +141,7 @@ def unwrap_uv(mesh: HeadMesh, texture_size: int = 1024, max_faces: int = 100_000
     parts, charts = generate_atlas(patch_meshes, options, interrupt)
     # xatlas keeps each patch's face order; its vertices are the patch's vertices split at seams
     uv_parts, uv_faces, offset = [], np.empty_like(fi), 0
-    for (rows, used), (vmapping, indices, uvs) in zip(patch_rows, parts):
+    for (rows, used), (vmapping, indices, uvs) in zip(patch_rows, parts, strict=True):  # one UV set per patch
         indices = indices.astype(np.int64)
         if indices.shape != (len(rows), 3) or not np.array_equal(used[vmapping.astype(np.int64)[indices]], fi[rows]):
             raise RuntimeError("xatlas changed the face order or topology; cannot attach its UVs to the mesh")

@@ -8,8 +8,9 @@ hung until CI's 90-minute limit; mworchel/xatlas-python#16 reports the same) the
 A child process is waited on with a clock, polled for Interrupt, and killed.
 
 Cost: starting the child (Python + numpy + xatlas imports) and the two ``.npz`` files: a 100k-face head
-on the 2-core CPU machine unwraps in 2.8-2.9 s instead of 2.6 s. Where no child can do the job (``sys.executable`` cannot be started, is a frozen
-app, or lacks numpy or xatlas), xatlas runs in-process as before, with a warning in the log.
+on the 2-core CPU machine unwraps in 2.8-2.9 s instead of 2.6 s. Where no child can do the job
+(``sys.executable`` cannot be started, is a frozen app, or lacks numpy or xatlas), xatlas runs in-process
+as before, with a warning in the log.
 """
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ def generate_atlas(patches: list[Patch], options: dict, interrupt: Optional[Inte
     the child is killed. A child past ``time_limit_s`` is killed and the job started again, up to
     ``attempts`` times in all (a hang in xatlas' worker pool is a race, not a property of the mesh).
     """
+    if getattr(sys, "frozen", False):  # a bundled app: sys.executable is the app, not a Python
+        return _in_process(patches, options, "sys.executable is a frozen application")
     faces = sum(int(f.shape[0]) for _, f in patches)
     with tempfile.TemporaryDirectory(prefix="idsculpt_xatlas_") as tmp:
         job, result, errors = (os.path.join(tmp, name) for name in ("job.npz", "result.npz", "stderr.txt"))
@@ -55,8 +58,6 @@ def generate_atlas(patches: list[Patch], options: dict, interrupt: Optional[Inte
         for attempt in range(1, attempts + 1):
             if interrupt is not None:
                 interrupt()
-            if getattr(sys, "frozen", False):  # a bundled app: sys.executable is the app, not a Python
-                return _in_process(patches, options, "sys.executable is a frozen application")
             try:  # stderr goes to a file: a pipe nobody reads while waiting could fill and stall the child
                 with open(errors, "wb") as err:
                     proc = subprocess.Popen(command(job, result), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
